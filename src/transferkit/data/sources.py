@@ -1,0 +1,504 @@
+"""Where images come from: :class:`ImageSet` and :func:`resolve_data`.
+
+Resolving a data source never reads pixels; it only lists files (or array slices), their
+labels and the keys used to split them. :mod:`transferkit.data.decode` turns an
+:class:`ImageSet` into pixels.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from transferkit.errors import DataError
+
+#: File extensions (lower case) treated as images when searching folders.
+IMAGE_EXTENSIONS: frozenset[str] = frozenset(
+    {
+        ".png", ".jpg", ".jpeg", ".jpe", ".bmp", ".tif", ".tiff", ".gif", ".webp",
+        ".ppm", ".pgm", ".pbm", ".pnm", ".tga", ".jp2",
+    }
+)  # fmt: skip
+
+_MAX_LISTED = 20  # how many offending files an error message names before "and N more"
+
+
+@dataclass(frozen=True)
+class SkippedFile:
+    """A file left out of the data, and why (``skip_bad=True`` lists these instead of failing)."""
+
+    path: str
+    reason: str
+
+
+@dataclass
+class ImageSet:
+    """Images and their labels, before any pixel is read.
+
+    Parameters
+    ----------
+    sources : list
+        One entry per image: an absolute file path (``str``) or a ``uint8`` numpy array of
+        shape ``(H, W)`` or ``(H, W, C)`` with ``C`` in 1, 3, 4.
+    labels : list of str or None
+        The class name of each image. Values are converted to ``str`` (``3`` becomes ``"3"``).
+        ``None`` for unlabelled images (prediction).
+    strata : list of str or None, default=None
+        The key a stratified split balances. ``None`` means "the labels": it is filled with a
+        copy of ``labels`` when those are given. The ELPV set uses ``"<label>|<celltype>"``.
+    groups : list of str or None, default=None
+        A group id per image for group k-fold (images of one group never straddle a split).
+    name : str, default=""
+        A human name of the source (folder, CSV file, ``"elpv:train"``) used in messages.
+    skipped : list of SkippedFile
+        Files that :func:`resolve_data` left out with ``skip_bad=True``.
+
+    Examples
+    --------
+    >>> s = ImageSet(["/data/a.png", "/data/b.png"], labels=[0, 1])
+    >>> s.labels, s.classes, len(s)
+    (['0', '1'], ['0', '1'], 2)
+    """
+
+    sources: list
+    labels: list[str] | None
+    strata: list[str] | None = None
+    groups: list[str] | None = None
+    name: str = ""
+    skipped: list[SkippedFile] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.sources = list(self.sources)
+        n = len(self.sources)
+        if self.labels is not None:
+            self.labels = _as_strings(self.labels, "labels", n)
+        if self.strata is not None:
+            self.strata = _as_strings(self.strata, "strata", n)
+        elif self.labels is not None:
+            self.strata = list(self.labels)
+        if self.groups is not None:
+            self.groups = _as_strings(self.groups, "groups", n)
+        self.skipped = list(self.skipped)
+
+    def __len__(self) -> int:
+        return len(self.sources)
+
+    @property
+    def classes(self) -> list[str]:
+        """The sorted unique labels (string order: ``"10"`` sorts before ``"2"``); ``[]`` if unlabelled."""
+        return sorted(set(self.labels)) if self.labels is not None else []
+
+    def subset(self, indices: Sequence[int] | np.ndarray) -> ImageSet:
+        """Return the images at ``indices`` (integer positions or a boolean mask), in that order.
+
+        ``name`` and ``skipped`` are kept: they describe where the images came from.
+        """
+        index = np.asarray(indices)
+        if index.dtype == bool:
+            if index.shape != (len(self),):
+                raise DataError(
+                    f"A boolean mask for subset() expected shape ({len(self)},). "
+                    f"Received: shape={index.shape}"
+                )
+            index = np.flatnonzero(index)
+        elif index.size and not np.issubdtype(index.dtype, np.integer):
+            raise DataError(
+                f"subset() expected integer positions or a boolean mask. Received: dtype={index.dtype}"
+            )
+        positions = [int(i) for i in index.reshape(-1)]
+
+        def pick(values: list | None) -> list | None:
+            return None if values is None else [values[i] for i in positions]
+
+        return ImageSet(
+            sources=pick(self.sources),
+            labels=pick(self.labels),
+            strata=pick(self.strata),
+            groups=pick(self.groups),
+            name=self.name,
+            skipped=list(self.skipped),
+        )
+
+    def source_name(self, index: int) -> str:
+        """A human name of one image: its path, or ``"<name>[index]"`` for an array."""
+        source = self.sources[index]
+        if isinstance(source, str):
+            return source
+        return f"{self.name or 'array'}[{index}]"
+
+    def describe(self) -> str:
+        """One human line: name, number of images, and images per class.
+
+        Example: ``"elpv:test: 656 images, 4 classes (0.00: 377, 0.33: 74, 0.67: 27, 1.00: 178)"``.
+        """
+        head = f"{self.name or 'images'}: {len(self):,} image{'s' if len(self) != 1 else ''}"
+        if self.labels is None:
+            text = f"{head}, unlabelled"
+        else:
+            counts = Counter(self.labels)
+            per_class = ", ".join(f"{c}: {counts[c]:,}" for c in self.classes)
+            text = f"{head}, {len(counts)} classes ({per_class})"
+        if self.skipped:
+            text += f", {len(self.skipped)} skipped"
+        return text
+
+
+def resolve_data(data: Any, labels: Any = None, *, skip_bad: bool = False) -> ImageSet:
+    """Turn any supported description of labelled images into an :class:`ImageSet`.
+
+    No pixels are read; missing files are found, unreadable ones only when decoding.
+
+    Parameters
+    ----------
+    data : str, os.PathLike, list, tuple, numpy.ndarray or ImageSet
+        - a built-in name: ``"elpv"``, ``"elpv:train"``, ``"elpv:test"`` (see
+          :data:`transferkit.data.builtin.BUILTIN_DATASETS`). A built-in name given as a
+          ``str`` wins over a folder of the same name; write ``"./elpv"`` for the folder.
+        - a folder in ImageFolder layout: one sub-folder per class, image files searched
+          recursively inside each class folder, hidden files and folders ignored;
+        - a CSV file with a header row and columns ``path,label`` (optional ``group``; other
+          columns ignored); relative paths are relative to the CSV's folder;
+        - a list or tuple of image paths (or uint8 arrays), with ``labels`` of the same length;
+        - a uint8 array of shape ``(N, H, W)`` or ``(N, H, W, C)``, ``C`` in 1, 3, 4, with
+          ``labels``;
+        - an :class:`ImageSet`, returned unchanged.
+    labels : sequence, optional
+        One label per image, only for lists and arrays. Integers become strings.
+    skip_bad : bool, default=False
+        Leave out CSV rows or list entries whose file is missing and record them in
+        ``ImageSet.skipped``, instead of raising.
+
+    Returns
+    -------
+    ImageSet
+
+    Raises
+    ------
+    DataError
+        The path does not exist, a CSV column or file is missing, a class folder is empty,
+        there are fewer than 2 classes, or the labels or array do not fit.
+    """
+    if isinstance(data, ImageSet):
+        if labels is not None:
+            raise DataError("labels must be None when data is an ImageSet (it has its own labels).")
+        return data
+    if isinstance(data, str):
+        from transferkit.data.builtin import BUILTIN_DATASETS
+
+        if data in BUILTIN_DATASETS:
+            _reject_labels(labels, f"the built-in data set {data!r}")
+            return BUILTIN_DATASETS[data]()
+    if isinstance(data, (str, os.PathLike)):
+        return _resolve_path(os.fspath(data), labels, skip_bad=skip_bad)
+    if isinstance(data, np.ndarray):
+        return _from_array(data, labels)
+    if isinstance(data, (list, tuple)):
+        return _from_list(data, labels, skip_bad=skip_bad)
+    raise DataError(
+        "data expected a built-in name, a folder, a CSV file, a list of image paths or a uint8 "
+        f"array. Received: {type(data).__name__}"
+    )
+
+
+def find_images(inputs: Sequence[str | os.PathLike]) -> list[str]:
+    """List the image files to predict on: image files as given, folders searched recursively.
+
+    Parameters
+    ----------
+    inputs : sequence of str or os.PathLike
+        Image files and folders. Hidden files and folders inside a folder are ignored.
+
+    Returns
+    -------
+    list of str
+        Absolute paths, sorted and de-duplicated.
+
+    Raises
+    ------
+    DataError
+        An input does not exist, a file is not an image, or no image was found.
+    """
+    if isinstance(inputs, (str, os.PathLike)):
+        inputs = [inputs]
+    found: set[str] = set()
+    for item in inputs:
+        path = os.path.abspath(os.fspath(item))
+        if os.path.isdir(path):
+            found.update(_images_under(path))
+        elif os.path.isfile(path):
+            if not _is_image_name(path):
+                raise DataError(
+                    f"expected an image file ({_extensions_hint()}) or a folder. Received: {path}"
+                )
+            found.add(path)
+        else:
+            raise DataError(f"image file or folder does not exist: {path}")
+    if not found:
+        shown = ", ".join(os.fspath(i) for i in inputs) or "(no inputs)"
+        raise DataError(f"no image files ({_extensions_hint()}) found in: {shown}")
+    return sorted(found)
+
+
+def check_classes(imageset: ImageSet, *, min_per_class: int = 1, purpose: str = "") -> None:
+    """Raise :class:`DataError` unless there are 2+ classes and each has ``min_per_class`` images.
+
+    Parameters
+    ----------
+    imageset : ImageSet
+    min_per_class : int, default=1
+    purpose : str, default=""
+        What needs the images, for the message, e.g. ``"a stratified validation split"``.
+
+    Examples
+    --------
+    >>> check_classes(ImageSet(["a", "b", "c"], ["x", "y", "y"]), min_per_class=2,  # doctest: +ELLIPSIS
+    ...               purpose="a stratified validation split")
+    Traceback (most recent call last):
+    ...
+    transferkit.errors.DataError: class 'x' has 1 image; a stratified validation split needs ...
+    """
+    where = f" in {imageset.name}" if imageset.name else ""
+    if imageset.labels is None:
+        raise DataError(f"the images{where} have no labels; training and evaluation need labels.")
+    counts = Counter(imageset.labels)
+    if len(counts) < 2:
+        found = ", ".join(repr(c) for c in sorted(counts)) or "none"
+        raise DataError(
+            f"expected at least 2 classes{where}. Received: {len(counts)} ({found}). "
+            "Add images of another class (one sub-folder per class)."
+        )
+    too_small = sorted((c, n) for c, n in counts.items() if n < min_per_class)
+    if too_small:
+        need = purpose or "training"
+        described = "; ".join(f"class {c!r} has {n} image{'s' if n != 1 else ''}" for c, n in too_small)
+        raise DataError(
+            f"{described}{where}; {need} needs at least {min_per_class} per class. "
+            "Add images to these classes or remove them from the data."
+        )
+
+
+# ---------------------------------------------------------------------------------------------
+# Paths: folders and CSV files
+
+
+def _resolve_path(path: str, labels: Any, *, skip_bad: bool) -> ImageSet:
+    path = os.path.abspath(path)
+    if not os.path.exists(path):
+        from transferkit.data.builtin import BUILTIN_DATASETS
+
+        names = ", ".join(BUILTIN_DATASETS)
+        raise DataError(
+            f"data path does not exist: {path}. Expected a folder with one sub-folder per class, "
+            f"a CSV file with columns path,label, or a built-in name ({names})."
+        )
+    if os.path.isdir(path):
+        _reject_labels(labels, "a folder (its sub-folders are the labels)")
+        return _from_folder(path)
+    if path.lower().endswith(".csv"):
+        _reject_labels(labels, "a CSV file (its label column holds the labels)")
+        return _from_csv(path, skip_bad=skip_bad)
+    if _is_image_name(path):
+        raise DataError(
+            f"data is a single image: {path}. Training and evaluation expected a folder with one "
+            "sub-folder per class or a CSV file; to predict, pass images to find_images()."
+        )
+    raise DataError(f"data expected a folder or a .csv file. Received: {path}")
+
+
+def _from_folder(root: str) -> ImageSet:
+    class_dirs = sorted(
+        entry.name
+        for entry in os.scandir(root)
+        if entry.is_dir() and not entry.name.startswith(".")
+    )
+    if not class_dirs:
+        loose = any(_is_image_name(e.name) for e in os.scandir(root) if e.is_file())
+        hint = (
+            " It holds images directly; move them into one sub-folder per class "
+            "(to predict on them, use find_images())."
+            if loose
+            else ""
+        )
+        raise DataError(f"expected one sub-folder per class in {root}. Received: no sub-folders.{hint}")
+    sources: list[str] = []
+    labels: list[str] = []
+    for name in class_dirs:
+        files = _images_under(os.path.join(root, name))
+        if not files:
+            raise DataError(
+                f"class {name!r} has no images in {root}. Add {_extensions_hint()} files to "
+                f"{os.path.join(root, name)} or remove that folder."
+            )
+        sources.extend(files)
+        labels.extend([name] * len(files))
+    imageset = ImageSet(sources, labels, name=root)
+    check_classes(imageset)
+    return imageset
+
+
+def _from_csv(csv_path: str, *, skip_bad: bool) -> ImageSet:
+    base = os.path.dirname(csv_path)
+    with open(csv_path, newline="", encoding="utf-8-sig") as handle:
+        reader = csv.reader(handle)
+        header = next(reader, None)
+        if header is None:
+            raise DataError(f"CSV file is empty: {csv_path}. Expected a header row path,label.")
+        columns = {name.strip().lower(): i for i, name in enumerate(header)}
+        missing = [c for c in ("path", "label") if c not in columns]
+        if missing:
+            raise DataError(
+                f"CSV file {csv_path} is missing column(s) {', '.join(missing)}; expected a header "
+                f"row with columns path,label (and optionally group). Received: {header}"
+            )
+        i_path, i_label, i_group = columns["path"], columns["label"], columns.get("group")
+        sources, labels, groups = [], [], []
+        bad: list[SkippedFile] = []
+        for row in reader:
+            if not any(cell.strip() for cell in row):
+                continue  # blank line
+            where = f"line {reader.line_num} of {os.path.basename(csv_path)}"
+            cells = [cell.strip() for cell in row]
+            needed = [i_path, i_label] + ([i_group] if i_group is not None else [])
+            if len(cells) <= max(needed) or not cells[i_path] or not cells[i_label]:
+                raise DataError(
+                    f"line {reader.line_num} of {csv_path}: expected a path and a label. Received: {row}"
+                )
+            file = os.path.abspath(os.path.join(base, os.path.expanduser(cells[i_path])))
+            if not os.path.isfile(file):
+                bad.append(SkippedFile(file, f"{where}: file not found"))
+                continue
+            sources.append(file)
+            labels.append(cells[i_label])
+            if i_group is not None:
+                groups.append(cells[i_group])
+    if bad and not skip_bad:
+        raise DataError(
+            f"{len(bad)} file(s) listed in {csv_path} do not exist:\n{_list_bad(bad)}\n"
+            "Fix the paths (relative paths are relative to the CSV's folder), or pass "
+            "skip_bad=True (--skip-bad) to leave these rows out."
+        )
+    if not sources:
+        raise DataError(f"CSV file {csv_path} lists no usable images.")
+    imageset = ImageSet(
+        sources, labels, groups=groups if i_group is not None else None, name=csv_path, skipped=bad
+    )
+    check_classes(imageset)
+    return imageset
+
+
+# ---------------------------------------------------------------------------------------------
+# In-memory data: lists and arrays
+
+
+def _from_list(items: Sequence, labels: Any, *, skip_bad: bool) -> ImageSet:
+    if labels is None:
+        raise DataError(
+            "labels are required when data is a list of images: pass one label per image "
+            "(or pass a folder with one sub-folder per class)."
+        )
+    label_list = _as_strings(labels, "labels", len(items))
+    sources, kept_labels, bad = [], [], []
+    for i, item in enumerate(items):
+        if isinstance(item, np.ndarray):
+            _check_image_array(item, f"data[{i}]")
+            sources.append(item)
+        elif isinstance(item, (str, os.PathLike)):
+            path = os.path.abspath(os.fspath(item))
+            if not os.path.isfile(path):
+                bad.append(SkippedFile(path, f"data[{i}]: file not found"))
+                continue
+            sources.append(path)
+        else:
+            raise DataError(
+                f"data[{i}] expected an image path or a uint8 array. Received: {type(item).__name__}"
+            )
+        kept_labels.append(label_list[i])
+    if bad and not skip_bad:
+        raise DataError(
+            f"{len(bad)} image file(s) do not exist:\n{_list_bad(bad)}\n"
+            "Fix the paths, or pass skip_bad=True (--skip-bad) to leave them out."
+        )
+    imageset = ImageSet(sources, kept_labels, name=f"list of {len(items)} images", skipped=bad)
+    check_classes(imageset)
+    return imageset
+
+
+def _from_array(array: np.ndarray, labels: Any) -> ImageSet:
+    if array.dtype != np.uint8:
+        raise DataError(
+            "an image array expected dtype uint8 (0-255); convert it with "
+            f"np.clip(x, 0, 255).astype(np.uint8). Received: dtype={array.dtype}"
+        )
+    ok = array.ndim == 3 or (array.ndim == 4 and array.shape[-1] in (1, 3, 4))
+    if not ok or array.shape[0] == 0:
+        raise DataError(
+            "an image array expected shape (N, H, W) or (N, H, W, C) with C in 1, 3, 4 and N > 0. "
+            f"Received: shape={array.shape}"
+        )
+    if labels is None:
+        raise DataError("labels are required when data is an array: pass one label per image.")
+    imageset = ImageSet(list(array), _as_strings(labels, "labels", len(array)), name="array")
+    check_classes(imageset)
+    return imageset
+
+
+def _check_image_array(array: np.ndarray, what: str) -> None:
+    ok = array.ndim == 2 or (array.ndim == 3 and array.shape[-1] in (1, 3, 4))
+    if array.dtype != np.uint8 or not ok:
+        raise DataError(
+            f"{what} expected a uint8 array of shape (H, W) or (H, W, C) with C in 1, 3, 4. "
+            f"Received: dtype={array.dtype}, shape={array.shape}"
+        )
+
+
+# ---------------------------------------------------------------------------------------------
+# Helpers
+
+
+def _as_strings(values: Any, what: str, expected_length: int) -> list[str]:
+    if isinstance(values, (str, bytes)) or not hasattr(values, "__len__"):
+        raise DataError(f"{what} expected a sequence with one value per image. Received: {values!r}")
+    if len(values) != expected_length:
+        raise DataError(
+            f"{what} expected one value per image ({expected_length}). Received: {len(values)} values"
+        )
+    return [str(v) for v in values]
+
+
+def _reject_labels(labels: Any, source: str) -> None:
+    if labels is not None:
+        raise DataError(f"labels must be None when data is {source}.")
+
+
+def _is_image_name(path: str) -> bool:
+    return os.path.splitext(path)[1].lower() in IMAGE_EXTENSIONS
+
+
+def _images_under(folder: str) -> list[str]:
+    """Image files under ``folder`` (recursive, hidden entries skipped), sorted, absolute."""
+    found = []
+    for dirpath, dirnames, filenames in os.walk(folder):
+        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+        found.extend(
+            os.path.join(dirpath, f)
+            for f in filenames
+            if not f.startswith(".") and _is_image_name(f)
+        )
+    return sorted(os.path.abspath(f) for f in found)
+
+
+def _extensions_hint() -> str:
+    return ".png/.jpg/.tif/.bmp"
+
+
+def _list_bad(bad: Sequence[SkippedFile]) -> str:
+    lines = [f"  {b.path}: {b.reason}" for b in bad[:_MAX_LISTED]]
+    if len(bad) > _MAX_LISTED:
+        lines.append(f"  ... and {len(bad) - _MAX_LISTED} more")
+    return "\n".join(lines)

@@ -1,0 +1,33 @@
+"""Exceptions raised by transferkit.
+
+Every error a user can cause derives from :class:`TransferkitError`; the CLI catches it once
+at the edge and prints the message without a traceback (exit code 1).
+"""
+
+from __future__ import annotations
+
+from sklearn.exceptions import NotFittedError as _SklearnNotFittedError
+
+
+class TransferkitError(Exception):
+    """Base class of every error a user can cause (bad data, bad option, missing weights)."""
+
+
+class DataError(TransferkitError, ValueError):
+    """The input images or labels cannot be used; the message names the file or value."""
+
+
+class BackboneError(TransferkitError, ValueError):
+    """A backbone is unknown, or its weights cannot be found or do not match."""
+
+
+class ConfigError(TransferkitError, ValueError):
+    """An option has a value outside what it accepts."""
+
+
+class ModelFileError(TransferkitError, OSError):
+    """A saved model folder is missing, incomplete or was written by an incompatible version."""
+
+
+class NotFittedError(TransferkitError, _SklearnNotFittedError):
+    """A method that needs a fitted model was called before ``fit``."""

@@ -1,0 +1,145 @@
+"""Model folders: ``model.safetensors`` + ``config.json``; nothing is ever unpickled.
+
+``config.json`` holds everything needed to rebuild the network (backbone, classes,
+preprocessing, image size), the training settings, metrics and the package version, plus the
+SHA-256 of ``model.safetensors`` so that a weights file and a config from different runs are
+never paired silently. Each file is written to a temporary name and renamed into place, and
+the config — which names the weights' hash — is written last: a crash leaves either the old
+model or a folder that ``load`` rejects with a clear message, never a half-written model.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from safetensors.torch import load_file, save_file
+
+from transferkit import __version__
+from transferkit.backbones import Preprocessing, create_backbone
+from transferkit.errors import ModelFileError
+
+WEIGHTS_NAME = "model.safetensors"
+CONFIG_NAME = "config.json"
+FORMAT_VERSION = 1
+
+
+def save_model(classifier, out_dir: str | os.PathLike, *, metrics: dict[str, Any] | None = None) -> Path:
+    """Write a fitted :class:`~transferkit.ImageClassifier` to ``out_dir`` (created if needed)."""
+    classifier._check_fitted()
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().cpu().contiguous() for k, v in classifier.model_.state_dict().items()}
+    weights_path = out / WEIGHTS_NAME
+    _atomic_write(weights_path, lambda tmp: save_file(state, tmp, metadata={"format": "pt"}))
+    config = {
+        "format_version": FORMAT_VERSION,
+        "transferkit_version": __version__,
+        "backbone": classifier.backbone,
+        "classes": [str(c) for c in classifier.classes_],
+        "image_size": int(classifier.image_size_),
+        "preprocessing": classifier.preprocessing_.to_dict(),
+        "strategy": classifier.strategy,
+        "params": _jsonable(classifier.get_params()),
+        "plan": _jsonable(vars(classifier.plan_)) if hasattr(classifier, "plan_") else None,
+        "history": classifier.history_,
+        "metrics": metrics or {},
+        "weights_sha256": _sha256(weights_path),
+    }
+    _atomic_write(out / CONFIG_NAME, lambda tmp: Path(tmp).write_text(json.dumps(config, indent=2)))
+    return out
+
+
+def read_config(path: str | os.PathLike) -> dict[str, Any]:
+    """The ``config.json`` of a model folder, checked for the fields ``load`` needs."""
+    folder = Path(path)
+    config_path = folder / CONFIG_NAME
+    if not folder.is_dir():
+        raise ModelFileError(f"no model folder at {folder}; expected a folder written by `transferkit fit --out`.")
+    if not config_path.is_file() or not (folder / WEIGHTS_NAME).is_file():
+        raise ModelFileError(f"{folder} is not a complete model folder; expected both {CONFIG_NAME} and {WEIGHTS_NAME}.")
+    try:
+        config = json.loads(config_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ModelFileError(f"{config_path} is not valid JSON ({exc}).") from exc
+    missing = [k for k in ("format_version", "backbone", "classes", "image_size", "preprocessing") if k not in config]
+    if missing:
+        raise ModelFileError(f"{config_path} lacks {', '.join(missing)}; was it written by transferkit?")
+    if config["format_version"] > FORMAT_VERSION:
+        raise ModelFileError(
+            f"{folder} was written by a newer transferkit (format {config['format_version']}, this one reads "
+            f"up to {FORMAT_VERSION}); upgrade transferkit."
+        )
+    return config
+
+
+def load_model(path: str | os.PathLike):
+    """Load a model folder written by :func:`save_model` as a fitted ``ImageClassifier``."""
+    from transferkit.estimator import ImageClassifier  # the estimator imports this module's callers
+
+    folder = Path(path)
+    config = read_config(folder)
+    weights_path = folder / WEIGHTS_NAME
+    expected = config.get("weights_sha256")
+    if expected and _sha256(weights_path) != expected:
+        raise ModelFileError(
+            f"{weights_path} does not match {folder / CONFIG_NAME} (SHA-256 differs): the folder mixes files of "
+            "different runs. Refit, or restore both files together."
+        )
+    try:
+        state = load_file(weights_path)
+    except Exception as exc:  # noqa: BLE001 - safetensors raises several types for a bad file
+        raise ModelFileError(f"cannot read {weights_path}: {exc}") from exc
+
+    params = {k: v for k, v in (config.get("params") or {}).items() if k in ImageClassifier().get_params()}
+    classifier = ImageClassifier(**params)
+    model, _ = create_backbone(config["backbone"], num_classes=len(config["classes"]), pretrained=False)
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        raise ModelFileError(f"{weights_path} does not fit backbone {config['backbone']!r}: {exc}") from exc
+    classifier.classes_ = np.array(config["classes"])
+    classifier.model_ = model.eval()
+    classifier.preprocessing_ = Preprocessing.from_dict(config["preprocessing"])
+    classifier.image_size_ = int(config["image_size"])
+    classifier.history_ = config.get("history") or {}
+    classifier.metrics_ = config.get("metrics") or {}
+    classifier.skipped_ = []
+    return classifier
+
+
+def _atomic_write(path: Path, write) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _jsonable(value: Any) -> Any:
+    """Parameters and plans as JSON: tuples to lists, numpy scalars to Python, others to str."""
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, np.generic):
+        return value.item()
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    return str(value)

@@ -1,0 +1,77 @@
+"""The command line: help everywhere, fit -> evaluate -> predict, exit codes, no tracebacks."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from conftest import TINY_BACKBONE
+from transferkit.cli import app
+
+runner = CliRunner()
+
+
+def invoke(*args):
+    # A wide terminal, so rich does not wrap table cells or paths.
+    return runner.invoke(app, [str(a) for a in args], env={"COLUMNS": "200"})
+
+
+@pytest.mark.parametrize("command", [c.name or c.callback.__name__ for c in app.registered_commands])
+def test_every_command_has_help(command):
+    result = invoke(command, "--help")
+    assert result.exit_code == 0, result.output
+    assert "Usage" in result.output and len(result.output.splitlines()) > 3
+
+
+def test_fit_evaluate_predict_end_to_end(image_folder, tiny_weights, tmp_path):
+    model_dir = tmp_path / "model"
+    result = invoke(
+        "fit", image_folder, "--out", model_dir, "--backbone", TINY_BACKBONE, "--weights", tiny_weights,
+        "--image-size", 32, "--epochs", 2, "--batch-size", 8, "--device", "cpu", "--precision", "fp32",
+        "--json", tmp_path / "fit.json", "--quiet",
+    )
+    assert result.exit_code == 0, result.output
+    assert f"model written to {model_dir}" in result.output.replace("\n", "")
+    report = json.loads((tmp_path / "fit.json").read_text())
+    assert report["classes"] == ["blue", "green", "red"] and len(report["history"]) == 2
+    assert report["peak_memory_mb"] > 0 and report["skipped"] == []
+
+    result = invoke("evaluate", model_dir, image_folder, "--json", tmp_path / "eval.json")
+    assert result.exit_code == 0, result.output
+    metrics = json.loads((tmp_path / "eval.json").read_text())
+    for key in ("accuracy", "balanced_accuracy", "macro_f1", "n", "classes", "confusion_matrix", "per_class"):
+        assert key in metrics
+    assert metrics["n"] == 24 and sum(map(sum, metrics["confusion_matrix"])) == 24
+
+    result = invoke("predict", model_dir, image_folder, "--csv", tmp_path / "p.csv", "--top-k", 2)
+    assert result.exit_code == 0, result.output
+    rows = list(csv.DictReader(open(tmp_path / "p.csv")))
+    assert len(rows) == 24
+    assert list(rows[0]) == ["path", "label", "probability", "label_2", "probability_2"]
+    assert all(float(r["probability"]) >= float(r["probability_2"]) for r in rows)
+
+    result = invoke("predict", model_dir, image_folder / "blue" / "016.png")
+    assert result.exit_code == 0 and "016.png" in result.output
+
+
+def test_user_errors_exit_1_without_traceback(tmp_path):
+    result = invoke("fit", tmp_path / "missing", "--out", tmp_path / "m", "--quiet")
+    assert result.exit_code == 1
+    assert "missing" in result.output and "Traceback" not in result.output
+    result = invoke("evaluate", tmp_path / "no-model", tmp_path)
+    assert result.exit_code == 1 and "no model folder" in result.output
+
+
+def test_bad_usage_exits_2(tmp_path):
+    assert invoke("fit").exit_code == 2
+    assert invoke("fit", tmp_path, "--out", tmp_path, "--epochs", "many").exit_code == 2
+    assert invoke("predict", tmp_path, tmp_path, "--top-k", 0).exit_code == 2
+
+
+def test_models_lists_the_default_backbone():
+    result = invoke("models")
+    assert result.exit_code == 0, result.output
+    assert "efficientnet_lite0" in result.output and "stem" in result.output

@@ -1,0 +1,91 @@
+"""ImageClassifier honours scikit-learn's estimator contract and the fit options."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from sklearn.base import clone
+from sklearn.model_selection import GridSearchCV, cross_val_score
+
+from conftest import make_images
+from transferkit import ConfigError, DataError, ImageClassifier, NotFittedError
+
+
+def test_init_only_stores_parameters_and_clone_round_trips(tiny_params):
+    clf = ImageClassifier(**tiny_params, strategy="head")
+    assert clf.get_params()["strategy"] == "head"
+    twin = clone(clf)
+    assert twin.get_params() == clf.get_params()
+    assert not hasattr(twin, "model_")
+    # Invalid values are accepted by __init__ and rejected by fit (scikit-learn's rule).
+    bad = ImageClassifier(epochs=0)
+    with pytest.raises(ConfigError, match="epochs expected a positive integer. Received: epochs=0"):
+        bad.fit(*make_images(2))
+
+
+def test_fit_on_arrays_learns_and_predicts_class_names(tiny_params):
+    images, labels = make_images(8, 32)
+    clf = ImageClassifier(**{**tiny_params, "epochs": 6}, strategy="full").fit(images, labels)
+    assert list(clf.classes_) == ["blue", "green", "red"]
+    proba = clf.predict_proba(images)
+    assert proba.shape == (24, 3)
+    np.testing.assert_allclose(proba.sum(axis=1), 1.0, rtol=1e-5)
+    assert set(clf.predict(images)) <= set(clf.classes_)
+    assert clf.score(images, labels) > 0.6  # colours are easy; chance is 0.33
+    assert clf.history_["history"][0]["images_per_second"] > 0
+
+
+def test_fit_on_a_folder(tiny_params, image_folder):
+    clf = ImageClassifier(**tiny_params).fit(str(image_folder))
+    assert list(clf.classes_) == ["blue", "green", "red"]
+    assert 0.0 <= clf.score(str(image_folder)) <= 1.0
+    assert clf.plan_.frozen_stages[0] == "stem"
+
+
+def test_same_seed_gives_the_same_model(tiny_params):
+    images, labels = make_images(4, 32)
+    a = ImageClassifier(**tiny_params, augment="strong", dropout=0.3).fit(images, labels).predict_proba(images)
+    b = ImageClassifier(**tiny_params, augment="strong", dropout=0.3).fit(images, labels).predict_proba(images)
+    np.testing.assert_array_equal(a, b)
+    c = ImageClassifier(**tiny_params, augment="strong", dropout=0.3, seed=1).fit(images, labels).predict_proba(images)
+    assert not np.array_equal(a, c)
+
+
+def test_cross_val_score_and_grid_search_work(tiny_params):
+    images, labels = make_images(6, 32)
+    params = dict(tiny_params, epochs=1, val_fraction=0.0)
+    scores = cross_val_score(ImageClassifier(**params), images, np.array(labels), cv=2)
+    assert scores.shape == (2,) and np.all((0 <= scores) & (scores <= 1))
+    search = GridSearchCV(ImageClassifier(**params), {"lr": [1e-3, 1e-2]}, cv=2).fit(images, np.array(labels))
+    assert search.best_params_["lr"] in (1e-3, 1e-2)
+    assert search.predict(images[:2]).shape == (2,)
+
+
+def test_balanced_class_weights_are_accepted_and_unknown_ones_rejected(tiny_params):
+    images, labels = make_images(4, 32)
+    keep = [i for i, label in enumerate(labels) if label != "red" or i % 4 == 0]
+    clf = ImageClassifier(**tiny_params, class_weight="balanced", val_fraction=0.0)
+    clf.fit(images[keep], [labels[i] for i in keep])
+    assert clf.n_train_ == len(keep)
+    with pytest.raises(ConfigError, match="class_weight"):
+        ImageClassifier(**tiny_params, class_weight="inverse").fit(images, labels)
+
+
+def test_predict_before_fit_is_a_clear_error():
+    from sklearn.exceptions import NotFittedError as SklearnNotFittedError
+
+    with pytest.raises(NotFittedError, match="not fitted yet") as info:
+        ImageClassifier().predict(make_images(1)[0])
+    assert isinstance(info.value, SklearnNotFittedError)
+
+
+def test_a_class_too_small_for_the_validation_split_is_a_clear_error(tiny_params):
+    images, labels = make_images(4, 32)
+    labels[0] = "lonely"
+    with pytest.raises(DataError, match="lonely"):
+        ImageClassifier(**tiny_params).fit(images, labels)
+
+
+def test_unknown_strategy_is_a_clear_error(tiny_params):
+    with pytest.raises(ConfigError, match="Received: strategy='magic'"):
+        ImageClassifier(**tiny_params, strategy="magic").fit(*make_images(2))

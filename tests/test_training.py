@@ -1,0 +1,244 @@
+"""Fine-tuning mechanics: freezing, frozen BatchNorm, learning-rate groups, the loop, resume."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from conftest import TINY_BACKBONE, make_images
+from transferkit.backbones import backbone_stages, create_backbone
+from transferkit.errors import ConfigError
+from transferkit.strategies.freezing import train_mode
+from transferkit.strategies.network import configure_network
+from transferkit.training import loop
+from transferkit.training.augment import AUGMENT_PRESETS, build_augmentation
+from transferkit.training.loop import TrainConfig, build_optimizer, train_model, warmup_cosine
+from transferkit.training.runtime import resolve_runtime
+
+CPU = resolve_runtime("cpu", "fp32")
+
+
+def tiny_model(tiny_weights, num_classes=3, pretrained=True):
+    model, preprocessing = create_backbone(
+        TINY_BACKBONE, num_classes=num_classes, pretrained=pretrained, weights_path=tiny_weights if pretrained else None
+    )
+    return model, preprocessing
+
+
+def tiny_data(n_per_class=6, size=32, seed=0):
+    images, labels = make_images(n_per_class, size, seed)
+    targets = np.searchsorted(sorted(set(labels)), labels)
+    return images, targets
+
+
+def snapshot(model):
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def changed(before, after, prefix):
+    keys = [k for k in before if k.startswith(prefix) and before[k].is_floating_point()]
+    assert keys, f"no tensors start with {prefix!r}"
+    return any(not torch.equal(before[k], after[k]) for k in keys)
+
+
+def train(model, head, backbone, preprocessing, epochs=1, **kwargs):
+    config = TrainConfig(epochs=epochs, batch_size=6, lr=1e-2, patience=10, **kwargs)
+    return train_model(
+        model, head, backbone, tiny_data(), None, preprocessing=preprocessing, config=config, runtime=CPU, verbose=False
+    )
+
+
+def test_finetune_freezes_stem_and_first_stages_and_keeps_their_batchnorm_statistics(tiny_weights):
+    model, preprocessing = tiny_model(tiny_weights)
+    head, backbone, plan = configure_network(model, "finetune", freeze_stages=1, backbone_lr_factor=0.1)
+    assert plan.frozen_stages == ("stem", "stage1")
+    before = snapshot(model)
+    train(model, head, backbone, preprocessing)
+    after = snapshot(model)
+    # Frozen: weights and BatchNorm running statistics untouched.
+    assert not changed(before, after, "conv_stem")
+    assert not changed(before, after, "bn1.")
+    assert not changed(before, after, "blocks.0.")
+    # Trainable: stage 2, the neck and the head all moved (running stats included).
+    assert changed(before, after, "blocks.1.")
+    assert changed(before, after, "bn2.running_mean")
+    assert changed(before, after, "classifier")
+
+
+def test_frozen_batchnorm_stays_in_eval_mode_and_trainable_batchnorm_trains(tiny_weights):
+    model, _ = tiny_model(tiny_weights)
+    configure_network(model, "finetune", freeze_stages=2, backbone_lr_factor=0.1)
+    train_mode(model)
+    assert model.bn1.training is False
+    assert all(not m.training for m in model.blocks[0].modules() if isinstance(m, nn.BatchNorm2d))
+    assert all(m.training for m in model.blocks[2].modules() if isinstance(m, nn.BatchNorm2d))
+    assert model.bn2.training is True
+
+
+def test_head_strategy_trains_only_the_new_head(tiny_weights):
+    model, preprocessing = tiny_model(tiny_weights)
+    head, backbone, plan = configure_network(model, "head", freeze_stages=None, backbone_lr_factor=0.1)
+    assert plan.trainable_parameters == sum(p.numel() for p in model.get_classifier().parameters())
+    before = snapshot(model)
+    train(model, head, backbone, preprocessing)
+    after = snapshot(model)
+    assert changed(before, after, "classifier")
+    assert [k for k in before if not torch.equal(before[k], after[k]) and not k.startswith("classifier")] == []
+
+
+def test_full_and_scratch_train_every_stage(tiny_weights):
+    for strategy in ("full", "scratch"):
+        model, preprocessing = tiny_model(tiny_weights, pretrained=strategy == "full")
+        head, backbone, plan = configure_network(model, strategy, freeze_stages=None, backbone_lr_factor=0.1)
+        assert plan.frozen_stages == ()
+        before = snapshot(model)
+        train(model, head, backbone, preprocessing)
+        after = snapshot(model)
+        for prefix in ("conv_stem", "blocks.0.", "conv_head", "classifier"):
+            assert changed(before, after, prefix), (strategy, prefix)
+        assert plan.backbone_lr_factor == (1.0 if strategy == "scratch" else 0.1)
+
+
+def test_backbone_trains_at_a_tenth_of_the_head_learning_rate(tiny_weights):
+    model, _ = tiny_model(tiny_weights)
+    head, backbone, _ = configure_network(model, "finetune", freeze_stages=1, backbone_lr_factor=0.1)
+    optimizer = build_optimizer(head, backbone, TrainConfig(lr=0.02, backbone_lr_factor=0.1))
+    lrs = {group["name"]: group["lr"] for group in optimizer.param_groups}
+    assert lrs == {"head": pytest.approx(0.02), "backbone": pytest.approx(0.002)}
+    frozen = {id(p) for p in model.blocks[0].parameters()}
+    assert not frozen & {id(p) for g in optimizer.param_groups for p in g["params"]}
+
+
+def test_freeze_out_of_range_is_a_clear_error(tiny_weights):
+    model, _ = tiny_model(tiny_weights)
+    n_stages = len([n for n, _ in backbone_stages(model) if n.startswith("stage")])
+    with pytest.raises(ConfigError, match=f"between 0 and {n_stages}"):
+        configure_network(model, "finetune", freeze_stages=n_stages + 1, backbone_lr_factor=0.1)
+    with pytest.raises(ConfigError, match="freeze does not apply"):
+        configure_network(model, "full", freeze_stages=2, backbone_lr_factor=0.1)
+
+
+def test_warmup_then_cosine_schedule():
+    values = [warmup_cosine(step, 4, 20) for step in range(20)]
+    assert values[:4] == [0.25, 0.5, 0.75, 1.0]
+    assert values[4] == pytest.approx(1.0)
+    assert all(a >= b for a, b in zip(values[4:], values[5:]))
+    assert values[-1] < 0.05
+
+
+@pytest.mark.parametrize("preset", AUGMENT_PRESETS)
+def test_augmentation_presets_keep_shape_and_dtype(preset):
+    transform = build_augmentation(preset)
+    image = torch.randint(0, 255, (3, 32, 32), dtype=torch.uint8)
+    result = image if transform is None else transform(image)
+    assert result.shape == image.shape and result.dtype == torch.uint8
+    if preset in ("standard", "strong"):
+        torch.manual_seed(0)
+        assert any(not torch.equal(transform(image), image) for _ in range(5))
+
+
+def test_unknown_augmentation_preset_is_a_clear_error():
+    with pytest.raises(ConfigError, match="none, light, standard, strong"):
+        build_augmentation("heavy")
+
+
+def test_early_stopping_restores_the_best_weights(tiny_weights, monkeypatch):
+    model, preprocessing = tiny_model(tiny_weights)
+    head, backbone, _ = configure_network(model, "full", freeze_stages=None, backbone_lr_factor=0.1)
+    losses = iter([1.0, 0.5, 0.7, 0.8, 0.9, 0.95])
+    states = []
+
+    def fake_validate(model, *args):
+        states.append(snapshot(model))
+        return next(losses), 0.5
+
+    monkeypatch.setattr(loop, "_validate", fake_validate)
+    data = tiny_data()
+    result = train_model(
+        model, head, backbone, data, data, preprocessing=preprocessing,
+        config=TrainConfig(epochs=6, batch_size=6, lr=1e-2, patience=2), runtime=CPU, verbose=False,
+    )
+    assert result.best_epoch == 2
+    assert result.stopped_early and len(result.history) == 4
+    final = snapshot(model)
+    assert all(torch.equal(final[k], states[1][k]) for k in final)
+
+
+def test_resume_after_interruption_gives_the_same_model(tiny_weights, tmp_path, monkeypatch):
+    """A run killed during epoch 3 and resumed loses at most one epoch and ends identical."""
+    config = TrainConfig(epochs=4, batch_size=6, lr=1e-2, patience=10)
+    data = tiny_data()
+
+    def run(checkpoint_dir, resume=False):
+        model, preprocessing = tiny_model(tiny_weights)
+        head, backbone, _ = configure_network(model, "finetune", freeze_stages=1, backbone_lr_factor=0.1)
+        result = train_model(
+            model, head, backbone, data, data, preprocessing=preprocessing, config=config, runtime=CPU,
+            checkpoint_dir=checkpoint_dir, resume=resume, fingerprint={"seed": 0}, verbose=False,
+        )
+        return model, result
+
+    reference, _ = run(tmp_path / "a")
+
+    real_validate = loop._validate
+    calls = {"n": 0}
+
+    def interrupt_in_epoch_3(*args):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return real_validate(*args)
+
+    monkeypatch.setattr(loop, "_validate", interrupt_in_epoch_3)
+    with pytest.raises(KeyboardInterrupt):
+        run(tmp_path / "b")
+    monkeypatch.setattr(loop, "_validate", real_validate)
+    state = torch.load(tmp_path / "b" / loop.CHECKPOINT_NAME, weights_only=True)
+    assert state["epoch"] == 2
+
+    resumed, result = run(tmp_path / "b", resume=True)
+    assert result.resumed_from_epoch == 2 and len(result.history) == 4
+    expected, got = snapshot(reference), snapshot(resumed)
+    for key in expected:
+        torch.testing.assert_close(got[key], expected[key], msg=key)
+
+
+def test_resume_with_other_settings_is_refused(tiny_weights, tmp_path):
+    model, preprocessing = tiny_model(tiny_weights)
+    head, backbone, _ = configure_network(model, "head", freeze_stages=None, backbone_lr_factor=0.1)
+    kwargs = dict(preprocessing=preprocessing, config=TrainConfig(epochs=1, batch_size=6), runtime=CPU, verbose=False)
+    train_model(model, head, backbone, tiny_data(), None, checkpoint_dir=tmp_path, fingerprint={"lr": 1}, **kwargs)
+    with pytest.raises(ConfigError, match="different settings \\(lr\\)"):
+        train_model(model, head, backbone, tiny_data(), None, checkpoint_dir=tmp_path, resume=True, fingerprint={"lr": 2}, **kwargs)
+
+
+def test_runtime_rejects_unknown_options():
+    with pytest.raises(ConfigError, match="precision"):
+        resolve_runtime("cpu", "fp8")
+    with pytest.raises(ConfigError, match="fp16"):
+        resolve_runtime("cpu", "fp16")
+    with pytest.raises(ConfigError):
+        resolve_runtime("tpu")
+
+
+def test_runtime_auto_falls_back_to_what_the_cpu_supports(monkeypatch):
+    from transferkit.training import runtime as runtime_module
+
+    monkeypatch.setattr(runtime_module, "cpu_supports_bf16", lambda: False)
+    assert resolve_runtime("cpu", "auto").precision == "fp32"
+    monkeypatch.setattr(runtime_module, "cpu_supports_bf16", lambda: True)
+    assert resolve_runtime("cpu", "auto").precision == "bf16"
+
+
+def test_bf16_autocast_matches_fp32_within_bf16_tolerance(tiny_weights):
+    from transferkit.training.inputs import predict_logits
+
+    model, preprocessing = tiny_model(tiny_weights)
+    images, _ = tiny_data(2)
+    fp32 = predict_logits(model, images, preprocessing, resolve_runtime("cpu", "fp32"))
+    bf16 = predict_logits(model, images, preprocessing, resolve_runtime("cpu", "bf16"))
+    plain = predict_logits(model, images, preprocessing, resolve_runtime("cpu", "fp32", channels_last=False))
+    torch.testing.assert_close(plain, fp32, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(bf16, fp32, rtol=0.05, atol=0.1)
