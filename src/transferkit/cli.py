@@ -67,7 +67,7 @@ def fit(
     data: DataArg,
     out_dir: Annotated[Path, typer.Option("--out", help="Model folder to write (model.safetensors + config.json + checkpoint).")],
     backbone: Annotated[str, typer.Option(help="Registered backbone (see `transferkit models`) or any timm model name.")] = "efficientnet_lite0",
-    strategy: Annotated[str, typer.Option(help="head | finetune | full | scratch.")] = "finetune",
+    strategy: Annotated[str, typer.Option(help="svm | logistic | head | finetune | full | scratch.")] = "finetune",
     freeze: Annotated[Optional[int], typer.Option(help="finetune: freeze the stem and the first N stages (default 3).")] = None,
     epochs: Annotated[int, typer.Option(help="Maximum epochs; early stopping may end sooner.")] = 10,
     lr: Annotated[float, typer.Option(help="Learning rate of the new head (pretrained layers: lr x backbone-lr-factor).")] = 1e-3,
@@ -79,6 +79,8 @@ def fit(
     patience: Annotated[int, typer.Option(help="Epochs without better validation loss before stopping.")] = 3,
     class_weight: Annotated[Optional[str], typer.Option(help="'balanced' to weight classes by inverse frequency.")] = None,
     seed: Annotated[int, typer.Option(help="Same seed, same model.")] = 0,
+    c: Annotated[Optional[float], typer.Option("--C", help="svm/logistic: regularisation (default: chosen by inner CV).")] = None,
+    feature_views: Annotated[int, typer.Option(help="svm/logistic: augmented views per training image.")] = 0,
     weights: Annotated[Optional[Path], typer.Option(help="Local pretrained weights file (.safetensors or .pth).")] = None,
     skip_bad: Annotated[bool, typer.Option("--skip-bad", help="Skip unreadable images (each is listed) instead of stopping.")] = False,
     cache_dir: Annotated[Optional[Path], typer.Option(help="Cache folder for decoded images (default ~/.cache/transferkit).")] = None,
@@ -107,6 +109,8 @@ def fit(
             patience=patience,
             class_weight=class_weight,
             seed=seed,
+            C=c,
+            feature_views=feature_views,
             weights=str(weights) if weights else None,
             skip_bad=skip_bad,
             cache_dir=str(cache_dir) if cache_dir else None,
@@ -118,8 +122,7 @@ def fit(
         )
         classifier.fit(data)
         history = classifier.history_["history"]
-        best = history[classifier.history_["best_epoch"] - 1] if history else {}
-        metrics = {"val_accuracy": best.get("val_accuracy"), "val_loss": best.get("val_loss")}
+        metrics = {"validation_accuracy": classifier.validation_score_}
         save_model(classifier, out_dir, metrics=metrics)
         report = {
             "model": str(out_dir),
@@ -127,6 +130,7 @@ def fit(
             "classes": [str(c) for c in classifier.classes_],
             "strategy": classifier.strategy,
             "plan": classifier.plan_.describe(),
+            "linear": classifier.history_.get("linear"),
             "best_epoch": classifier.history_["best_epoch"],
             "epochs_run": len(history),
             "stopped_early": classifier.history_["stopped_early"],
@@ -136,7 +140,8 @@ def fit(
             "skipped": [vars(s) for s in classifier.skipped_],
             "history": history,
         }
-        val = f"validation accuracy {metrics['val_accuracy']:.4f} (epoch {report['best_epoch']})" if metrics["val_accuracy"] is not None else "no validation split"
+        score = classifier.validation_score_
+        val = f"validation accuracy {score:.4f}" if score is not None else "no validation split"
         out.print(f"fitted {classifier.strategy} on {data}: {val}; {report['fit_seconds']} s; peak memory {report['peak_memory_mb']:.0f} MB")
         out.print(f"model written to {out_dir}")
         _write_json(json_path, report)

@@ -8,6 +8,7 @@ validates them and returns ``self``, and every learned attribute ends in ``_``. 
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
@@ -21,13 +22,16 @@ from sklearn.utils.validation import check_is_fitted
 from transferkit.backbones import create_backbone, get_backbone_spec
 from transferkit.data import ImageSet, check_classes, decode_images, resolve_data
 from transferkit.errors import ConfigError, DataError, NotFittedError
+from transferkit.strategies.features import FeatureExtractor
+from transferkit.strategies.linear import FEATURE_STRATEGIES, fit_linear_classifier, fold_into_head
 from transferkit.strategies.network import NETWORK_STRATEGIES, configure_network, uses_pretrained_weights
 from transferkit.training.augment import AUGMENT_PRESETS, build_augmentation
 from transferkit.training.inputs import predict_logits
 from transferkit.training.loop import TrainConfig, train_model
 from transferkit.training.runtime import resolve_runtime
 
-Strategy = Literal["head", "finetune", "full", "scratch"]
+Strategy = Literal["svm", "logistic", "head", "finetune", "full", "scratch"]
+STRATEGIES: tuple[str, ...] = FEATURE_STRATEGIES + NETWORK_STRATEGIES
 
 
 class ImageClassifier(ClassifierMixin, BaseEstimator):
@@ -37,8 +41,10 @@ class ImageClassifier(ClassifierMixin, BaseEstimator):
     ----------
     backbone : str
         Registry name (``transferkit models`` lists them) or any timm model name.
-    strategy : {"head", "finetune", "full", "scratch"}
-        Which parameters train (see :mod:`transferkit.strategies.network`).
+    strategy : {"svm", "logistic", "head", "finetune", "full", "scratch"}
+        ``svm``/``logistic``: a linear classifier on frozen bottleneck features
+        (:mod:`transferkit.strategies.linear`); the others train (part of) the network
+        (:mod:`transferkit.strategies.network`).
     freeze : int or None
         ``finetune`` only: the stem and the first ``freeze`` stages get no gradient.
         None uses the default (3).
@@ -77,6 +83,11 @@ class ImageClassifier(ClassifierMixin, BaseEstimator):
     device : str
         "auto", "cpu", "cuda" or "cuda:N".
     precision : {"auto", "fp32", "bf16", "fp16"}
+    C : float or None
+        ``svm``/``logistic`` only: regularisation; None picks it by inner 3-fold CV.
+    feature_views : int
+        ``svm``/``logistic`` only: augmented views per training image (``augment`` preset)
+        added to the training features; 0 uses the images as they are.
     verbose : bool
         Print progress bars and one line per epoch to stderr.
 
@@ -125,6 +136,8 @@ class ImageClassifier(ClassifierMixin, BaseEstimator):
         resume: bool = False,
         device: str = "auto",
         precision: str = "auto",
+        C: float | None = None,
+        feature_views: int = 0,
         verbose: bool = False,
     ):
         self.backbone = backbone
@@ -150,6 +163,8 @@ class ImageClassifier(ClassifierMixin, BaseEstimator):
         self.resume = resume
         self.device = device
         self.precision = precision
+        self.C = C
+        self.feature_views = feature_views
         self.verbose = verbose
 
     # ------------------------------------------------------------------ fit
@@ -168,24 +183,45 @@ class ImageClassifier(ClassifierMixin, BaseEstimator):
         images = resolve_data(X, y, skip_bad=self.skip_bad)
         if images.labels is None:
             raise DataError("fit needs labelled images; got images without labels. Pass y=labels, or a folder/CSV with labels.")
-        decoded = decode_images(images, size, skip_bad=self.skip_bad, cache_dir=self.cache_dir, progress=self.verbose)
-        skipped = list(images.skipped) + list(decoded.skipped)
-        images = images.subset(decoded.indices)
-        pixels = decoded.pixels
-        check_classes(images, min_per_class=2 if self.val_fraction > 0 else 1, purpose="a stratified validation split")
+        if is_decoded(X, size):
+            pixels, skipped = X, []
+        else:
+            decoded = decode_images(images, size, skip_bad=self.skip_bad, cache_dir=self.cache_dir, progress=self.verbose)
+            skipped = list(images.skipped) + list(decoded.skipped)
+            images = images.subset(decoded.indices)
+            pixels = decoded.pixels
+        needs_split = self.val_fraction > 0 if self.strategy in NETWORK_STRATEGIES else self.C is None
+        check_classes(images, min_per_class=2 if needs_split else 1, purpose="a stratified split")
         for item in skipped:
             console.print(f"[yellow]skipped[/] {item.path}: {item.reason}")
 
         classes = np.array(images.classes)
         targets = np.searchsorted(classes, np.asarray(images.labels))
-        train_idx, val_idx = self._split(images, targets)
         console.print(
-            f"data: {len(images)} images, {len(classes)} classes; training on {len(train_idx)}, "
-            f"validating on {len(val_idx)}; {size}x{size} px; {runtime.describe()}"
+            f"data: {len(images)} images, {len(classes)} classes; {size}x{size} px; {runtime.describe()}"
         )
-
-        pretrained = uses_pretrained_weights(self.strategy)
         torch.manual_seed(self.seed)  # the new head's (and scratch's) initial weights
+        if self.strategy in FEATURE_STRATEGIES:
+            model, preprocessing, history, plan = self._fit_features(pixels, targets, len(classes), runtime, console)
+        else:
+            model, preprocessing, history, plan = self._fit_network(images, pixels, targets, classes, runtime, console)
+
+        self.classes_ = classes
+        self.model_ = model.cpu().eval()
+        self.preprocessing_ = preprocessing
+        self.image_size_ = size
+        self.history_ = history
+        self.plan_ = plan
+        self.skipped_ = skipped
+        self.n_train_ = len(targets)
+        self.validation_score_ = validation_score(history)
+        self.fit_seconds_ = time.perf_counter() - started
+        return self
+
+    def _fit_network(self, images, pixels, targets, classes, runtime, console):
+        train_idx, val_idx = self._split(images, targets)
+        console.print(f"training on {len(train_idx)}, validating on {len(val_idx)}")
+        pretrained = uses_pretrained_weights(self.strategy)
         model, preprocessing = create_backbone(
             self.backbone,
             num_classes=len(classes),
@@ -214,8 +250,9 @@ class ImageClassifier(ClassifierMixin, BaseEstimator):
             seed=self.seed,
         )
         # Sort the indices so a memmap is read in order; the loader shuffles anyway.
-        train_data = (pixels[np.sort(train_idx)], targets[np.sort(train_idx)])
-        val_data = (pixels[np.sort(val_idx)], targets[np.sort(val_idx)]) if len(val_idx) else None
+        train_idx, val_idx = np.sort(train_idx), np.sort(val_idx)
+        train_data = (pixels[train_idx], targets[train_idx])
+        val_data = (pixels[val_idx], targets[val_idx]) if len(val_idx) else None
         result = train_model(
             model,
             head,
@@ -229,30 +266,46 @@ class ImageClassifier(ClassifierMixin, BaseEstimator):
             class_weights=class_weights,
             checkpoint_dir=self.checkpoint_dir,
             resume=self.resume,
-            fingerprint=self._fingerprint(len(images), classes),
+            fingerprint=self._fingerprint(len(targets), classes),
             verbose=self.verbose,
         )
+        return model, preprocessing, result.to_dict(), plan
 
-        self.classes_ = classes
-        self.model_ = model.cpu().eval()
-        self.preprocessing_ = preprocessing
-        self.image_size_ = size
-        self.history_ = result.to_dict()
-        self.plan_ = plan
-        self.skipped_ = skipped
-        self.n_train_ = len(train_idx)
-        self.fit_seconds_ = time.perf_counter() - started
-        return self
+    def _fit_features(self, pixels, targets, n_classes, runtime, console):
+        extractor = FeatureExtractor(self.backbone, weights=self.weights, runtime=runtime, cache_dir=self.cache_dir)
+        started = time.perf_counter()
+        features = [extractor.transform(pixels)]
+        labels, groups = [targets], [np.arange(len(targets))]
+        augment = build_augmentation(self.augment)
+        for view in range(self.feature_views if augment is not None else 0):
+            torch.manual_seed(self.seed * 1000 + view)
+            views = np.stack([augment(torch.from_numpy(np.array(image)).permute(2, 0, 1)).permute(1, 2, 0).numpy() for image in pixels])
+            features.append(extractor.transform(views))
+            labels.append(targets)
+            groups.append(np.arange(len(targets)))
+        extract_seconds = time.perf_counter() - started
+        pipeline, info = fit_linear_classifier(
+            np.concatenate(features), np.concatenate(labels), np.concatenate(groups),
+            strategy=self.strategy, C=self.C, seed=self.seed,
+        )
+        model = extractor.model
+        fold_into_head(model, pipeline, n_classes)
+        plan = FeaturePlan(
+            strategy=self.strategy, C=float(info["C"]), inner_cv=info["inner_cv"], views=len(features) - 1,
+            feature_dim=extractor.dim, extract_seconds=extract_seconds,
+        )
+        console.print(plan.describe())
+        history = {"history": [], "best_epoch": 0, "stopped_early": False, "resumed_from_epoch": 0, "linear": info}
+        return model, extractor.preprocessing, history, plan
 
     # ------------------------------------------------------------ predict
     def predict_proba(self, X: Any) -> np.ndarray:
         """Class probabilities, shape (n_images, n_classes), columns in ``classes_`` order."""
         self._check_fitted()
-        images = as_unlabelled(X)
-        decoded = decode_images(images, self.image_size_, skip_bad=False, cache_dir=self.cache_dir, progress=self.verbose)
+        pixels = load_pixels(X, self.image_size_, cache_dir=self.cache_dir, progress=self.verbose)
         runtime = resolve_runtime(self.device, self.precision)
         model = runtime.prepare_model(self.model_)
-        logits = predict_logits(model, decoded.pixels, self.preprocessing_, runtime, batch_size=self.batch_size * 2)
+        logits = predict_logits(model, pixels, self.preprocessing_, runtime, batch_size=self.batch_size * 2)
         self.model_ = model.cpu()
         return torch.softmax(logits, dim=1).numpy()
 
@@ -281,8 +334,12 @@ class ImageClassifier(ClassifierMixin, BaseEstimator):
         return Console(stderr=True, quiet=not self.verbose)
 
     def _validate_params(self) -> None:
-        if self.strategy not in NETWORK_STRATEGIES:
-            raise ConfigError(f"unknown strategy; expected one of {', '.join(NETWORK_STRATEGIES)}. Received: strategy={self.strategy!r}")
+        if self.strategy not in STRATEGIES:
+            raise ConfigError(f"unknown strategy; expected one of {', '.join(STRATEGIES)}. Received: strategy={self.strategy!r}")
+        if self.C is not None and not self.C > 0:
+            raise ConfigError(f"C expected a positive number (or None). Received: C={self.C!r}")
+        if not isinstance(self.feature_views, (int, np.integer)) or self.feature_views < 0:
+            raise ConfigError(f"feature_views expected a non-negative integer. Received: feature_views={self.feature_views!r}")
         if self.augment not in AUGMENT_PRESETS:
             raise ConfigError(f"unknown augmentation preset; expected one of {', '.join(AUGMENT_PRESETS)}. Received: augment={self.augment!r}")
         for name in ("epochs", "batch_size"):
@@ -325,7 +382,7 @@ class ImageClassifier(ClassifierMixin, BaseEstimator):
     def _fingerprint(self, n_images: int, classes: np.ndarray) -> dict[str, Any]:
         """Settings that must not change between a run and its resume."""
         keys = ("backbone", "strategy", "freeze", "epochs", "lr", "backbone_lr_factor", "image_size",
-                "augment", "batch_size", "val_fraction", "seed", "class_weight", "dropout")
+                "augment", "batch_size", "val_fraction", "seed", "class_weight", "dropout", "label_smoothing", "weight_decay")
         fingerprint = {key: getattr(self, key) for key in keys}
         fingerprint.update(n_images=n_images, classes=[str(c) for c in classes])
         return fingerprint
@@ -340,3 +397,47 @@ def as_unlabelled(X: Any) -> ImageSet:
     if isinstance(X, (list, tuple)):
         return ImageSet(sources=[str(x) if not isinstance(x, np.ndarray) else x for x in X], labels=None)
     return resolve_data(X)
+
+
+@dataclass(frozen=True)
+class FeaturePlan:
+    """What a feature strategy fitted, for logs and config.json."""
+
+    strategy: str
+    C: float
+    inner_cv: dict[str, float] | None
+    views: int
+    feature_dim: int
+    extract_seconds: float
+
+    def describe(self) -> str:
+        how = "chosen by inner CV" if self.inner_cv else "given"
+        views = f" + {self.views} augmented views per image" if self.views else ""
+        return (
+            f"{self.strategy} on {self.feature_dim}-d frozen bottleneck features{views}; C={self.C:g} ({how}); "
+            f"features in {self.extract_seconds:.1f} s"
+        )
+
+
+def validation_score(history: dict[str, Any]) -> float | None:
+    """Held-out accuracy seen during fit: the best epoch's validation accuracy, or the inner-CV
+    accuracy of the chosen C for the feature strategies; None when there was neither."""
+    linear = history.get("linear")
+    if linear and linear.get("inner_cv"):
+        return max(linear["inner_cv"].values())
+    epochs = history.get("history") or []
+    if epochs and history.get("best_epoch"):
+        return epochs[history["best_epoch"] - 1]["val_accuracy"]
+    return None
+
+
+def is_decoded(X: Any, size: int) -> bool:
+    """Whether X is already what decode_images would make: uint8 (N, size, size, 3)."""
+    return isinstance(X, np.ndarray) and X.dtype == np.uint8 and X.ndim == 4 and X.shape[1:] == (size, size, 3)
+
+
+def load_pixels(X: Any, size: int, *, cache_dir: str | bool | None = None, progress: bool = False) -> np.ndarray:
+    """Decoded uint8 (N, size, size, 3) pixels of X (any input :func:`as_unlabelled` takes)."""
+    if is_decoded(X, size):
+        return X
+    return decode_images(as_unlabelled(X), size, skip_bad=False, cache_dir=cache_dir, progress=progress).pixels

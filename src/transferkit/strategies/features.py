@@ -1,0 +1,243 @@
+"""Bottleneck features: the pooled output of the layer before the classifier, cached per image.
+
+A frozen pretrained backbone is a fixed function of the image, so its features need computing
+only once per (backbone weights, image size, precision, image content). :class:`FeatureCache`
+stores them on disk keyed by a hash of exactly those things — the network's weights and each
+image's decoded pixels, never paths — so CV folds, the C grid, repeated runs and ``compare``
+reuse them, and a changed image or backbone never hits a stale entry.
+
+The cache is per image, not per data set: a CV fold's training part, a subset or a second
+data set that shares images all hit the entries written by the first extraction. It is
+written by hand because no library offers a content-addressed array store that is this small;
+entries are append-only shards (``<id>.npy`` + ``<id>.json`` naming the image hashes, the JSON
+written last), so a crash mid-write leaves no entry rather than a wrong one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+import uuid
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from sklearn.base import BaseEstimator, TransformerMixin
+from torch import nn
+
+from transferkit.backbones import Preprocessing, create_backbone, get_backbone_spec
+from transferkit.data import decode_images, default_cache_dir
+from transferkit.errors import ConfigError
+from transferkit.training.inputs import pixels_to_tensor, to_model_input
+from transferkit.training.runtime import Runtime, resolve_runtime
+
+FEATURE_CACHE_VERSION = 1
+
+
+def pooled_features(model: nn.Module, inputs: torch.Tensor) -> torch.Tensor:
+    """The bottleneck features of a timm model: pooled, pre-classifier."""
+    return model.forward_head(model.forward_features(inputs), pre_logits=True)
+
+
+def model_digest(model: nn.Module, extra: str = "") -> str:
+    """SHA-256 of a model's non-classifier weights and buffers (plus ``extra`` settings)."""
+    digest = hashlib.sha256(f"{type(model).__name__}|{extra}".encode())
+    classifier_ids = {id(t) for t in model.get_classifier().state_dict(keep_vars=True).values()}
+    for name, tensor in model.state_dict(keep_vars=True).items():
+        if id(tensor) in classifier_ids:
+            continue
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def image_digests(pixels: np.ndarray) -> list[str]:
+    """One SHA-1 per decoded image (content, not path)."""
+    return [hashlib.sha1(np.ascontiguousarray(image).tobytes()).hexdigest() for image in pixels]
+
+
+class FeatureCache:
+    """Content-addressed on-disk store of feature vectors for one model key.
+
+    Parameters
+    ----------
+    root : path or None
+        Cache root (``<root>/features/<model_key>/``); None disables the disk (memory only).
+    model_key : str
+        Identifies the network weights, image size and precision.
+    """
+
+    def __init__(self, root: Path | None, model_key: str):
+        self.folder = None if root is None else Path(root) / "features" / model_key
+        self._rows: dict[str, np.ndarray] = {}
+        if self.folder is not None and self.folder.is_dir():
+            for keys_path in sorted(self.folder.glob("*.json")):
+                self._load_shard(keys_path)
+
+    def _load_shard(self, keys_path: Path) -> None:
+        try:
+            keys = json.loads(keys_path.read_text())["images"]
+            values = np.load(keys_path.with_suffix(".npy"), mmap_mode="r")
+        except (OSError, ValueError, KeyError):
+            return  # foreign or damaged shard: ignore, it is recomputed
+        if len(values) == len(keys):
+            self._rows.update(zip(keys, values))
+
+    def missing(self, digests: list[str]) -> list[int]:
+        return [i for i, d in enumerate(digests) if d not in self._rows]
+
+    def get(self, digests: list[str]) -> np.ndarray:
+        return np.stack([np.asarray(self._rows[d], dtype=np.float32) for d in digests])
+
+    def put(self, digests: list[str], values: np.ndarray) -> None:
+        values = np.asarray(values, dtype=np.float32)
+        self._rows.update(zip(digests, values))
+        if self.folder is None or not digests:
+            return
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            shard = self.folder / uuid.uuid4().hex
+            _atomic(shard.with_suffix(".npy"), lambda handle: np.save(handle, values))
+            _atomic(shard.with_suffix(".json"), lambda handle: handle.write(json.dumps({"images": digests}).encode()))
+        except OSError:
+            pass  # a read-only cache costs speed, never correctness
+
+    @property
+    def size(self) -> int:
+        return len(self._rows)
+
+
+def _atomic(path: Path, write) -> None:
+    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=".", suffix=".tmp")
+    try:
+        with os.fdopen(handle, "wb") as out:
+            write(out)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+class FeatureExtractor:
+    """A frozen pretrained backbone that turns uint8 pixels into cached bottleneck features."""
+
+    def __init__(
+        self,
+        backbone: str,
+        *,
+        weights: str | None = None,
+        runtime: Runtime,
+        cache_dir: str | bool | None = None,
+        batch_size: int = 64,
+    ):
+        model, preprocessing = create_backbone(backbone, num_classes=1, pretrained=True, weights_path=weights)
+        self.model: nn.Module = runtime.prepare_model(model.eval())
+        self.preprocessing: Preprocessing = preprocessing
+        self.runtime = runtime
+        self.batch_size = batch_size
+        root = None if cache_dir is False else (default_cache_dir() if cache_dir in (None, True) else Path(cache_dir))
+        self._root = root
+        self._base_key = model_digest(model, f"v{FEATURE_CACHE_VERSION}|{runtime.precision}")
+        self._caches: dict[int, FeatureCache] = {}
+
+    @property
+    def dim(self) -> int:
+        return int(self.model.num_features)
+
+    def cache_for(self, image_size: int) -> FeatureCache:
+        if image_size not in self._caches:
+            key = hashlib.sha256(f"{self._base_key}|{image_size}".encode()).hexdigest()[:32]
+            self._caches[image_size] = FeatureCache(self._root, key)
+        return self._caches[image_size]
+
+    @torch.no_grad()
+    def transform(self, pixels: np.ndarray) -> np.ndarray:
+        """Features (N, D) float32 of uint8 (N, S, S, 3) pixels; only cache misses are computed."""
+        if len(pixels) == 0:
+            return np.zeros((0, self.dim), np.float32)
+        cache = self.cache_for(int(pixels.shape[1]))
+        digests = image_digests(pixels)
+        todo = cache.missing(digests)
+        if todo:
+            # De-duplicate identical images inside this call too.
+            unique = list(dict.fromkeys(digests[i] for i in todo))
+            first = {d: i for i, d in reversed(list(enumerate(digests)))}
+            index = np.array([first[d] for d in unique])
+            computed = []
+            for start in range(0, len(index), self.batch_size):
+                batch = pixels_to_tensor(pixels[index[start : start + self.batch_size]])
+                with self.runtime.autocast():
+                    out = pooled_features(self.model, to_model_input(batch, self.preprocessing, self.runtime))
+                computed.append(out.float().cpu().numpy())
+            cache.put(unique, np.concatenate(computed))
+        return cache.get(digests)
+
+
+class BottleneckFeatures(TransformerMixin, BaseEstimator):
+    """Images in, bottleneck features of a frozen pretrained backbone out (scikit-learn transformer).
+
+    ``make_pipeline(BottleneckFeatures(), StandardScaler(), LinearSVC())`` is the playbook's
+    "fewer than ~1000 samples" recipe. Features are cached on disk per image content.
+
+    Parameters
+    ----------
+    backbone : str
+    image_size : int or None
+        None uses the backbone's own input size.
+    weights : str or None
+        Local weights file instead of the registry's.
+    cache_dir : str, False or None
+        Feature and image cache root (None: the default cache; False: memory only).
+    device, precision : str
+        See :func:`transferkit.training.runtime.resolve_runtime`.
+    batch_size : int
+
+    Attributes
+    ----------
+    n_features_out_ : int
+    """
+
+    def __init__(
+        self,
+        backbone: str = "efficientnet_lite0",
+        image_size: int | None = None,
+        weights: str | None = None,
+        cache_dir: str | bool | None = None,
+        device: str = "auto",
+        precision: str = "auto",
+        batch_size: int = 64,
+    ):
+        self.backbone = backbone
+        self.image_size = image_size
+        self.weights = weights
+        self.cache_dir = cache_dir
+        self.device = device
+        self.precision = precision
+        self.batch_size = batch_size
+
+    def fit(self, X: Any = None, y: Any = None) -> "BottleneckFeatures":
+        """Load the backbone (nothing is learned: the network stays frozen)."""
+        if self.image_size is not None and self.image_size < 16:
+            raise ConfigError(f"image_size expected an integer >= 16 (or None). Received: image_size={self.image_size!r}")
+        runtime = resolve_runtime(self.device, self.precision)
+        self.extractor_ = FeatureExtractor(
+            self.backbone, weights=self.weights, runtime=runtime, cache_dir=self.cache_dir, batch_size=self.batch_size
+        )
+        self.image_size_ = self.image_size or get_backbone_spec(self.backbone).preprocessing.input_size
+        self.n_features_out_ = self.extractor_.dim
+        return self
+
+    def transform(self, X: Any) -> np.ndarray:
+        from sklearn.utils.validation import check_is_fitted
+
+        from transferkit.estimator import load_pixels
+
+        check_is_fitted(self, "extractor_")
+        pixels = load_pixels(X, self.image_size_, cache_dir=self.cache_dir)
+        return self.extractor_.transform(pixels)
+
+
+__all__ = ["BottleneckFeatures", "FeatureCache", "FeatureExtractor", "image_digests", "model_digest", "pooled_features"]

@@ -1,0 +1,98 @@
+"""The feature strategies: a linear classifier (``svm`` or ``logistic``) on frozen bottleneck features.
+
+The playbook's recipe for fewer than ~1,000 samples. Standardisation and the classifier form
+one scikit-learn pipeline; ``C`` is chosen by an inner stratified CV over a small grid, grouped
+so that the augmented views of one image never sit on both sides of an inner split.
+
+After fitting, the pipeline is *folded into the network's head*: standardisation and the
+linear map compose into one linear layer, so a feature-strategy model is an ordinary timm
+network with a K-class head. It saves, loads and predicts exactly like a fine-tuned one
+(safetensors, no pickled scikit-learn object).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+from sklearn.linear_model import LogisticRegression
+from sklearn.model_selection import GridSearchCV, StratifiedGroupKFold
+from sklearn.pipeline import Pipeline, make_pipeline
+from sklearn.preprocessing import StandardScaler
+from sklearn.svm import LinearSVC
+from torch import nn
+
+from transferkit.errors import ConfigError
+
+FEATURE_STRATEGIES: tuple[str, ...] = ("svm", "logistic")
+C_GRID: tuple[float, ...] = (0.001, 0.01, 0.1, 1.0)
+"""Inner-CV grid for C; standardised 1,280-d features favour strong regularisation."""
+
+
+def make_linear_pipeline(strategy: str, C: float = 1.0, seed: int = 0) -> Pipeline:
+    if strategy == "svm":
+        classifier = LinearSVC(C=C, dual="auto", max_iter=5000, random_state=seed)
+    elif strategy == "logistic":
+        classifier = LogisticRegression(C=C, max_iter=2000)
+    else:
+        raise ConfigError(f"unknown feature strategy; expected one of {', '.join(FEATURE_STRATEGIES)}. Received: strategy={strategy!r}")
+    return make_pipeline(StandardScaler(), classifier)
+
+
+def fit_linear_classifier(
+    features: np.ndarray,
+    targets: np.ndarray,
+    groups: np.ndarray,
+    *,
+    strategy: str,
+    C: float | None,
+    seed: int,
+    inner_folds: int = 3,
+) -> tuple[Pipeline, dict[str, Any]]:
+    """Fit the pipeline; with ``C=None`` pick C from :data:`C_GRID` by inner grouped CV.
+
+    Returns the fitted pipeline and a summary (chosen C, inner-CV score per C).
+    """
+    if C is not None:
+        pipeline = make_linear_pipeline(strategy, C, seed).fit(features, targets)
+        return pipeline, {"C": C, "inner_cv": None}
+    smallest = int(np.bincount(targets).min())
+    n_splits = max(2, min(inner_folds, smallest))
+    search = GridSearchCV(
+        make_linear_pipeline(strategy, 1.0, seed),
+        {f"{pipeline_step(strategy)}__C": list(C_GRID)},
+        cv=StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed),
+        scoring="accuracy",
+        refit=True,
+    )
+    search.fit(features, targets, groups=groups)
+    scores = {str(c): float(s) for c, s in zip(C_GRID, search.cv_results_["mean_test_score"])}
+    best_C = search.best_params_[f"{pipeline_step(strategy)}__C"]
+    return search.best_estimator_, {"C": best_C, "inner_cv": scores, "inner_folds": n_splits}
+
+
+def pipeline_step(strategy: str) -> str:
+    return "linearsvc" if strategy == "svm" else "logisticregression"
+
+
+def fold_into_head(model: nn.Module, pipeline: Pipeline, n_classes: int) -> None:
+    """Replace ``model``'s head by one linear layer computing the pipeline's decision values.
+
+    ``w . (x - mean) / scale + b == (w / scale) . x + (b - w . mean / scale)``. A binary
+    classifier has one decision value d; the head outputs logits ``[0, d]``, whose softmax is
+    exactly the logistic model's probability.
+    """
+    scaler, linear = pipeline[0], pipeline[-1]
+    coef = np.atleast_2d(linear.coef_).astype(np.float64)
+    intercept = np.atleast_1d(linear.intercept_).astype(np.float64)
+    weight = coef / scaler.scale_
+    bias = intercept - weight @ scaler.mean_
+    if n_classes == 2 and weight.shape[0] == 1:
+        weight = np.vstack([np.zeros_like(weight), weight])
+        bias = np.concatenate([[0.0], bias])
+    model.reset_classifier(n_classes)
+    head = model.get_classifier()
+    with torch.no_grad():
+        head.weight.copy_(torch.as_tensor(weight, dtype=head.weight.dtype))
+        head.bias.copy_(torch.as_tensor(bias, dtype=head.bias.dtype))
