@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 from typing import Annotated, Any, Iterator, Optional
 
+import numpy as np
 import typer
 from rich.console import Console
 from rich.table import Table
@@ -87,6 +88,7 @@ def fit(
     resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted fit from the checkpoint in --out.")] = False,
     device: Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N.")] = "auto",
     precision: Annotated[str, typer.Option(help="auto | fp32 | bf16 | fp16.")] = "auto",
+    cv: Annotated[Optional[int], typer.Option("--cv", help="First report K-fold cross-validated scores, then refit on all data.")] = None,
     json_path: JsonOpt = None,
     quiet: Annotated[bool, typer.Option("--quiet", help="No progress output.")] = False,
 ) -> None:
@@ -120,6 +122,7 @@ def fit(
             precision=precision,
             verbose=not quiet,
         )
+        cv_report = _cross_validate_before_fit(classifier, data, cv) if cv else None
         classifier.fit(data)
         history = classifier.history_["history"]
         metrics = {"validation_accuracy": classifier.validation_score_}
@@ -138,12 +141,107 @@ def fit(
             "fit_seconds": round(classifier.fit_seconds_, 1),
             "peak_memory_mb": round(_peak_memory_mb(), 1),
             "skipped": [vars(s) for s in classifier.skipped_],
+            "cv": cv_report,
             "history": history,
         }
         score = classifier.validation_score_
         val = f"validation accuracy {score:.4f}" if score is not None else "no validation split"
         out.print(f"fitted {classifier.strategy} on {data}: {val}; {report['fit_seconds']} s; peak memory {report['peak_memory_mb']:.0f} MB")
         out.print(f"model written to {out_dir}")
+        _write_json(json_path, report)
+
+
+def _cross_validate_before_fit(classifier, data: str, cv: int) -> dict[str, Any]:
+    from sklearn.base import clone
+
+    from transferkit.data import decode_images, resolve_data
+    from transferkit.evaluation.cv import cross_validate, make_folds
+
+    images = resolve_data(data, skip_bad=classifier.skip_bad)
+    size = classifier.image_size or _default_size(classifier.backbone)
+    decoded = decode_images(images, size, skip_bad=classifier.skip_bad, cache_dir=classifier.cache_dir, progress=classifier.verbose)
+    images = images.subset(decoded.indices)
+    groups = None if images.groups is None else np.asarray(images.groups)
+    folds = make_folds(np.asarray(images.labels), cv=cv, groups=groups, seed=classifier.seed)
+    quiet = clone(classifier).set_params(verbose=False, checkpoint_dir=None, resume=False)
+    result = cross_validate(quiet, decoded.pixels, np.asarray(images.labels), folds, on_fold=_print_fold)
+    low, high = result.ci95
+    out.print(f"{cv}-fold CV accuracy {result.mean:.4f} ± {result.std:.4f} (95% interval {low:.4f}-{high:.4f}); refitting on all data")
+    return result.to_dict()
+
+
+def _print_fold(strategy: str, score) -> None:
+    err.print(f"  {strategy} fold {score.fold}: accuracy {score.accuracy:.4f}  ({score.fit_seconds:.0f} s)")
+
+
+def _default_size(backbone: str) -> int:
+    from transferkit.backbones import get_backbone_spec
+
+    return get_backbone_spec(backbone).preprocessing.input_size
+
+
+@app.command()
+def compare(
+    data: DataArg,
+    strategies: Annotated[str, typer.Option(help="Comma-separated: svm,logistic,head,finetune,full,scratch.")] = "svm,head,finetune,full,scratch",
+    cv: Annotated[int, typer.Option("--cv", help="Stratified K-fold cross-validation (grouped when the CSV has a group column).")] = 5,
+    repeats: Annotated[int, typer.Option(help="Repeat the K folds with new shuffles.")] = 1,
+    backbone: Annotated[str, typer.Option(help="Backbone for every strategy.")] = "efficientnet_lite0",
+    image_size: Annotated[Optional[int], typer.Option(help="Override every strategy's image size.")] = None,
+    epochs: Annotated[Optional[int], typer.Option(help="Override every network strategy's epochs.")] = None,
+    seed: Annotated[int, typer.Option(help="Folds and training seed.")] = 0,
+    weights: Annotated[Optional[Path], typer.Option(help="Local pretrained weights file.")] = None,
+    cache_dir: Annotated[Optional[Path], typer.Option(help="Cache folder for decoded images and features.")] = None,
+    device: Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N.")] = "auto",
+    precision: Annotated[str, typer.Option(help="auto | fp32 | bf16 | fp16.")] = "auto",
+    out_dir: Annotated[Optional[Path], typer.Option("--out", help="Refit the best strategy on all data and save it here.")] = None,
+    plot: Annotated[Optional[Path], typer.Option(help="Bar chart PNG (default: next to --json or --out).")] = None,
+    json_path: JsonOpt = None,
+) -> None:
+    """Cross-validate several strategies on the same folds and rank them."""
+    from transferkit.data import resolve_data
+    from transferkit.estimator import ImageClassifier
+    from transferkit.evaluation.compare import compare_strategies, parse_strategies, strategy_params
+    from transferkit.persistence import save_model
+    from transferkit.report import plot_comparison
+
+    with _user_errors():
+        names = parse_strategies(strategies)
+        images = resolve_data(data)
+        base = {"backbone": backbone, "seed": seed, "weights": str(weights) if weights else None,
+                "cache_dir": str(cache_dir) if cache_dir else None, "device": device, "precision": precision}
+        overrides = {k: v for k, v in {"image_size": image_size, "epochs": epochs}.items() if v is not None}
+        err.print(f"comparing {', '.join(names)} with {cv}-fold CV x {repeats} on {images.describe()}")
+        comparison = compare_strategies(images, names, cv=cv, repeats=repeats, base=base, overrides=overrides, on_fold=_print_fold)
+        table = Table(title=f"{cv}-fold CV on {data} (n={comparison.n})")
+        for column in ("strategy", "accuracy", "balanced acc.", "macro-F1", "fit time", "settings"):
+            table.add_column(column)
+        best = comparison.best.strategy
+        for result in comparison.results:
+            summary = result.to_dict()
+            settings = ", ".join(f"{k}={result.params[k]}" for k in ("image_size", "epochs") if result.params.get(k) is not None and (k != "epochs" or result.strategy not in ("svm", "logistic")))
+            table.add_row(
+                result.strategy + (" *" if result.strategy == best else ""),
+                f"{result.mean:.4f} ± {result.std:.4f}",
+                f"{summary['balanced_accuracy']:.4f}",
+                f"{summary['macro_f1']:.4f}",
+                f"{summary['fit_seconds']:.0f} s",
+                settings,
+            )
+        out.print(table)
+        out.print(f"best: {best} (* above); {comparison.seconds:.0f} s in all")
+        report = comparison.to_dict()
+        plot = plot or (json_path.with_suffix(".png") if json_path else (out_dir / "compare.png" if out_dir else None))
+        if plot is not None:
+            plot_comparison(comparison, plot)
+            err.print(f"wrote {plot}")
+            report["plot"] = str(plot)
+        if out_dir is not None:
+            params = strategy_params(best, base, overrides)
+            classifier = ImageClassifier(**params, verbose=True).fit(images)
+            save_model(classifier, out_dir, metrics={"cv": comparison.best.to_dict()})
+            out.print(f"best model ({best}) refitted on all data and written to {out_dir}")
+            report["model"] = str(out_dir)
         _write_json(json_path, report)
 
 

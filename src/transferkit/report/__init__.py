@@ -1,0 +1,5 @@
+"""Reports: plots and tables of results."""
+
+from transferkit.report.plots import plot_comparison
+
+__all__ = ["plot_comparison"]

@@ -1,0 +1,144 @@
+"""Cross-validation: identical folds for every strategy, nested choices, per-fold scores.
+
+Folds are made once (:func:`make_folds`) and handed to every strategy, so their scores are
+paired. Everything a fold's model chooses — the C of ``svm``, the early-stopping split of the
+network strategies — happens inside ``fit`` on the fold's training part only: no leakage.
+Images are decoded once for the whole data set; each fold indexes into the same array.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+from scipy import stats
+from sklearn.base import clone
+from sklearn.model_selection import RepeatedStratifiedKFold, StratifiedGroupKFold
+
+from transferkit.errors import ConfigError, DataError
+from transferkit.evaluation.metrics import classification_metrics
+
+Fold = tuple[np.ndarray, np.ndarray]
+
+
+def make_folds(
+    labels: np.ndarray, *, cv: int = 5, repeats: int = 1, groups: np.ndarray | None = None, seed: int = 0
+) -> list[Fold]:
+    """Stratified k-fold (repeated ``repeats`` times); grouped when ``groups`` is given.
+
+    With groups, all images of one group (e.g. near-duplicates of one object) land on the
+    same side of every split (``StratifiedGroupKFold``).
+    """
+    labels = np.asarray(labels)
+    if not isinstance(cv, (int, np.integer)) or cv < 2:
+        raise ConfigError(f"cv expected an integer >= 2. Received: cv={cv!r}")
+    if not isinstance(repeats, (int, np.integer)) or repeats < 1:
+        raise ConfigError(f"repeats expected a positive integer. Received: repeats={repeats!r}")
+    names, counts = np.unique(labels, return_counts=True)
+    if counts.min() < cv:
+        small = ", ".join(f"{str(n)!r} ({c})" for n, c in zip(names, counts) if c < cv)
+        raise DataError(f"{cv}-fold cross-validation needs at least {cv} images per class; too few in {small}. Lower --cv or add images.")
+    index = np.arange(len(labels))
+    if groups is None:
+        splitter = RepeatedStratifiedKFold(n_splits=cv, n_repeats=repeats, random_state=seed)
+        return [(train, test) for train, test in splitter.split(index, labels)]
+    folds: list[Fold] = []
+    for repeat in range(repeats):
+        splitter = StratifiedGroupKFold(n_splits=cv, shuffle=True, random_state=seed + repeat)
+        folds.extend(splitter.split(index, labels, groups=np.asarray(groups)))
+    return folds
+
+
+@dataclass(frozen=True)
+class FoldScore:
+    fold: int
+    accuracy: float
+    balanced_accuracy: float
+    macro_f1: float
+    fit_seconds: float
+    n_train: int
+    n_test: int
+
+
+@dataclass
+class CVResult:
+    """Scores of one strategy over the folds."""
+
+    strategy: str
+    params: dict[str, Any]
+    folds: list[FoldScore] = field(default_factory=list)
+
+    def _values(self, key: str) -> np.ndarray:
+        return np.array([getattr(f, key) for f in self.folds])
+
+    @property
+    def mean(self) -> float:
+        return float(self._values("accuracy").mean())
+
+    @property
+    def std(self) -> float:
+        return float(self._values("accuracy").std(ddof=1)) if len(self.folds) > 1 else 0.0
+
+    @property
+    def ci95(self) -> tuple[float, float]:
+        """Student-t 95% interval of the mean accuracy (folds share data: read it as a guide)."""
+        k = len(self.folds)
+        if k < 2:
+            return (self.mean, self.mean)
+        half = stats.t.ppf(0.975, k - 1) * self.std / np.sqrt(k)
+        return (self.mean - half, self.mean + half)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "strategy": self.strategy,
+            "cv_mean": self.mean,
+            "cv_std": self.std,
+            "ci95": list(self.ci95),
+            "fold_scores": self._values("accuracy").tolist(),
+            "balanced_accuracy": float(self._values("balanced_accuracy").mean()),
+            "macro_f1": float(self._values("macro_f1").mean()),
+            "fit_seconds": float(self._values("fit_seconds").sum()),
+            "folds": [asdict(f) for f in self.folds],
+            "params": self.params,
+        }
+
+
+def cross_validate(
+    estimator,
+    pixels: np.ndarray,
+    labels: np.ndarray,
+    folds: list[Fold],
+    *,
+    name: str | None = None,
+    on_fold: Callable[[str, FoldScore], None] | None = None,
+) -> CVResult:
+    """Fit a clone of ``estimator`` on each fold's training part and score its test part.
+
+    ``pixels`` are decoded uint8 images at the estimator's image size (decoded once).
+    """
+    labels = np.asarray(labels).astype(str)
+    classes = sorted(set(labels))
+    params = {k: v for k, v in estimator.get_params().items() if isinstance(v, (str, int, float, bool, type(None)))}
+    result = CVResult(strategy=name or params.get("strategy", type(estimator).__name__), params=params)
+    for number, (train, test) in enumerate(folds, start=1):
+        model = clone(estimator)
+        started = time.perf_counter()
+        model.fit(pixels[np.sort(train)], labels[np.sort(train)])
+        fit_seconds = time.perf_counter() - started
+        predictions = model.predict(pixels[test])
+        metrics = classification_metrics(labels[test], predictions, classes)
+        score = FoldScore(
+            fold=number,
+            accuracy=metrics["accuracy"],
+            balanced_accuracy=metrics["balanced_accuracy"],
+            macro_f1=metrics["macro_f1"],
+            fit_seconds=fit_seconds,
+            n_train=len(train),
+            n_test=len(test),
+        )
+        result.folds.append(score)
+        if on_fold is not None:
+            on_fold(result.strategy, score)
+    return result

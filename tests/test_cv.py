@@ -1,0 +1,136 @@
+"""Cross-validation and `compare`: identical folds, no leakage, the documented JSON."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from conftest import TINY_BACKBONE, make_images
+from transferkit import DataError, ImageClassifier
+from transferkit.data import ImageSet
+from transferkit.evaluation import compare as compare_module
+from transferkit.evaluation.compare import compare_strategies, parse_strategies
+from transferkit.evaluation.cv import cross_validate, make_folds
+
+
+def test_folds_are_stratified_deterministic_and_cover_every_image_once():
+    labels = np.array(["a"] * 10 + ["b"] * 5)
+    folds = make_folds(labels, cv=5, seed=3)
+    again = make_folds(labels, cv=5, seed=3)
+    assert all(np.array_equal(a[1], b[1]) for a, b in zip(folds, again))
+    tests = np.concatenate([test for _, test in folds])
+    assert sorted(tests) == list(range(15))
+    for train, test in folds:
+        assert not set(train) & set(test)
+        assert sorted(labels[test]) == ["a", "a", "b"]
+    assert len(make_folds(labels, cv=5, repeats=2)) == 10
+
+
+def test_grouped_folds_keep_each_group_on_one_side():
+    labels = np.array(["a", "a", "b", "b"] * 6)
+    groups = np.repeat(np.arange(12), 2)
+    for train, test in make_folds(labels, cv=3, groups=groups):
+        assert not set(groups[train]) & set(groups[test])
+
+
+def test_too_few_images_for_the_folds_is_a_clear_error():
+    with pytest.raises(DataError, match="'b' \\(2\\)"):
+        make_folds(np.array(["a"] * 5 + ["b"] * 2), cv=3)
+
+
+def test_cross_validate_reports_per_fold_scores_and_an_interval(tiny_params):
+    images, labels = make_images(6, 32)
+    folds = make_folds(np.array(labels), cv=3)
+    result = cross_validate(ImageClassifier(**tiny_params, strategy="svm", C=0.1), images, np.array(labels), folds)
+    summary = result.to_dict()
+    assert len(summary["fold_scores"]) == 3 and summary["cv_mean"] == pytest.approx(np.mean(summary["fold_scores"]))
+    low, high = summary["ci95"]
+    assert low <= summary["cv_mean"] <= high
+    assert all(f["n_train"] == 12 and f["n_test"] == 6 for f in summary["folds"])
+
+
+def test_compare_gives_every_strategy_identical_folds_and_the_documented_json(tiny_params, monkeypatch):
+    seen = {}
+    real = compare_module.cross_validate
+
+    def spy(estimator, pixels, labels, folds, *, name, on_fold):
+        seen[name] = [test.tolist() for _, test in folds]
+        return real(estimator, pixels, labels, folds, name=name, on_fold=on_fold)
+
+    monkeypatch.setattr(compare_module, "cross_validate", spy)
+    images, labels = make_images(6, 32)
+    base = {k: v for k, v in tiny_params.items() if k not in ("image_size", "epochs")}
+    comparison = compare_strategies(
+        ImageSet(sources=list(images), labels=labels), ["svm", "head", "scratch"], cv=3, base=base,
+        overrides={"image_size": 32, "epochs": 1},
+    )
+    assert seen["svm"] == seen["head"] == seen["scratch"]
+    report = comparison.to_dict()
+    assert report["best"] in ("svm", "head", "scratch") and report["cv"] == 3 and report["n"] == 18
+    assert report["classes"] == ["blue", "green", "red"]
+    for entry in report["results"]:
+        for key in ("strategy", "cv_mean", "cv_std", "fold_scores", "balanced_accuracy", "macro_f1", "fit_seconds", "params"):
+            assert key in entry
+    assert json.loads(json.dumps(report)) == report
+
+
+def test_nested_choices_see_only_the_fold_training_part(tiny_params, monkeypatch):
+    """The svm's C grid runs inside fit on the fold's training images, never on its test images."""
+    from transferkit.strategies import linear
+
+    sizes = []
+    real = linear.fit_linear_classifier
+    monkeypatch.setattr(
+        "transferkit.estimator.fit_linear_classifier",
+        lambda features, *a, **k: sizes.append(len(features)) or real(features, *a, **k),
+    )
+    images, labels = make_images(6, 32)
+    folds = make_folds(np.array(labels), cv=3)
+    cross_validate(ImageClassifier(**tiny_params, strategy="svm"), images, np.array(labels), folds)
+    assert sizes == [12, 12, 12]
+
+
+def test_parse_strategies_rejects_unknown_names():
+    assert parse_strategies("svm, head,svm") == ["svm", "head"]
+    with pytest.raises(Exception, match="Received: 'svm,magic'"):
+        parse_strategies("svm,magic")
+
+
+def test_compare_command_writes_table_json_and_plot(image_folder, tiny_weights, tmp_path):
+    from typer.testing import CliRunner
+
+    from transferkit.cli import app
+
+    result = CliRunner().invoke(
+        app,
+        ["compare", str(image_folder), "--strategies", "logistic,head", "--cv", "2", "--backbone", TINY_BACKBONE,
+         "--weights", str(tiny_weights), "--image-size", "32", "--epochs", "1", "--device", "cpu",
+         "--json", str(tmp_path / "c.json"), "--out", str(tmp_path / "best")],
+        env={"COLUMNS": "200"},
+    )
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "c.json").read_text())
+    assert [r["strategy"] for r in report["results"]] == ["logistic", "head"]
+    assert (tmp_path / "c.png").stat().st_size > 1000
+    assert (tmp_path / "best" / "model.safetensors").exists()
+    assert "best:" in result.output
+
+
+def test_fit_with_cv_reports_scores_then_refits(image_folder, tiny_weights, tmp_path):
+    from typer.testing import CliRunner
+
+    from transferkit.cli import app
+
+    result = CliRunner().invoke(
+        app,
+        ["fit", str(image_folder), "--out", str(tmp_path / "m"), "--strategy", "logistic", "--cv", "2",
+         "--backbone", TINY_BACKBONE, "--weights", str(tiny_weights), "--image-size", "32", "--device", "cpu",
+         "--json", str(tmp_path / "fit.json"), "--quiet"],
+        env={"COLUMNS": "200"},
+    )
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "fit.json").read_text())
+    assert len(report["cv"]["fold_scores"]) == 2 and "2-fold CV accuracy" in result.output
+    assert (tmp_path / "m" / "model.safetensors").exists()
