@@ -28,6 +28,7 @@ from transferkit.strategies.network import NETWORK_STRATEGIES, configure_network
 from transferkit.training.augment import AUGMENT_PRESETS, build_augmentation
 from transferkit.training.inputs import predict_logits
 from transferkit.training.loop import TrainConfig, train_model
+from transferkit.training.prefix import frozen_block_count
 from transferkit.training.runtime import resolve_runtime
 
 Strategy = Literal["svm", "logistic", "head", "finetune", "full", "scratch"]
@@ -88,6 +89,10 @@ class ImageClassifier(ClassifierMixin, BaseEstimator):
     feature_views : int
         ``svm``/``logistic`` only: augmented views per training image (``augment`` preset)
         added to the training features; 0 uses the images as they are.
+    prefix_views : int
+        ``head``/``finetune``: run the frozen stages once per image for this many augmented
+        views and train only the rest on the cached activations (epoch e uses view
+        e % prefix_views); 0 runs the plain loop. See :mod:`transferkit.training.prefix`.
     verbose : bool
         Print progress bars and one line per epoch to stderr.
 
@@ -138,6 +143,7 @@ class ImageClassifier(ClassifierMixin, BaseEstimator):
         precision: str = "auto",
         C: float | None = None,
         feature_views: int = 0,
+        prefix_views: int = 0,
         verbose: bool = False,
     ):
         self.backbone = backbone
@@ -165,6 +171,7 @@ class ImageClassifier(ClassifierMixin, BaseEstimator):
         self.precision = precision
         self.C = C
         self.feature_views = feature_views
+        self.prefix_views = prefix_views
         self.verbose = verbose
 
     # ------------------------------------------------------------------ fit
@@ -248,6 +255,7 @@ class ImageClassifier(ClassifierMixin, BaseEstimator):
             patience=self.patience,
             label_smoothing=self.label_smoothing,
             seed=self.seed,
+            prefix_views=self.prefix_views,
         )
         # Sort the indices so a memmap is read in order; the loader shuffles anyway.
         train_idx, val_idx = np.sort(train_idx), np.sort(val_idx)
@@ -267,6 +275,7 @@ class ImageClassifier(ClassifierMixin, BaseEstimator):
             checkpoint_dir=self.checkpoint_dir,
             resume=self.resume,
             fingerprint=self._fingerprint(len(targets), classes),
+            prefix_start=frozen_block_count(model, plan.frozen_stages),
             verbose=self.verbose,
         )
         return model, preprocessing, result.to_dict(), plan
@@ -338,8 +347,10 @@ class ImageClassifier(ClassifierMixin, BaseEstimator):
             raise ConfigError(f"unknown strategy; expected one of {', '.join(STRATEGIES)}. Received: strategy={self.strategy!r}")
         if self.C is not None and not self.C > 0:
             raise ConfigError(f"C expected a positive number (or None). Received: C={self.C!r}")
-        if not isinstance(self.feature_views, (int, np.integer)) or self.feature_views < 0:
-            raise ConfigError(f"feature_views expected a non-negative integer. Received: feature_views={self.feature_views!r}")
+        for name in ("feature_views", "prefix_views"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, np.integer)) or value < 0:
+                raise ConfigError(f"{name} expected a non-negative integer. Received: {name}={value!r}")
         if self.augment not in AUGMENT_PRESETS:
             raise ConfigError(f"unknown augmentation preset; expected one of {', '.join(AUGMENT_PRESETS)}. Received: augment={self.augment!r}")
         for name in ("epochs", "batch_size"):
@@ -382,7 +393,7 @@ class ImageClassifier(ClassifierMixin, BaseEstimator):
     def _fingerprint(self, n_images: int, classes: np.ndarray) -> dict[str, Any]:
         """Settings that must not change between a run and its resume."""
         keys = ("backbone", "strategy", "freeze", "epochs", "lr", "backbone_lr_factor", "image_size",
-                "augment", "batch_size", "val_fraction", "seed", "class_weight", "dropout", "label_smoothing", "weight_decay")
+                "augment", "batch_size", "val_fraction", "seed", "class_weight", "dropout", "label_smoothing", "weight_decay", "prefix_views")
         fingerprint = {key: getattr(self, key) for key in keys}
         fingerprint.update(n_images=n_images, classes=[str(c) for c in classes])
         return fingerprint

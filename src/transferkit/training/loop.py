@@ -24,7 +24,8 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from transferkit.backbones import Preprocessing
 from transferkit.errors import ConfigError
 from transferkit.strategies.freezing import train_mode
-from transferkit.training.inputs import predict_logits, to_model_input
+from transferkit.training.inputs import pixels_to_tensor, to_model_input
+from transferkit.training.prefix import Suffix, affordable_views, cache_activations
 from transferkit.training.runtime import Runtime, unwrap
 
 CHECKPOINT_NAME = "checkpoint.pt"
@@ -45,6 +46,8 @@ class TrainConfig:
     grad_clip: float = 1.0
     seed: int = 0
     num_workers: int = 0
+    prefix_views: int = 0
+    """Cached views of the frozen prefix (0: plain loop); see :mod:`transferkit.training.prefix`."""
 
 
 @dataclass
@@ -73,6 +76,21 @@ class TrainResult:
             "stopped_early": self.stopped_early,
             "resumed_from_epoch": self.resumed_from_epoch,
         }
+
+
+class _ActivationViews(Dataset):
+    """Cached prefix activations: one tensor per view; ``view`` is set at each epoch."""
+
+    def __init__(self, views: list[torch.Tensor], targets: np.ndarray):
+        self.views = views
+        self.targets = torch.as_tensor(targets, dtype=torch.long)
+        self.view = 0
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    def __getitem__(self, index: int):
+        return self.views[self.view][index], self.targets[index]
 
 
 class _PixelDataset(Dataset):
@@ -127,6 +145,7 @@ def train_model(
     checkpoint_dir: str | os.PathLike | None = None,
     resume: bool = False,
     fingerprint: dict[str, Any] | None = None,
+    prefix_start: int | None = None,
     verbose: bool = True,
 ) -> TrainResult:
     """Train ``model`` in place and leave the best weights (lowest validation loss) in it.
@@ -144,14 +163,42 @@ def train_model(
         A checkpoint is written after every epoch; with ``resume=True`` training continues
         after the last completed epoch (at most one epoch is lost to a crash or Ctrl-C).
         ``fingerprint`` (the run's settings) must match for a resume to be accepted.
+    prefix_start : int or None
+        Where the frozen prefix ends (see :func:`transferkit.training.prefix.frozen_block_count`);
+        with ``config.prefix_views > 0`` only the suffix trains, on cached activations.
     """
     console = Console(stderr=True, quiet=not (verbose and runtime.is_main))
     torch.manual_seed(config.seed)
-    model = runtime.prepare_model(model)
-    plain_model = unwrap(model)
+    views = 0
+    if prefix_start is not None and config.prefix_views > 0:
+        views = affordable_views(model, prefix_start, train[0].shape[1], len(train[0]), config.prefix_views)
+        if views == 0:
+            console.print("frozen-prefix cache skipped: its activations would not fit in memory")
+    if views:
+        started = time.perf_counter()
+        cache = dict(model=model.to(runtime.device, memory_format=runtime.memory_format()), start=prefix_start,
+                     preprocessing=preprocessing, runtime=runtime, seed=config.seed, batch_size=config.batch_size * 2)
+        train_set: Dataset = _ActivationViews(cache_activations(pixels=train[0], augment=augment, views=views, **cache), train[1])
+        views = len(train_set.views)
+        val_inputs = cache_activations(pixels=val[0], augment=None, views=1, **cache)[0] if val is not None else None
+        console.print(f"frozen prefix computed once for {views} view(s) of {len(train[0])} images in {time.perf_counter() - started:.1f} s; training the rest on it")
+        net: nn.Module = Suffix(model, prefix_start)
+
+        def prepare(batch: torch.Tensor) -> torch.Tensor:
+            batch = batch.float()
+            return runtime.images_to_device(batch) if batch.ndim == 4 else runtime.to_device(batch)
+    else:
+        train_set = _PixelDataset(train[0], train[1], augment)
+        val_inputs = val[0] if val is not None else None
+        net = model
+
+        def prepare(batch: torch.Tensor) -> torch.Tensor:
+            return to_model_input(batch, preprocessing, runtime)
+
+    net = runtime.prepare_model(net)
+    plain_model = unwrap(net)
     optimizer = build_optimizer(head_parameters, backbone_parameters, config)
 
-    train_set = _PixelDataset(train[0], train[1], augment)
     sampler = DistributedSampler(train_set, seed=config.seed) if runtime.distributed else None
     generator = torch.Generator().manual_seed(config.seed)
     loader = DataLoader(
@@ -199,17 +246,19 @@ def train_model(
         generator.manual_seed(config.seed * 1000 + epoch)
         if sampler is not None:
             sampler.set_epoch(epoch)
-        train_mode(model)
+        if views:
+            train_set.view = epoch % views
+        train_mode(net)
         started = time.perf_counter()
         loss_sum = torch.zeros((), device=runtime.device)
         correct = torch.zeros((), device=runtime.device)
         seen = 0
         with _progress(console, f"epoch {epoch + 1}/{config.epochs}", steps_per_epoch) as (progress, task):
             for images, targets in loader:
-                inputs = to_model_input(images, preprocessing, runtime)
+                inputs = prepare(images)
                 targets = runtime.to_device(targets)
                 with runtime.autocast():
-                    logits = model(inputs)
+                    logits = net(inputs)
                     loss = criterion(logits.float(), targets)
                 optimizer.zero_grad(set_to_none=True)
                 scaler.scale(loss).backward()
@@ -234,7 +283,7 @@ def train_model(
 
         val_loss = val_accuracy = None
         if val is not None and len(val[0]):
-            val_loss, val_accuracy = _validate(plain_model, val, preprocessing, runtime, criterion, config.batch_size)
+            val_loss, val_accuracy = _validate(plain_model, val_inputs, val[1], prepare, runtime, criterion, config.batch_size * 2)
         record = EpochRecord(
             epoch=epoch + 1,
             train_loss=train_loss,
@@ -280,11 +329,19 @@ def train_model(
     return result
 
 
-def _validate(model, val, preprocessing, runtime, criterion, batch_size) -> tuple[float, float]:
-    logits = predict_logits(model, val[0], preprocessing, runtime, batch_size=batch_size * 2)
-    targets = torch.as_tensor(val[1], dtype=torch.long)
-    # The criterion's class weights live on the device; compute there too.
-    loss = criterion(runtime.to_device(logits), runtime.to_device(targets)).item()
+@torch.no_grad()
+def _validate(model, inputs, targets, prepare, runtime, criterion, batch_size) -> tuple[float, float]:
+    """Validation loss and accuracy; ``inputs`` are uint8 pixels or cached prefix activations."""
+    model.eval()
+    logits = []
+    for start in range(0, len(inputs), batch_size):
+        chunk = inputs[start : start + batch_size]
+        batch = pixels_to_tensor(chunk) if isinstance(chunk, np.ndarray) else chunk
+        with runtime.autocast():
+            logits.append(model(prepare(batch)).float())
+    logits = torch.cat(logits)
+    targets = runtime.to_device(torch.as_tensor(targets, dtype=torch.long))
+    loss = criterion(logits, targets).item()
     accuracy = (logits.argmax(1) == targets).float().mean().item()
     return loss, accuracy
 

@@ -1,0 +1,455 @@
+"""transferkit.advise: LogME, the domain-shift probe, data facts, every rule, and advise().
+
+LogME is checked against an independent maximisation of the Gaussian marginal likelihood;
+the domain shift against a model whose BatchNorm statistics are set to one distribution.
+Only the slow test uses real pretrained weights.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import timm
+import torch
+from PIL import Image
+from scipy.optimize import minimize
+from scipy.stats import multivariate_normal
+
+from conftest import TINY_BACKBONE, make_images
+from transferkit.advise import (
+    AdviceThresholds,
+    BackboneFacts,
+    DataFacts,
+    DomainShift,
+    advise,
+    batchnorm_shift,
+    data_facts,
+    logme_score,
+    probe_backbone,
+    recommend,
+)
+from transferkit.backbones import backbone_stages, create_backbone, feature_dim, get_backbone_spec
+from transferkit.data import ImageSet, resolve_data
+from transferkit.errors import BackboneError, ConfigError, DataError
+from transferkit.training.inputs import pixels_to_tensor, to_model_input
+from transferkit.training.runtime import resolve_runtime
+
+CPU = resolve_runtime("cpu", "fp32")
+
+# ---------------------------------------------------------------------------------------------
+# LogME
+
+
+def independent_logme(features: np.ndarray, labels: np.ndarray) -> float:
+    """Maximise log N(y; 0, I/beta + F F^T/alpha) over (alpha, beta) numerically, per class."""
+    n = len(features)
+    evidences = []
+    for label in np.unique(labels):
+        y = (labels == label).astype(float)
+
+        def negative_log_evidence(log_params):
+            alpha, beta = np.exp(log_params)
+            covariance = np.eye(n) / beta + features @ features.T / alpha
+            return -multivariate_normal(np.zeros(n), covariance).logpdf(y)
+
+        starts = [(0.0, 0.0), (2.0, 2.0), (-2.0, 1.0)]
+        options = {"xatol": 1e-9, "fatol": 1e-12, "maxiter": 4000}
+        best = min((minimize(negative_log_evidence, x0, method="Nelder-Mead", options=options) for x0 in starts),
+                   key=lambda result: result.fun)
+        evidences.append(-best.fun)
+    return float(np.mean(evidences) / n)
+
+
+@pytest.mark.parametrize("n, d", [(40, 5), (12, 20)], ids=["more-samples", "more-dimensions"])
+def test_logme_equals_an_independent_maximum_of_the_evidence(n, d):
+    rng = np.random.default_rng(n)
+    labels = rng.integers(0, 3, n)
+    features = rng.normal(size=(n, d)) + 1.5 * np.eye(3, d)[labels]
+    assert logme_score(features, labels) == pytest.approx(independent_logme(features, labels), rel=1e-3)
+
+
+def test_logme_scores_separating_features_above_noise_and_ignores_label_names():
+    rng = np.random.default_rng(0)
+    labels = np.repeat(["cat", "dog", "fox"], 30)
+    index = np.unique(labels, return_inverse=True)[1]
+    separable = np.eye(3)[index] @ rng.normal(size=(3, 16)) + 0.05 * rng.normal(size=(90, 16))
+    noise = rng.normal(size=(90, 16))
+    assert logme_score(separable, labels) > logme_score(noise, labels) + 1.0
+    assert logme_score(separable, labels) == pytest.approx(logme_score(separable, index))
+    assert math.isfinite(logme_score(np.zeros((90, 4)), labels))  # features that say nothing
+
+
+@pytest.mark.parametrize(
+    "features, labels, message",
+    [
+        (np.zeros(10), [0, 1] * 5, "shape \\(N, D\\)"),
+        (np.ones((4, 2)) * np.nan, [0, 1, 0, 1], "finite"),
+        (np.ones((4, 2)), [0, 1, 0], "one label per feature row"),
+        (np.ones((4, 2)), [1, 1, 1, 1], "at least 2 classes"),
+        (np.array([["a", "b"], ["c", "d"]]), [0, 1], "real-valued"),
+    ],
+)
+def test_logme_rejects_bad_input(features, labels, message):
+    with pytest.raises(DataError, match=message):
+        logme_score(features, labels)
+
+
+# ---------------------------------------------------------------------------------------------
+# Probe and domain shift
+
+
+@pytest.fixture(scope="module")
+def tiny_pretrained(tiny_weights):
+    return create_backbone(TINY_BACKBONE, num_classes=1000, weights_path=tiny_weights)
+
+
+def test_probe_measures_every_stage_of_the_tiny_backbone(tiny_pretrained):
+    model, preprocessing = tiny_pretrained
+    pixels, _ = make_images(4, 32)
+    hooks_before = sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules())
+    model.train()
+    probe = probe_backbone(model, pixels, preprocessing, runtime=CPU, batch_size=5)
+
+    stages = backbone_stages(model)
+    assert probe.stage_names == tuple(name for name, _ in stages) == (
+        "stem", "stage1", "stage2", "stage3", "stage4", "stage5", "neck")  # fmt: skip
+    assert set(probe.stage_features) == set(probe.stage_shift) == set(probe.stage_names)
+    for name, features in probe.stage_features.items():
+        assert features.shape[0] == 12 and features.dtype == np.float32
+    assert probe.bottleneck.shape == (12, feature_dim(model))
+    np.testing.assert_allclose(probe.stage_features["neck"], probe.bottleneck, rtol=1e-5, atol=1e-6)
+    assert 0.0 <= probe.imagenet_entropy <= 1.0
+    assert all(value >= 0 for value in probe.stage_shift.values())
+    # the model is left as it was found: training mode, no hooks
+    assert model.training
+    assert sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules()) == hooks_before
+    # statistics merged over batches equal those of one batch
+    whole = probe_backbone(model, pixels, preprocessing, runtime=CPU, batch_size=12)
+    for name in probe.stage_names:
+        assert whole.stage_shift[name] == pytest.approx(probe.stage_shift[name], rel=1e-6)
+    assert probe_backbone(model, pixels[:2], preprocessing, runtime=CPU, entropy=False).imagenet_entropy is None
+
+
+def test_probe_rejects_pixels_that_are_not_uint8_rgb(tiny_pretrained):
+    model, preprocessing = tiny_pretrained
+    with pytest.raises(DataError, match="uint8 array of shape \\(N, S, S, 3\\)"):
+        probe_backbone(model, np.zeros((2, 32, 32, 3), np.float32), preprocessing, runtime=CPU)
+    with pytest.raises(ConfigError, match="batch_size"):
+        probe_backbone(model, np.zeros((2, 32, 32, 3), np.uint8), preprocessing, runtime=CPU, batch_size=0)
+
+
+def test_batchnorm_shift_is_zero_for_equal_statistics_and_grows_with_the_difference():
+    mean, var = torch.tensor([0.0, 1.0, -2.0]), torch.tensor([1.0, 4.0, 0.5])
+    assert batchnorm_shift(mean, var, mean, var) == pytest.approx(0.0, abs=1e-12)
+    offsets = [batchnorm_shift(mean + delta, var, mean, var) for delta in (0.5, 1.0, 2.0)]
+    assert 0 < offsets[0] < offsets[1] < offsets[2]
+    assert batchnorm_shift(mean, var * 4, mean, var) == pytest.approx(batchnorm_shift(mean, var, mean, var * 4))
+
+
+def test_domain_shift_is_low_for_the_distribution_the_batchnorm_statistics_came_from():
+    """Known answer: BatchNorm statistics set to distribution A; A must look near, B far."""
+    torch.manual_seed(0)
+    model = timm.create_model(TINY_BACKBONE, num_classes=1000)
+    preprocessing = get_backbone_spec(TINY_BACKBONE).preprocessing
+    seen, _ = make_images(8, 32, seed=1)  # distribution A: coloured squares
+    for layer in model.modules():
+        if isinstance(layer, torch.nn.modules.batchnorm._BatchNorm):
+            layer.reset_running_stats()
+            layer.momentum = None  # cumulative average: running stats = the statistics of A
+    model.train()
+    with torch.no_grad():
+        model(to_model_input(pixels_to_tensor(seen), preprocessing, CPU))
+
+    same = probe_backbone(model, seen, preprocessing, runtime=CPU, entropy=False)
+    rng = np.random.default_rng(0)
+    noise = rng.integers(0, 256, size=seen.shape, dtype=np.uint8)
+    dark = (seen // 8).astype(np.uint8)
+    # not exactly 0: eval mode divides by the unbiased running variance, train mode by the biased one
+    assert max(same.stage_shift.values()) < 0.05
+    for other in (noise, dark):
+        shifted = probe_backbone(model, other, preprocessing, runtime=CPU, entropy=False)
+        assert DomainShift.from_probe(shifted).score > 10 * DomainShift.from_probe(same).score + 0.3
+        assert all(shifted.stage_shift[name] > same.stage_shift[name] for name in same.stage_names)
+
+
+def _natural_photos(n: int, size: int, rng: np.random.Generator) -> np.ndarray:
+    import skimage.data
+
+    photos = [skimage.data.chelsea(), skimage.data.astronaut(), skimage.data.coffee(), skimage.data.rocket()]
+    crops = []
+    for i in range(n):
+        photo = photos[i % len(photos)]
+        height, width = photo.shape[:2]
+        side = int(rng.integers(min(height, width) // 2, min(height, width) + 1))
+        top, left = int(rng.integers(0, height - side + 1)), int(rng.integers(0, width - side + 1))
+        crop = Image.fromarray(photo[top : top + side, left : left + side]).resize((size, size), Image.BICUBIC)
+        crops.append(np.asarray(crop))
+    return np.stack(crops)
+
+
+def _digits(n: int, size: int) -> np.ndarray:
+    from sklearn.datasets import load_digits
+
+    images = (load_digits().images[:n] / 16 * 255).astype(np.uint8)
+    resized = [np.asarray(Image.fromarray(image).resize((size, size), Image.BICUBIC)) for image in images]
+    return np.repeat(np.stack(resized)[..., None], 3, axis=-1)
+
+
+@pytest.mark.slow
+def test_real_lite0_sees_photos_as_near_and_noise_and_digits_as_far():
+    model, preprocessing = create_backbone("efficientnet_lite0", num_classes=1000)
+    size, rng = preprocessing.input_size, np.random.default_rng(0)
+    sets = {
+        "photos": _natural_photos(24, size, rng),
+        "noise": rng.integers(0, 256, size=(24, size, size, 3), dtype=np.uint8),
+        "digits": _digits(24, size),
+    }
+    shifts = {name: DomainShift.from_probe(probe_backbone(model, pixels, preprocessing, runtime=CPU))
+              for name, pixels in sets.items()}
+    print({name: (round(s.score, 3), round(s.imagenet_entropy, 3)) for name, s in shifts.items()})
+    for far in ("noise", "digits"):
+        assert shifts["photos"].score < shifts[far].score
+        assert shifts["photos"].imagenet_entropy < shifts[far].imagenet_entropy
+    # the default thresholds separate them
+    t = AdviceThresholds()
+    assert shifts["photos"].score < t.far_domain_shift and shifts["photos"].imagenet_entropy < t.far_entropy
+    assert shifts["noise"].score >= t.far_domain_shift and shifts["digits"].score >= t.far_domain_shift
+
+
+# ---------------------------------------------------------------------------------------------
+# Data facts
+
+
+def test_data_facts_of_arrays_counts_classes_sizes_modes_and_duplicates():
+    rng = np.random.default_rng(0)
+    colour = rng.integers(0, 256, size=(10, 20, 3), dtype=np.uint8)
+    gray = rng.integers(0, 256, size=(30, 40), dtype=np.uint8)
+    sources = [colour, colour.copy(), gray, gray.copy(), rng.integers(0, 256, size=(50, 60, 3), dtype=np.uint8)]
+    facts = data_facts(ImageSet(sources, ["a", "a", "a", "b", "b"], name="arrays"))
+    assert (facts.n_samples, facts.n_classes, facts.class_counts) == (5, 2, {"a": 3, "b": 2})
+    assert facts.imbalance == pytest.approx(1.5)
+    assert facts.height == (10, 30.0, 50) and facts.width == (20, 40.0, 60)
+    assert facts.median_side == 30.0
+    assert facts.modes == {"RGB": 3, "L": 2} and facts.grayscale_fraction == pytest.approx(0.4)
+    assert facts.duplicates == 2 and facts.conflicting_duplicates == 1
+    assert ("arrays[0]", "arrays[1]") in facts.duplicate_examples
+    json.dumps(facts.to_dict())
+
+
+def test_data_facts_of_files_reads_headers_and_hashes_bytes(tmp_path):
+    images, labels = make_images(2, 16)
+    paths = []
+    for i, (image, label) in enumerate(zip(images, labels)):
+        paths.append(str(tmp_path / f"{i}.png"))
+        Image.fromarray(image).save(paths[-1])
+    Image.fromarray(images[0][..., 0]).convert("L").save(tmp_path / "gray.png")
+    (tmp_path / "copy.png").write_bytes((tmp_path / "0.png").read_bytes())
+    imageset = ImageSet([*paths, str(tmp_path / "gray.png"), str(tmp_path / "copy.png")], [*labels, "red", "red"])
+    facts = data_facts(imageset)
+    assert facts.n_samples == 8 and facts.modes == {"RGB": 7, "L": 1}
+    assert facts.height == (16, 16.0, 16)
+    assert facts.duplicates == 1 and facts.conflicting_duplicates == 0
+    assert facts.duplicate_examples == [(paths[0], str(tmp_path / "copy.png"))]
+    # decoded pixels catch gray content stored as RGB
+    rgb_gray = np.repeat(images[:4, ..., :1], 3, axis=-1)
+    assert data_facts(imageset, decoded_pixels=np.concatenate([rgb_gray, images[:4]])).grayscale_fraction == 0.5
+
+
+def test_data_facts_rejects_unlabelled_data():
+    with pytest.raises(DataError, match="labelled images"):
+        data_facts(ImageSet([np.zeros((4, 4), np.uint8)], labels=None))
+    with pytest.raises(DataError, match="ImageSet"):
+        data_facts([np.zeros((4, 4), np.uint8)])
+
+
+# ---------------------------------------------------------------------------------------------
+# Rules: each fires at its threshold and not just below
+
+STAGES = ("stem", "stage1", "stage2", "stage3", "stage4", "neck")
+BACKBONE = BackboneFacts("tiny", input_size=64, stage_names=STAGES, head_parameters=10)
+T = AdviceThresholds(
+    small_data=100, large_data=1_000, min_scratch_samples=5_000, far_domain_shift=0.5, far_entropy=0.6,
+    freeze_shift=0.4, max_freeze=3, max_freeze_far=1, head_parameters_per_sample=10, imbalance=3.0,
+    duplicates=1, min_image_size=32,
+)  # fmt: skip
+
+
+def make_facts(n: int = 500, *, side: float = 64, imbalance: float = 1.0, duplicates: int = 0,
+               conflicting: int = 0) -> DataFacts:  # fmt: skip
+    return DataFacts(
+        n_samples=n, n_classes=2, class_counts={"a": n // 2, "b": n - n // 2}, imbalance=imbalance,
+        height=(int(side), float(side), int(side)), width=(int(side), float(side), int(side)),
+        duplicates=duplicates, conflicting_duplicates=conflicting,
+        duplicate_examples=[("x.png", "y.png")] if duplicates else [],
+    )  # fmt: skip
+
+
+def near(value: float = 0.1, entropy: float | None = 0.2) -> DomainShift:
+    return DomainShift({name: value for name in STAGES}, imagenet_entropy=entropy)
+
+
+def fired(recommendation, name: str) -> bool:
+    return next(rule for rule in recommendation.rules if rule.name == name).fired
+
+
+def test_every_rule_is_listed_with_its_numbers():
+    rec = recommend(make_facts(), near(), T, backbone=BACKBONE)
+    assert [rule.name for rule in rec.rules] == [
+        "small_data", "large_data", "far_domain_shift", "far_domain_entropy", "scratch", "freeze_depth",
+        "small_images", "imbalance", "head_overfitting", "duplicates",
+    ]  # fmt: skip
+    assert all(rule.detail for rule in rec.rules)
+    json.dumps(rec.to_dict())
+
+
+def test_small_data_fires_below_its_threshold_and_gives_an_svm():
+    svm = recommend(make_facts(99), near(), T, backbone=BACKBONE)
+    assert fired(svm, "small_data") and svm.strategy == "svm"
+    assert (svm.freeze, svm.lr, svm.backbone_lr_factor, svm.augment) == (None, None, None, "none")
+    assert svm.reasons[0].startswith("99 training images (< 100)")
+    at = recommend(make_facts(100), near(), T, backbone=BACKBONE)
+    assert not fired(at, "small_data") and at.strategy == "finetune" and at.augment == "standard"
+
+
+def test_the_reason_names_the_number_that_triggered_it():
+    rec = recommend(make_facts(1968), near(), backbone=BackboneFacts("lite0", 64, STAGES, 10))
+    assert rec.reasons[0] == (
+        "1,968 training images (>= 1,000): enough to fine-tune rather than only train an SVM on frozen features"
+    )
+
+
+def test_large_data_fires_at_its_threshold_and_fine_tunes_everything():
+    full = recommend(make_facts(1_000), near(), T, backbone=BACKBONE)
+    assert fired(full, "large_data") and full.strategy == "full"
+    assert (full.freeze, full.lr, full.backbone_lr_factor) == (0, 1e-3, 0.1)
+    below = recommend(make_facts(999), near(), T, backbone=BACKBONE)
+    assert not fired(below, "large_data") and below.strategy == "finetune"
+
+
+def test_far_domain_by_shift_fires_at_its_threshold_and_freezes_less():
+    loose = AdviceThresholds(**{**vars(T), "freeze_shift": 10.0})  # freezing depth left to the caps
+    far = recommend(make_facts(), near(0.5), loose, backbone=BACKBONE)
+    assert fired(far, "far_domain_shift") and far.freeze == T.max_freeze_far
+    assert any("domain shift 0.50 (>= 0.50)" in reason for reason in far.reasons)
+    close = recommend(make_facts(), near(0.49), loose, backbone=BACKBONE)
+    assert not fired(close, "far_domain_shift") and close.freeze == T.max_freeze
+
+
+def test_far_domain_by_entropy_fires_at_its_threshold():
+    far = recommend(make_facts(), near(entropy=0.6), T, backbone=BACKBONE)
+    assert fired(far, "far_domain_entropy") and far.freeze == T.max_freeze_far
+    close = recommend(make_facts(), near(entropy=0.59), T, backbone=BACKBONE)
+    assert not fired(close, "far_domain_entropy") and close.freeze == T.max_freeze
+    unknown = recommend(make_facts(), near(entropy=None), T, backbone=BACKBONE)
+    assert not fired(unknown, "far_domain_entropy")
+    assert not fired(recommend(make_facts(), DomainShift(), T, backbone=BACKBONE), "far_domain_shift")
+
+
+def test_scratch_needs_a_far_domain_and_enough_data():
+    far = near(entropy=0.9)
+    scratch = recommend(make_facts(5_000), far, T, backbone=BACKBONE)
+    assert fired(scratch, "scratch") and scratch.strategy == "scratch"
+    assert (scratch.freeze, scratch.lr, scratch.backbone_lr_factor) == (0, 1e-3, 1.0)
+    assert recommend(make_facts(4_999), far, T, backbone=BACKBONE).strategy == "full"
+    assert recommend(make_facts(5_000), near(), T, backbone=BACKBONE).strategy == "full"
+    mid = recommend(make_facts(500), far, T, backbone=BACKBONE)
+    assert mid.strategy == "finetune" and any("too few to train from scratch" in r for r in mid.reasons)
+
+
+def test_freezing_stops_at_the_first_stage_whose_shift_reaches_the_threshold():
+    def shift(**values):
+        return DomainShift({name: values.get(name, 0.1) for name in STAGES}, imagenet_entropy=0.2)
+
+    stopped = recommend(make_facts(), shift(stage3=0.4), T, backbone=BACKBONE)
+    assert fired(stopped, "freeze_depth") and stopped.freeze == 2
+    assert any(r.startswith("freeze 2 (stem, stage1, stage2): stage3 is the first stage") for r in stopped.reasons)
+    below = recommend(make_facts(), shift(stage3=0.39), T, backbone=BACKBONE)
+    assert not fired(below, "freeze_depth") and below.freeze == T.max_freeze
+    assert recommend(make_facts(), shift(stem=0.4), T, backbone=BACKBONE).freeze == 0
+    assert recommend(make_facts(), shift(stage1=0.4), T, backbone=BACKBONE).freeze == 0
+    assert recommend(make_facts(), shift(stage2=0.4), T, backbone=BACKBONE).freeze == 1
+
+
+def test_learning_rates_are_stated():
+    rec = recommend(make_facts(), near(), T, backbone=BACKBONE)
+    assert any(r.startswith("learning rate 0.001 for the new head and 0.0001 (x0.1)") for r in rec.reasons)
+
+
+def test_small_images_train_at_their_own_size_clamped():
+    at = recommend(make_facts(side=64), near(), T, backbone=BACKBONE)
+    assert not fired(at, "small_images") and at.image_size == 64
+    below = recommend(make_facts(side=63), near(), T, backbone=BACKBONE)
+    assert fired(below, "small_images") and below.image_size == 63
+    digits = recommend(make_facts(side=8), near(), T, backbone=BACKBONE)
+    assert digits.image_size == 32 and any("median image side 8 px" in r for r in digits.reasons)
+    tiny_input = BackboneFacts("tiny", input_size=24, stage_names=STAGES, head_parameters=10)
+    assert recommend(make_facts(side=8), near(), T, backbone=tiny_input).image_size == 24
+
+
+def test_a_large_head_on_small_data_warns_about_overfitting():
+    heavy = BackboneFacts("vgg-like", 64, STAGES, head_parameters=10 * 500)
+    warned = recommend(make_facts(500), near(), T, backbone=heavy)
+    assert fired(warned, "head_overfitting") and any("5,000 fully connected parameters" in w for w in warned.warnings)
+    light = BackboneFacts("vgg-like", 64, STAGES, head_parameters=10 * 500 - 1)
+    quiet = recommend(make_facts(500), near(), T, backbone=light)
+    assert not fired(quiet, "head_overfitting") and quiet.warnings == []
+
+
+def test_imbalance_fires_at_its_threshold_and_weights_the_classes():
+    assert recommend(make_facts(imbalance=3.0), near(), T, backbone=BACKBONE).class_weight == "balanced"
+    assert recommend(make_facts(imbalance=2.99), near(), T, backbone=BACKBONE).class_weight is None
+
+
+def test_duplicates_warn_and_conflicting_labels_warn_twice():
+    one = recommend(make_facts(duplicates=1, conflicting=1), near(), T, backbone=BACKBONE)
+    assert fired(one, "duplicates") and len(one.warnings) == 2 and "x.png = y.png" in one.warnings[0]
+    none = recommend(make_facts(duplicates=0), near(), T, backbone=BACKBONE)
+    assert not fired(none, "duplicates") and none.warnings == []
+
+
+@pytest.mark.parametrize(
+    "changes, message",
+    [({"small_data": -1}, "small_data"), ({"far_entropy": True}, "far_entropy"),
+     ({"max_freeze": 1.5}, "max_freeze"), ({"small_data": 10, "large_data": 5}, "must not exceed")],
+)  # fmt: skip
+def test_thresholds_are_validated(changes, message):
+    with pytest.raises(ConfigError, match=message):
+        AdviceThresholds(**changes)
+
+
+# ---------------------------------------------------------------------------------------------
+# advise() end to end
+
+
+def test_advise_end_to_end_on_tiny_images(tiny_weights):
+    images, labels = make_images(8, 24)
+    advice = advise(images, labels, backbones=[TINY_BACKBONE], weights_path=tiny_weights, image_size=32,
+                    device="cpu", max_images=12)  # fmt: skip
+    report = json.loads(json.dumps(advice.to_dict()))
+    for key in ("strategy", "reasons", "warnings", "rules", "freeze", "lr", "image_size", "n_samples", "n_classes",
+                "domain_shift", "transferability", "facts"):  # fmt: skip
+        assert key in report
+    assert report["strategy"] == "svm" and (report["n_samples"], report["n_classes"]) == (24, 3)
+    assert all(isinstance(reason, str) for reason in report["reasons"])
+    assert report["probed_images"] == 12  # a stratified sample of 4 per class
+    scores = report["transferability"][TINY_BACKBONE]
+    assert math.isfinite(scores["bottleneck"]) and set(scores["stages"]) >= {"stem", "neck"}
+    assert set(report["domain_shift"]) == {"score", "stages", "imagenet_entropy"}
+
+
+def test_advise_checks_its_options_and_needs_offline_weights(monkeypatch):
+    images, labels = make_images(2, 16)
+    with pytest.raises(ConfigError, match="exactly one name in backbones"):
+        advise(images, labels, weights_path="w.safetensors")
+    with pytest.raises(ConfigError, match="list of backbone names"):
+        advise(images, labels, backbones="efficientnet_lite0")
+    with pytest.raises(ConfigError, match="max_images"):
+        advise(images, labels, max_images=1)
+    with pytest.raises(DataError):
+        advise(images)  # arrays need labels
+    monkeypatch.setattr("transferkit.advise.weights_available", lambda name: False)
+    with pytest.raises(BackboneError, match="weights available offline"):
+        advise(resolve_data(images, labels))
