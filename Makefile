@@ -29,5 +29,13 @@ test: install-dev
 slow: install-dev
 	$(BIN)/python -m pytest -q -m slow
 
+## Benchmarks (long, minutes to an hour on 2 cores): textbook PyTorch loop vs transferkit on
+## ELPV, then svm/head with a cold and a warm feature cache. Record results in benchmarks/RESULTS.md.
+bench: install-dev
+	$(BIN)/python benchmarks/compare_textbook.py --data elpv --strategy finetune --freeze 3 \
+		--epochs 3 --image-size 224 --target 0.7 --json runs/bench/compare.json
+	$(BIN)/python benchmarks/features_speed.py --strategies svm head --image-size 224 \
+		--json runs/bench/features.json
+
 clean:
 	rm -rf $(VENV) runs build dist src/*.egg-info

@@ -69,6 +69,7 @@ def tiny_params(tiny_weights) -> dict:
     """ImageClassifier settings that train in about a second."""
     return dict(
         backbone=TINY_BACKBONE,
+        strategy="finetune",
         weights=str(tiny_weights),
         image_size=32,
         epochs=2,

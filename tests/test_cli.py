@@ -29,7 +29,7 @@ def test_every_command_has_help(command):
 def test_fit_evaluate_predict_end_to_end(image_folder, tiny_weights, tmp_path):
     model_dir = tmp_path / "model"
     result = invoke(
-        "fit", image_folder, "--out", model_dir, "--backbone", TINY_BACKBONE, "--weights", tiny_weights,
+        "fit", image_folder, "--out", model_dir, "--strategy", "finetune", "--backbone", TINY_BACKBONE, "--weights", tiny_weights,
         "--image-size", 32, "--epochs", 2, "--batch-size", 8, "--device", "cpu", "--precision", "fp32",
         "--json", tmp_path / "fit.json", "--quiet",
     )

@@ -43,7 +43,7 @@ def test_too_few_images_for_the_folds_is_a_clear_error():
 def test_cross_validate_reports_per_fold_scores_and_an_interval(tiny_params):
     images, labels = make_images(6, 32)
     folds = make_folds(np.array(labels), cv=3)
-    result = cross_validate(ImageClassifier(**tiny_params, strategy="svm", C=0.1), images, np.array(labels), folds)
+    result = cross_validate(ImageClassifier(**dict(tiny_params, strategy="svm"), C=0.1), images, np.array(labels), folds)
     summary = result.to_dict()
     assert len(summary["fold_scores"]) == 3 and summary["cv_mean"] == pytest.approx(np.mean(summary["fold_scores"]))
     low, high = summary["ci95"]
@@ -61,7 +61,7 @@ def test_compare_gives_every_strategy_identical_folds_and_the_documented_json(ti
 
     monkeypatch.setattr(compare_module, "cross_validate", spy)
     images, labels = make_images(6, 32)
-    base = {k: v for k, v in tiny_params.items() if k not in ("image_size", "epochs")}
+    base = {k: v for k, v in tiny_params.items() if k not in ("image_size", "epochs", "strategy")}
     comparison = compare_strategies(
         ImageSet(sources=list(images), labels=labels), ["svm", "head", "scratch"], cv=3, base=base,
         overrides={"image_size": 32, "epochs": 1},
@@ -88,7 +88,7 @@ def test_nested_choices_see_only_the_fold_training_part(tiny_params, monkeypatch
     )
     images, labels = make_images(6, 32)
     folds = make_folds(np.array(labels), cv=3)
-    cross_validate(ImageClassifier(**tiny_params, strategy="svm"), images, np.array(labels), folds)
+    cross_validate(ImageClassifier(**dict(tiny_params, strategy="svm")), images, np.array(labels), folds)
     assert sizes == [12, 12, 12]
 
 

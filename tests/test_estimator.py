@@ -12,7 +12,7 @@ from transferkit import ConfigError, DataError, ImageClassifier, NotFittedError
 
 
 def test_init_only_stores_parameters_and_clone_round_trips(tiny_params):
-    clf = ImageClassifier(**tiny_params, strategy="head")
+    clf = ImageClassifier(**dict(tiny_params, strategy="head"))
     assert clf.get_params()["strategy"] == "head"
     twin = clone(clf)
     assert twin.get_params() == clf.get_params()
@@ -25,7 +25,7 @@ def test_init_only_stores_parameters_and_clone_round_trips(tiny_params):
 
 def test_fit_on_arrays_learns_and_predicts_class_names(tiny_params):
     images, labels = make_images(8, 32)
-    clf = ImageClassifier(**{**tiny_params, "epochs": 6}, strategy="full").fit(images, labels)
+    clf = ImageClassifier(**dict(tiny_params, epochs=6, strategy="full")).fit(images, labels)
     assert list(clf.classes_) == ["blue", "green", "red"]
     proba = clf.predict_proba(images)
     assert proba.shape == (24, 3)
@@ -88,4 +88,21 @@ def test_a_class_too_small_for_the_validation_split_is_a_clear_error(tiny_params
 
 def test_unknown_strategy_is_a_clear_error(tiny_params):
     with pytest.raises(ConfigError, match="Received: strategy='magic'"):
-        ImageClassifier(**tiny_params, strategy="magic").fit(*make_images(2))
+        ImageClassifier(**dict(tiny_params, strategy="magic")).fit(*make_images(2))
+
+
+def test_auto_strategy_follows_the_advisor_and_says_why(tiny_params):
+    images, labels = make_images(6, 32)
+    clf = ImageClassifier(**dict(tiny_params, strategy="auto", image_size=None)).fit(images, labels)
+    # 18 images are far below the small-data threshold: the playbook says features + SVM.
+    assert clf.settings_["strategy"] == "svm"
+    assert clf.advice_.recommendation.strategy == "svm"
+    assert any("1,000" in reason or "1000" in reason for reason in clf.advice_.recommendation.reasons)
+    assert clf.settings_["image_size"] == clf.image_size_ == clf.advice_.recommendation.image_size
+    assert clf.predict(images).shape == (18,)
+
+
+def test_auto_strategy_keeps_what_the_user_set(tiny_params):
+    images, labels = make_images(6, 32)
+    clf = ImageClassifier(**dict(tiny_params, strategy="auto", freeze=1, class_weight="balanced")).fit(images, labels)
+    assert clf.settings_ == {"strategy": "svm", "freeze": None, "image_size": 32, "class_weight": "balanced"}

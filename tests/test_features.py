@@ -116,7 +116,7 @@ def test_binary_logistic_head_gives_the_exact_probabilities(extractor):
 @pytest.mark.parametrize("strategy", ["svm", "logistic"])
 def test_feature_strategies_fit_save_and_load(tiny_params, strategy, tmp_path):
     images, labels = make_images(6, 32)
-    clf = ImageClassifier(**tiny_params, strategy=strategy, feature_views=1, cache_dir=str(tmp_path)).fit(images, labels)
+    clf = ImageClassifier(**dict(tiny_params, strategy=strategy), feature_views=1, cache_dir=str(tmp_path)).fit(images, labels)
     assert clf.plan_.views == 1 and clf.validation_score_ is not None
     assert clf.score(images, labels) > 0.5
     transferkit.save(clf, tmp_path / "model")
@@ -128,7 +128,7 @@ def test_feature_strategies_leave_the_backbone_untouched(tiny_params, tiny_weigh
     from transferkit.backbones import create_backbone
 
     images, labels = make_images(4, 32)
-    clf = ImageClassifier(**tiny_params, strategy="svm", C=0.1).fit(images, labels)
+    clf = ImageClassifier(**dict(tiny_params, strategy="svm"), C=0.1).fit(images, labels)
     pretrained, _ = create_backbone(TINY_BACKBONE, num_classes=3, weights_path=tiny_weights)
     expected = {k: v for k, v in pretrained.state_dict().items() if not k.startswith("classifier")}
     got = clf.model_.state_dict()

@@ -17,7 +17,7 @@ from transferkit.persistence import CONFIG_NAME, WEIGHTS_NAME
 def fitted(tiny_weights):
     images, labels = make_images(4, 32)
     clf = ImageClassifier(
-        backbone="test_efficientnet", weights=str(tiny_weights), image_size=32, epochs=1, batch_size=8, device="cpu", precision="fp32"
+        backbone="test_efficientnet", strategy="finetune", weights=str(tiny_weights), image_size=32, epochs=1, batch_size=8, device="cpu", precision="fp32"
     ).fit(images, labels)
     return clf, images
 

@@ -68,7 +68,7 @@ def fit(
     data: DataArg,
     out_dir: Annotated[Path, typer.Option("--out", help="Model folder to write (model.safetensors + config.json + checkpoint).")],
     backbone: Annotated[str, typer.Option(help="Registered backbone (see `transferkit models`) or any timm model name.")] = "efficientnet_lite0",
-    strategy: Annotated[str, typer.Option(help="svm | logistic | head | finetune | full | scratch.")] = "finetune",
+    strategy: Annotated[str, typer.Option(help="auto (measure the data, follow the playbook) | svm | logistic | head | finetune | full | scratch.")] = "auto",
     freeze: Annotated[Optional[int], typer.Option(help="finetune: freeze the stem and the first N stages (default 3).")] = None,
     epochs: Annotated[int, typer.Option(help="Maximum epochs; early stopping may end sooner.")] = 10,
     lr: Annotated[float, typer.Option(help="Learning rate of the new head (pretrained layers: lr x backbone-lr-factor).")] = 1e-3,
@@ -131,7 +131,9 @@ def fit(
             "model": str(out_dir),
             "data": data,
             "classes": [str(c) for c in classifier.classes_],
-            "strategy": classifier.strategy,
+            "strategy": classifier.settings_["strategy"],
+            "settings": classifier.settings_,
+            "advice": classifier.advice_.to_dict() if classifier.advice_ is not None else None,
             "plan": classifier.plan_.describe(),
             "linear": classifier.history_.get("linear"),
             "best_epoch": classifier.history_["best_epoch"],
@@ -146,7 +148,11 @@ def fit(
         }
         score = classifier.validation_score_
         val = f"validation accuracy {score:.4f}" if score is not None else "no validation split"
-        out.print(f"fitted {classifier.strategy} on {data}: {val}; {report['fit_seconds']} s; peak memory {report['peak_memory_mb']:.0f} MB")
+        if classifier.advice_ is not None:
+            out.print(f"strategy auto chose {report['strategy']}:")
+            for reason in classifier.advice_.recommendation.reasons:
+                out.print(f"  - {reason}", markup=False, highlight=False)
+        out.print(f"fitted {report['strategy']} on {data}: {val}; {report['fit_seconds']} s; peak memory {report['peak_memory_mb']:.0f} MB")
         out.print(f"model written to {out_dir}")
         _write_json(json_path, report)
 

@@ -31,8 +31,10 @@ from transferkit.training.loop import TrainConfig, train_model
 from transferkit.training.prefix import frozen_block_count
 from transferkit.training.runtime import resolve_runtime
 
-Strategy = Literal["svm", "logistic", "head", "finetune", "full", "scratch"]
+Strategy = Literal["auto", "svm", "logistic", "head", "finetune", "full", "scratch"]
 STRATEGIES: tuple[str, ...] = FEATURE_STRATEGIES + NETWORK_STRATEGIES
+AUTO_PROBE_IMAGES = 512
+"""``strategy="auto"`` measures domain shift and LogME on a stratified sample of this many images."""
 
 
 class ImageClassifier(ClassifierMixin, BaseEstimator):
@@ -42,8 +44,10 @@ class ImageClassifier(ClassifierMixin, BaseEstimator):
     ----------
     backbone : str
         Registry name (``transferkit models`` lists them) or any timm model name.
-    strategy : {"svm", "logistic", "head", "finetune", "full", "scratch"}
-        ``svm``/``logistic``: a linear classifier on frozen bottleneck features
+    strategy : {"auto", "svm", "logistic", "head", "finetune", "full", "scratch"}
+        ``auto`` (default) measures the data and follows the advisor
+        (:func:`transferkit.advise.advise`; ``advice_`` says why); ``svm``/``logistic``: a
+        linear classifier on frozen bottleneck features
         (:mod:`transferkit.strategies.linear`); the others train (part of) the network
         (:mod:`transferkit.strategies.network`).
     freeze : int or None
@@ -106,6 +110,10 @@ class ImageClassifier(ClassifierMixin, BaseEstimator):
         Per-epoch losses, accuracies, images/s; best epoch; whether it stopped early.
     plan_ : NetworkPlan
         Which stages were frozen and how many parameters trained.
+    settings_ : dict
+        The strategy, freeze, image size and class weight actually used.
+    advice_ : Advice or None
+        The advisor's measurements and reasons when ``strategy="auto"``.
     skipped_ : list of SkippedFile
         Images left out by ``skip_bad``.
     fit_seconds_ : float
@@ -119,7 +127,7 @@ class ImageClassifier(ClassifierMixin, BaseEstimator):
     def __init__(
         self,
         backbone: str = "efficientnet_lite0",
-        strategy: Strategy = "finetune",
+        strategy: Strategy = "auto",
         freeze: int | None = None,
         epochs: int = 10,
         lr: float = 1e-3,
@@ -185,19 +193,23 @@ class ImageClassifier(ClassifierMixin, BaseEstimator):
         console = self._console()
         runtime = resolve_runtime(self.device, self.precision)
         spec = get_backbone_spec(self.backbone)
-        size = self.image_size or spec.preprocessing.input_size
 
         images = resolve_data(X, y, skip_bad=self.skip_bad)
         if images.labels is None:
             raise DataError("fit needs labelled images; got images without labels. Pass y=labels, or a folder/CSV with labels.")
-        if is_decoded(X, size):
-            pixels, skipped = X, []
-        else:
-            decoded = decode_images(images, size, skip_bad=self.skip_bad, cache_dir=self.cache_dir, progress=self.verbose)
-            skipped = list(images.skipped) + list(decoded.skipped)
-            images = images.subset(decoded.indices)
-            pixels = decoded.pixels
-        needs_split = self.val_fraction > 0 if self.strategy in NETWORK_STRATEGIES else self.C is None
+        pixels, skipped = None, []
+        self.advice_ = None
+        if self.strategy == "auto":
+            # Bad files are dropped (or reported) before the advisor measures anything.
+            pixels, images, skipped = self._decode(X, images, spec.preprocessing.input_size)
+            self.advice_ = self._advise(images, console)
+        self.settings_ = self._settings(spec)
+        size = self.settings_["image_size"]
+        if pixels is None or pixels.shape[1] != size:
+            pixels, images, more_skipped = self._decode(X, images, size)
+            skipped += more_skipped
+        strategy = self.settings_["strategy"]
+        needs_split = self.val_fraction > 0 if strategy in NETWORK_STRATEGIES else self.C is None
         check_classes(images, min_per_class=2 if needs_split else 1, purpose="a stratified split")
         for item in skipped:
             console.print(f"[yellow]skipped[/] {item.path}: {item.reason}")
@@ -208,7 +220,7 @@ class ImageClassifier(ClassifierMixin, BaseEstimator):
             f"data: {len(images)} images, {len(classes)} classes; {size}x{size} px; {runtime.describe()}"
         )
         torch.manual_seed(self.seed)  # the new head's (and scratch's) initial weights
-        if self.strategy in FEATURE_STRATEGIES:
+        if strategy in FEATURE_STRATEGIES:
             model, preprocessing, history, plan = self._fit_features(pixels, targets, len(classes), runtime, console)
         else:
             model, preprocessing, history, plan = self._fit_network(images, pixels, targets, classes, runtime, console)
@@ -228,7 +240,8 @@ class ImageClassifier(ClassifierMixin, BaseEstimator):
     def _fit_network(self, images, pixels, targets, classes, runtime, console):
         train_idx, val_idx = self._split(images, targets)
         console.print(f"training on {len(train_idx)}, validating on {len(val_idx)}")
-        pretrained = uses_pretrained_weights(self.strategy)
+        settings = self.settings_
+        pretrained = uses_pretrained_weights(settings["strategy"])
         model, preprocessing = create_backbone(
             self.backbone,
             num_classes=len(classes),
@@ -237,12 +250,12 @@ class ImageClassifier(ClassifierMixin, BaseEstimator):
             drop_rate=self.dropout,
         )
         head, backbone, plan = configure_network(
-            model, self.strategy, freeze_stages=self.freeze, backbone_lr_factor=self.backbone_lr_factor
+            model, settings["strategy"], freeze_stages=settings["freeze"], backbone_lr_factor=self.backbone_lr_factor
         )
         console.print(plan.describe())
 
         class_weights = None
-        if self.class_weight == "balanced":
+        if settings["class_weight"] == "balanced":
             class_weights = torch.as_tensor(
                 compute_class_weight("balanced", classes=np.arange(len(classes)), y=targets[train_idx])
             )
@@ -295,12 +308,12 @@ class ImageClassifier(ClassifierMixin, BaseEstimator):
         extract_seconds = time.perf_counter() - started
         pipeline, info = fit_linear_classifier(
             np.concatenate(features), np.concatenate(labels), np.concatenate(groups),
-            strategy=self.strategy, C=self.C, seed=self.seed,
+            strategy=self.settings_["strategy"], C=self.C, seed=self.seed,
         )
         model = extractor.model
         fold_into_head(model, pipeline, n_classes)
         plan = FeaturePlan(
-            strategy=self.strategy, C=float(info["C"]), inner_cv=info["inner_cv"], views=len(features) - 1,
+            strategy=self.settings_["strategy"], C=float(info["C"]), inner_cv=info["inner_cv"], views=len(features) - 1,
             feature_dim=extractor.dim, extract_seconds=extract_seconds,
         )
         console.print(plan.describe())
@@ -331,6 +344,44 @@ class ImageClassifier(ClassifierMixin, BaseEstimator):
         return super().score(X, np.asarray(y).astype(str), sample_weight=sample_weight)
 
     # ------------------------------------------------------------ helpers
+    def _decode(self, X: Any, images: ImageSet, size: int) -> tuple[np.ndarray, ImageSet, list]:
+        """Pixels at ``size``, the images kept, and the files skipped (``skip_bad``)."""
+        if is_decoded(X, size) and len(X) == len(images):
+            return X, images, []
+        decoded = decode_images(images, size, skip_bad=self.skip_bad, cache_dir=self.cache_dir, progress=self.verbose)
+        return decoded.pixels, images.subset(decoded.indices), list(images.skipped) + list(decoded.skipped)
+
+    def _advise(self, images: ImageSet, console: Console):
+        from transferkit.advise import advise
+
+        advice = advise(
+            images, backbones=[self.backbone], weights_path=self.weights, device=self.device,
+            max_images=AUTO_PROBE_IMAGES, seed=self.seed,
+        )
+        recommendation = advice.recommendation
+        console.print(f"strategy auto -> {recommendation.strategy}, because:")
+        for reason in recommendation.reasons:
+            console.print(f"  - {reason}")
+        for warning in recommendation.warnings:
+            console.print(f"  [yellow]warning:[/] {warning}")
+        return advice
+
+    def _settings(self, spec) -> dict[str, Any]:
+        """The effective strategy, freeze, image size and class weight: the user's where given,
+        else the advisor's (``strategy="auto"``), else the defaults."""
+        advised = self.advice_.recommendation if self.advice_ is not None else None
+        strategy = advised.strategy if advised is not None else self.strategy
+        freeze = self.freeze
+        if advised is not None:
+            # The advisor's depth unless the user set one; only finetune freezes a chosen depth.
+            freeze = (advised.freeze if freeze is None else freeze) if strategy == "finetune" else None
+        return {
+            "strategy": strategy,
+            "freeze": freeze,
+            "image_size": self.image_size or (advised.image_size if advised else None) or spec.preprocessing.input_size,
+            "class_weight": self.class_weight or (advised.class_weight if advised else None),
+        }
+
     def _check_fitted(self) -> None:
         try:
             check_is_fitted(self, "model_")
@@ -343,8 +394,8 @@ class ImageClassifier(ClassifierMixin, BaseEstimator):
         return Console(stderr=True, quiet=not self.verbose)
 
     def _validate_params(self) -> None:
-        if self.strategy not in STRATEGIES:
-            raise ConfigError(f"unknown strategy; expected one of {', '.join(STRATEGIES)}. Received: strategy={self.strategy!r}")
+        if self.strategy not in ("auto", *STRATEGIES):
+            raise ConfigError(f"unknown strategy; expected auto or one of {', '.join(STRATEGIES)}. Received: strategy={self.strategy!r}")
         if self.C is not None and not self.C > 0:
             raise ConfigError(f"C expected a positive number (or None). Received: C={self.C!r}")
         for name in ("feature_views", "prefix_views"):
@@ -395,7 +446,7 @@ class ImageClassifier(ClassifierMixin, BaseEstimator):
         keys = ("backbone", "strategy", "freeze", "epochs", "lr", "backbone_lr_factor", "image_size",
                 "augment", "batch_size", "val_fraction", "seed", "class_weight", "dropout", "label_smoothing", "weight_decay", "prefix_views")
         fingerprint = {key: getattr(self, key) for key in keys}
-        fingerprint.update(n_images=n_images, classes=[str(c) for c in classes])
+        fingerprint.update(self.settings_, n_images=n_images, classes=[str(c) for c in classes])
         return fingerprint
 
 

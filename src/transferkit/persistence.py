@@ -44,7 +44,9 @@ def save_model(classifier, out_dir: str | os.PathLike, *, metrics: dict[str, Any
         "classes": [str(c) for c in classifier.classes_],
         "image_size": int(classifier.image_size_),
         "preprocessing": classifier.preprocessing_.to_dict(),
-        "strategy": classifier.strategy,
+        "strategy": classifier.settings_["strategy"],
+        "settings": _jsonable(classifier.settings_),
+        "advice": _jsonable(classifier.advice_.to_dict()) if getattr(classifier, "advice_", None) else None,
         "params": _jsonable(classifier.get_params()),
         "plan": _jsonable(vars(classifier.plan_)) if hasattr(classifier, "plan_") else None,
         "history": classifier.history_,
@@ -109,6 +111,8 @@ def load_model(path: str | os.PathLike):
     classifier.image_size_ = int(config["image_size"])
     classifier.history_ = config.get("history") or {}
     classifier.metrics_ = config.get("metrics") or {}
+    classifier.settings_ = config.get("settings") or {"strategy": config.get("strategy")}
+    classifier.advice_ = None  # the measurements stay readable in config.json["advice"]
     classifier.skipped_ = []
     return classifier
 
