@@ -44,6 +44,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--target", type=float, default=0.7, help="test accuracy for 'time to target'")
     parser.add_argument("--subset", type=int, default=None, help="at most N train and N test images, stratified (smoke tests)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--prefix-views", type=int, default=0,
+                        help="transferkit: frozen-prefix cache with this many augmented views (0: plain loop)")
     parser.add_argument("--flops-per-cycle", type=int, default=32, help="per core, fp32: 32 = AVX2, 2 FMA units x 8 lanes x 2")
     parser.add_argument("--json", default=None, help="also write the report here")
     return parser.parse_args()
@@ -95,7 +97,7 @@ def transferkit_side(train_dir: str, test_dir: str, args: argparse.Namespace, ca
     clf = ImageClassifier(
         strategy=args.strategy, freeze=args.freeze if args.strategy == "finetune" else None, epochs=args.epochs,
         image_size=args.image_size, batch_size=args.batch_size, lr=args.lr, val_fraction=0, seed=args.seed,
-        cache_dir=cache_dir, verbose=True,
+        cache_dir=cache_dir, prefix_views=args.prefix_views, verbose=True,
     )
     started = time.perf_counter()
     clf.fit(train_dir)  # end to end: listing, decoding, model, training

@@ -24,16 +24,19 @@ from transferkit.advise import (
     BackboneFacts,
     DataFacts,
     DomainShift,
+    Race,
     advise,
     batchnorm_shift,
     data_facts,
     logme_score,
     probe_backbone,
+    race_strategies,
     recommend,
 )
 from transferkit.backbones import backbone_stages, create_backbone, feature_dim, get_backbone_spec
 from transferkit.data import ImageSet, resolve_data
 from transferkit.errors import BackboneError, ConfigError, DataError
+from transferkit.evaluation.cv import CVResult, FoldScore
 from transferkit.training.inputs import pixels_to_tensor, to_model_input
 from transferkit.training.runtime import resolve_runtime
 
@@ -453,3 +456,50 @@ def test_advise_checks_its_options_and_needs_offline_weights(monkeypatch):
     monkeypatch.setattr("transferkit.advise.weights_available", lambda name: False)
     with pytest.raises(BackboneError, match="weights available offline"):
         advise(resolve_data(images, labels))
+
+
+# ---------------------------------------------------------------------------------------------
+# the race: measure whether the rule holds
+
+
+def _scores(strategy, accuracies):
+    result = CVResult(strategy=strategy, params={})
+    for fold, accuracy in enumerate(accuracies, start=1):
+        result.folds.append(FoldScore(fold, accuracy, accuracy, accuracy, 1.0, 10, 5))
+    return result
+
+
+def test_race_verdict_agrees_only_when_the_advised_strategy_wins():
+    race = Race("finetune", [_scores("svm", [0.6]), _scores("finetune", [0.7, 0.8]), _scores("head", [0.65, 0.7])],
+                rounds=[["finetune", "svm", "head"], ["finetune", "head"]], n_images=30, seconds=1.0)  # fmt: skip
+    assert race.winner.strategy == "finetune" and race.agrees
+    assert race.verdict().startswith("the measurement agrees")
+    race = Race("svm", [_scores("svm", [0.6]), _scores("finetune", [0.7, 0.8]), _scores("head", [0.65, 0.7])],
+                rounds=[["svm", "finetune", "head"], ["finetune", "head"]], n_images=30, seconds=1.0)  # fmt: skip
+    # svm was eliminated after one fold; finetune won and is compared with it on that fold
+    assert race.winner.strategy == "finetune" and not race.agrees
+    verdict = race.verdict()
+    assert "disagrees" in verdict and "+0.100" in verdict and "same 1 fold " in verdict and "--strategy finetune" in verdict
+    assert race.to_dict()["winner"] == "finetune"
+
+
+def test_race_halves_the_candidates_each_fold_and_keeps_the_folds_identical(tiny_weights):
+    images, labels = make_images(6, 24)
+    base = {"backbone": TINY_BACKBONE, "weights": str(tiny_weights), "device": "cpu", "precision": "fp32"}
+    folds = []
+    race = race_strategies(
+        resolve_data(images, labels), "head", candidates=["svm", "logistic", "finetune"], cv=3, max_images=None,
+        base=base, overrides={"image_size": 32, "epochs": 1, "batch_size": 8},
+        on_fold=lambda name, score: folds.append((name, score.fold, score.n_test)),
+    )  # fmt: skip
+    assert race.rounds[0] == ["head", "svm", "logistic", "finetune"]
+    assert len(race.rounds[1]) == 2 and len(race.rounds[2]) == 2 and set(race.rounds[2]) == set(race.rounds[1])
+    assert sorted(len(r.folds) for r in race.results) == [1, 1, 3, 3]
+    assert {fold for _, fold, _ in folds} == {1, 2, 3} and all(n_test == 6 for _, _, n_test in folds)
+    assert race.winner.strategy in race.rounds[2] and race.n_images == 18
+
+
+def test_race_rejects_unknown_candidates():
+    images, labels = make_images(3, 16)
+    with pytest.raises(ConfigError, match="race candidates"):
+        race_strategies(resolve_data(images, labels), "svm", candidates=["magic"])

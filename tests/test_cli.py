@@ -75,3 +75,37 @@ def test_models_lists_the_default_backbone():
     result = invoke("models")
     assert result.exit_code == 0, result.output
     assert "efficientnet_lite0" in result.output and "stem" in result.output
+
+
+def test_advise_prints_the_recommendation_and_writes_json(image_folder, tiny_weights, tmp_path):
+    result = invoke(
+        "advise", image_folder, "--backbone", TINY_BACKBONE, "--weights", tiny_weights, "--image-size", 32,
+        "--device", "cpu", "--threshold", "small_data=10", "--json", tmp_path / "advice.json",
+    )
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "advice.json").read_text())
+    for key in ("strategy", "reasons", "n_samples", "n_classes", "domain_shift", "transferability"):
+        assert key in report
+    assert report["n_samples"] == 24 and report["n_classes"] == 3
+    # 24 images are not below small_data=10, so the small-data rule (svm) must not decide
+    assert report["strategy"] != "svm"
+    assert "why:" in result.output and report["reasons"][0] in result.output.replace("\n", " ")
+    assert "transferability (LogME)" in result.output and "domain shift" in result.output
+
+
+def test_advise_measure_races_the_candidates_and_gives_a_verdict(image_folder, tiny_weights, tmp_path):
+    result = invoke(
+        "advise", image_folder, "--backbone", TINY_BACKBONE, "--weights", tiny_weights, "--image-size", 32,
+        "--device", "cpu", "--measure", "--race-cv", 2, "--race-epochs", 1, "--json", tmp_path / "advice.json",
+    )
+    assert result.exit_code == 0, result.output
+    race = json.loads((tmp_path / "advice.json").read_text())["race"]
+    assert race["advised"] == "svm"  # 24 images: the small-data rule
+    assert race["rounds"][0] == ["svm", "head", "finetune"] and len(race["rounds"]) == 2
+    assert " ".join(race["verdict"].split()) in " ".join(result.output.split())
+    assert race["agrees"] == (race["winner"] == "svm")
+
+
+def test_advise_rejects_an_unknown_threshold(image_folder):
+    result = invoke("advise", image_folder, "--threshold", "nonsense=3")
+    assert result.exit_code == 2 and "small_data" in result.output

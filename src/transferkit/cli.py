@@ -30,8 +30,8 @@ app = typer.Typer(
     help="Turn a folder of labelled images into the best classifier a pretrained network allows.",
     pretty_exceptions_enable=False,
 )
-out = Console()
-err = Console(stderr=True)
+out = Console(emoji=False)
+err = Console(stderr=True, emoji=False)
 
 
 @contextlib.contextmanager
@@ -82,6 +82,7 @@ def fit(
     seed: Annotated[int, typer.Option(help="Same seed, same model.")] = 0,
     c: Annotated[Optional[float], typer.Option("--C", help="svm/logistic: regularisation (default: chosen by inner CV).")] = None,
     feature_views: Annotated[int, typer.Option(help="svm/logistic: augmented views per training image.")] = 0,
+    prefix_views: Annotated[int, typer.Option(help="head/finetune: compute the frozen stages once for this many augmented views per image and train only the rest on the cached activations (0: plain loop).")] = 0,
     weights: Annotated[Optional[Path], typer.Option(help="Local pretrained weights file (.safetensors or .pth).")] = None,
     skip_bad: Annotated[bool, typer.Option("--skip-bad", help="Skip unreadable images (each is listed) instead of stopping.")] = False,
     cache_dir: Annotated[Optional[Path], typer.Option(help="Cache folder for decoded images (default ~/.cache/transferkit).")] = None,
@@ -113,6 +114,7 @@ def fit(
             seed=seed,
             C=c,
             feature_views=feature_views,
+            prefix_views=prefix_views,
             weights=str(weights) if weights else None,
             skip_bad=skip_bad,
             cache_dir=str(cache_dir) if cache_dir else None,
@@ -249,6 +251,109 @@ def compare(
             out.print(f"best model ({best}) refitted on all data and written to {out_dir}")
             report["model"] = str(out_dir)
         _write_json(json_path, report)
+
+
+@app.command()
+def advise(
+    data: DataArg,
+    backbone: Annotated[Optional[list[str]], typer.Option(help="Candidate backbone (repeat for several; default: every one with offline weights).")] = None,
+    max_images: Annotated[Optional[int], typer.Option(help="Measure on a stratified sample of about this many images (default: all).")] = None,
+    image_size: Annotated[Optional[int], typer.Option(help="Measure (and race) at this image size instead of each backbone's and strategy's own.")] = None,
+    threshold: Annotated[Optional[list[str]], typer.Option(help="Change a rule's threshold, NAME=VALUE (repeatable), e.g. small_data=500. See AdviceThresholds.")] = None,
+    measure: Annotated[bool, typer.Option("--measure", help="Also race the candidate strategies under CV and say whether the measurement agrees with the rule.")] = False,
+    race_images: Annotated[int, typer.Option(help="--measure: race on a stratified sample of about this many images.")] = 600,
+    race_cv: Annotated[int, typer.Option(help="--measure: folds (= successive-halving rounds) of the race.")] = 3,
+    race_epochs: Annotated[Optional[int], typer.Option(help="--measure: epochs of every network strategy (default: compare's per-strategy defaults).")] = None,
+    weights: Annotated[Optional[Path], typer.Option(help="Local pretrained weights file (with exactly one --backbone).")] = None,
+    cache_dir: Annotated[Optional[Path], typer.Option(help="Cache folder for decoded images and features.")] = None,
+    device: Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N.")] = "auto",
+    seed: Annotated[int, typer.Option(help="Seed of the samples and folds.")] = 0,
+    json_path: JsonOpt = None,
+) -> None:
+    """Recommend how to train on DATA (strategy, backbone, freeze depth, learning rate, augmentation, image size), and why."""
+    from transferkit.advise import advise as advise_data, race_strategies
+    from transferkit.data import resolve_data
+
+    with _user_errors():
+        images = resolve_data(data)
+        err.print(f"measuring {images.describe()}")
+        advice = advise_data(images, backbones=backbone, max_images=max_images, image_size=image_size, thresholds=_thresholds(threshold),
+                             weights_path=weights, device=device, seed=seed)
+        report = advice.to_dict()
+        _print_advice(advice)
+        if measure:
+            rec = advice.recommendation
+            err.print(f"racing strategies on about {race_images} images, {race_cv} folds (successive halving)")
+            base = {"backbone": rec.backbone, "seed": seed, "weights": str(weights) if weights else None,
+                    "cache_dir": str(cache_dir) if cache_dir else None, "device": device, "class_weight": rec.class_weight}
+            race = race_strategies(
+                images, rec.strategy, cv=race_cv, max_images=race_images, base=base,
+                advised_params={"freeze": rec.freeze} if rec.strategy == "finetune" else {},
+                overrides={k: v for k, v in {"epochs": race_epochs, "image_size": image_size}.items() if v},
+                on_fold=_print_fold,
+            )
+            table = Table(title=f"race on {race.n_images} images ({race.seconds:.0f} s)")
+            for column in ("strategy", "folds run", "accuracy", "balanced acc.", "fit time"):
+                table.add_column(column)
+            for result in race.results:
+                summary = result.to_dict()
+                mark = (" (advised)" if result.strategy == race.advised else "") + (" *" if result is race.winner else "")
+                table.add_row(result.strategy + mark, str(len(result.folds)), f"{result.mean:.4f}",
+                              f"{summary['balanced_accuracy']:.4f}", f"{summary['fit_seconds']:.0f} s")
+            out.print(table)
+            out.print(race.verdict(), markup=False, highlight=False)
+            report["race"] = race.to_dict()
+        _write_json(json_path, report)
+
+
+def _thresholds(pairs: list[str] | None):
+    from dataclasses import fields
+
+    from transferkit.advise import AdviceThresholds
+
+    if not pairs:
+        return None
+    kinds = {item.name: item.type for item in fields(AdviceThresholds)}
+    values = {}
+    for pair in pairs:
+        name, _, text = pair.partition("=")
+        if name not in kinds or not text:
+            raise typer.BadParameter(f"expected NAME=VALUE with NAME one of {', '.join(kinds)}. Received: {pair!r}", param_hint="--threshold")
+        try:
+            values[name] = int(text) if kinds[name] in (int, "int") else float(text)
+        except ValueError:
+            raise typer.BadParameter(f"{name} expected a number. Received: {text!r}", param_hint="--threshold") from None
+    return AdviceThresholds(**values)
+
+
+def _print_advice(advice) -> None:
+    rec, facts, shift = advice.recommendation, advice.facts, advice.domain_shift
+    table = Table(title="recommendation", show_header=False)
+    rows = {"strategy": rec.strategy, "backbone": rec.backbone, "freeze": rec.freeze, "learning rate": rec.lr,
+            "backbone lr factor": rec.backbone_lr_factor, "augmentation": rec.augment, "image size": rec.image_size,
+            "class weight": rec.class_weight}
+    for key, value in rows.items():
+        table.add_row(key, "-" if value is None else str(value))
+    out.print(table)
+    out.print("why:")
+    for reason in rec.reasons:
+        out.print(f"  - {reason}", markup=False, highlight=False)
+    for warning in rec.warnings:
+        out.print(Text("  warning: ", style="yellow") + Text(warning))
+    counts = ", ".join(f"{name} {count}" for name, count in facts.class_counts.items())
+    out.print(f"data: {facts.n_samples} images, {facts.n_classes} classes ({counts}); imbalance {facts.imbalance:.1f}; "
+              f"median size {facts.height[1]:.0f}x{facts.width[1]:.0f} px; grayscale {facts.grayscale_fraction:.0%}; "
+              f"{facts.duplicates} duplicates", markup=False, highlight=False)
+    stages = ", ".join(f"{name} {value:.2f}" for name, value in shift.stage_shift.items())
+    entropy = "-" if shift.imagenet_entropy is None else f"{shift.imagenet_entropy:.3f}"
+    score = "-" if shift.score is None else f"{shift.score:.3f}"
+    out.print(f"domain shift {score} (per stage: {stages or '-'}); ImageNet prediction entropy {entropy}",
+              markup=False, highlight=False)
+    for name, scores in advice.transferability.items():
+        per_stage = ", ".join(f"{stage} {value:.2f}" for stage, value in scores["stages"].items())
+        out.print(f"transferability (LogME) of {name}: bottleneck {scores['bottleneck']:.3f}; per stage: {per_stage}",
+                  markup=False, highlight=False)
+    out.print(f"measured on {advice.probed_images} images in {advice.seconds:.1f} s", markup=False, highlight=False)
 
 
 @app.command()

@@ -391,7 +391,7 @@ class ImageClassifier(ClassifierMixin, BaseEstimator):
             ) from exc
 
     def _console(self) -> Console:
-        return Console(stderr=True, quiet=not self.verbose)
+        return Console(stderr=True, emoji=False, quiet=not self.verbose)
 
     def _validate_params(self) -> None:
         if self.strategy not in ("auto", *STRATEGIES):

@@ -24,6 +24,7 @@ import numpy as np
 from transferkit.advise.facts import DataFacts, data_facts
 from transferkit.advise.logme import logme_score
 from transferkit.advise.probe import DomainShift, Probe, batchnorm_shift, probe_backbone
+from transferkit.advise.race import RACE_CANDIDATES, Race, race_strategies
 from transferkit.advise.rules import (
     AdviceThresholds,
     BackboneFacts,
@@ -32,7 +33,7 @@ from transferkit.advise.rules import (
     recommend,
 )
 from transferkit.backbones import create_backbone, get_backbone_spec, list_backbones, weights_available
-from transferkit.data import ImageSet, check_classes, decode_images, resolve_data
+from transferkit.data import check_classes, decode_images, resolve_data, stratified_sample
 from transferkit.errors import BackboneError, ConfigError
 from transferkit.training.runtime import resolve_runtime
 
@@ -43,6 +44,8 @@ __all__ = [
     "DataFacts",
     "DomainShift",
     "Probe",
+    "RACE_CANDIDATES",
+    "Race",
     "Recommendation",
     "RuleResult",
     "advise",
@@ -50,6 +53,7 @@ __all__ = [
     "data_facts",
     "logme_score",
     "probe_backbone",
+    "race_strategies",
     "recommend",
 ]
 
@@ -152,7 +156,7 @@ def advise(
     imageset = resolve_data(data, labels)
     check_classes(imageset)
     facts = data_facts(imageset)
-    sample = _stratified_sample(imageset, max_images, seed)
+    sample = stratified_sample(imageset, max_images, seed)
     labels = np.asarray(sample.labels)
     runtime = resolve_runtime(device)
 
@@ -237,17 +241,3 @@ def _pretrained_classes(timm_name: str) -> int:
 
     cfg = get_pretrained_cfg(timm_name)
     return int((cfg.num_classes if cfg is not None else 0) or 1000)
-
-
-def _stratified_sample(imageset: ImageSet, max_images: int | None, seed: int) -> ImageSet:
-    """About ``max_images`` images, each class in proportion and at least one of each."""
-    if max_images is None or len(imageset) <= max_images:
-        return imageset
-    rng = np.random.default_rng(seed)
-    labels = np.asarray(imageset.labels)
-    chosen = []
-    for label in imageset.classes:
-        members = np.flatnonzero(labels == label)
-        take = min(len(members), max(1, round(max_images * len(members) / len(labels))))
-        chosen.append(rng.choice(members, size=take, replace=False))
-    return imageset.subset(np.sort(np.concatenate(chosen)))

@@ -22,6 +22,7 @@ from transferkit.data.sources import (
     check_classes,
     find_images,
     resolve_data,
+    stratified_sample,
 )
 
 __all__ = [
@@ -39,4 +40,5 @@ __all__ = [
     "load_elpv",
     "read_image",
     "resolve_data",
+    "stratified_sample",
 ]

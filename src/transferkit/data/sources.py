@@ -502,3 +502,17 @@ def _list_bad(bad: Sequence[SkippedFile]) -> str:
     if len(bad) > _MAX_LISTED:
         lines.append(f"  ... and {len(bad) - _MAX_LISTED} more")
     return "\n".join(lines)
+
+
+def stratified_sample(imageset: ImageSet, max_images: int | None, seed: int) -> ImageSet:
+    """About ``max_images`` images, each class in proportion and at least one of each."""
+    if max_images is None or len(imageset) <= max_images:
+        return imageset
+    rng = np.random.default_rng(seed)
+    labels = np.asarray(imageset.labels)
+    chosen = []
+    for label in imageset.classes:
+        members = np.flatnonzero(labels == label)
+        take = min(len(members), max(1, round(max_images * len(members) / len(labels))))
+        chosen.append(rng.choice(members, size=take, replace=False))
+    return imageset.subset(np.sort(np.concatenate(chosen)))

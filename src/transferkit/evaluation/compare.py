@@ -3,7 +3,9 @@
 Per-strategy defaults keep a full five-strategy, 5-fold compare of ~2,000 images practical
 on a 2-core CPU. The feature strategies see the backbone's full resolution (features are
 computed once and cached, so folds cost only the linear fit); the network strategies train
-at a smaller image size and for a few epochs, because each fold trains a network.
+at a smaller image size and for a few epochs, because each fold trains a network; ``head``
+and ``finetune`` compute their frozen stages once for 2 augmented views per image and train
+the rest on those (:mod:`transferkit.training.prefix`), halving the frozen forward passes.
 ``overrides`` (e.g. ``image_size`` or ``epochs`` from the command line) apply to every
 strategy and replace these defaults.
 """
@@ -25,8 +27,8 @@ from transferkit.evaluation.cv import CVResult, FoldScore, cross_validate, make_
 STRATEGY_DEFAULTS: dict[str, dict[str, Any]] = {
     "svm": {},
     "logistic": {},
-    "head": {"image_size": 160, "epochs": 5, "augment": "light"},
-    "finetune": {"image_size": 128, "epochs": 4},
+    "head": {"image_size": 160, "epochs": 5, "augment": "light", "prefix_views": 2},
+    "finetune": {"image_size": 128, "epochs": 4, "prefix_views": 2},
     "full": {"image_size": 128, "epochs": 4},
     "scratch": {"image_size": 128, "epochs": 6, "lr": 3e-3},
 }
@@ -71,6 +73,16 @@ def strategy_params(strategy: str, base: dict[str, Any], overrides: dict[str, An
     return {**base, **STRATEGY_DEFAULTS[strategy], **overrides, "strategy": strategy}
 
 
+def decode_for(images: ImageSet, params: dict[str, Any], decoded: dict[int, np.ndarray]) -> tuple[np.ndarray, int]:
+    """The pixels of ``images`` at the size ``params`` train at (default: the backbone's), and
+    that size; ``decoded`` keeps each size's pixels so strategies share them."""
+    backbone = params.get("backbone") or "efficientnet_lite0"
+    size = params.get("image_size") or get_backbone_spec(backbone).preprocessing.input_size
+    if size not in decoded:
+        decoded[size] = decode_images(images, size, cache_dir=params.get("cache_dir"), progress=params.get("verbose", False)).pixels
+    return decoded[size], size
+
+
 def compare_strategies(
     images: ImageSet,
     strategies: list[str],
@@ -100,17 +112,13 @@ def compare_strategies(
     check_classes(images, min_per_class=cv, purpose=f"{cv}-fold cross-validation")
     labels = np.asarray(images.labels)
     folds = make_folds(labels, cv=cv, repeats=repeats, groups=None if images.groups is None else np.asarray(images.groups), seed=base.get("seed", 0))
-    backbone = base.get("backbone", "efficientnet_lite0")
-    pixels_by_size: dict[int, np.ndarray] = {}
+    decoded: dict[int, np.ndarray] = {}
     results = []
     for strategy in strategies:
         params = strategy_params(strategy, base, overrides)
-        size = params.get("image_size") or get_backbone_spec(backbone).preprocessing.input_size
-        params["image_size"] = size
-        if size not in pixels_by_size:
-            pixels_by_size[size] = decode_images(images, size, cache_dir=params.get("cache_dir"), progress=params.get("verbose", False)).pixels
+        pixels, params["image_size"] = decode_for(images, params, decoded)
         estimator = ImageClassifier(**params)
-        results.append(cross_validate(estimator, pixels_by_size[size], labels, folds, name=strategy, on_fold=on_fold))
+        results.append(cross_validate(estimator, pixels, labels, folds, name=strategy, on_fold=on_fold))
     return Comparison(
         results=results, cv=cv, repeats=repeats, n=len(images), classes=images.classes, seconds=time.perf_counter() - started
     )

@@ -167,7 +167,7 @@ def train_model(
         Where the frozen prefix ends (see :func:`transferkit.training.prefix.frozen_block_count`);
         with ``config.prefix_views > 0`` only the suffix trains, on cached activations.
     """
-    console = Console(stderr=True, quiet=not (verbose and runtime.is_main))
+    console = Console(stderr=True, emoji=False, quiet=not (verbose and runtime.is_main))
     torch.manual_seed(config.seed)
     views = 0
     if prefix_start is not None and config.prefix_views > 0:
@@ -176,11 +176,15 @@ def train_model(
             console.print("frozen-prefix cache skipped: its activations would not fit in memory")
     if views:
         started = time.perf_counter()
-        cache = dict(model=model.to(runtime.device, memory_format=runtime.memory_format()), start=prefix_start,
-                     preprocessing=preprocessing, runtime=runtime, seed=config.seed, batch_size=config.batch_size * 2)
-        train_set: Dataset = _ActivationViews(cache_activations(pixels=train[0], augment=augment, views=views, **cache), train[1])
-        views = len(train_set.views)
-        val_inputs = cache_activations(pixels=val[0], augment=None, views=1, **cache)[0] if val is not None else None
+        n_views = views if augment is not None else 1
+        total = len(train[0]) * n_views + (len(val[0]) if val is not None else 0)
+        with _progress(console, f"frozen prefix, {n_views} view(s)", total) as (progress, task):
+            cache = dict(model=model.to(runtime.device, memory_format=runtime.memory_format()), start=prefix_start,
+                         preprocessing=preprocessing, runtime=runtime, seed=config.seed, batch_size=config.batch_size * 2,
+                         on_batch=lambda n: progress.update(task, advance=n))
+            train_set: Dataset = _ActivationViews(cache_activations(pixels=train[0], augment=augment, views=views, **cache), train[1])
+            views = len(train_set.views)
+            val_inputs = cache_activations(pixels=val[0], augment=None, views=1, **cache)[0] if val is not None else None
         console.print(f"frozen prefix computed once for {views} view(s) of {len(train[0])} images in {time.perf_counter() - started:.1f} s; training the rest on it")
         net: nn.Module = Suffix(model, prefix_start)
 

@@ -89,11 +89,13 @@ def cache_activations(
     views: int,
     seed: int,
     batch_size: int = 64,
+    on_batch: Callable[[int], None] | None = None,
 ) -> list[torch.Tensor]:
     """Prefix activations of ``views`` views of every image, as fp16 CPU tensors.
 
     View ``v`` draws its augmentation with seed ``seed * 1000 + v``; without augmentation
-    there is one view, the images themselves.
+    there is one view, the images themselves. ``on_batch(n_images)`` is called after each
+    batch (progress).
     """
     model.eval()
     views = views if augment is not None else 1
@@ -108,6 +110,8 @@ def cache_activations(
             with runtime.autocast():
                 out = prefix_forward(model, to_model_input(batch, preprocessing, runtime), start)
             chunks.append(out.to("cpu", torch.float16))
+            if on_batch is not None:
+                on_batch(len(batch))
         outputs.append(torch.cat(chunks))
     return outputs
 
