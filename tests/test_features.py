@@ -134,3 +134,24 @@ def test_feature_strategies_leave_the_backbone_untouched(tiny_params, tiny_weigh
     got = clf.model_.state_dict()
     assert all(np.array_equal(got[k].numpy(), v.numpy()) for k, v in expected.items())
     assert clf.plan_.C == 0.1 and clf.plan_.inner_cv is None
+
+
+def test_head_on_cached_views_shares_the_svm_feature_cache(tiny_params, tmp_path, monkeypatch):
+    images, labels = make_images(6, 32)
+    params = dict(tiny_params, cache_dir=str(tmp_path))
+    ImageClassifier(**dict(params, strategy="svm"), C=0.1).fit(images, labels)
+    computed = []
+    original = features_module.pooled_features
+    monkeypatch.setattr(features_module, "pooled_features", lambda model, x: computed.append(len(x)) or original(model, x))
+
+    head = ImageClassifier(**dict(params, strategy="head", augment="none", prefix_views=2)).fit(images, labels)
+    assert computed == []  # training and validation features of the plain images: all from svm's cache
+    assert len(head.history_["history"]) == params["epochs"]
+
+    ImageClassifier(**dict(params, strategy="head", augment="light", prefix_views=2)).fit(images, labels)
+    assert sum(computed) > 0  # augmented views are new pixels: computed once
+    computed.clear()
+    again = ImageClassifier(**dict(params, strategy="head", augment="light", prefix_views=2)).fit(images, labels)
+    assert computed == []  # same seed, same augmented pixels: cache hits
+    first = ImageClassifier(**dict(params, strategy="head", augment="light", prefix_views=2), verbose=False)
+    np.testing.assert_allclose(first.fit(images, labels).predict_proba(images), again.predict_proba(images), atol=1e-6)

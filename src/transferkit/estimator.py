@@ -289,9 +289,16 @@ class ImageClassifier(ClassifierMixin, BaseEstimator):
             resume=self.resume,
             fingerprint=self._fingerprint(len(targets), classes),
             prefix_start=frozen_block_count(model, plan.frozen_stages),
+            pooled_features=self._shared_features(settings["strategy"], runtime),
             verbose=self.verbose,
         )
         return model, preprocessing, result.to_dict(), plan
+
+    def _shared_features(self, strategy: str, runtime):
+        """``head`` on cached views reads and writes the bottleneck-feature cache of ``svm``."""
+        if strategy != "head" or self.prefix_views == 0:
+            return None
+        return FeatureExtractor(self.backbone, weights=self.weights, runtime=runtime, cache_dir=self.cache_dir).transform
 
     def _fit_features(self, pixels, targets, n_classes, runtime, console):
         extractor = FeatureExtractor(self.backbone, weights=self.weights, runtime=runtime, cache_dir=self.cache_dir)

@@ -146,6 +146,7 @@ def train_model(
     resume: bool = False,
     fingerprint: dict[str, Any] | None = None,
     prefix_start: int | None = None,
+    pooled_features: Callable[[np.ndarray], np.ndarray] | None = None,
     verbose: bool = True,
 ) -> TrainResult:
     """Train ``model`` in place and leave the best weights (lowest validation loss) in it.
@@ -166,6 +167,9 @@ def train_model(
     prefix_start : int or None
         Where the frozen prefix ends (see :func:`transferkit.training.prefix.frozen_block_count`);
         with ``config.prefix_views > 0`` only the suffix trains, on cached activations.
+    pooled_features : callable, optional
+        For ``head``: uint8 pixels -> pooled features, e.g. a cached ``FeatureExtractor``
+        (see :func:`transferkit.training.prefix.cache_activations`).
     """
     console = Console(stderr=True, emoji=False, quiet=not (verbose and runtime.is_main))
     torch.manual_seed(config.seed)
@@ -181,7 +185,7 @@ def train_model(
         with _progress(console, f"frozen prefix, {n_views} view(s)", total) as (progress, task):
             cache = dict(model=model.to(runtime.device, memory_format=runtime.memory_format()), start=prefix_start,
                          preprocessing=preprocessing, runtime=runtime, seed=config.seed, batch_size=config.batch_size * 2,
-                         on_batch=lambda n: progress.update(task, advance=n))
+                         on_batch=lambda n: progress.update(task, advance=n), pooled=pooled_features)
             train_set: Dataset = _ActivationViews(cache_activations(pixels=train[0], augment=augment, views=views, **cache), train[1])
             views = len(train_set.views)
             val_inputs = cache_activations(pixels=val[0], augment=None, views=1, **cache)[0] if val is not None else None

@@ -90,12 +90,19 @@ def cache_activations(
     seed: int,
     batch_size: int = 64,
     on_batch: Callable[[int], None] | None = None,
+    pooled: Callable[[np.ndarray], np.ndarray] | None = None,
 ) -> list[torch.Tensor]:
     """Prefix activations of ``views`` views of every image, as fp16 CPU tensors.
 
     View ``v`` draws its augmentation with seed ``seed * 1000 + v``; without augmentation
     there is one view, the images themselves. ``on_batch(n_images)`` is called after each
     batch (progress).
+
+    For the head-only prefix (``start < 0``) ``pooled`` may compute the pooled features of
+    uint8 pixels instead of ``model``: :meth:`transferkit.strategies.features.FeatureExtractor.transform`
+    does, with its on-disk cache keyed on the pixels' content. An augmented view is the same
+    pixels on every run with the same seed, so ``head`` then shares the bottleneck-feature
+    cache with ``svm`` and costs almost nothing after the first run.
     """
     model.eval()
     views = views if augment is not None else 1
@@ -107,8 +114,11 @@ def cache_activations(
             batch = pixels_to_tensor(pixels[start_index : start_index + batch_size])
             if augment is not None:
                 batch = torch.stack([augment(image) for image in batch])
-            with runtime.autocast():
-                out = prefix_forward(model, to_model_input(batch, preprocessing, runtime), start)
+            if start < 0 and pooled is not None:
+                out = torch.from_numpy(pooled(batch.permute(0, 2, 3, 1).contiguous().numpy()))
+            else:
+                with runtime.autocast():
+                    out = prefix_forward(model, to_model_input(batch, preprocessing, runtime), start)
             chunks.append(out.to("cpu", torch.float16))
             if on_batch is not None:
                 on_batch(len(batch))
