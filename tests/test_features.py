@@ -155,3 +155,32 @@ def test_head_on_cached_views_shares_the_svm_feature_cache(tiny_params, tmp_path
     assert computed == []  # same seed, same augmented pixels: cache hits
     first = ImageClassifier(**dict(params, strategy="head", augment="light", prefix_views=2), verbose=False)
     np.testing.assert_allclose(first.fit(images, labels).predict_proba(images), again.predict_proba(images), atol=1e-6)
+
+
+@pytest.mark.parametrize("strategy", ["svm", "head"])
+def test_predict_of_a_frozen_backbone_reads_the_feature_cache_and_equals_the_network(tiny_params, strategy, tmp_path, monkeypatch):
+    from transferkit.training.inputs import predict_logits
+
+    images, labels = make_images(6, 32)
+    clf = ImageClassifier(**dict(tiny_params, strategy=strategy, cache_dir=str(tmp_path)), C=0.1).fit(images, labels)
+    network = predict_logits(clf.model_, images, clf.preprocessing_, CPU).softmax(1).numpy()
+    np.testing.assert_allclose(clf.predict_proba(images), network, atol=1e-5)
+    computed = []
+    original = features_module.pooled_features
+    monkeypatch.setattr(features_module, "pooled_features", lambda model, x: computed.append(len(x)) or original(model, x))
+    transferkit.save(clf, tmp_path / "model")
+    loaded = transferkit.load(tmp_path / "model")
+    loaded.cache_dir = str(tmp_path)
+    np.testing.assert_allclose(loaded.predict_proba(images), network, atol=1e-5)
+    assert computed == []  # the loaded model's backbone digest finds the features of the first predict
+
+
+def test_balanced_class_weights_reach_the_linear_classifier():
+    rng = np.random.default_rng(0)
+    # class 1 is rare and overlaps class 0: unweighted, the SVM mostly ignores it
+    features = np.concatenate([rng.normal(0, 1, (90, 4)), rng.normal(0.8, 1, (10, 4))])
+    targets = np.array([0] * 90 + [1] * 10)
+    plain, _ = fit_linear_classifier(features, targets, np.arange(100), strategy="svm", C=0.01, seed=0)
+    weighted, _ = fit_linear_classifier(features, targets, np.arange(100), strategy="svm", C=0.01, seed=0, class_weight="balanced")
+    assert weighted[-1].class_weight == "balanced"
+    assert (weighted.predict(features)[targets == 1] == 1).sum() > (plain.predict(features)[targets == 1] == 1).sum()

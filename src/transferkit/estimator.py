@@ -33,6 +33,8 @@ from transferkit.training.runtime import resolve_runtime
 
 Strategy = Literal["auto", "svm", "logistic", "head", "finetune", "full", "scratch"]
 STRATEGIES: tuple[str, ...] = FEATURE_STRATEGIES + NETWORK_STRATEGIES
+FROZEN_BACKBONE_STRATEGIES = (*FEATURE_STRATEGIES, "head")
+"""Strategies that leave the pretrained backbone untouched: predict reads the feature cache."""
 AUTO_PROBE_IMAGES = 512
 """``strategy="auto"`` measures domain shift and LogME on a stratified sample of this many images."""
 
@@ -315,7 +317,7 @@ class ImageClassifier(ClassifierMixin, BaseEstimator):
         extract_seconds = time.perf_counter() - started
         pipeline, info = fit_linear_classifier(
             np.concatenate(features), np.concatenate(labels), np.concatenate(groups),
-            strategy=self.settings_["strategy"], C=self.C, seed=self.seed,
+            strategy=self.settings_["strategy"], C=self.C, seed=self.seed, class_weight=self.settings_["class_weight"],
         )
         model = extractor.model
         fold_into_head(model, pipeline, n_classes)
@@ -333,9 +335,17 @@ class ImageClassifier(ClassifierMixin, BaseEstimator):
         self._check_fitted()
         pixels = load_pixels(X, self.image_size_, cache_dir=self.cache_dir, progress=self.verbose)
         runtime = resolve_runtime(self.device, self.precision)
-        model = runtime.prepare_model(self.model_)
-        logits = predict_logits(model, pixels, self.preprocessing_, runtime, batch_size=self.batch_size * 2)
-        self.model_ = model.cpu()
+        if getattr(self, "settings_", {}).get("strategy") in FROZEN_BACKBONE_STRATEGIES:
+            # The backbone is the pretrained one: its features may already sit in the cache.
+            extractor = FeatureExtractor.from_model(self.model_, self.preprocessing_, runtime=runtime, cache_dir=self.cache_dir)
+            features = runtime.to_device(torch.from_numpy(extractor.transform(pixels)))
+            with torch.no_grad():
+                logits = extractor.model.get_classifier()(features).float().cpu()
+            self.model_ = extractor.model.cpu()
+        else:
+            model = runtime.prepare_model(self.model_)
+            logits = predict_logits(model, pixels, self.preprocessing_, runtime, batch_size=self.batch_size * 2)
+            self.model_ = model.cpu()
         return torch.softmax(logits, dim=1).numpy()
 
     def predict(self, X: Any) -> np.ndarray:

@@ -134,7 +134,25 @@ class FeatureExtractor:
         batch_size: int = 64,
     ):
         model, preprocessing = create_backbone(backbone, num_classes=1, pretrained=True, weights_path=weights)
-        self.model: nn.Module = runtime.prepare_model(model.eval())
+        self._setup(model, preprocessing, runtime, cache_dir, batch_size)
+
+    @classmethod
+    def from_model(
+        cls, model: nn.Module, preprocessing: Preprocessing, *, runtime: Runtime, cache_dir: str | bool | None = None,
+        batch_size: int = 64,
+    ) -> "FeatureExtractor":
+        """The extractor of an existing timm model (e.g. a fitted ``svm`` or ``head`` model).
+
+        Its cache key is the digest of the model's own weights, so a model whose backbone is
+        the untouched pretrained one shares the entries of the registry's extractor.
+        """
+        extractor = cls.__new__(cls)
+        extractor._setup(model, preprocessing, runtime, cache_dir, batch_size)
+        return extractor
+
+    def _setup(self, model, preprocessing, runtime, cache_dir, batch_size) -> None:
+        # No parameter needs a gradient, so the runtime never wraps it in DDP under torchrun.
+        self.model: nn.Module = runtime.prepare_model(model.eval().requires_grad_(False))
         self.preprocessing: Preprocessing = preprocessing
         self.runtime = runtime
         self.batch_size = batch_size
