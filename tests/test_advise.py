@@ -22,6 +22,7 @@ from conftest import TINY_BACKBONE, make_images
 from transferkit.advise import (
     AdviceThresholds,
     BackboneFacts,
+    Budget,
     DataFacts,
     DomainShift,
     Race,
@@ -503,3 +504,52 @@ def test_race_rejects_unknown_candidates():
     images, labels = make_images(3, 16)
     with pytest.raises(ConfigError, match="race candidates"):
         race_strategies(resolve_data(images, labels), "svm", candidates=["magic"])
+
+
+# ---------------------------------------------------------------------------------------------
+# the time budget
+
+LITE = BackboneFacts("lite", input_size=224, stage_names=STAGES, head_parameters=10)  # 4 block stages
+
+
+def test_budget_estimate_scales_with_pixels_epochs_and_the_trained_share():
+    b = Budget(seconds=60, images_per_second=100, measured_size=224, epochs=2, val_fraction=0.0)
+    assert b.estimate("svm", 224, 1000, None, 4) == pytest.approx(10.0)
+    assert b.estimate("svm", 112, 1000, None, 4) == pytest.approx(2.5)
+    assert b.estimate("head", 224, 1000, None, 4) == pytest.approx(20.0)
+    assert b.estimate("full", 224, 1000, 0, 4) == pytest.approx(60.0)  # a step = 3 forward passes
+    assert b.estimate("finetune", 224, 1000, 2, 4) == pytest.approx(40.0)  # half frozen: 2
+    with pytest.raises(ConfigError, match="Budget"):
+        Budget(seconds=0, images_per_second=100, measured_size=224)
+
+
+def test_time_budget_keeps_a_plan_that_fits_then_shrinks_the_images_then_falls_back_to_svm():
+    facts = make_facts(n=500, side=300)
+    # finetune, freeze 3 of 4: 10 epochs x (425 x 1.5 + 75) images x 0.01 s = 71 s at 224 px
+    plenty = recommend(facts, near(), T, backbone=LITE, budget=Budget(100, 100, 224))
+    assert (plenty.strategy, plenty.image_size, plenty.freeze) == ("finetune", 224, 3) and not fired(plenty, "time_budget")
+    assert any(r.startswith("time budget 1.67 min: finetune at 224 px should take ~1.2 min") for r in plenty.reasons)
+
+    tight = recommend(facts, near(), T, backbone=LITE, budget=Budget(50, 100, 224))  # 192 px: 52 s; 160 px: 36 s
+    assert (tight.strategy, tight.image_size, tight.freeze) == ("finetune", 160, 3) and fired(tight, "time_budget")
+    assert any("so train at 160 px" in r for r in tight.reasons)
+
+    short = recommend(facts, near(), T, backbone=LITE, budget=Budget(10, 100, 224))  # 128 px: 23 s; svm: 5 s
+    assert (short.strategy, short.image_size, short.freeze, short.lr, short.augment) == ("svm", 224, None, None, "none")
+    assert any("even at 128 px" in r and "so svm" in r for r in short.reasons) and not short.warnings
+
+    hopeless = recommend(facts, near(), T, backbone=LITE, budget=Budget(1, 100, 224))
+    assert hopeless.strategy == "svm" and any("even svm needs ~0.1 min" in w for w in hopeless.warnings)
+
+
+def test_advise_times_its_probe_and_applies_the_budget(tiny_weights):
+    images, labels = make_images(8, 24)
+    kwargs = dict(backbones=[TINY_BACKBONE], weights_path=tiny_weights, image_size=32, device="cpu",
+                  thresholds=AdviceThresholds(small_data=10))  # fmt: skip
+    free = advise(images, labels, **kwargs)
+    assert free.recommendation.strategy != "svm" and free.forward_images_per_second > 0
+    assert not any(rule.name == "time_budget" for rule in free.recommendation.rules)
+    rushed = advise(images, labels, budget_seconds=1e-4, **kwargs)
+    assert rushed.recommendation.strategy == "svm" and fired(rushed.recommendation, "time_budget")
+    with pytest.raises(ConfigError, match="budget_seconds"):
+        advise(images, labels, budget_seconds=-1, **kwargs)

@@ -106,3 +106,16 @@ def test_auto_strategy_keeps_what_the_user_set(tiny_params):
     images, labels = make_images(6, 32)
     clf = ImageClassifier(**dict(tiny_params, strategy="auto", freeze=1, class_weight="balanced")).fit(images, labels)
     assert clf.settings_ == {"strategy": "svm", "freeze": None, "image_size": 32, "class_weight": "balanced"}
+
+
+def test_budget_minutes_reaches_the_advisor_and_is_validated(tiny_params, monkeypatch):
+    images, labels = make_images(4, 32)
+    seen = {}
+    import transferkit.advise as advise_module
+
+    original = advise_module.advise
+    monkeypatch.setattr(advise_module, "advise", lambda *a, **k: seen.update(k) or original(*a, **k))
+    ImageClassifier(**dict(tiny_params, strategy="auto"), budget_minutes=2).fit(images, labels)
+    assert seen["budget_seconds"] == 120.0 and seen["epochs"] == tiny_params["epochs"]
+    with pytest.raises(ConfigError, match="budget_minutes"):
+        ImageClassifier(**tiny_params, budget_minutes=0).fit(images, labels)

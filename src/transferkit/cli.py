@@ -83,6 +83,7 @@ def fit(
     c: Annotated[Optional[float], typer.Option("--C", help="svm/logistic: regularisation (default: chosen by inner CV).")] = None,
     feature_views: Annotated[int, typer.Option(help="svm/logistic: augmented views per training image.")] = 0,
     prefix_views: Annotated[int, typer.Option(help="head/finetune: compute the frozen stages once for this many augmented views per image and train only the rest on the cached activations (0: plain loop).")] = 0,
+    budget_minutes: Annotated[Optional[float], typer.Option(help="strategy auto: keep the fit within about this many minutes on this machine (smaller images, or svm, when the advised plan would take longer).")] = None,
     weights: Annotated[Optional[Path], typer.Option(help="Local pretrained weights file (.safetensors or .pth).")] = None,
     skip_bad: Annotated[bool, typer.Option("--skip-bad", help="Skip unreadable images (each is listed) instead of stopping.")] = False,
     cache_dir: Annotated[Optional[Path], typer.Option(help="Cache folder for decoded images (default ~/.cache/transferkit).")] = None,
@@ -115,6 +116,7 @@ def fit(
             C=c,
             feature_views=feature_views,
             prefix_views=prefix_views,
+            budget_minutes=budget_minutes,
             weights=str(weights) if weights else None,
             skip_bad=skip_bad,
             cache_dir=str(cache_dir) if cache_dir else None,
@@ -261,6 +263,8 @@ def advise(
     image_size: Annotated[Optional[int], typer.Option(help="Measure (and race) at this image size instead of each backbone's and strategy's own.")] = None,
     threshold: Annotated[Optional[list[str]], typer.Option(help="Change a rule's threshold, NAME=VALUE (repeatable), e.g. small_data=500. See AdviceThresholds.")] = None,
     measure: Annotated[bool, typer.Option("--measure", help="Also race the candidate strategies under CV and say whether the measurement agrees with the rule.")] = False,
+    budget_minutes: Annotated[Optional[float], typer.Option(help="Fit time the advice must keep within, in minutes on this machine.")] = None,
+    epochs: Annotated[int, typer.Option(help="Epochs of the planned fit (for the --budget-minutes estimate).")] = 10,
     race_images: Annotated[int, typer.Option(help="--measure: race on a stratified sample of about this many images.")] = 600,
     race_cv: Annotated[int, typer.Option(help="--measure: folds (= successive-halving rounds) of the race.")] = 3,
     race_epochs: Annotated[Optional[int], typer.Option(help="--measure: epochs of every network strategy (default: compare's per-strategy defaults).")] = None,
@@ -278,7 +282,8 @@ def advise(
         images = resolve_data(data)
         err.print(f"measuring {images.describe()}")
         advice = advise_data(images, backbones=backbone, max_images=max_images, image_size=image_size, thresholds=_thresholds(threshold),
-                             weights_path=weights, device=device, seed=seed)
+                             weights_path=weights, device=device, seed=seed, epochs=epochs,
+                             budget_seconds=None if budget_minutes is None else 60.0 * budget_minutes)
         report = advice.to_dict()
         _print_advice(advice)
         if measure:

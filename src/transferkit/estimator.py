@@ -99,6 +99,10 @@ class ImageClassifier(ClassifierMixin, BaseEstimator):
         ``head``/``finetune``: run the frozen stages once per image for this many augmented
         views and train only the rest on the cached activations (epoch e uses view
         e % prefix_views); 0 runs the plain loop. See :mod:`transferkit.training.prefix`.
+    budget_minutes : float or None
+        ``strategy="auto"`` only: the advisor times its forward pass on this machine and, when
+        the advised plan would take longer than this, trains at a smaller image size or falls
+        back to ``svm`` (saying so). The advisor's own measurement is not counted.
     verbose : bool
         Print progress bars and one line per epoch to stderr.
 
@@ -154,6 +158,7 @@ class ImageClassifier(ClassifierMixin, BaseEstimator):
         C: float | None = None,
         feature_views: int = 0,
         prefix_views: int = 0,
+        budget_minutes: float | None = None,
         verbose: bool = False,
     ):
         self.backbone = backbone
@@ -182,6 +187,7 @@ class ImageClassifier(ClassifierMixin, BaseEstimator):
         self.C = C
         self.feature_views = feature_views
         self.prefix_views = prefix_views
+        self.budget_minutes = budget_minutes
         self.verbose = verbose
 
     # ------------------------------------------------------------------ fit
@@ -373,7 +379,8 @@ class ImageClassifier(ClassifierMixin, BaseEstimator):
 
         advice = advise(
             images, backbones=[self.backbone], weights_path=self.weights, device=self.device,
-            max_images=AUTO_PROBE_IMAGES, seed=self.seed,
+            max_images=AUTO_PROBE_IMAGES, seed=self.seed, epochs=self.epochs,
+            budget_seconds=None if self.budget_minutes is None else 60.0 * self.budget_minutes,
         )
         recommendation = advice.recommendation
         console.print(f"strategy auto -> {recommendation.strategy}, because:")
@@ -427,6 +434,8 @@ class ImageClassifier(ClassifierMixin, BaseEstimator):
                 raise ConfigError(f"{name} expected a positive integer. Received: {name}={value!r}")
         if self.patience < 1:
             raise ConfigError(f"patience expected a positive integer. Received: patience={self.patience!r}")
+        if self.budget_minutes is not None and not (isinstance(self.budget_minutes, (int, float)) and self.budget_minutes > 0):
+            raise ConfigError(f"budget_minutes expected a positive number (or None). Received: budget_minutes={self.budget_minutes!r}")
         if not self.lr > 0:
             raise ConfigError(f"lr expected a positive number. Received: lr={self.lr!r}")
         if not self.backbone_lr_factor > 0:

@@ -28,6 +28,7 @@ from transferkit.advise.race import RACE_CANDIDATES, Race, race_strategies
 from transferkit.advise.rules import (
     AdviceThresholds,
     BackboneFacts,
+    Budget,
     Recommendation,
     RuleResult,
     recommend,
@@ -41,6 +42,7 @@ __all__ = [
     "Advice",
     "AdviceThresholds",
     "BackboneFacts",
+    "Budget",
     "DataFacts",
     "DomainShift",
     "Probe",
@@ -75,6 +77,8 @@ class Advice:
         Images the measurements used (fewer than ``facts.n_samples`` with ``max_images``).
     seconds : float
         Wall time of :func:`advise`.
+    forward_images_per_second : float or None
+        Speed of the chosen backbone's probe forward pass on this machine.
     """
 
     recommendation: Recommendation
@@ -83,6 +87,7 @@ class Advice:
     transferability: dict[str, dict[str, Any]]
     probed_images: int
     seconds: float
+    forward_images_per_second: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict: the recommendation's fields at the top level, then the measurements."""
@@ -95,6 +100,7 @@ class Advice:
             "transferability": self.transferability,
             "probed_images": self.probed_images,
             "seconds": round(self.seconds, 2),
+            "forward_images_per_second": self.forward_images_per_second,
         }
 
 
@@ -110,6 +116,8 @@ def advise(
     seed: int = 0,
     weights_path: str | os.PathLike | None = None,
     batch_size: int = 32,
+    budget_seconds: float | None = None,
+    epochs: int = 10,
 ) -> Advice:
     """Measure the data against each available backbone and recommend how to train.
 
@@ -136,6 +144,12 @@ def advise(
         A local weights file, for a single candidate in ``backbones`` (e.g. a timm model
         without registered offline weights).
     batch_size : int, default 32
+    budget_seconds : float, optional
+        Time the fit may take. The probe's forward pass is timed, and a plan whose estimated
+        fit time exceeds the budget trains at a smaller image size or falls back to ``svm``
+        (rule ``time_budget``; see :class:`transferkit.advise.Budget`).
+    epochs : int, default 10
+        Epochs of the planned fit, for the time estimate.
 
     Returns
     -------
@@ -152,7 +166,7 @@ def advise(
         An option is out of range.
     """
     start = time.perf_counter()
-    _check_options(max_images, image_size, backbones, weights_path)
+    _check_options(max_images, image_size, backbones, weights_path, budget_seconds)
     imageset = resolve_data(data, labels)
     check_classes(imageset)
     facts = data_facts(imageset)
@@ -163,13 +177,16 @@ def advise(
     candidates, skipped = _candidates(backbones, weights_path)
     transferability: dict[str, dict[str, Any]] = {}
     probes: dict[str, tuple[Probe, BackboneFacts]] = {}
+    speeds: dict[str, tuple[float, int]] = {}
     for name in candidates:
         spec = get_backbone_spec(name)
         n_pretrained = _pretrained_classes(spec.timm_name)
         model, preprocessing = create_backbone(name, num_classes=n_pretrained, weights_path=weights_path)
         size = image_size or preprocessing.input_size
         pixels = decode_images(sample, size, interpolation=preprocessing.interpolation, progress=False).pixels
+        probe_started = time.perf_counter()
         probe = probe_backbone(model, pixels, preprocessing, runtime=runtime, batch_size=batch_size)
+        speeds[name] = (len(pixels) / max(time.perf_counter() - probe_started, 1e-9), size)
         transferability[name] = {
             "bottleneck": logme_score(probe.bottleneck, labels),
             "stages": {stage: logme_score(features, labels) for stage, features in probe.stage_features.items()},
@@ -180,7 +197,11 @@ def advise(
     chosen = max(candidates, key=lambda name: transferability[name]["bottleneck"])
     probe, backbone_facts = probes[chosen]
     shift = DomainShift.from_probe(probe)
-    recommendation = recommend(facts, shift, thresholds, backbone=backbone_facts)
+    budget = None
+    if budget_seconds is not None:
+        images_per_second, measured_size = speeds[chosen]
+        budget = Budget(budget_seconds, images_per_second, measured_size, epochs=epochs)
+    recommendation = recommend(facts, shift, thresholds, backbone=backbone_facts, budget=budget)
     if len(candidates) > 1:
         scores = ", ".join(f"{name} {transferability[name]['bottleneck']:.3f}" for name in candidates)
         recommendation.reasons.insert(0, f"backbone {chosen}: the highest LogME of the bottleneck features ({scores})")
@@ -193,6 +214,7 @@ def advise(
         transferability=transferability,
         probed_images=len(sample),
         seconds=time.perf_counter() - start,
+        forward_images_per_second=speeds[chosen][0],
     )
 
 
@@ -201,6 +223,7 @@ def _check_options(
     image_size: int | None,
     backbones: Sequence[str] | None,
     weights_path: str | os.PathLike | None,
+    budget_seconds: float | None,
 ) -> None:
     for name, value, least in (("max_images", max_images, 2), ("image_size", image_size, 16)):
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < least):
@@ -208,6 +231,8 @@ def _check_options(
     if isinstance(backbones, str):
         raise ConfigError(f"backbones: expected a list of backbone names. Received: backbones={backbones!r}; "
                           f"write backbones=[{backbones!r}]")
+    if budget_seconds is not None and not (isinstance(budget_seconds, (int, float)) and budget_seconds > 0):
+        raise ConfigError(f"budget_seconds: expected a positive number of seconds or None. Received: budget_seconds={budget_seconds!r}")
     if weights_path is not None and (backbones is None or len(backbones) != 1):
         raise ConfigError(
             "weights_path is the weights of one backbone: expected exactly one name in backbones. "

@@ -13,6 +13,8 @@ rule                          fires when (threshold in :class:`AdviceThresholds`
 ``head_overfitting``          head parameters >= ``head_parameters_per_sample`` x samples
 ``imbalance``                 largest / smallest class >= ``imbalance``
 ``duplicates``                exact duplicates >= ``duplicates``
+``time_budget``               the plan's estimated fit time > the budget (only with a
+                              :class:`Budget`): smaller images, then ``svm``
 ============================  ============================================================
 
 Every rule is evaluated and listed (fired or not) in :attr:`Recommendation.rules`, so a report
@@ -144,6 +146,53 @@ class BackboneFacts:
 
 
 @dataclass(frozen=True)
+class Budget:
+    """A time limit for the fit and the speed measured on this machine.
+
+    Attributes
+    ----------
+    seconds : float
+        Wall time the fit may take.
+    images_per_second : float
+        Forward-pass throughput of the backbone measured by the probe, at ``measured_size``.
+    measured_size : int
+        Image side of that measurement.
+    epochs : int
+        Epochs the network strategies would run (early stopping may end sooner).
+    val_fraction : float
+        Share of the images held out for validation (forward only).
+    """
+
+    seconds: float
+    images_per_second: float
+    measured_size: int
+    epochs: int = 10
+    val_fraction: float = 0.15
+
+    def __post_init__(self) -> None:
+        if not (self.seconds > 0 and self.images_per_second > 0 and self.measured_size > 0 and self.epochs >= 1):
+            raise ConfigError(f"Budget expects positive seconds, speed, size and epochs. Received: {self}")
+
+    def estimate(self, strategy: str, image_size: int, n_images: int, freeze: int | None, n_blocks: int) -> float:
+        """Seconds a fit would take: forward cost scales with the pixel count; a training step
+        costs about 3 forward passes through the trained layers and 1 through the frozen ones."""
+        per_image = (image_size / self.measured_size) ** 2 / self.images_per_second
+        if strategy == "svm":
+            return n_images * per_image
+        n_val = n_images * self.val_fraction
+        if strategy == "head":
+            step = 1.0
+        else:
+            frozen = (freeze or 0) / max(1, n_blocks)
+            step = 1.0 + 2.0 * (1.0 - frozen)
+        return self.epochs * ((n_images - n_val) * step + n_val) * per_image
+
+
+BUDGET_SIZES = (192, 160, 128)
+"""Smaller image sides the budget rule tries, largest first, before it falls back to ``svm``."""
+
+
+@dataclass(frozen=True)
 class RuleResult:
     """One step of the reasoning: a rule, whether it fired, and the numbers behind it."""
 
@@ -202,6 +251,7 @@ def recommend(
     thresholds: AdviceThresholds | None = None,
     *,
     backbone: BackboneFacts,
+    budget: Budget | None = None,
 ) -> Recommendation:
     """Apply the playbook to the facts and the measured domain shift.
 
@@ -215,6 +265,9 @@ def recommend(
         Defaults to ``AdviceThresholds()``.
     backbone : BackboneFacts
         The backbone the recommendation is for.
+    budget : Budget, optional
+        A time limit: when the plan's estimated fit time exceeds it, train at a smaller image
+        size, and failing that use ``svm`` (each step stated with its estimate).
 
     Returns
     -------
@@ -306,6 +359,10 @@ def recommend(
     class_weight = _imbalance_rule(facts, t, rules, reasons)
     _head_rule(facts, backbone, t, strategy, rules, warnings)
     _duplicates_rule(facts, t, rules, warnings)
+    if budget is not None:
+        strategy, image_size, freeze, lr, factor = _budget_rule(
+            budget, facts, backbone, t, strategy, image_size, freeze, (lr, factor), rules, reasons, warnings
+        )
 
     return Recommendation(
         strategy=strategy,
@@ -490,3 +547,50 @@ def _duplicates_rule(facts: DataFacts, t: AdviceThresholds, rules: list[RuleResu
         warnings.append(
             f"{facts.conflicting_duplicates:,} groups of identical images carry different labels: check the labels"
         )
+
+
+def _budget_rule(
+    budget: Budget,
+    facts: DataFacts,
+    backbone: BackboneFacts,
+    t: AdviceThresholds,
+    strategy: str,
+    image_size: int,
+    freeze: int | None,
+    rates: tuple[float | None, float | None],
+    rules: list[RuleResult],
+    reasons: list[str],
+    warnings: list[str],
+) -> tuple[str, int, int | None, float | None, float | None]:
+    n, blocks = facts.n_samples, len(backbone.block_stages)
+    minutes = budget.seconds / 60
+    planned = budget.estimate(strategy, image_size, n, freeze, blocks)
+    speed = f"{budget.images_per_second:.0f} images/s forward at {budget.measured_size} px measured here"
+    fired = planned > budget.seconds
+    rules.append(RuleResult("time_budget", fired, f"{strategy} at {image_size} px: ~{planned / 60:.1f} min "
+                                                  f"{'>' if fired else '<='} budget {minutes:.3g} min ({speed})"))
+    if not fired:
+        reasons.append(f"time budget {minutes:.3g} min: {strategy} at {image_size} px should take ~{planned / 60:.1f} min ({speed})")
+        return strategy, image_size, freeze, *rates
+    if strategy != "svm":
+        for size in (s for s in BUDGET_SIZES if t.min_image_size <= s < image_size):
+            estimate = budget.estimate(strategy, size, n, freeze, blocks)
+            if estimate <= budget.seconds:
+                reasons.append(
+                    f"time budget {minutes:.3g} min: {strategy} at {image_size} px would take ~{planned / 60:.1f} min "
+                    f"({speed}); at {size} px ~{estimate / 60:.1f} min, so train at {size} px"
+                )
+                return strategy, size, freeze, *rates
+    size = backbone.input_size if strategy != "svm" else image_size
+    estimate = budget.estimate("svm", size, n, None, blocks)
+    if strategy != "svm":
+        smallest = min([image_size, *(s for s in BUDGET_SIZES if t.min_image_size <= s < image_size)])
+        reasons.append(
+            f"time budget {minutes:.3g} min: {strategy} would take ~{planned / 60:.1f} min at {image_size} px and "
+            f"~{budget.estimate(strategy, smallest, n, freeze, blocks) / 60:.1f} min even at {smallest} px ({speed}); "
+            f"a linear SVM on frozen bottleneck features at {size} px needs ~{estimate / 60:.1f} min, so svm "
+            "(raise the budget to fine-tune)"
+        )
+    if estimate > budget.seconds:
+        warnings.append(f"even svm needs ~{estimate / 60:.1f} min here, more than the budget of {minutes:.3g} min")
+    return "svm", size, None, None, None
