@@ -25,6 +25,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--strategies", nargs="+", choices=["svm", "logistic", "head"], default=["svm", "head"])
     parser.add_argument("--image-size", type=int, default=224)
     parser.add_argument("--epochs", type=int, default=None, help="head: epochs (default: ImageClassifier's)")
+    parser.add_argument("--prefix-views", type=int, default=2,
+                        help="head: augmented views computed once (through the shared feature cache); 0: plain loop")
     parser.add_argument("--subset", type=int, default=None, help="at most N train and N test images, stratified (smoke tests)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", default=None, help="also write the results here")
@@ -54,7 +56,9 @@ def main() -> None:
 
 
 def fit_and_predict(strategy: str, train, test, cache_dir: str, args: argparse.Namespace) -> dict:
-    options = {"epochs": args.epochs} if strategy == "head" and args.epochs else {}
+    options = {}
+    if strategy == "head":
+        options = {"prefix_views": args.prefix_views, **({"epochs": args.epochs} if args.epochs else {})}
     clf = ImageClassifier(strategy=strategy, image_size=args.image_size, seed=args.seed, cache_dir=cache_dir, **options)
     started = time.perf_counter()
     clf.fit(train)

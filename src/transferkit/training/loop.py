@@ -68,6 +68,8 @@ class TrainResult:
     best_epoch: int = 0
     stopped_early: bool = False
     resumed_from_epoch: int = 0
+    prefix_seconds: float = 0.0
+    """Time spent computing the frozen-prefix cache (0 without ``prefix_views``)."""
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -75,6 +77,7 @@ class TrainResult:
             "best_epoch": self.best_epoch,
             "stopped_early": self.stopped_early,
             "resumed_from_epoch": self.resumed_from_epoch,
+            "prefix_seconds": self.prefix_seconds,
         }
 
 
@@ -173,7 +176,7 @@ def train_model(
     """
     console = Console(stderr=True, emoji=False, quiet=not (verbose and runtime.is_main))
     torch.manual_seed(config.seed)
-    views = 0
+    views, prefix_seconds = 0, 0.0
     if prefix_start is not None and config.prefix_views > 0:
         views = affordable_views(model, prefix_start, train[0].shape[1], len(train[0]), config.prefix_views)
         if views == 0:
@@ -189,7 +192,8 @@ def train_model(
             train_set: Dataset = _ActivationViews(cache_activations(pixels=train[0], augment=augment, views=views, **cache), train[1])
             views = len(train_set.views)
             val_inputs = cache_activations(pixels=val[0], augment=None, views=1, **cache)[0] if val is not None else None
-        console.print(f"frozen prefix computed once for {views} view(s) of {len(train[0])} images in {time.perf_counter() - started:.1f} s; training the rest on it")
+        prefix_seconds = time.perf_counter() - started
+        console.print(f"frozen prefix computed once for {views} view(s) of {len(train[0])} images in {prefix_seconds:.1f} s; training the rest on it")
         net: nn.Module = Suffix(model, prefix_start)
 
         def prepare(batch: torch.Tensor) -> torch.Tensor:
@@ -231,7 +235,7 @@ def train_model(
     )
     scaler = torch.amp.GradScaler(runtime.device.type, enabled=runtime.precision == "fp16")
 
-    result = TrainResult()
+    result = TrainResult(prefix_seconds=prefix_seconds)
     best_loss, best_state, bad_epochs, start_epoch = math.inf, None, 0, 0
     checkpoint_path = Path(checkpoint_dir) / CHECKPOINT_NAME if checkpoint_dir else None
     if resume and checkpoint_path is not None and checkpoint_path.exists():
