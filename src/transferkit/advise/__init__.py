@@ -78,7 +78,7 @@ class Advice:
     seconds : float
         Wall time of :func:`advise`.
     forward_images_per_second : float or None
-        Speed of the chosen backbone's probe forward pass on this machine.
+        Forward-pass speed of the chosen backbone on this machine (measured with a budget).
     """
 
     recommendation: Recommendation
@@ -184,9 +184,9 @@ def advise(
         model, preprocessing = create_backbone(name, num_classes=n_pretrained, weights_path=weights_path)
         size = image_size or preprocessing.input_size
         pixels = decode_images(sample, size, interpolation=preprocessing.interpolation, progress=False).pixels
-        probe_started = time.perf_counter()
         probe = probe_backbone(model, pixels, preprocessing, runtime=runtime, batch_size=batch_size)
-        speeds[name] = (len(pixels) / max(time.perf_counter() - probe_started, 1e-9), size)
+        if budget_seconds is not None:
+            speeds[name] = (_forward_speed(model, pixels, preprocessing, runtime, batch_size), size)
         transferability[name] = {
             "bottleneck": logme_score(probe.bottleneck, labels),
             "stages": {stage: logme_score(features, labels) for stage, features in probe.stage_features.items()},
@@ -214,8 +214,23 @@ def advise(
         transferability=transferability,
         probed_images=len(sample),
         seconds=time.perf_counter() - start,
-        forward_images_per_second=speeds[chosen][0],
+        forward_images_per_second=speeds[chosen][0] if chosen in speeds else None,
     )
+
+
+def _forward_speed(model, pixels: np.ndarray, preprocessing, runtime, batch_size: int) -> float:
+    """Images per second of a plain forward pass (no probe hooks), after a warm-up batch."""
+    import torch
+
+    from transferkit.training.inputs import predict_logits
+
+    model = runtime.prepare_model(model)
+    sample = pixels[: 2 * batch_size]
+    with torch.no_grad():
+        predict_logits(model, sample[:2], preprocessing, runtime, batch_size)
+        started = time.perf_counter()
+        predict_logits(model, sample, preprocessing, runtime, batch_size)
+    return len(sample) / max(time.perf_counter() - started, 1e-9)
 
 
 def _check_options(
