@@ -17,10 +17,10 @@ install-dev: $(BIN)/python
 	$(BIN)/pip install -q -e '.[dev]'
 
 ## Fit the default backbone on the ELPV paper split, then evaluate on its held-out test part.
-## svm on bottleneck features: the most accurate strategy we measured within a few minutes on
-## 2 CPU cores (see README: `--strategy auto` picks a deeper fine-tune that takes much longer).
+## strategy auto with a 5-minute budget: the advisor measures the data and this machine's speed
+## and says which strategy fits (on 2 CPU cores: svm; with no budget it fine-tunes for longer).
 run: install
-	$(BIN)/transferkit fit elpv:train --strategy svm --out $(OUT) --json $(OUT)/fit.json
+	$(BIN)/transferkit fit elpv:train --budget-minutes 5 --out $(OUT) --json $(OUT)/fit.json
 	$(BIN)/transferkit evaluate $(OUT) elpv:test --json $(OUT)/test.json
 
 ## The default (fast) test suite; .ci/run calls exactly this.

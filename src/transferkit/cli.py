@@ -78,7 +78,7 @@ def fit(
     batch_size: Annotated[int, typer.Option(help="Images per training step.")] = 32,
     val_fraction: Annotated[float, typer.Option(help="Stratified hold-out share for early stopping.")] = 0.15,
     patience: Annotated[int, typer.Option(help="Epochs without better validation loss before stopping.")] = 3,
-    class_weight: Annotated[Optional[str], typer.Option(help="'balanced' to weight classes by inverse frequency.")] = None,
+    class_weight: Annotated[Optional[str], typer.Option(help="'balanced' to weight classes by inverse frequency; 'none' for equal weights (default: the advisor's choice with --strategy auto, else none).")] = None,
     seed: Annotated[int, typer.Option(help="Same seed, same model.")] = 0,
     c: Annotated[Optional[float], typer.Option("--C", help="svm/logistic: regularisation (default: chosen by inner CV).")] = None,
     feature_views: Annotated[int, typer.Option(help="svm/logistic: augmented views per training image.")] = 0,

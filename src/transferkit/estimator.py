@@ -72,8 +72,10 @@ class ImageClassifier(ClassifierMixin, BaseEstimator):
     patience : int
         Epochs without a lower validation loss before training stops; the best weights are
         restored.
-    class_weight : {"balanced"} or None
-        "balanced" weights the loss by inverse class frequency for imbalanced data.
+    class_weight : {"balanced", "none"} or None
+        "balanced" weights the loss by inverse class frequency for imbalanced data; "none"
+        keeps equal weights even when ``strategy="auto"`` would weight; None leaves the choice
+        to the advisor (``auto``) and means equal weights otherwise.
     dropout : float
         Dropout before the new head.
     label_smoothing, weight_decay : float
@@ -143,7 +145,7 @@ class ImageClassifier(ClassifierMixin, BaseEstimator):
         batch_size: int = 32,
         val_fraction: float = 0.15,
         patience: int = 3,
-        class_weight: Literal["balanced"] | None = None,
+        class_weight: Literal["balanced", "none"] | None = None,
         dropout: float = 0.2,
         label_smoothing: float = 0.1,
         weight_decay: float = 1e-4,
@@ -403,7 +405,7 @@ class ImageClassifier(ClassifierMixin, BaseEstimator):
             "strategy": strategy,
             "freeze": freeze,
             "image_size": self.image_size or (advised.image_size if advised else None) or spec.preprocessing.input_size,
-            "class_weight": self.class_weight or (advised.class_weight if advised else None),
+            "class_weight": None if self.class_weight == "none" else (self.class_weight or (advised.class_weight if advised else None)),
         }
 
     def _check_fitted(self) -> None:
@@ -444,8 +446,8 @@ class ImageClassifier(ClassifierMixin, BaseEstimator):
             raise ConfigError(f"val_fraction expected a number in [0, 1). Received: val_fraction={self.val_fraction!r}")
         if self.image_size is not None and self.image_size < 16:
             raise ConfigError(f"image_size expected an integer >= 16 (or None). Received: image_size={self.image_size!r}")
-        if self.class_weight not in (None, "balanced"):
-            raise ConfigError(f"class_weight expected None or 'balanced'. Received: class_weight={self.class_weight!r}")
+        if self.class_weight not in (None, "balanced", "none"):
+            raise ConfigError(f"class_weight expected None, 'balanced' or 'none'. Received: class_weight={self.class_weight!r}")
         if not 0 <= self.dropout < 1:
             raise ConfigError(f"dropout expected a number in [0, 1). Received: dropout={self.dropout!r}")
 
