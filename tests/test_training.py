@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import platform
+import sys
+
 import numpy as np
 import pytest
 import torch
@@ -230,6 +233,25 @@ def test_runtime_auto_falls_back_to_what_the_cpu_supports(monkeypatch):
     assert resolve_runtime("cpu", "auto").precision == "fp32"
     monkeypatch.setattr(runtime_module, "cpu_supports_bf16", lambda: True)
     assert resolve_runtime("cpu", "auto").precision == "bf16"
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt is Linux-only")
+def test_cpu_runtime_keeps_freed_memory_unless_told_not_to(monkeypatch):
+    from transferkit.training import runtime as runtime_module
+
+    runtime_module.keep_freed_memory.cache_clear()
+    try:
+        monkeypatch.setenv(runtime_module.ALLOCATOR_ENV, "system")
+        assert runtime_module.keep_freed_memory() is False
+        assert resolve_runtime("cpu", "fp32").kept_memory is False
+        runtime_module.keep_freed_memory.cache_clear()
+        monkeypatch.delenv(runtime_module.ALLOCATOR_ENV)
+        runtime = resolve_runtime("cpu", "fp32")
+        assert runtime.kept_memory is (platform.libc_ver()[0] == "glibc")
+        if runtime.kept_memory:
+            assert "freed memory kept" in runtime.describe() and runtime.to_dict()["kept_memory"] is True
+    finally:
+        runtime_module.keep_freed_memory.cache_clear()
 
 
 def test_bf16_autocast_matches_fp32_within_bf16_tolerance(tiny_weights):

@@ -8,7 +8,11 @@ training loop run on a laptop CPU, one GPU, or many machines under ``torchrun`` 
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import ctypes.util
+import functools
 import os
+import sys
 from dataclasses import dataclass
 from typing import Iterator, Literal
 
@@ -34,6 +38,43 @@ def cpu_supports_bf16() -> bool:
         return False
 
 
+# glibc's mallopt() parameters (malloc.h).
+_M_TRIM_THRESHOLD = -1
+_M_MMAP_MAX = -4
+
+ALLOCATOR_ENV = "TRANSFERKIT_ALLOCATOR"
+
+
+@functools.cache
+def keep_freed_memory() -> bool:
+    """Make glibc's malloc keep freed memory for reuse instead of returning it to the kernel.
+
+    By default glibc serves every allocation over 32 MB (a batch of 32 activations at 112 x 112
+    px is 154 MB) with a fresh ``mmap`` and unmaps it on free, so each layer of each batch
+    page-faults its output in again: measured here, that fault time was 40 % of a CPU forward
+    pass. With mmap off and trimming off, freed blocks are reused, as a caching allocator
+    does on GPUs. Measured on 2 cores (EfficientNet-Lite0, 224 px, batch 32): forward 20.7 ->
+    54.7 images/s; training all layers 7.6 -> 13.3 images/s.
+
+    PyTorch's CPU tuning guide gets the same effect by preloading jemalloc or tcmalloc
+    (``LD_PRELOAD``); that needs a system package and a restart, whereas ``mallopt`` works from
+    inside the running process. The cost: the process keeps its peak heap until it exits.
+
+    Applied once per process, on Linux with glibc only; ``TRANSFERKIT_ALLOCATOR=system`` turns
+    it off. Returns whether it is in effect.
+    """
+    if os.environ.get(ALLOCATOR_ENV, "").lower() == "system" or not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        mallopt = libc.mallopt
+        libc.gnu_get_libc_version  # noqa: B018 - raises AttributeError on musl and other libcs
+    except (OSError, AttributeError):
+        return False
+    mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
+    return bool(mallopt(_M_MMAP_MAX, 0)) and bool(mallopt(_M_TRIM_THRESHOLD, 2**31 - 1))
+
+
 @dataclass(frozen=True)
 class Runtime:
     """Where and how tensors are computed.
@@ -49,6 +90,8 @@ class Runtime:
         and on tensor cores).
     rank, world_size, local_rank : int
         Distributed coordinates; ``world_size == 1`` outside torchrun.
+    kept_memory : bool
+        Whether :func:`keep_freed_memory` is in effect (CPU runtimes on Linux/glibc).
     """
 
     device: torch.device
@@ -57,6 +100,7 @@ class Runtime:
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
+    kept_memory: bool = False
 
     @property
     def distributed(self) -> bool:
@@ -108,6 +152,8 @@ class Runtime:
         parts = [str(self.device), self.precision]
         if self.channels_last:
             parts.append("channels_last")
+        if self.kept_memory:
+            parts.append("freed memory kept")
         if self.distributed:
             parts.append(f"rank {self.rank}/{self.world_size}")
         else:
@@ -119,6 +165,7 @@ class Runtime:
             "device": str(self.device),
             "precision": self.precision,
             "channels_last": self.channels_last,
+            "kept_memory": self.kept_memory,
             "world_size": self.world_size,
         }
 
@@ -145,6 +192,9 @@ def resolve_runtime(
         native support still works, emulated and slower.
     channels_last : bool or None
         ``None`` uses NHWC, which was faster on every device we measured.
+
+    On a CPU this also calls :func:`keep_freed_memory` (once per process). Threads are
+    PyTorch's default: one per physical core.
 
     Under ``torchrun`` (``WORLD_SIZE`` > 1 in the environment) the process group is
     initialised here (NCCL on GPUs, Gloo on CPUs) and each process takes its local GPU.
@@ -187,4 +237,5 @@ def resolve_runtime(
         rank=rank,
         world_size=world_size,
         local_rank=local_rank,
+        kept_memory=torch_device.type == "cpu" and keep_freed_memory(),
     )
