@@ -109,3 +109,16 @@ def test_advise_measure_races_the_candidates_and_gives_a_verdict(image_folder, t
 def test_advise_rejects_an_unknown_threshold(image_folder):
     result = invoke("advise", image_folder, "--threshold", "nonsense=3")
     assert result.exit_code == 2 and "small_data" in result.output
+
+
+@pytest.mark.parametrize("quiet", [False, True])
+def test_fit_auto_says_why_exactly_once(image_folder, tiny_weights, tmp_path, quiet):
+    args = ["fit", image_folder, "--out", tmp_path / "m", "--backbone", TINY_BACKBONE, "--weights", tiny_weights,
+            "--image-size", 32, "--epochs", 1, "--device", "cpu", "--json", tmp_path / "fit.json"]
+    result = invoke(*args, *(["--quiet"] if quiet else []))
+    assert result.exit_code == 0, result.output
+    reasons = json.loads((tmp_path / "fit.json").read_text())["advice"]["reasons"]
+    assert reasons
+    output = " ".join(result.output.split())  # rich may wrap long lines
+    for reason in reasons:
+        assert output.count(" ".join(reason.split())) == 1, (reason, result.output)

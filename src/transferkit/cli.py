@@ -152,7 +152,8 @@ def fit(
         }
         score = classifier.validation_score_
         val = f"validation accuracy {score:.4f}" if score is not None else "no validation split"
-        if classifier.advice_ is not None:
+        if classifier.advice_ is not None and quiet:
+            # Without --quiet the estimator has already printed the choice and its reasons.
             out.print(f"strategy auto chose {report['strategy']}:")
             for reason in classifier.advice_.recommendation.reasons:
                 out.print(f"  - {reason}", markup=False, highlight=False)

@@ -1,0 +1,51 @@
+"""The benchmark scripts still run end to end (smoke size) and report every ratio they promise.
+
+Slow (real ELPV images, real weights, a minute or two): run by ``make slow``. Nothing here
+asserts a timing; the numbers themselves belong in benchmarks/RESULTS.md.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+pytestmark = pytest.mark.slow
+
+
+def run_script(name: str, *args, tmp_path: Path) -> dict:
+    out = tmp_path / f"{name}.json"
+    command = [sys.executable, str(BENCHMARKS / name), *map(str, args), "--json", str(out)]
+    result = subprocess.run(command, capture_output=True, text=True, cwd=BENCHMARKS, timeout=900)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return json.loads(out.read_text())
+
+
+def test_compare_textbook_smoke(tmp_path):
+    report = run_script(
+        "compare_textbook.py", "--subset", 24, "--epochs", 1, "--image-size", 64, "--freeze", 5,
+        "--textbook-freeze", 0, "--prefix-views", 1, tmp_path=tmp_path,
+    )
+    for side in ("textbook", "transferkit"):
+        result = report[side]
+        assert result["train_images"] > 0 and 0.0 <= result["test_accuracy"] <= 1.0
+        for key in ("train_images_per_second", "inference_images_per_second", "total_seconds", "peak_rss_mb",
+                    "train_gflops_per_second"):
+            assert result[key] > 0, (side, key)
+    # Each side's FLOPs are counted with its own freeze: the whole network trains more per image.
+    assert report["flops"]["textbook"]["train_flops_per_image"] > report["flops"]["transferkit"]["train_flops_per_image"]
+    assert report["transferkit"]["prefix_seconds"] > 0
+    assert report["machine_peak"]["gflops_per_second"] > 0
+
+
+def test_features_speed_smoke(tmp_path):
+    report = run_script("features_speed.py", "--subset", 24, "--image-size", 64, "--epochs", 1, tmp_path=tmp_path)
+    assert set(report["results"]) == {"svm", "head"}
+    for strategy, result in report["results"].items():
+        assert result["cold"]["seconds"] > 0 and result["warm"]["seconds"] > 0, strategy
+        assert 0.0 <= result["warm"]["test_accuracy"] <= 1.0
