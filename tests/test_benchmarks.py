@@ -44,7 +44,7 @@ def test_compare_textbook_smoke(tmp_path):
 
 
 def test_features_speed_smoke(tmp_path):
-    report = run_script("features_speed.py", "--subset", 24, "--image-size", 64, "--epochs", 1, tmp_path=tmp_path)
+    report = run_script("features_speed.py", "--subset", 64, "--image-size", 64, "--epochs", 1, tmp_path=tmp_path)
     assert set(report["results"]) == {"svm", "head"}
     for strategy, result in report["results"].items():
         assert result["cold"]["seconds"] > 0 and result["warm"]["seconds"] > 0, strategy
