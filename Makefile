@@ -31,13 +31,18 @@ test: install-dev
 slow: install-dev
 	$(BIN)/python -m pytest -q -m slow
 
-## Benchmarks (long, minutes to an hour on 2 cores): textbook PyTorch loop vs transferkit on
-## ELPV, then svm/head with a cold and a warm feature cache. Record results in benchmarks/RESULTS.md.
+## Benchmarks (long, about an hour on 2 cores): textbook PyTorch loop vs transferkit on ELPV
+## (whole-network tutorial vs frozen prefix; same freeze), svm/head cold and warm, torch.compile.
+## Record results in benchmarks/RESULTS.md.
 bench: install-dev
+	$(BIN)/python benchmarks/compare_textbook.py --data elpv --strategy finetune --freeze 5 \
+		--textbook-freeze 0 --epochs 3 --image-size 224 --prefix-views 3 --target 0.7 \
+		--json runs/bench/compare_f5_vs_full.json
 	$(BIN)/python benchmarks/compare_textbook.py --data elpv --strategy finetune --freeze 3 \
-		--epochs 3 --image-size 224 --target 0.7 --json runs/bench/compare.json
+		--epochs 2 --image-size 224 --prefix-views 2 --target 0.7 --json runs/bench/compare_f3.json
 	$(BIN)/python benchmarks/features_speed.py --strategies svm head --image-size 224 \
 		--json runs/bench/features.json
+	$(BIN)/python benchmarks/compile_check.py --json runs/bench/compile.json
 
 clean:
 	rm -rf $(VENV) runs build dist src/*.egg-info
