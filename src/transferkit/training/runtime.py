@@ -52,8 +52,8 @@ def keep_freed_memory() -> bool:
     By default glibc serves every allocation over its mmap threshold (128 KB, growing to at
     most 32 MB; a batch of 32 activations at 112 x 112 px is 154 MB) with a fresh ``mmap`` and
     unmaps it on free, so each layer of each batch page-faults its output in again: measured
-    here, that was more than half the time of a CPU forward pass at 224 px. With mmap off and trimming off, freed blocks are reused, as a caching allocator
-    does on GPUs. Measured on 2 cores (EfficientNet-Lite0, 224 px, batch 32): forward 20.7 ->
+    here, that was more than half the time of a CPU forward pass at 224 px. With mmap off and
+    trimming off, freed blocks are reused, as a caching allocator does on GPUs. Measured on 2 cores (EfficientNet-Lite0, 224 px, batch 32): forward 20.7 ->
     54.7 images/s; training all layers 7.6 -> 13.3 images/s.
 
     PyTorch's CPU tuning guide gets the same effect by preloading jemalloc or tcmalloc
