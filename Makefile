@@ -38,6 +38,9 @@ bench: install-dev
 	$(BIN)/python benchmarks/compare_textbook.py --data elpv --strategy finetune --freeze 5 \
 		--textbook-freeze 0 --epochs 3 --image-size 224 --prefix-views 3 --target 0.7 \
 		--json runs/bench/compare_f5_vs_full.json
+	$(BIN)/python benchmarks/compare_textbook.py --data elpv --strategy finetune --freeze 5 \
+		--textbook-freeze 0 --epochs 3 --image-size 224 --prefix-views 0 --target 0.7 \
+		--json runs/bench/compare_f5p0_vs_full.json
 	$(BIN)/python benchmarks/compare_textbook.py --data elpv --strategy finetune --freeze 3 \
 		--epochs 2 --image-size 224 --prefix-views 2 --target 0.7 --json runs/bench/compare_f3.json
 	$(BIN)/python benchmarks/features_speed.py --strategies svm head --image-size 224 \
