@@ -31,15 +31,16 @@ test: install-dev
 slow: install-dev
 	$(BIN)/python -m pytest -q -m slow
 
-## Benchmarks (long, about an hour on 2 cores): textbook PyTorch loop vs transferkit on ELPV
-## (whole-network tutorial vs frozen prefix; same freeze), svm/head cold and warm, torch.compile.
-## Record results in benchmarks/RESULTS.md.
+## Benchmarks (long, about 1.5 hours on 2 cores): textbook PyTorch loop vs transferkit on ELPV
+## (whole-network tutorial vs freeze 5 with and without the prefix cache; same freeze),
+## svm/head cold and warm, torch.compile. Record results in benchmarks/RESULTS.md.
+TUTORIAL_VS_FREEZE5 = --data elpv --strategy finetune --freeze 5 --textbook-freeze 0 \
+	--epochs 3 --image-size 224 --target 0.7
+
 bench: install-dev
-	$(BIN)/python benchmarks/compare_textbook.py --data elpv --strategy finetune --freeze 5 \
-		--textbook-freeze 0 --epochs 3 --image-size 224 --prefix-views 3 --target 0.7 \
+	$(BIN)/python benchmarks/compare_textbook.py $(TUTORIAL_VS_FREEZE5) --prefix-views 3 \
 		--json runs/bench/compare_f5_vs_full.json
-	$(BIN)/python benchmarks/compare_textbook.py --data elpv --strategy finetune --freeze 5 \
-		--textbook-freeze 0 --epochs 3 --image-size 224 --prefix-views 0 --target 0.7 \
+	$(BIN)/python benchmarks/compare_textbook.py $(TUTORIAL_VS_FREEZE5) --prefix-views 0 \
 		--json runs/bench/compare_f5p0_vs_full.json
 	$(BIN)/python benchmarks/compare_textbook.py --data elpv --strategy finetune --freeze 3 \
 		--epochs 2 --image-size 224 --prefix-views 2 --target 0.7 --json runs/bench/compare_f3.json
