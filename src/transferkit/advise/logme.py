@@ -16,9 +16,22 @@ With the singular values ``s_i`` of ``F`` (``sigma_i = s_i**2``), ``x = U^T y`` 
 - evidence ``= -1/2 sum log(1 + sigma_i / t) + N/2 log beta - beta/2 |F m - y|^2
   - alpha/2 |m|^2 - N/2 log(2 pi)``
 
-and MacKay's fixed point ``alpha = gamma / |m|^2``, ``beta = (N - gamma) / |F m - y|^2``,
-repeated until ``t`` stops moving, finds the maximum. The decomposition of ``F`` is computed
-once for all classes.
+For a fixed ``t`` the best ``beta`` has a closed form, ``beta = N / S(t)`` with
+``S(t) = sum t x_i^2 / (sigma_i + t) + r`` and ``r = |y|^2 - |x|^2`` the part of ``y`` outside
+the span of the features, which leaves a function of ``t`` alone (the "profile" evidence):
+
+- ``E(t) = -1/2 sum log(1 + sigma_i / t) + N/2 log(N / S(t)) - N/2 - N/2 log(2 pi)``
+
+MacKay's fixed point ``alpha = gamma / |m|^2``, ``beta = (N - gamma) / |F m - y|^2`` (the
+paper's algorithm) finds a stationary point of it quickly, but where ``r`` is rounding noise it
+can stop short: with fewer images than dimensions the features span every ``y`` (``r`` is
+exactly 0), while ``|y|^2 - |x|^2`` computed in floating point is a tiny number of either sign
+that depends on the BLAS (issue 16: a 1 % lower score on an Intel CPU than on an AMD one).
+So ``r`` is set to 0 when ``rank(F) = N`` and otherwise computed from the residual vector, not
+by subtraction; the fixed point stops on a relative change of ``log t``; and a bounded 1-D
+search over ``log t`` (a grid, then Brent's method in the best bracket) runs as well. The
+larger of the two evidences is returned, so a stalled fixed point cannot lower the score.
+The decomposition of ``F`` is computed once for all classes.
 
 Unlike thuml/LogME's faster ``_fit_fixed_point``, which keeps ``D/2 log alpha`` while summing
 only over the ``min(N, D)`` non-zero singular values, the zero singular values are counted
@@ -35,8 +48,10 @@ import numpy as np
 
 from transferkit.errors import DataError
 
-_MAX_ITERATIONS = 1_000
-_TOLERANCE = 1e-10  # relative change of t = alpha / beta at which the fixed point has converged
+_MAX_ITERATIONS = 500
+_LOG_T_TOLERANCE = 1e-9  # change of log(alpha / beta) at which the fixed point has converged
+_GRID_POINTS = 241  # log t grid of the 1-D search: spacing ~0.2 over its ~55 nats
+_ROUNDING_SHARE = 1e-20  # a residual below this share of |y|^2 is rounding, not data
 _TINY = 1e-300  # keeps a division finite when a class is exactly (or not at all) explained
 
 
@@ -76,16 +91,15 @@ def logme_score(features: np.ndarray, labels: Sequence | np.ndarray) -> float:
     targets = _one_hot(labels, len(features))
     n_samples = features.shape[0]
 
-    sigma, projected = _spectrum(features, targets)
+    sigma, projected, outside = _spectrum(features, targets)
     evidences = [
-        _max_log_evidence(sigma, projected[:, c], float(targets[:, c] @ targets[:, c]), n_samples)
-        for c in range(targets.shape[1])
+        _max_log_evidence(sigma, projected[:, c], float(outside[c]), n_samples) for c in range(targets.shape[1])
     ]
     return float(np.mean(evidences) / n_samples)
 
 
 def log_evidence(
-    sigma: np.ndarray, projected: np.ndarray, y_norm2: float, n_samples: int, alpha: float, beta: float
+    sigma: np.ndarray, projected: np.ndarray, outside: float, n_samples: int, alpha: float, beta: float
 ) -> float:
     """Log evidence of one target for given ``alpha``, ``beta`` (see the module docstring).
 
@@ -95,8 +109,8 @@ def log_evidence(
         The non-zero squared singular values of the features.
     projected : numpy.ndarray
         ``U^T y``: the target's coordinates along the left singular vectors.
-    y_norm2 : float
-        ``|y|^2``.
+    outside : float
+        ``r``: the squared norm of the part of ``y`` outside the span of the features.
     n_samples : int
         N.
     alpha, beta : float
@@ -105,7 +119,7 @@ def log_evidence(
     t = alpha / beta
     shrink = t / (sigma + t)
     m_norm2 = float(np.sum(sigma * projected**2 / (sigma + t) ** 2))
-    residual = float(np.sum((shrink * projected) ** 2)) + max(y_norm2 - float(projected @ projected), 0.0)
+    residual = float(np.sum((shrink * projected) ** 2)) + outside
     return (
         -0.5 * float(np.sum(np.log1p(sigma / t)))
         + 0.5 * n_samples * math.log(beta)
@@ -115,31 +129,82 @@ def log_evidence(
     )
 
 
-def _max_log_evidence(sigma: np.ndarray, projected: np.ndarray, y_norm2: float, n_samples: int) -> float:
-    """Maximise the evidence over (alpha, beta) by MacKay's fixed-point iteration."""
-    alpha, beta = 1.0, 1.0
-    # t is kept inside the features' own scale: beyond it the evidence no longer changes,
-    # and on pure noise the iteration would otherwise walk t to infinity
-    scale = float(sigma.max()) if sigma.size else 1.0
-    low, high = scale * 1e-12, scale * 1e12
-    t = alpha / beta
+def _profile_log_evidence(
+    log_t: np.ndarray, sigma: np.ndarray, projected: np.ndarray, outside: float, n_samples: int
+) -> np.ndarray:
+    """The evidence at its best ``beta = N / S(t)`` for each ``log t`` (vectorised)."""
+    t = np.exp(np.atleast_1d(log_t))[:, None]
+    fit_cost = np.sum(t * projected**2 / (sigma + t), axis=1) + outside  # S(t)
+    return (
+        -0.5 * np.sum(np.log1p(sigma / t), axis=1)
+        + 0.5 * n_samples * np.log(n_samples / np.maximum(fit_cost, _TINY))
+        - 0.5 * n_samples * (1.0 + math.log(2 * math.pi))
+    )
+
+
+def _max_log_evidence(sigma: np.ndarray, projected: np.ndarray, outside: float, n_samples: int) -> float:
+    """Maximise the evidence over (alpha, beta): MacKay's fixed point and a 1-D search over t."""
+    if sigma.size == 0:  # features that are all zero explain nothing: the evidence at t -> inf
+        return float(_profile_log_evidence(np.array([0.0]), np.zeros(1), np.zeros(1), outside, n_samples)[0])
+    # Beyond the features' own scale (or below the smallest singular value, with the
+    # targets' fit cost) the evidence no longer changes: the search stays inside.
+    scale = float(sigma.max())
+    log_low = math.log(scale) - 12 * math.log(10)
+    if outside > 0:
+        explained = float(np.sum(projected**2 / sigma))  # S(t) ~ t * explained + outside near 0
+        log_low = min(log_low, math.log(max(outside / max(explained, _TINY), _TINY)) - 2 * math.log(10))
+    log_high = math.log(scale) + 12 * math.log(10)
+    candidates = [_fixed_point_log_t(sigma, projected, outside, n_samples, log_low, log_high)]
+    candidates.append(_search_log_t(sigma, projected, outside, n_samples, log_low, log_high))
+    values = _profile_log_evidence(np.array(candidates), sigma, projected, outside, n_samples)
+    return float(values.max())
+
+
+def _fixed_point_log_t(
+    sigma: np.ndarray, projected: np.ndarray, outside: float, n_samples: int, log_low: float, log_high: float
+) -> float:
+    """MacKay's fixed point, as in the paper; stops when log t moves less than a set tolerance."""
+    log_t = 0.0
     for _ in range(_MAX_ITERATIONS):
+        t = math.exp(log_t)
         gamma = float(np.sum(sigma / (sigma + t)))
         m_norm2 = float(np.sum(sigma * projected**2 / (sigma + t) ** 2))
-        residual = float(np.sum((t * projected / (sigma + t)) ** 2)) + max(y_norm2 - float(projected @ projected), 0.0)
+        residual = float(np.sum((t * projected / (sigma + t)) ** 2)) + outside
         alpha = gamma / max(m_norm2, _TINY)
         beta = max(n_samples - gamma, _TINY) / max(residual, _TINY)
-        new_t = min(max(alpha / beta, low), high)
-        converged = abs(new_t - t) <= _TOLERANCE * t
-        t = new_t
+        new_log_t = min(max(math.log(alpha / beta), log_low), log_high)
+        converged = abs(new_log_t - log_t) <= _LOG_T_TOLERANCE
+        log_t = new_log_t
         if converged:
             break
-    alpha = t * beta
-    return log_evidence(sigma, projected, y_norm2, n_samples, alpha, beta)
+    return log_t
 
 
-def _spectrum(features: np.ndarray, targets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Non-zero squared singular values of F and ``U^T Y`` for all classes at once."""
+def _search_log_t(
+    sigma: np.ndarray, projected: np.ndarray, outside: float, n_samples: int, log_low: float, log_high: float
+) -> float:
+    """A bounded 1-D search: the best point of a log-t grid, refined by Brent's method in its bracket.
+
+    The grid guards against a second local maximum; scipy's bounded Brent finishes to 1e-10.
+    """
+    from scipy.optimize import minimize_scalar
+
+    grid = np.linspace(log_low, log_high, _GRID_POINTS)
+    values = _profile_log_evidence(grid, sigma, projected, outside, n_samples)
+    best = int(np.argmax(values))
+    bracket = (grid[max(best - 1, 0)], grid[min(best + 1, len(grid) - 1)])
+    result = minimize_scalar(
+        lambda log_t: -float(_profile_log_evidence(np.array([log_t]), sigma, projected, outside, n_samples)[0]),
+        bounds=bracket,
+        method="bounded",
+        options={"xatol": 1e-10},
+    )
+    return float(result.x) if -result.fun >= values[best] else float(grid[best])
+
+
+def _spectrum(features: np.ndarray, targets: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Non-zero squared singular values of F, ``U^T Y``, and each target's squared norm outside
+    the span of F, for all classes at once."""
     n_samples, n_dims = features.shape
     eps = np.finfo(np.float64).eps
     if n_samples > n_dims:
@@ -147,13 +212,20 @@ def _spectrum(features: np.ndarray, targets: np.ndarray) -> tuple[np.ndarray, np
         sigma, v = np.linalg.eigh(features.T @ features)
         keep = sigma > max(float(sigma.max()), 0.0) * n_samples * eps * 10
         sigma, v = sigma[keep], v[:, keep]
-        projected = (v.T @ (features.T @ targets)) / np.sqrt(sigma)[:, None]
+        u = (features @ v) / np.sqrt(sigma)
     else:
         u, s, _ = np.linalg.svd(features, full_matrices=False)
         keep = s > (float(s.max()) if s.size else 0.0) * n_dims * eps
-        sigma = s[keep] ** 2
-        projected = u[:, keep].T @ targets
-    return sigma, projected
+        sigma, u = s[keep] ** 2, u[:, keep]
+    projected = u.T @ targets
+    if sigma.size == n_samples:
+        # the features span every target: nothing lies outside, exactly (not rounding noise)
+        outside = np.zeros(targets.shape[1])
+    else:
+        outside = np.sum((targets - u @ projected) ** 2, axis=0)
+        # a target inside the span leaves only rounding behind: count it as exactly inside
+        outside[outside <= _ROUNDING_SHARE * np.sum(targets**2, axis=0)] = 0.0
+    return sigma, projected, outside
 
 
 def _check_features(features: np.ndarray) -> np.ndarray:
