@@ -25,19 +25,18 @@ from transferkit.advise import (
     Budget,
     DataFacts,
     DomainShift,
-    Race,
     advise,
     batchnorm_shift,
     data_facts,
     logme_score,
     probe_backbone,
-    race_strategies,
     recommend,
 )
 from transferkit.backbones import backbone_stages, create_backbone, feature_dim, get_backbone_spec
 from transferkit.data import ImageSet, resolve_data
 from transferkit.errors import BackboneError, ConfigError, DataError
 from transferkit.evaluation.cv import CVResult, FoldScore
+from transferkit.evaluation.race import Race, race_strategies
 from transferkit.training.inputs import pixels_to_tensor, to_model_input
 from transferkit.training.runtime import resolve_runtime
 

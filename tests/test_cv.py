@@ -83,7 +83,7 @@ def test_nested_choices_see_only_the_fold_training_part(tiny_params, monkeypatch
     sizes = []
     real = linear.fit_linear_classifier
     monkeypatch.setattr(
-        "transferkit.estimator.fit_linear_classifier",
+        "transferkit.strategies.linear.fit_linear_classifier",
         lambda features, *a, **k: sizes.append(len(features)) or real(features, *a, **k),
     )
     images, labels = make_images(6, 32)

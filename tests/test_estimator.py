@@ -93,7 +93,7 @@ def test_unknown_strategy_is_a_clear_error(tiny_params):
 
 def test_auto_strategy_follows_the_advisor_and_says_why(tiny_params):
     images, labels = make_images(6, 32)
-    clf = ImageClassifier(**dict(tiny_params, strategy="auto", image_size=None)).fit(images, labels)
+    clf = ImageClassifier(**dict(tiny_params, strategy="auto", image_size="auto")).fit(images, labels)
     # 18 images are far below the small-data threshold: the playbook says features + SVM.
     assert clf.settings_["strategy"] == "svm"
     assert clf.advice_.recommendation.strategy == "svm"
@@ -111,10 +111,10 @@ def test_auto_strategy_keeps_what_the_user_set(tiny_params):
 def test_budget_minutes_reaches_the_advisor_and_is_validated(tiny_params, monkeypatch):
     images, labels = make_images(4, 32)
     seen = {}
-    import transferkit.advise as advise_module
+    import transferkit.estimator as estimator_module
 
-    original = advise_module.advise
-    monkeypatch.setattr(advise_module, "advise", lambda *a, **k: seen.update(k) or original(*a, **k))
+    original = estimator_module.advise
+    monkeypatch.setattr(estimator_module, "advise", lambda *a, **k: seen.update(k) or original(*a, **k))
     ImageClassifier(**dict(tiny_params, strategy="auto"), budget_minutes=2).fit(images, labels)
     assert seen["budget_seconds"] == 120.0 and seen["epochs"] == tiny_params["epochs"]
     with pytest.raises(ConfigError, match="budget_minutes"):

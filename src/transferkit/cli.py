@@ -46,6 +46,11 @@ def _user_errors() -> Iterator[None]:
         raise typer.Exit(130) from None
 
 
+def _or_auto(value: Any) -> Any:
+    """An option left unset on the command line means "auto": let the advisor or a default decide."""
+    return "auto" if value is None else value
+
+
 def _write_json(path: Path | None, payload: dict[str, Any]) -> None:
     if path is None:
         return
@@ -102,18 +107,18 @@ def fit(
         classifier = ImageClassifier(
             backbone=backbone,
             strategy=strategy,
-            freeze=freeze,
+            freeze=_or_auto(freeze),
             epochs=epochs,
             lr=lr,
             backbone_lr_factor=backbone_lr_factor,
-            image_size=image_size,
+            image_size=_or_auto(image_size),
             augment=augment,
             batch_size=batch_size,
             val_fraction=val_fraction,
             patience=patience,
-            class_weight=class_weight,
+            class_weight=_or_auto(class_weight),
             seed=seed,
-            C=c,
+            C=_or_auto(c),
             feature_views=feature_views,
             prefix_views=prefix_views,
             budget_minutes=budget_minutes,
@@ -276,7 +281,8 @@ def advise(
     json_path: JsonOpt = None,
 ) -> None:
     """Recommend how to train on DATA (strategy, backbone, freeze depth, learning rate, augmentation, image size), and why."""
-    from transferkit.advise import advise as advise_data, race_strategies
+    from transferkit.advise import advise as advise_data
+    from transferkit.evaluation.race import race_strategies
     from transferkit.data import resolve_data
 
     with _user_errors():
@@ -291,7 +297,7 @@ def advise(
             rec = advice.recommendation
             err.print(f"racing strategies on about {race_images} images, {race_cv} folds (successive halving)")
             base = {"backbone": rec.backbone, "seed": seed, "weights": str(weights) if weights else None,
-                    "cache_dir": str(cache_dir) if cache_dir else None, "device": device, "class_weight": rec.class_weight}
+                    "cache_dir": str(cache_dir) if cache_dir else None, "device": device, "class_weight": rec.class_weight or "none"}
             race = race_strategies(
                 images, rec.strategy, cv=race_cv, max_images=race_images, base=base,
                 advised_params={"freeze": rec.freeze} if rec.strategy == "finetune" else {},

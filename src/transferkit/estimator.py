@@ -8,39 +8,37 @@ validates them and returns ``self``, and every learned attribute ends in ``_``. 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
 import torch
 from rich.console import Console
 from sklearn.base import BaseEstimator, ClassifierMixin
-from sklearn.model_selection import train_test_split
-from sklearn.utils.class_weight import compute_class_weight
 from sklearn.utils.validation import check_is_fitted
 
-from transferkit.backbones import create_backbone, get_backbone_spec
-from transferkit.data import ImageSet, check_classes, decode_images, resolve_data
+from transferkit.advise import Advice, advise
+from transferkit.backbones import Preprocessing, get_backbone_spec
+from transferkit.constraints import AUTO, InstanceOf, Interval, Options, validate_params
+from transferkit.data import ImageSet, check_classes, decode_images, is_decoded, load_pixels, resolve_data
 from transferkit.errors import ConfigError, DataError, NotFittedError
+from transferkit.strategies import FitRequest, Settings, get_strategy, list_strategies
 from transferkit.strategies.features import FeatureExtractor
-from transferkit.strategies.linear import FEATURE_STRATEGIES, fit_linear_classifier, fold_into_head
-from transferkit.strategies.network import NETWORK_STRATEGIES, configure_network, uses_pretrained_weights
-from transferkit.training.augment import AUGMENT_PRESETS, build_augmentation
+from transferkit.training.augment import AUGMENT_PRESETS
 from transferkit.training.inputs import predict_logits
-from transferkit.training.loop import TrainConfig, train_model
-from transferkit.training.prefix import frozen_block_count
 from transferkit.training.runtime import resolve_runtime
 
 Strategy = Literal["auto", "svm", "logistic", "head", "finetune", "full", "scratch"]
-STRATEGIES: tuple[str, ...] = FEATURE_STRATEGIES + NETWORK_STRATEGIES
-FROZEN_BACKBONE_STRATEGIES = (*FEATURE_STRATEGIES, "head")
-"""Strategies that leave the pretrained backbone untouched: predict reads the feature cache."""
 AUTO_PROBE_IMAGES = 512
 """``strategy="auto"`` measures domain shift and LogME on a stratified sample of this many images."""
+RUNTIME_PARAMS = ("device", "precision", "checkpoint_dir", "resume", "cache_dir", "verbose")
+"""Parameters that say where and how this process runs, not what the model is: never saved."""
 
 
 class ImageClassifier(ClassifierMixin, BaseEstimator):
     """Classify images with a pretrained backbone and a new K-class head.
+
+    Every parameter after ``backbone`` is keyword-only; their constraints are declared once,
+    in ``_parameter_constraints``, and checked at the start of ``fit``.
 
     Parameters
     ----------
@@ -48,21 +46,23 @@ class ImageClassifier(ClassifierMixin, BaseEstimator):
         Registry name (``transferkit models`` lists them) or any timm model name.
     strategy : {"auto", "svm", "logistic", "head", "finetune", "full", "scratch"}
         ``auto`` (default) measures the data and follows the advisor
-        (:func:`transferkit.advise.advise`; ``advice_`` says why); ``svm``/``logistic``: a
-        linear classifier on frozen bottleneck features
+        (:func:`transferkit.advise.advise`; ``advice_`` says why); otherwise a name from the
+        strategy registry (:func:`transferkit.strategies.list_strategies`): ``svm``/``logistic``
+        fit a linear classifier on frozen bottleneck features
         (:mod:`transferkit.strategies.linear`); the others train (part of) the network
         (:mod:`transferkit.strategies.network`).
-    freeze : int or None
+    freeze : int or "auto"
         ``finetune`` only: the stem and the first ``freeze`` stages get no gradient.
-        None uses the default (3).
+        ``"auto"``: the advisor's depth with ``strategy="auto"``, else the default (3).
     epochs : int
         Maximum number of epochs; early stopping may end sooner.
     lr : float
         Learning rate of the new head (and of every layer for ``scratch``).
     backbone_lr_factor : float
         Pretrained layers train at ``lr * backbone_lr_factor`` (default 10x smaller).
-    image_size : int or None
-        Side of the square images fed to the network; None uses the backbone's own size.
+    image_size : int or "auto"
+        Side of the square images fed to the network; ``"auto"``: the advisor's choice with
+        ``strategy="auto"``, else the backbone's own size.
     augment : {"none", "light", "standard", "strong"}
         Training-time augmentation preset; validation and test images are never augmented.
     batch_size : int
@@ -72,10 +72,10 @@ class ImageClassifier(ClassifierMixin, BaseEstimator):
     patience : int
         Epochs without a lower validation loss before training stops; the best weights are
         restored.
-    class_weight : {"balanced", "none"} or None
+    class_weight : {"auto", "balanced", "none"}
         "balanced" weights the loss by inverse class frequency for imbalanced data; "none"
-        keeps equal weights even when ``strategy="auto"`` would weight; None leaves the choice
-        to the advisor (``auto``) and means equal weights otherwise.
+        keeps equal weights even when ``strategy="auto"`` would weight; "auto" leaves the
+        choice to the advisor (``strategy="auto"``) and means equal weights otherwise.
     dropout : float
         Dropout before the new head.
     label_smoothing, weight_decay : float
@@ -90,10 +90,11 @@ class ImageClassifier(ClassifierMixin, BaseEstimator):
     checkpoint_dir : str or None
         Write a checkpoint there after every epoch; with ``resume=True`` continue from it.
     device : str
-        "auto", "cpu", "cuda" or "cuda:N".
+        "auto", "cpu", "cuda" or "cuda:N". Not saved with the model: a model fitted on a GPU
+        predicts on a CPU-only machine.
     precision : {"auto", "fp32", "bf16", "fp16"}
-    C : float or None
-        ``svm``/``logistic`` only: regularisation; None picks it by inner 3-fold CV.
+    C : float or "auto"
+        ``svm``/``logistic`` only: regularisation; ``"auto"`` picks it by inner 3-fold CV.
     feature_views : int
         ``svm``/``logistic`` only: augmented views per training image (``augment`` preset)
         added to the training features; 0 uses the images as they are.
@@ -132,20 +133,52 @@ class ImageClassifier(ClassifierMixin, BaseEstimator):
     >>> clf.score("elpv:test")  # doctest: +SKIP
     """
 
+    _parameter_constraints: dict[str, list] = {
+        "backbone": [InstanceOf((str,), "a backbone name")],
+        "strategy": [Options(AUTO, *list_strategies())],
+        "freeze": [Options(AUTO), Interval(int, 0, None)],
+        "epochs": [Interval(int, 1, None)],
+        "lr": [Interval(float, 0, None, closed="neither")],
+        "backbone_lr_factor": [Interval(float, 0, None, closed="neither")],
+        "image_size": [Options(AUTO), Interval(int, 16, None)],
+        "augment": [Options(*AUGMENT_PRESETS)],
+        "batch_size": [Interval(int, 1, None)],
+        "val_fraction": [Interval(float, 0, 1, closed="left")],
+        "patience": [Interval(int, 1, None)],
+        "class_weight": [Options(AUTO, "balanced", "none")],
+        "dropout": [Interval(float, 0, 1, closed="left")],
+        "label_smoothing": [Interval(float, 0, 1, closed="left")],
+        "weight_decay": [Interval(float, 0, None)],
+        "seed": [Interval(int, 0, None)],
+        "weights": [Options(None), InstanceOf((str,), "a weights file path")],
+        "skip_bad": [InstanceOf((bool,), "True or False")],
+        "cache_dir": [Options(None, False), InstanceOf((str,), "a folder path")],
+        "checkpoint_dir": [Options(None), InstanceOf((str,), "a folder path")],
+        "resume": [InstanceOf((bool,), "True or False")],
+        "device": [InstanceOf((str,), "a device name")],
+        "precision": [Options(AUTO, "fp32", "bf16", "fp16")],
+        "C": [Options(AUTO), Interval(float, 0, None, closed="neither")],
+        "feature_views": [Interval(int, 0, None)],
+        "prefix_views": [Interval(int, 0, None)],
+        "budget_minutes": [Options(None), Interval(float, 0, None, closed="neither")],
+        "verbose": [InstanceOf((bool,), "True or False")],
+    }
+
     def __init__(
         self,
         backbone: str = "efficientnet_lite0",
-        strategy: Strategy = "auto",
-        freeze: int | None = None,
+        *,
+        strategy: Strategy = AUTO,
+        freeze: int | Literal["auto"] = AUTO,
         epochs: int = 10,
         lr: float = 1e-3,
         backbone_lr_factor: float = 0.1,
-        image_size: int | None = None,
+        image_size: int | Literal["auto"] = AUTO,
         augment: str = "standard",
         batch_size: int = 32,
         val_fraction: float = 0.15,
         patience: int = 3,
-        class_weight: Literal["balanced", "none"] | None = None,
+        class_weight: Literal["auto", "balanced", "none"] = AUTO,
         dropout: float = 0.2,
         label_smoothing: float = 0.1,
         weight_decay: float = 1e-4,
@@ -156,8 +189,8 @@ class ImageClassifier(ClassifierMixin, BaseEstimator):
         checkpoint_dir: str | None = None,
         resume: bool = False,
         device: str = "auto",
-        precision: str = "auto",
-        C: float | None = None,
+        precision: str = AUTO,
+        C: float | Literal["auto"] = AUTO,
         feature_views: int = 0,
         prefix_views: int = 0,
         budget_minutes: float | None = None,
@@ -196,10 +229,11 @@ class ImageClassifier(ClassifierMixin, BaseEstimator):
     def fit(self, X: Any, y: Any = None) -> "ImageClassifier":
         """Train on ``X`` (folder, CSV, built-in name, list of paths, uint8 array, ImageSet).
 
-        ``y`` holds the labels when ``X`` is a list of paths or an array.
+        ``y`` holds the labels when ``X`` is a list of paths or an array. Reads: resolve the
+        data, decode it, let the advisor resolve ``"auto"``, then ``get_strategy(name).fit``.
         """
         started = time.perf_counter()
-        self._validate_params()
+        validate_params(self.get_params(), self._parameter_constraints, owner=type(self).__name__)
         console = self._console()
         runtime = resolve_runtime(self.device, self.precision)
         spec = get_backbone_spec(self.backbone)
@@ -207,135 +241,57 @@ class ImageClassifier(ClassifierMixin, BaseEstimator):
         images = resolve_data(X, y, skip_bad=self.skip_bad)
         if images.labels is None:
             raise DataError("fit needs labelled images; got images without labels. Pass y=labels, or a folder/CSV with labels.")
-        pixels, skipped = None, []
-        self.advice_ = None
-        if self.strategy == "auto":
+        pixels, skipped, advice = None, [], None
+        if self.strategy == AUTO:
             # Bad files are dropped (or reported) before the advisor measures anything.
             pixels, images, skipped = self._decode(X, images, spec.preprocessing.input_size)
-            self.advice_ = self._advise(images, console)
-        self.settings_ = self._settings(spec)
-        size = self.settings_["image_size"]
-        if pixels is None or pixels.shape[1] != size:
-            pixels, images, more_skipped = self._decode(X, images, size)
+            advice = self._advise(images, console)
+        settings = self._settings(spec, advice)
+        strategy = get_strategy(settings.strategy)
+        if pixels is None or pixels.shape[1] != settings.image_size:
+            pixels, images, more_skipped = self._decode(X, images, settings.image_size)
             skipped += more_skipped
-        strategy = self.settings_["strategy"]
-        needs_split = self.val_fraction > 0 if strategy in NETWORK_STRATEGIES else self.C is None
+        needs_split = self.val_fraction > 0 if strategy.trains_network else self.C == AUTO
         check_classes(images, min_per_class=2 if needs_split else 1, purpose="a stratified split")
         for item in skipped:
-            console.print(f"[yellow]skipped[/] {item.path}: {item.reason}")
+            console.print(f"[yellow]skipped[/] {item.path}: {item.reason}", markup=True, highlight=False)
 
         classes = np.array(images.classes)
         targets = np.searchsorted(classes, np.asarray(images.labels))
-        console.print(
-            f"data: {len(images)} images, {len(classes)} classes; {size}x{size} px; {runtime.describe()}"
-        )
+        console.print(f"data: {len(images)} images, {len(classes)} classes; {settings.image_size}x{settings.image_size} px; {runtime.describe()}")
         torch.manual_seed(self.seed)  # the new head's (and scratch's) initial weights
-        if strategy in FEATURE_STRATEGIES:
-            model, preprocessing, history, plan = self._fit_features(pixels, targets, len(classes), runtime, console)
-        else:
-            model, preprocessing, history, plan = self._fit_network(images, pixels, targets, classes, runtime, console)
-
-        self.classes_ = classes
-        self.model_ = model.cpu().eval()
-        self.preprocessing_ = preprocessing
-        self.image_size_ = size
-        self.history_ = history
-        self.plan_ = plan
-        self.skipped_ = skipped
-        self.n_train_ = len(targets)
-        self.validation_score_ = validation_score(history)
-        self.fit_seconds_ = time.perf_counter() - started
+        request = FitRequest(
+            pixels=pixels, targets=targets, classes=classes, settings=settings, params=self.get_params(),
+            runtime=runtime, console=console, strata=images.strata,
+            fingerprint=self._fingerprint(len(targets), classes, settings),
+        )
+        outcome = strategy.fit(request)
+        self._set_fitted(
+            classes=classes, model=outcome.model, preprocessing=outcome.preprocessing, image_size=settings.image_size,
+            settings=settings.to_dict(), history=outcome.history, plan=outcome.plan, advice=advice, skipped=skipped,
+            n_train=len(targets), fit_seconds=time.perf_counter() - started,
+        )
         return self
 
-    def _fit_network(self, images, pixels, targets, classes, runtime, console):
-        train_idx, val_idx = self._split(images, targets)
-        console.print(f"training on {len(train_idx)}, validating on {len(val_idx)}")
-        settings = self.settings_
-        pretrained = uses_pretrained_weights(settings["strategy"])
-        model, preprocessing = create_backbone(
-            self.backbone,
-            num_classes=len(classes),
-            pretrained=pretrained,
-            weights_path=self.weights if pretrained else None,
-            drop_rate=self.dropout,
-        )
-        head, backbone, plan = configure_network(
-            model, settings["strategy"], freeze_stages=settings["freeze"], backbone_lr_factor=self.backbone_lr_factor
-        )
-        console.print(plan.describe())
-
-        class_weights = None
-        if settings["class_weight"] == "balanced":
-            class_weights = torch.as_tensor(
-                compute_class_weight("balanced", classes=np.arange(len(classes)), y=targets[train_idx])
-            )
-        config = TrainConfig(
-            epochs=self.epochs,
-            lr=self.lr,
-            backbone_lr_factor=plan.backbone_lr_factor,
-            weight_decay=self.weight_decay,
-            batch_size=self.batch_size,
-            patience=self.patience,
-            label_smoothing=self.label_smoothing,
-            seed=self.seed,
-            prefix_views=self.prefix_views,
-        )
-        # Sort the indices so a memmap is read in order; the loader shuffles anyway.
-        train_idx, val_idx = np.sort(train_idx), np.sort(val_idx)
-        train_data = (pixels[train_idx], targets[train_idx])
-        val_data = (pixels[val_idx], targets[val_idx]) if len(val_idx) else None
-        result = train_model(
-            model,
-            head,
-            backbone,
-            train_data,
-            val_data,
-            preprocessing=preprocessing,
-            config=config,
-            runtime=runtime,
-            augment=build_augmentation(self.augment),
-            class_weights=class_weights,
-            checkpoint_dir=self.checkpoint_dir,
-            resume=self.resume,
-            fingerprint=self._fingerprint(len(targets), classes),
-            prefix_start=frozen_block_count(model, plan.frozen_stages),
-            pooled_features=self._shared_features(settings["strategy"], runtime),
-            verbose=self.verbose,
-        )
-        return model, preprocessing, result.to_dict(), plan
-
-    def _shared_features(self, strategy: str, runtime):
-        """``head`` on cached views reads and writes the bottleneck-feature cache of ``svm``."""
-        if strategy != "head" or self.prefix_views == 0:
-            return None
-        return FeatureExtractor(self.backbone, weights=self.weights, runtime=runtime, cache_dir=self.cache_dir).transform
-
-    def _fit_features(self, pixels, targets, n_classes, runtime, console):
-        extractor = FeatureExtractor(self.backbone, weights=self.weights, runtime=runtime, cache_dir=self.cache_dir)
-        started = time.perf_counter()
-        features = [extractor.transform(pixels)]
-        labels, groups = [targets], [np.arange(len(targets))]
-        augment = build_augmentation(self.augment)
-        for view in range(self.feature_views if augment is not None else 0):
-            torch.manual_seed(self.seed * 1000 + view)
-            views = np.stack([augment(torch.from_numpy(np.array(image)).permute(2, 0, 1)).permute(1, 2, 0).numpy() for image in pixels])
-            features.append(extractor.transform(views))
-            labels.append(targets)
-            groups.append(np.arange(len(targets)))
-        extract_seconds = time.perf_counter() - started
-        pipeline, info = fit_linear_classifier(
-            np.concatenate(features), np.concatenate(labels), np.concatenate(groups),
-            strategy=self.settings_["strategy"], C=self.C, seed=self.seed, class_weight=self.settings_["class_weight"],
-        )
-        model = extractor.model
-        fold_into_head(model, pipeline, n_classes)
-        plan = FeaturePlan(
-            strategy=self.settings_["strategy"], C=float(info["C"]), inner_cv=info["inner_cv"], views=len(features) - 1,
-            feature_dim=extractor.dim, extract_seconds=extract_seconds,
-        )
-        console.print(plan.describe())
-        history = {"history": [], "best_epoch": 0, "stopped_early": False, "resumed_from_epoch": 0, "linear": info}
-        return model, extractor.preprocessing, history, plan
+    def _set_fitted(
+        self, *, classes, model, preprocessing: Preprocessing, image_size: int, settings: dict[str, Any],
+        history: dict[str, Any], plan=None, advice: Advice | None = None, skipped=(), n_train: int | None = None,
+        fit_seconds: float | None = None, metrics: dict[str, Any] | None = None,
+    ) -> None:
+        """Set every fitted attribute; ``fit`` and :func:`transferkit.load` both come through here."""
+        self.classes_ = np.asarray(classes)
+        self.model_ = model.cpu().eval()
+        self.preprocessing_ = preprocessing
+        self.image_size_ = int(image_size)
+        self.settings_ = dict(settings)
+        self.history_ = history
+        self.plan_ = plan
+        self.advice_ = advice
+        self.skipped_ = list(skipped)
+        self.n_train_ = n_train
+        self.validation_score_ = validation_score(history)
+        self.fit_seconds_ = fit_seconds
+        self.metrics_ = dict(metrics or {})
 
     # ------------------------------------------------------------ predict
     def predict_proba(self, X: Any) -> np.ndarray:
@@ -343,7 +299,10 @@ class ImageClassifier(ClassifierMixin, BaseEstimator):
         self._check_fitted()
         pixels = load_pixels(X, self.image_size_, cache_dir=self.cache_dir, progress=self.verbose)
         runtime = resolve_runtime(self.device, self.precision)
-        if getattr(self, "settings_", {}).get("strategy") in FROZEN_BACKBONE_STRATEGIES:
+        # Inference only: no parameter needs a gradient, so the runtime never wraps it in DDP.
+        self.model_.requires_grad_(False)
+        strategy = self.settings_.get("strategy")
+        if strategy in list_strategies() and get_strategy(strategy).frozen_backbone:
             # The backbone is the pretrained one: its features may already sit in the cache.
             extractor = FeatureExtractor.from_model(self.model_, self.preprocessing_, runtime=runtime, cache_dir=self.cache_dir)
             features = runtime.to_device(torch.from_numpy(extractor.transform(pixels)))
@@ -376,37 +335,45 @@ class ImageClassifier(ClassifierMixin, BaseEstimator):
         decoded = decode_images(images, size, skip_bad=self.skip_bad, cache_dir=self.cache_dir, progress=self.verbose)
         return decoded.pixels, images.subset(decoded.indices), list(images.skipped) + list(decoded.skipped)
 
-    def _advise(self, images: ImageSet, console: Console):
-        from transferkit.advise import advise
-
+    def _advise(self, images: ImageSet, console: Console) -> Advice:
         advice = advise(
             images, backbones=[self.backbone], weights_path=self.weights, device=self.device,
             max_images=AUTO_PROBE_IMAGES, seed=self.seed, epochs=self.epochs,
             budget_seconds=None if self.budget_minutes is None else 60.0 * self.budget_minutes,
         )
         recommendation = advice.recommendation
-        console.print(f"strategy auto -> {recommendation.strategy}, because:")
+        console.print(f"strategy auto -> {recommendation.strategy}, because:", markup=False, highlight=False)
         for reason in recommendation.reasons:
-            console.print(f"  - {reason}")
+            console.print(f"  - {reason}", markup=False, highlight=False)
         for warning in recommendation.warnings:
-            console.print(f"  [yellow]warning:[/] {warning}")
+            console.print(f"  warning: {warning}", style="yellow", markup=False, highlight=False)
         return advice
 
-    def _settings(self, spec) -> dict[str, Any]:
-        """The effective strategy, freeze, image size and class weight: the user's where given,
-        else the advisor's (``strategy="auto"``), else the defaults."""
-        advised = self.advice_.recommendation if self.advice_ is not None else None
+    def _settings(self, spec, advice: Advice | None) -> Settings:
+        """The effective strategy, freeze, image size and class weight: the user's where given
+        (not ``"auto"``), else the advisor's (``strategy="auto"``), else the defaults."""
+        advised = advice.recommendation if advice is not None else None
         strategy = advised.strategy if advised is not None else self.strategy
-        freeze = self.freeze
-        if advised is not None:
-            # The advisor's depth unless the user set one; only finetune freezes a chosen depth.
-            freeze = (advised.freeze if freeze is None else freeze) if strategy == "finetune" else None
-        return {
-            "strategy": strategy,
-            "freeze": freeze,
-            "image_size": self.image_size or (advised.image_size if advised else None) or spec.preprocessing.input_size,
-            "class_weight": None if self.class_weight == "none" else (self.class_weight or (advised.class_weight if advised else None)),
-        }
+        entry = get_strategy(strategy)
+        if self.freeze != AUTO and not entry.accepts_freeze and self.freeze != 0 and advised is None:
+            raise ConfigError(
+                f"freeze applies to finetune only; strategy {strategy!r} "
+                f"{'freezes the whole backbone' if entry.frozen_backbone else 'trains every layer'}. "
+                f"Received: freeze={self.freeze}"
+            )
+        if self.freeze != AUTO:
+            freeze = self.freeze if entry.accepts_freeze else None
+        else:
+            freeze = advised.freeze if advised is not None and entry.accepts_freeze else None
+        if self.image_size != AUTO:
+            image_size = self.image_size
+        else:
+            image_size = (advised.image_size if advised else None) or spec.preprocessing.input_size
+        if self.class_weight != AUTO:
+            class_weight = None if self.class_weight == "none" else self.class_weight
+        else:
+            class_weight = advised.class_weight if advised else None
+        return Settings(strategy=strategy, freeze=freeze, image_size=int(image_size), class_weight=class_weight)
 
     def _check_fitted(self) -> None:
         try:
@@ -419,94 +386,13 @@ class ImageClassifier(ClassifierMixin, BaseEstimator):
     def _console(self) -> Console:
         return Console(stderr=True, emoji=False, quiet=not self.verbose)
 
-    def _validate_params(self) -> None:
-        if self.strategy not in ("auto", *STRATEGIES):
-            raise ConfigError(f"unknown strategy; expected auto or one of {', '.join(STRATEGIES)}. Received: strategy={self.strategy!r}")
-        if self.C is not None and not self.C > 0:
-            raise ConfigError(f"C expected a positive number (or None). Received: C={self.C!r}")
-        for name in ("feature_views", "prefix_views"):
-            value = getattr(self, name)
-            if not isinstance(value, (int, np.integer)) or value < 0:
-                raise ConfigError(f"{name} expected a non-negative integer. Received: {name}={value!r}")
-        if self.augment not in AUGMENT_PRESETS:
-            raise ConfigError(f"unknown augmentation preset; expected one of {', '.join(AUGMENT_PRESETS)}. Received: augment={self.augment!r}")
-        for name in ("epochs", "batch_size"):
-            value = getattr(self, name)
-            if not isinstance(value, (int, np.integer)) or value < 1:
-                raise ConfigError(f"{name} expected a positive integer. Received: {name}={value!r}")
-        if self.patience < 1:
-            raise ConfigError(f"patience expected a positive integer. Received: patience={self.patience!r}")
-        if self.budget_minutes is not None and not (isinstance(self.budget_minutes, (int, float)) and self.budget_minutes > 0):
-            raise ConfigError(f"budget_minutes expected a positive number (or None). Received: budget_minutes={self.budget_minutes!r}")
-        if not self.lr > 0:
-            raise ConfigError(f"lr expected a positive number. Received: lr={self.lr!r}")
-        if not self.backbone_lr_factor > 0:
-            raise ConfigError(f"backbone_lr_factor expected a positive number. Received: backbone_lr_factor={self.backbone_lr_factor!r}")
-        if not 0 <= self.val_fraction < 1:
-            raise ConfigError(f"val_fraction expected a number in [0, 1). Received: val_fraction={self.val_fraction!r}")
-        if self.image_size is not None and self.image_size < 16:
-            raise ConfigError(f"image_size expected an integer >= 16 (or None). Received: image_size={self.image_size!r}")
-        if self.class_weight not in (None, "balanced", "none"):
-            raise ConfigError(f"class_weight expected None, 'balanced' or 'none'. Received: class_weight={self.class_weight!r}")
-        if not 0 <= self.dropout < 1:
-            raise ConfigError(f"dropout expected a number in [0, 1). Received: dropout={self.dropout!r}")
-
-    def _split(self, images: ImageSet, targets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Stratified train/validation indices; by strata (e.g. label + cell type) when each has 2+."""
-        indices = np.arange(len(targets))
-        if self.val_fraction == 0:
-            return indices, indices[:0]
-        strata = np.asarray(images.strata if images.strata is not None else images.labels)
-        _, counts = np.unique(strata, return_counts=True)
-        if counts.min() < 2:
-            strata = targets
-        n_val = max(len(np.unique(targets)), int(round(self.val_fraction * len(targets))))
-        try:
-            return train_test_split(indices, test_size=n_val, stratify=strata, random_state=self.seed)
-        except ValueError as exc:
-            raise DataError(
-                f"cannot make a stratified validation split of {n_val} images from {len(targets)} "
-                f"({exc}); add images, lower val_fraction, or set val_fraction=0."
-            ) from exc
-
-    def _fingerprint(self, n_images: int, classes: np.ndarray) -> dict[str, Any]:
+    def _fingerprint(self, n_images: int, classes: np.ndarray, settings: Settings) -> dict[str, Any]:
         """Settings that must not change between a run and its resume."""
         keys = ("backbone", "strategy", "freeze", "epochs", "lr", "backbone_lr_factor", "image_size",
                 "augment", "batch_size", "val_fraction", "seed", "class_weight", "dropout", "label_smoothing", "weight_decay", "prefix_views")
         fingerprint = {key: getattr(self, key) for key in keys}
-        fingerprint.update(self.settings_, n_images=n_images, classes=[str(c) for c in classes])
+        fingerprint.update(settings.to_dict(), n_images=n_images, classes=[str(c) for c in classes])
         return fingerprint
-
-
-def as_unlabelled(X: Any) -> ImageSet:
-    """Images to predict: an ImageSet, a labelled source (labels ignored), paths or an array."""
-    if isinstance(X, ImageSet):
-        return X
-    if isinstance(X, np.ndarray) and X.dtype == np.uint8 and X.ndim in (3, 4):
-        return ImageSet(sources=list(X), labels=None)
-    if isinstance(X, (list, tuple)):
-        return ImageSet(sources=[str(x) if not isinstance(x, np.ndarray) else x for x in X], labels=None)
-    return resolve_data(X)
-
-
-@dataclass(frozen=True)
-class FeaturePlan:
-    """What a feature strategy fitted, for logs and config.json."""
-
-    strategy: str
-    C: float
-    inner_cv: dict[str, float] | None
-    views: int
-    feature_dim: int
-    extract_seconds: float
-
-    def describe(self) -> str:
-        how = "chosen by inner CV" if self.inner_cv else "given"
-        views = f" + {self.views} augmented views per image" if self.views else ""
-        return (
-            f"{self.strategy} on {self.feature_dim}-d frozen bottleneck features{views}; C={self.C:g} ({how}); "
-            f"features in {self.extract_seconds:.1f} s"
-        )
 
 
 def validation_score(history: dict[str, Any]) -> float | None:
@@ -519,15 +405,3 @@ def validation_score(history: dict[str, Any]) -> float | None:
     if epochs and history.get("best_epoch"):
         return epochs[history["best_epoch"] - 1]["val_accuracy"]
     return None
-
-
-def is_decoded(X: Any, size: int) -> bool:
-    """Whether X is already what decode_images would make: uint8 (N, size, size, 3)."""
-    return isinstance(X, np.ndarray) and X.dtype == np.uint8 and X.ndim == 4 and X.shape[1:] == (size, size, 3)
-
-
-def load_pixels(X: Any, size: int, *, cache_dir: str | bool | None = None, progress: bool = False) -> np.ndarray:
-    """Decoded uint8 (N, size, size, 3) pixels of X (any input :func:`as_unlabelled` takes)."""
-    if is_decoded(X, size):
-        return X
-    return decode_images(as_unlabelled(X), size, skip_bad=False, cache_dir=cache_dir, progress=progress).pixels

@@ -24,7 +24,6 @@ import numpy as np
 from transferkit.advise.facts import DataFacts, data_facts
 from transferkit.advise.logme import logme_score
 from transferkit.advise.probe import DomainShift, Probe, batchnorm_shift, probe_backbone
-from transferkit.advise.race import RACE_CANDIDATES, Race, race_strategies
 from transferkit.advise.rules import (
     AdviceThresholds,
     BackboneFacts,
@@ -46,8 +45,6 @@ __all__ = [
     "DataFacts",
     "DomainShift",
     "Probe",
-    "RACE_CANDIDATES",
-    "Race",
     "Recommendation",
     "RuleResult",
     "advise",
@@ -55,7 +52,6 @@ __all__ = [
     "data_facts",
     "logme_score",
     "probe_backbone",
-    "race_strategies",
     "recommend",
 ]
 

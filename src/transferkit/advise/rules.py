@@ -33,6 +33,7 @@ from transferkit.advise.facts import DataFacts
 from transferkit.advise.probe import DomainShift
 from transferkit.backbones import Preprocessing, backbone_stages, feature_dim
 from transferkit.errors import ConfigError
+from transferkit.strategies import get_strategy
 
 AdvisedStrategy = Literal["svm", "head", "finetune", "full", "scratch"]
 
@@ -174,17 +175,15 @@ class Budget:
             raise ConfigError(f"Budget expects positive seconds, speed, size and epochs. Received: {self}")
 
     def estimate(self, strategy: str, image_size: int, n_images: int, freeze: int | None, n_blocks: int) -> float:
-        """Seconds a fit would take: forward cost scales with the pixel count; a training step
-        costs about 3 forward passes through the trained layers and 1 through the frozen ones."""
+        """Seconds a fit would take: forward cost scales with the pixel count, and the strategy's
+        own cost model (:meth:`transferkit.strategies.Strategy.passes_per_image`) says how many
+        forward passes a training image costs."""
+        entry = get_strategy(strategy)
         per_image = (image_size / self.measured_size) ** 2 / self.images_per_second
-        if strategy == "svm":
-            return n_images * per_image
+        step = entry.passes_per_image(freeze, n_blocks)
+        if not entry.trains_network:
+            return n_images * step * per_image
         n_val = n_images * self.val_fraction
-        if strategy == "head":
-            step = 1.0
-        else:
-            frozen = (freeze or 0) / max(1, n_blocks)
-            step = 1.0 + 2.0 * (1.0 - frozen)
         return self.epochs * ((n_images - n_val) * step + n_val) * per_image
 
 

@@ -15,12 +15,14 @@ Examples
 from transferkit.data.builtin import BUILTIN_DATASETS, elpv_defective, load_elpv
 from transferkit.data.decode import DecodedImages, decode_images, default_cache_dir, read_image
 from transferkit.data.export import export_image_folders
+from transferkit.data.pixels import as_unlabelled, is_decoded, load_pixels
 from transferkit.data.sources import (
     IMAGE_EXTENSIONS,
     ImageSet,
     SkippedFile,
     check_classes,
     find_images,
+    register_dataset,
     resolve_data,
     stratified_sample,
 )
@@ -31,14 +33,18 @@ __all__ = [
     "DecodedImages",
     "ImageSet",
     "SkippedFile",
+    "as_unlabelled",
     "check_classes",
     "decode_images",
     "default_cache_dir",
     "elpv_defective",
     "export_image_folders",
     "find_images",
+    "is_decoded",
+    "load_pixels",
     "load_elpv",
     "read_image",
+    "register_dataset",
     "resolve_data",
     "stratified_sample",
 ]

@@ -15,7 +15,7 @@ from typing import Literal
 
 import numpy as np
 
-from transferkit.data.sources import ImageSet
+from transferkit.data.sources import BUILTIN_DATASETS, ImageSet, register_dataset
 from transferkit.errors import DataError
 
 #: Seed of the fixed 75/25 train/test split (stratified by label and cell type).
@@ -119,11 +119,8 @@ def binary_metrics_if_builtin(data: object, labels: Sequence[str], predictions: 
 
 
 #: Built-in data sets by name: each value returns a fresh :class:`ImageSet`.
-BUILTIN_DATASETS: dict[str, Callable[[], ImageSet]] = {
-    "elpv": functools.partial(load_elpv, "all"),
-    "elpv:train": functools.partial(load_elpv, "train"),
-    "elpv:test": functools.partial(load_elpv, "test"),
-}
+for _name, _part in (("elpv", "all"), ("elpv:train", "train"), ("elpv:test", "test")):
+    register_dataset(_name, functools.partial(load_elpv, _part))
 
 
 @functools.lru_cache(maxsize=1)

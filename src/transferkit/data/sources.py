@@ -10,7 +10,7 @@ from __future__ import annotations
 import csv
 import os
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,6 +27,16 @@ IMAGE_EXTENSIONS: frozenset[str] = frozenset(
 )  # fmt: skip
 
 _MAX_LISTED = 20  # how many offending files an error message names before "and N more"
+
+BUILTIN_DATASETS: dict[str, Callable[[], "ImageSet"]] = {}
+"""Built-in data sets by name (``elpv``, ``elpv:train`` ...); :mod:`transferkit.data.builtin`
+fills it through :func:`register_dataset` when the package is imported, so this module never
+imports that one (it builds on :class:`ImageSet`)."""
+
+
+def register_dataset(name: str, loader: Callable[[], "ImageSet"]) -> None:
+    """Make ``resolve_data(name)`` return ``loader()``."""
+    BUILTIN_DATASETS[name] = loader
 
 
 @dataclass(frozen=True)
@@ -189,8 +199,6 @@ def resolve_data(data: Any, labels: Any = None, *, skip_bad: bool = False) -> Im
             raise DataError("labels must be None when data is an ImageSet (it has its own labels).")
         return data
     if isinstance(data, str):
-        from transferkit.data.builtin import BUILTIN_DATASETS
-
         if data in BUILTIN_DATASETS:
             _reject_labels(labels, f"the built-in data set {data!r}")
             return BUILTIN_DATASETS[data]()
@@ -290,8 +298,6 @@ def check_classes(imageset: ImageSet, *, min_per_class: int = 1, purpose: str = 
 def _resolve_path(path: str, labels: Any, *, skip_bad: bool) -> ImageSet:
     path = os.path.abspath(path)
     if not os.path.exists(path):
-        from transferkit.data.builtin import BUILTIN_DATASETS
-
         names = ", ".join(BUILTIN_DATASETS)
         raise DataError(
             f"data path does not exist: {path}. Expected a folder with one sub-folder per class, "

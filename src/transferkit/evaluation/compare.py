@@ -21,18 +21,9 @@ import numpy as np
 from transferkit.backbones import get_backbone_spec
 from transferkit.data import ImageSet, check_classes, decode_images
 from transferkit.errors import ConfigError
-from transferkit.estimator import STRATEGIES, ImageClassifier
+from transferkit.estimator import ImageClassifier
 from transferkit.evaluation.cv import CVResult, FoldScore, cross_validate, make_folds
-
-STRATEGY_DEFAULTS: dict[str, dict[str, Any]] = {
-    "svm": {},
-    "logistic": {},
-    "head": {"image_size": 160, "epochs": 5, "augment": "light", "prefix_views": 2},
-    "finetune": {"image_size": 128, "epochs": 4, "prefix_views": 2},
-    "full": {"image_size": 128, "epochs": 4},
-    "scratch": {"image_size": 128, "epochs": 6, "lr": 3e-3},
-}
-"""Settings each strategy gets in ``compare`` unless the user overrides them (see module doc)."""
+from transferkit.strategies import get_strategy, list_strategies
 
 
 @dataclass
@@ -62,22 +53,25 @@ class Comparison:
 
 def parse_strategies(text: str) -> list[str]:
     names = [s.strip() for s in text.split(",") if s.strip()]
-    unknown = [s for s in names if s not in STRATEGIES]
+    unknown = [s for s in names if s not in list_strategies()]
     if unknown or not names:
-        raise ConfigError(f"strategies expected a comma-separated list of {', '.join(STRATEGIES)}. Received: {text!r}")
+        raise ConfigError(f"strategies expected a comma-separated list of {', '.join(list_strategies())}. Received: {text!r}")
     return list(dict.fromkeys(names))
 
 
 def strategy_params(strategy: str, base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
-    """The ImageClassifier parameters one strategy runs with inside ``compare``."""
-    return {**base, **STRATEGY_DEFAULTS[strategy], **overrides, "strategy": strategy}
+    """The ImageClassifier parameters one strategy runs with inside ``compare`` (its registry
+    entry's ``compare_defaults``, replaced by ``overrides``)."""
+    return {**base, **get_strategy(strategy).compare_defaults, **overrides, "strategy": strategy}
 
 
 def decode_for(images: ImageSet, params: dict[str, Any], decoded: dict[int, np.ndarray]) -> tuple[np.ndarray, int]:
     """The pixels of ``images`` at the size ``params`` train at (default: the backbone's), and
     that size; ``decoded`` keeps each size's pixels so strategies share them."""
     backbone = params.get("backbone") or "efficientnet_lite0"
-    size = params.get("image_size") or get_backbone_spec(backbone).preprocessing.input_size
+    size = params.get("image_size", "auto")
+    if size in ("auto", None):
+        size = get_backbone_spec(backbone).preprocessing.input_size
     if size not in decoded:
         decoded[size] = decode_images(images, size, cache_dir=params.get("cache_dir"), progress=params.get("verbose", False)).pixels
     return decoded[size], size

@@ -1,0 +1,18 @@
+"""Strategies: the ways to transfer a pretrained network, one registry entry each.
+
+Importing this package registers the built-in strategies (``svm``, ``logistic``, ``head``,
+``finetune``, ``full``, ``scratch``); :func:`get_strategy` looks one up by name.
+"""
+
+from transferkit.strategies import linear, network  # noqa: F401 - registers the built-in strategies
+from transferkit.strategies.registry import (
+    FitOutcome,
+    FitRequest,
+    Settings,
+    Strategy,
+    get_strategy,
+    list_strategies,
+    register_strategy,
+)
+
+__all__ = ["FitOutcome", "FitRequest", "Settings", "Strategy", "get_strategy", "list_strategies", "register_strategy"]

@@ -29,7 +29,7 @@ from sklearn.base import BaseEstimator, TransformerMixin
 from torch import nn
 
 from transferkit.backbones import Preprocessing, create_backbone, get_backbone_spec
-from transferkit.data import decode_images, default_cache_dir
+from transferkit.data import default_cache_dir, load_pixels
 from transferkit.errors import ConfigError
 from transferkit.training.inputs import pixels_to_tensor, to_model_input
 from transferkit.training.runtime import Runtime, resolve_runtime
@@ -250,8 +250,6 @@ class BottleneckFeatures(TransformerMixin, BaseEstimator):
 
     def transform(self, X: Any) -> np.ndarray:
         from sklearn.utils.validation import check_is_fitted
-
-        from transferkit.estimator import load_pixels
 
         check_is_fitted(self, "extractor_")
         pixels = load_pixels(X, self.image_size_, cache_dir=self.cache_dir)

@@ -16,17 +16,25 @@ for scratch training").
 from __future__ import annotations
 
 from dataclasses import dataclass
+from types import MappingProxyType
 
+import numpy as np
+import torch
+from sklearn.model_selection import train_test_split
+from sklearn.utils.class_weight import compute_class_weight
 from torch import nn
 
-from transferkit.backbones import backbone_stages
-from transferkit.errors import ConfigError
+from transferkit.backbones import backbone_stages, create_backbone
+from transferkit.errors import ConfigError, DataError
+from transferkit.strategies.features import FeatureExtractor
 from transferkit.strategies.freezing import freeze, trainable_parameter_count
-
-NETWORK_STRATEGIES: tuple[str, ...] = ("head", "finetune", "full", "scratch")
+from transferkit.strategies.registry import FitOutcome, FitRequest, Strategy, get_strategy, register_strategy
+from transferkit.training.augment import build_augmentation
+from transferkit.training.loop import TrainConfig, train_model
+from transferkit.training.prefix import frozen_block_count
 
 DEFAULT_FREEZE = 3
-"""Stages frozen by ``finetune`` unless the user says otherwise (see docs/ARCHITECTURE.md)."""
+"""Stages frozen by ``finetune`` unless the user or the advisor says otherwise (see docs/ARCHITECTURE.md)."""
 
 
 @dataclass(frozen=True)
@@ -48,8 +56,110 @@ class NetworkPlan:
         )
 
 
-def uses_pretrained_weights(strategy: str) -> bool:
-    return strategy != "scratch"
+class NetworkStrategy(Strategy):
+    """Trains (part of) the network with the epoch loop; subclasses say which stages freeze."""
+
+    def frozen_stages(self, stages: list[str], freeze_stages: int | None) -> list[str]:
+        """Names of the stages (of ``stages``, input side first) that get no gradient."""
+        if freeze_stages not in (None, 0):
+            raise ConfigError(f"strategy {self.name!r} trains every layer; freeze does not apply. Received: freeze={freeze_stages}")
+        return []
+
+    def lr_factor(self, backbone_lr_factor: float) -> float:
+        """Learning-rate multiplier of the pretrained layers relative to the head's."""
+        return backbone_lr_factor
+
+    def fit(self, request: FitRequest) -> FitOutcome:
+        params, targets, classes = request.params, request.targets, request.classes
+        train_idx, val_idx = _split(request.strata, targets, params["val_fraction"], params["seed"])
+        request.console.print(f"training on {len(train_idx)}, validating on {len(val_idx)}")
+        model, preprocessing = create_backbone(
+            params["backbone"], num_classes=len(classes), pretrained=self.pretrained,
+            weights_path=params["weights"] if self.pretrained else None, drop_rate=params["dropout"],
+        )
+        head, backbone, plan = configure_network(
+            model, self.name, freeze_stages=request.settings.freeze, backbone_lr_factor=params["backbone_lr_factor"]
+        )
+        request.console.print(plan.describe())
+        class_weights = None
+        if request.settings.class_weight == "balanced":
+            class_weights = torch.as_tensor(compute_class_weight("balanced", classes=np.arange(len(classes)), y=targets[train_idx]))
+        config = TrainConfig(
+            epochs=params["epochs"], lr=params["lr"], backbone_lr_factor=plan.backbone_lr_factor,
+            weight_decay=params["weight_decay"], batch_size=params["batch_size"], patience=params["patience"],
+            label_smoothing=params["label_smoothing"], seed=params["seed"], prefix_views=params["prefix_views"],
+        )
+        pixels = request.pixels
+        val_data = (pixels[val_idx], targets[val_idx]) if len(val_idx) else None
+        result = train_model(
+            model, head, backbone, (pixels[train_idx], targets[train_idx]), val_data,
+            preprocessing=preprocessing, config=config, runtime=request.runtime,
+            augment=build_augmentation(params["augment"]), class_weights=class_weights,
+            checkpoint_dir=params["checkpoint_dir"], resume=params["resume"], fingerprint=request.fingerprint,
+            prefix_start=frozen_block_count(model, plan.frozen_stages),
+            pooled_features=self.shared_features(request), verbose=params["verbose"],
+        )
+        return FitOutcome(model=model, preprocessing=preprocessing, history=result.to_dict(), plan=plan)
+
+    def shared_features(self, request: FitRequest):
+        """A cached bottleneck-feature function the frozen-prefix path may reuse (``head`` only)."""
+        return None
+
+
+@register_strategy
+class Head(NetworkStrategy):
+    name = "head"
+    summary = "only the new K-class layer (frozen BN in eval)"
+    frozen_backbone = True
+    compare_defaults = MappingProxyType({"image_size": 160, "epochs": 5, "augment": "light", "prefix_views": 2})
+
+    def frozen_stages(self, stages: list[str], freeze_stages: int | None) -> list[str]:
+        return list(stages)
+
+    def passes_per_image(self, freeze: int | None, n_blocks: int) -> float:
+        return 1.0
+
+    def shared_features(self, request: FitRequest):
+        # head on cached views reads and writes the bottleneck-feature cache of svm
+        if request.params["prefix_views"] == 0:
+            return None
+        params = request.params
+        return FeatureExtractor(params["backbone"], weights=params["weights"], runtime=request.runtime, cache_dir=params["cache_dir"]).transform
+
+
+@register_strategy
+class Finetune(NetworkStrategy):
+    name = "finetune"
+    summary = "stages after the first --freeze N, at lr x 0.1; head at lr"
+    accepts_freeze = True
+    compare_defaults = MappingProxyType({"image_size": 128, "epochs": 4, "prefix_views": 2})
+
+    def frozen_stages(self, stages: list[str], freeze_stages: int | None) -> list[str]:
+        blocks = [name for name in stages if name.startswith("stage")]
+        n = DEFAULT_FREEZE if freeze_stages is None else freeze_stages
+        if not 0 <= n <= len(blocks):
+            raise ConfigError(
+                f"freeze must be between 0 and {len(blocks)} (the number of stages of this backbone). Received: freeze={n}"
+            )
+        return ["stem", *blocks[:n]] if n > 0 else []
+
+
+@register_strategy
+class Full(NetworkStrategy):
+    name = "full"
+    summary = "everything, pretrained layers at lr x 0.1"
+    compare_defaults = MappingProxyType({"image_size": 128, "epochs": 4})
+
+
+@register_strategy
+class Scratch(NetworkStrategy):
+    name = "scratch"
+    summary = "everything from random weights at lr"
+    pretrained = False
+    compare_defaults = MappingProxyType({"image_size": 128, "epochs": 6, "lr": 3e-3})
+
+    def lr_factor(self, backbone_lr_factor: float) -> float:
+        return 1.0  # no pretrained layers: every layer trains at the head's rate
 
 
 def configure_network(
@@ -60,27 +170,13 @@ def configure_network(
     Returns ``(head_parameters, backbone_parameters, plan)``; the two lists are the
     optimiser's learning-rate groups.
     """
-    if strategy not in NETWORK_STRATEGIES:
-        raise ConfigError(f"unknown network strategy; expected one of {', '.join(NETWORK_STRATEGIES)}. Received: strategy={strategy!r}")
+    entry = get_strategy(strategy)
+    if not isinstance(entry, NetworkStrategy):
+        raise ConfigError(f"configure_network expected a strategy that trains the network. Received: strategy={strategy!r}")
     stages = backbone_stages(model)
-    block_stages = [name for name, _ in stages if name.startswith("stage")]
-
-    if strategy == "head":
-        frozen = [name for name, _ in stages]
-    elif strategy == "finetune":
-        n = DEFAULT_FREEZE if freeze_stages is None else freeze_stages
-        if not 0 <= n <= len(block_stages):
-            raise ConfigError(
-                f"freeze must be between 0 and {len(block_stages)} (the number of stages of this backbone). Received: freeze={n}"
-            )
-        frozen = ["stem", *block_stages[:n]] if n > 0 else []
-    else:
-        if freeze_stages not in (None, 0):
-            raise ConfigError(f"strategy {strategy!r} trains every layer; freeze does not apply. Received: freeze={freeze_stages}")
-        frozen = []
+    frozen = entry.frozen_stages([name for name, _ in stages], freeze_stages)
     freeze(module for name, modules in stages if name in frozen for module in modules)
 
-    factor = 1.0 if strategy == "scratch" else backbone_lr_factor
     head_ids = {id(p) for p in model.get_classifier().parameters()}
     head = [p for p in model.parameters() if id(p) in head_ids]
     backbone = [p for p in model.parameters() if id(p) not in head_ids]
@@ -90,6 +186,28 @@ def configure_network(
         trainable_stages=tuple(name for name, _ in stages if name not in frozen),
         trainable_parameters=trainable_parameter_count(model),
         total_parameters=sum(p.numel() for p in model.parameters()),
-        backbone_lr_factor=factor,
+        backbone_lr_factor=entry.lr_factor(backbone_lr_factor),
     )
     return head, backbone, plan
+
+
+def _split(strata: np.ndarray | None, targets: np.ndarray, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Sorted stratified train/validation indices; by strata (e.g. label + cell type) when each has 2+.
+
+    Sorted so a memmap is read in order; the loader shuffles anyway.
+    """
+    indices = np.arange(len(targets))
+    if val_fraction == 0:
+        return indices, indices[:0]
+    strata = targets if strata is None else np.asarray(strata)
+    if np.unique(strata, return_counts=True)[1].min() < 2:
+        strata = targets
+    n_val = max(len(np.unique(targets)), int(round(val_fraction * len(targets))))
+    try:
+        train, val = train_test_split(indices, test_size=n_val, stratify=strata, random_state=seed)
+    except ValueError as exc:
+        raise DataError(
+            f"cannot make a stratified validation split of {n_val} images from {len(targets)} "
+            f"({exc}); add images, lower val_fraction, or set val_fraction=0."
+        ) from exc
+    return np.sort(train), np.sort(val)

@@ -1,7 +1,8 @@
 """Check the rules by measurement: a budgeted race of candidate strategies under CV.
 
 The rules in :mod:`transferkit.advise.rules` trust the playbook; the race measures it on the
-user's data. It cross-validates a few candidates (the advised strategy plus the cheap and the
+user's data. It trains estimators, so it lives with cross-validation in ``evaluation`` (above
+the estimator), not in ``advise`` (below it). It cross-validates a few candidates (the advised strategy plus the cheap and the
 usual alternatives) on a stratified sample with successive halving over folds: every
 candidate runs on the first fold, the better half goes on to the next fold, and so on, so the
 budget goes to the strategies still in contention. All candidates see the same folds, and the
@@ -27,8 +28,9 @@ import numpy as np
 
 from transferkit.data import ImageSet, check_classes, stratified_sample
 from transferkit.errors import ConfigError
-from transferkit.estimator import STRATEGIES, ImageClassifier
+from transferkit.estimator import ImageClassifier
 from transferkit.evaluation.compare import decode_for, strategy_params
+from transferkit.strategies import list_strategies
 from transferkit.evaluation.cv import CVResult, FoldScore, cross_validate, make_folds
 
 RACE_CANDIDATES = ("svm", "head", "finetune")
@@ -132,9 +134,9 @@ def race_strategies(
     """
     started = time.perf_counter()
     names = list(dict.fromkeys([advised, *(RACE_CANDIDATES if candidates is None else candidates)]))
-    unknown = [name for name in names if name not in STRATEGIES]
+    unknown = [name for name in names if name not in list_strategies()]
     if unknown:
-        raise ConfigError(f"race candidates expected names from {', '.join(STRATEGIES)}. Received: {unknown}")
+        raise ConfigError(f"race candidates expected names from {', '.join(list_strategies())}. Received: {unknown}")
     base = dict(base or {})
     sample = stratified_sample(images, max_images, base.get("seed", 0))
     check_classes(sample, min_per_class=cv, purpose=f"a {cv}-fold race")

@@ -1,0 +1,149 @@
+"""The strategy registry: one entry per way of transferring a pretrained network.
+
+A strategy is a small object with a name, what it freezes, the settings it runs with in
+``compare`` and the race, a cost model for the time budget, and a ``fit`` that turns decoded
+pixels into a network with a K-class head. It registers itself on import, the way timm's
+models do (``register_model`` / ``create_model``)::
+
+    @register_strategy
+    class Svm(FeatureStrategy):
+        name = "svm"
+        ...
+
+so adding a strategy is adding one file to :mod:`transferkit.strategies` (and one import line
+in its ``__init__``); nothing else compares strategy names. ``ImageClassifier.fit`` reads:
+resolve data -> decode -> ``get_strategy(name).fit(request)``.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any, ClassVar
+
+import numpy as np
+from rich.console import Console
+from torch import nn
+
+from transferkit.backbones import Preprocessing
+from transferkit.errors import ConfigError
+from transferkit.training.runtime import Runtime
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What a fit actually uses after ``"auto"`` is resolved (by the user, the advisor or a default)."""
+
+    strategy: str
+    freeze: int | None
+    image_size: int
+    class_weight: str | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"strategy": self.strategy, "freeze": self.freeze, "image_size": self.image_size, "class_weight": self.class_weight}
+
+
+@dataclass
+class FitRequest:
+    """Everything a strategy's ``fit`` needs: the decoded data, the settings, and where to run.
+
+    ``params`` are the estimator's own parameters (``ImageClassifier.get_params()``).
+    """
+
+    pixels: np.ndarray
+    targets: np.ndarray
+    classes: np.ndarray
+    settings: Settings
+    params: Mapping[str, Any]
+    runtime: Runtime
+    console: Console
+    strata: np.ndarray | None = None
+    fingerprint: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class FitOutcome:
+    """A fitted network (backbone + K-class head) and what the strategy did to get it."""
+
+    model: nn.Module
+    preprocessing: Preprocessing
+    history: dict[str, Any]
+    plan: Any
+    """A ``NetworkPlan`` or ``FeaturePlan``: has ``describe()``; its fields go to config.json."""
+
+
+class Strategy:
+    """One way to transfer a pretrained backbone. Subclasses set the class attributes and ``fit``.
+
+    Attributes
+    ----------
+    name : str
+        Registry name (``--strategy``).
+    summary : str
+        What trains, in a few words (``transferkit models`` and the docs).
+    pretrained : bool
+        Starts from pretrained weights (False only for training from scratch).
+    frozen_backbone : bool
+        The backbone stays the untouched pretrained one, so prediction may read the
+        bottleneck-feature cache.
+    trains_network : bool
+        Trains with the epoch loop (needs a validation split for early stopping).
+    accepts_freeze : bool
+        ``freeze`` (stages frozen) applies.
+    compare_defaults : Mapping
+        ``ImageClassifier`` parameters this strategy runs with in ``compare`` and the race,
+        unless the user overrides them (small images, few epochs for the trained ones).
+    """
+
+    name: ClassVar[str]
+    summary: ClassVar[str]
+    pretrained: ClassVar[bool] = True
+    frozen_backbone: ClassVar[bool] = False
+    trains_network: ClassVar[bool] = True
+    accepts_freeze: ClassVar[bool] = False
+    compare_defaults: ClassVar[Mapping[str, Any]] = MappingProxyType({})
+
+    def passes_per_image(self, freeze: int | None, n_blocks: int) -> float:
+        """Cost model: forward-pass equivalents one training image costs per epoch.
+
+        A training step costs about 3 forward passes through the layers that train (forward,
+        backward for activations and for weights) and 1 through the frozen ones.
+        """
+        frozen = (freeze or 0) / max(1, n_blocks)
+        return 1.0 + 2.0 * (1.0 - frozen)
+
+    def fit(self, request: FitRequest) -> FitOutcome:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        return f"<strategy {self.name}>"
+
+
+_REGISTRY: dict[str, Strategy] = {}
+
+
+def register_strategy(cls: type[Strategy]) -> type[Strategy]:
+    """Class decorator: add one instance of ``cls`` to the registry under ``cls.name``."""
+    if cls.name in _REGISTRY:
+        raise ValueError(f"strategy {cls.name!r} is registered twice")
+    _REGISTRY[cls.name] = cls()
+    return cls
+
+
+def get_strategy(name: str) -> Strategy:
+    """The registered strategy called ``name``; a :class:`ConfigError` naming the choices otherwise."""
+    try:
+        return _REGISTRY[name]
+    except (KeyError, TypeError):
+        close = difflib.get_close_matches(str(name), list(_REGISTRY), n=1)
+        hint = f" Did you mean {close[0]!r}?" if close else ""
+        raise ConfigError(
+            f"unknown strategy; expected auto or one of {', '.join(_REGISTRY)}. Received: strategy={name!r}.{hint}"
+        ) from None
+
+
+def list_strategies() -> tuple[str, ...]:
+    """Registered strategy names, in registration order."""
+    return tuple(_REGISTRY)
