@@ -10,6 +10,10 @@ import numpy as np
 from sklearn.model_selection import train_test_split
 
 from transferkit.data import ImageSet, resolve_data
+from transferkit.training.runtime import keep_freed_memory
+
+# Every benchmark script is an entry point like the `transferkit` command: same allocator setting.
+keep_freed_memory()
 
 
 def elpv_split(subset: int | None, seed: int) -> tuple[ImageSet, ImageSet]:

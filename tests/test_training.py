@@ -235,23 +235,50 @@ def test_runtime_auto_falls_back_to_what_the_cpu_supports(monkeypatch):
     assert resolve_runtime("cpu", "auto").precision == "bf16"
 
 
+_ALLOCATOR_PROBE = """
+import sys
+import numpy as np
+from transferkit import ImageClassifier
+from transferkit.training.runtime import freed_memory_kept, keep_freed_memory, resolve_runtime
+images = np.random.default_rng(0).integers(0, 255, (12, 32, 32, 3), dtype=np.uint8)
+ImageClassifier("test_efficientnet", strategy="svm", weights=sys.argv[1], image_size=32, C=0.1, device="cpu",
+                precision="fp32", cache_dir=False).fit(images, ["a", "b"] * 6)
+library = freed_memory_kept(), resolve_runtime("cpu", "fp32").kept_memory
+applied = keep_freed_memory()
+print(library[0], library[1], applied, resolve_runtime("cpu", "fp32").kept_memory, resolve_runtime("cpu", "fp32").describe())
+"""
+
+
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt is Linux-only")
-def test_cpu_runtime_keeps_freed_memory_unless_told_not_to(monkeypatch):
+@pytest.mark.parametrize("setting", ["default", "system"])
+def test_only_the_entry_point_keeps_freed_memory_and_the_runtime_reports_it(setting, tiny_weights):
+    # A library call (a fit in a notebook, a web server) must not change the process's allocator;
+    # keep_freed_memory() does, unless TRANSFERKIT_ALLOCATOR=system; the runtime only reports it.
+    import os
+    import subprocess
+
     from transferkit.training import runtime as runtime_module
 
-    runtime_module.keep_freed_memory.cache_clear()
-    try:
-        monkeypatch.setenv(runtime_module.ALLOCATOR_ENV, "system")
-        assert runtime_module.keep_freed_memory() is False
-        assert resolve_runtime("cpu", "fp32").kept_memory is False
-        runtime_module.keep_freed_memory.cache_clear()
-        monkeypatch.delenv(runtime_module.ALLOCATOR_ENV)
-        runtime = resolve_runtime("cpu", "fp32")
-        assert runtime.kept_memory is (platform.libc_ver()[0] == "glibc")
-        if runtime.kept_memory:
-            assert "freed memory kept" in runtime.describe() and runtime.to_dict()["kept_memory"] is True
-    finally:
-        runtime_module.keep_freed_memory.cache_clear()
+    env = dict(os.environ)
+    env.pop(runtime_module.ALLOCATOR_ENV, None)
+    if setting == "system":
+        env[runtime_module.ALLOCATOR_ENV] = "system"
+    done = subprocess.run([sys.executable, "-c", _ALLOCATOR_PROBE, str(tiny_weights)], env=env, capture_output=True, text=True, check=True)
+    library_kept, library_reported, applied, reported, described = done.stdout.split(" ", 4)
+    assert (library_kept, library_reported) == ("False", "False")
+    expected = str(setting == "default" and platform.libc_ver()[0] == "glibc")
+    assert applied == reported == expected
+    assert ("freed memory kept" in described) is (expected == "True")
+
+
+def test_the_cli_entry_point_keeps_freed_memory():
+    import os
+    import subprocess
+
+    code = "from transferkit import cli\ntry:\n    cli.main()\nexcept SystemExit:\n    pass\nprint(cli.__name__, __import__('transferkit.training.runtime', fromlist=['x']).freed_memory_kept())"
+    env = {k: v for k, v in os.environ.items() if k != "TRANSFERKIT_ALLOCATOR"}
+    done = subprocess.run([sys.executable, "-c", code, "--help"], env=env, capture_output=True, text=True, check=True)
+    assert done.stdout.strip().endswith(str(platform.libc_ver()[0] == "glibc"))
 
 
 def test_bf16_autocast_matches_fp32_within_bf16_tolerance(tiny_weights):

@@ -1,8 +1,7 @@
 """transferkit: turn labelled images into the best classifier a pretrained network allows."""
 
-__version__ = "0.1.0"
-
-from transferkit.errors import (  # noqa: E402 - __version__ first: persistence reads it
+from transferkit._version import __version__
+from transferkit.errors import (
     BackboneError,
     ConfigError,
     DataError,
@@ -10,9 +9,9 @@ from transferkit.errors import (  # noqa: E402 - __version__ first: persistence 
     NotFittedError,
     TransferkitError,
 )
-from transferkit.estimator import ImageClassifier  # noqa: E402
-from transferkit.persistence import load_model as load  # noqa: E402
-from transferkit.persistence import save_model as save  # noqa: E402
+from transferkit.estimator import ImageClassifier
+from transferkit.persistence import load_model as load
+from transferkit.persistence import save_model as save
 
 __all__ = [
     "BackboneError",

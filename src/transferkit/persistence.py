@@ -20,9 +20,10 @@ from typing import Any
 import numpy as np
 from safetensors.torch import load_file, save_file
 
-from transferkit import __version__
+from transferkit._version import __version__
 from transferkit.backbones import Preprocessing, create_backbone
 from transferkit.errors import ModelFileError
+from transferkit.estimator import RUNTIME_PARAMS, ImageClassifier
 
 WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "config.json"
@@ -47,8 +48,10 @@ def save_model(classifier, out_dir: str | os.PathLike, *, metrics: dict[str, Any
         "strategy": classifier.settings_["strategy"],
         "settings": _jsonable(classifier.settings_),
         "advice": _jsonable(classifier.advice_.to_dict()) if getattr(classifier, "advice_", None) else None,
-        "params": _jsonable(classifier.get_params()),
-        "plan": _jsonable(vars(classifier.plan_)) if hasattr(classifier, "plan_") else None,
+        # Where this process ran (device, precision, cache) is not part of the model: a model
+        # fitted on a GPU must load and predict on a CPU-only machine.
+        "params": _jsonable({k: v for k, v in classifier.get_params().items() if k not in RUNTIME_PARAMS}),
+        "plan": _jsonable(vars(classifier.plan_)) if getattr(classifier, "plan_", None) is not None else None,
         "history": classifier.history_,
         "metrics": metrics or {},
         "weights_sha256": _sha256(weights_path),
@@ -82,8 +85,6 @@ def read_config(path: str | os.PathLike) -> dict[str, Any]:
 
 def load_model(path: str | os.PathLike):
     """Load a model folder written by :func:`save_model` as a fitted ``ImageClassifier``."""
-    from transferkit.estimator import ImageClassifier  # the estimator imports this module's callers
-
     folder = Path(path)
     config = read_config(folder)
     weights_path = folder / WEIGHTS_NAME
@@ -98,23 +99,33 @@ def load_model(path: str | os.PathLike):
     except Exception as exc:  # noqa: BLE001 - safetensors raises several types for a bad file
         raise ModelFileError(f"cannot read {weights_path}: {exc}") from exc
 
-    params = {k: v for k, v in (config.get("params") or {}).items() if k in ImageClassifier().get_params()}
-    classifier = ImageClassifier(**params)
+    classifier = ImageClassifier(**_saved_params(config))
     model, _ = create_backbone(config["backbone"], num_classes=len(config["classes"]), pretrained=False)
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:
         raise ModelFileError(f"{weights_path} does not fit backbone {config['backbone']!r}: {exc}") from exc
-    classifier.classes_ = np.array(config["classes"])
-    classifier.model_ = model.eval()
-    classifier.preprocessing_ = Preprocessing.from_dict(config["preprocessing"])
-    classifier.image_size_ = int(config["image_size"])
-    classifier.history_ = config.get("history") or {}
-    classifier.metrics_ = config.get("metrics") or {}
-    classifier.settings_ = config.get("settings") or {"strategy": config.get("strategy")}
-    classifier.advice_ = None  # the measurements stay readable in config.json["advice"]
-    classifier.skipped_ = []
+    classifier._set_fitted(
+        classes=config["classes"], model=model, preprocessing=Preprocessing.from_dict(config["preprocessing"]),
+        image_size=config["image_size"], settings=config.get("settings") or {"strategy": config.get("strategy")},
+        history=config.get("history") or {}, metrics=config.get("metrics"),
+        # the advisor's measurements stay readable in config.json["advice"]
+    )
     return classifier
+
+
+_LEGACY_UNSET = ("freeze", "image_size", "class_weight", "C")
+"""Parameters that format-1 files of before the "auto" sentinel saved as None for "decide"."""
+
+
+def _saved_params(config: dict[str, Any]) -> dict[str, Any]:
+    """The estimator parameters saved with a model, without runtime ones; None of older files -> "auto"."""
+    known = ImageClassifier().get_params()
+    params = {k: v for k, v in (config.get("params") or {}).items() if k in known and k not in RUNTIME_PARAMS}
+    for name in _LEGACY_UNSET:
+        if name in params and params[name] is None:
+            params[name] = "auto"
+    return params
 
 
 def _atomic_write(path: Path, write) -> None:

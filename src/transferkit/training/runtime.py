@@ -60,9 +60,15 @@ def keep_freed_memory() -> bool:
     (``LD_PRELOAD``); that needs a system package and a restart, whereas ``mallopt`` works from
     inside the running process. The cost: the process keeps its peak heap until it exits.
 
+    It changes the allocator of the whole process for its lifetime, so the library never calls
+    it on its own: the ``transferkit`` command does, at start-up (its entry point), and a
+    script or notebook may call it once itself (``transferkit.keep_freed_memory()``); a web
+    server embedding transferkit keeps its own allocator. :class:`Runtime` only reports it.
+
     Applied once per process, on Linux with glibc only; ``TRANSFERKIT_ALLOCATOR=system`` turns
     it off. Returns whether it is in effect.
     """
+    global _FREED_MEMORY_KEPT
     if os.environ.get(ALLOCATOR_ENV, "").lower() == "system" or not sys.platform.startswith("linux"):
         return False
     try:
@@ -72,7 +78,16 @@ def keep_freed_memory() -> bool:
     except (OSError, AttributeError):
         return False
     mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
-    return bool(mallopt(_M_MMAP_MAX, 0)) and bool(mallopt(_M_TRIM_THRESHOLD, 2**31 - 1))
+    _FREED_MEMORY_KEPT = bool(mallopt(_M_MMAP_MAX, 0)) and bool(mallopt(_M_TRIM_THRESHOLD, 2**31 - 1))
+    return _FREED_MEMORY_KEPT
+
+
+_FREED_MEMORY_KEPT = False
+
+
+def freed_memory_kept() -> bool:
+    """Whether :func:`keep_freed_memory` is in effect in this process (it changes nothing)."""
+    return _FREED_MEMORY_KEPT
 
 
 @dataclass(frozen=True)
@@ -91,7 +106,7 @@ class Runtime:
     rank, world_size, local_rank : int
         Distributed coordinates; ``world_size == 1`` outside torchrun.
     kept_memory : bool
-        Whether :func:`keep_freed_memory` is in effect (CPU runtimes on Linux/glibc).
+        Whether :func:`keep_freed_memory` is in effect in this process (reported, not set here).
     """
 
     device: torch.device
@@ -193,8 +208,8 @@ def resolve_runtime(
     channels_last : bool or None
         ``None`` uses NHWC, which was faster on every device we measured.
 
-    On a CPU this also calls :func:`keep_freed_memory` (once per process). Threads are
-    PyTorch's default: one per physical core.
+    Threads are PyTorch's default: one per physical core. The allocator setting
+    (:func:`keep_freed_memory`) is the entry point's choice; the runtime only reports it.
 
     Under ``torchrun`` (``WORLD_SIZE`` > 1 in the environment) the process group is
     initialised here (NCCL on GPUs, Gloo on CPUs) and each process takes its local GPU.
@@ -237,5 +252,5 @@ def resolve_runtime(
         rank=rank,
         world_size=world_size,
         local_rank=local_rank,
-        kept_memory=torch_device.type == "cpu" and keep_freed_memory(),
+        kept_memory=torch_device.type == "cpu" and freed_memory_kept(),
     )
