@@ -13,7 +13,7 @@ from torch import nn
 from conftest import TINY_BACKBONE, make_images
 from transferkit.backbones import backbone_stages, create_backbone
 from transferkit.errors import ConfigError
-from transferkit.strategies.freezing import train_mode
+from transferkit.training.freezing import train_mode
 from transferkit.strategies.network import configure_network
 from transferkit.training import loop
 from transferkit.training.augment import AUGMENT_PRESETS, build_augmentation

@@ -27,7 +27,7 @@ from torch import nn
 from transferkit.backbones import backbone_stages, create_backbone
 from transferkit.errors import ConfigError, DataError
 from transferkit.strategies.features import FeatureExtractor
-from transferkit.strategies.freezing import freeze, trainable_parameter_count
+from transferkit.training.freezing import freeze, trainable_parameter_count
 from transferkit.strategies.registry import FitOutcome, FitRequest, Strategy, get_strategy, register_strategy
 from transferkit.training.augment import build_augmentation
 from transferkit.training.loop import TrainConfig, train_model

@@ -23,7 +23,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from transferkit.backbones import Preprocessing
 from transferkit.errors import ConfigError
-from transferkit.strategies.freezing import train_mode
+from transferkit.training.freezing import train_mode
 from transferkit.training.inputs import pixels_to_tensor, to_model_input
 from transferkit.training.prefix import Suffix, affordable_views, cache_activations
 from transferkit.training.runtime import Runtime, unwrap
