@@ -120,7 +120,7 @@ def test_feature_strategies_fit_save_and_load(tiny_params, strategy, tmp_path):
     assert clf.plan_.views == 1 and clf.validation_score_ is not None
     assert clf.score(images, labels) > 0.5
     transferkit.save(clf, tmp_path / "model")
-    loaded = transferkit.load(tmp_path / "model")
+    loaded = transferkit.load(tmp_path / "model", precision="fp32")
     np.testing.assert_allclose(loaded.predict_proba(images), clf.predict_proba(images), atol=1e-5)
 
 
@@ -169,7 +169,7 @@ def test_predict_of_a_frozen_backbone_reads_the_feature_cache_and_equals_the_net
     original = features_module.pooled_features
     monkeypatch.setattr(features_module, "pooled_features", lambda model, x: computed.append(len(x)) or original(model, x))
     transferkit.save(clf, tmp_path / "model")
-    loaded = transferkit.load(tmp_path / "model")
+    loaded = transferkit.load(tmp_path / "model", precision="fp32")
     loaded.cache_dir = str(tmp_path)
     np.testing.assert_allclose(loaded.predict_proba(images), network, atol=1e-5)
     assert computed == []  # the loaded model's backbone digest finds the features of the first predict

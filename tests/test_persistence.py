@@ -32,7 +32,7 @@ def test_save_and_load_round_trip_gives_identical_predictions(fitted, tmp_path):
     assert config["preprocessing"]["mean"] and config["transferkit_version"] == transferkit.__version__
     assert config["params"]["strategy"] == "finetune" and config["metrics"] == {"val_accuracy": 0.5}
 
-    loaded = transferkit.load(tmp_path / "model")
+    loaded = transferkit.load(tmp_path / "model", precision="fp32")
     np.testing.assert_allclose(loaded.predict_proba(images), clf.predict_proba(images), rtol=1e-5, atol=1e-6)
     assert list(loaded.classes_) == list(clf.classes_)
 

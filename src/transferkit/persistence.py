@@ -83,8 +83,12 @@ def read_config(path: str | os.PathLike) -> dict[str, Any]:
     return config
 
 
-def load_model(path: str | os.PathLike):
-    """Load a model folder written by :func:`save_model` as a fitted ``ImageClassifier``."""
+def load_model(path: str | os.PathLike, *, device: str = "auto", precision: str = "auto"):
+    """Load a model folder written by :func:`save_model` as a fitted ``ImageClassifier``.
+
+    ``device`` and ``precision`` say where this process predicts; they are not part of the
+    model, so a model fitted on a GPU loads on a CPU-only machine.
+    """
     folder = Path(path)
     config = read_config(folder)
     weights_path = folder / WEIGHTS_NAME
@@ -99,7 +103,7 @@ def load_model(path: str | os.PathLike):
     except Exception as exc:  # noqa: BLE001 - safetensors raises several types for a bad file
         raise ModelFileError(f"cannot read {weights_path}: {exc}") from exc
 
-    classifier = ImageClassifier(**_saved_params(config))
+    classifier = ImageClassifier(**_saved_params(config), device=device, precision=precision)
     model, _ = create_backbone(config["backbone"], num_classes=len(config["classes"]), pretrained=False)
     try:
         model.load_state_dict(state, strict=True)
