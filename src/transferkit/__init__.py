@@ -11,11 +11,15 @@ from transferkit.errors import (  # noqa: E402 - __version__ first: persistence 
     TransferkitError,
 )
 from transferkit.estimator import ImageClassifier  # noqa: E402
+from transferkit.advise.rules import AdviceThresholds  # noqa: E402 - after the estimator: advise/ uses it
+from transferkit.strategies.features import BottleneckFeatures  # noqa: E402
 from transferkit.persistence import load_model as load  # noqa: E402
 from transferkit.persistence import save_model as save  # noqa: E402
 
 __all__ = [
+    "AdviceThresholds",
     "BackboneError",
+    "BottleneckFeatures",
     "ConfigError",
     "DataError",
     "ImageClassifier",
