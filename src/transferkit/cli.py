@@ -16,7 +16,6 @@ import time
 from pathlib import Path
 from typing import Annotated, Any, Iterator, Optional
 
-import click
 import numpy as np
 import typer
 from rich.console import Console
@@ -34,16 +33,16 @@ out = Console(emoji=False)
 err = Console(stderr=True, emoji=False)
 
 
+# Options of the program as a whole, set by the callback before every command.
+_program_options = {"debug": False}
+
+
 @app.callback()
 def _options(
     debug: Annotated[bool, typer.Option("--debug", help="Show the full traceback of an error (for a bug report, with `transferkit info`).")] = False,
 ) -> None:
     """Turn a folder of labelled images into the best classifier a pretrained network allows."""
-
-
-def _debugging() -> bool:
-    context = click.get_current_context(silent=True)
-    return context is not None and bool(context.find_root().params.get("debug"))
+    _program_options["debug"] = debug
 
 
 @contextlib.contextmanager
@@ -51,10 +50,9 @@ def _user_errors() -> Iterator[None]:
     try:
         yield
     except TransferkitError as exc:
-        if _debugging():
+        if _program_options["debug"]:
             raise
         err.print(Text("error: ", style="bold red") + Text(str(exc)))
-        err.print("(rerun with transferkit --debug ... for the traceback)", style="dim", highlight=False)
         raise typer.Exit(1) from None
     except KeyboardInterrupt:
         err.print(Text("interrupted. ", style="bold yellow") + Text("A fit with --out keeps its last checkpoint: rerun with --resume."))

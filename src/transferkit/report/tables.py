@@ -9,7 +9,7 @@ class name or path with brackets in it prints as it is.
 
     Console(width=14).print(fold_table(["backbone"], [["efficientnet_lite0"]]))
 
-prints the name on two lines of the cell (``efficientnet_l`` / ``ite0``), never ``efficientn…``.
+prints the name on two lines of the cell (``efficientn`` / ``et_lite0``), never ``efficientn…``.
 """
 
 from __future__ import annotations
