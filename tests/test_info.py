@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 import os
+import types
 
 import numpy as np
 import pytest
+import torch
 from typer.testing import CliRunner
 
 from conftest import TINY_BACKBONE
@@ -14,6 +16,8 @@ from transferkit.cli import app
 from transferkit.data import find_images
 from transferkit.data.cache_admin import cache_summary
 from transferkit.errors import ModelFileError
+from transferkit.info import cuda_info
+from transferkit.report.tables import info_rows
 from transferkit.strategies.features import BottleneckFeatures
 
 runner = CliRunner()
@@ -101,3 +105,19 @@ def test_debug_shows_the_traceback_of_a_user_error(tmp_path):
     assert result.exit_code == 1 and "no model folder" in result.output and "Traceback" not in result.output
     result = invoke("--debug", "evaluate", tmp_path / "no-model", tmp_path)
     assert result.exit_code == 1 and isinstance(result.exception, ModelFileError)
+
+
+def test_info_describes_cuda_devices(monkeypatch):
+    # No GPU in the test machine: stand in for one, as torch reports it.
+    h100 = types.SimpleNamespace(name="NVIDIA H100 80GB HBM3", total_memory=80 * 2**30, major=9, minor=0)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda index: h100)
+    monkeypatch.setattr(torch.backends.cudnn, "is_available", lambda: True)
+    monkeypatch.setattr(torch.backends.cudnn, "version", lambda: 91002)
+    cuda = cuda_info()
+    assert cuda["devices"] == [{"index": 0, "name": "NVIDIA H100 80GB HBM3", "memory_gib": 80.0, "capability": "9.0", "bf16": True}]
+    report = invoke_json("info")
+    rows = dict(info_rows({**report, "cuda": cuda}))
+    assert rows["cuda:0"] == "NVIDIA H100 80GB HBM3, 80.0 GiB, capability 9.0, bf16 yes"
+    assert rows["cuda"].endswith("(cudnn 91002)")

