@@ -2,7 +2,9 @@
 
 Each command parses options, calls the library, and prints. User errors
 (:class:`~transferkit.errors.TransferkitError`) are caught once, in :func:`_user_errors`, and
-printed without a traceback (exit 1); bad usage exits 2 (click's convention).
+printed without a traceback (exit 1; ``transferkit --debug`` re-raises them with it); bad usage
+exits 2 (click's convention). Every table is a :func:`~transferkit.report.tables.fold_table`,
+so no cell is cut on a narrow terminal.
 """
 
 from __future__ import annotations
