@@ -17,7 +17,10 @@ from transferkit.strategies.freezing import train_mode
 from transferkit.strategies.network import configure_network
 from transferkit.training import loop
 from transferkit.training.augment import AUGMENT_PRESETS, build_augmentation
-from transferkit.training.loop import TrainConfig, build_optimizer, train_model, warmup_cosine
+from transferkit.training.callbacks import CHECKPOINT_NAME, Checkpoint
+from transferkit.training.inputs import TrainData
+from transferkit.training.loop import TrainConfig, train_model
+from transferkit.training.optim import build_optimizer, warmup_cosine
 from transferkit.training.runtime import resolve_runtime
 
 CPU = resolve_runtime("cpu", "fp32")
@@ -48,9 +51,7 @@ def changed(before, after, prefix):
 
 def train(model, head, backbone, preprocessing, epochs=1, **kwargs):
     config = TrainConfig(epochs=epochs, batch_size=6, lr=1e-2, patience=10, **kwargs)
-    return train_model(
-        model, head, backbone, tiny_data(), None, preprocessing=preprocessing, config=config, runtime=CPU, verbose=False
-    )
+    return train_model(model, (head, backbone), TrainData(tiny_data(), None, preprocessing), config=config, runtime=CPU, verbose=False)
 
 
 def test_finetune_freezes_stem_and_first_stages_and_keeps_their_batchnorm_statistics(tiny_weights):
@@ -160,7 +161,7 @@ def test_early_stopping_restores_the_best_weights(tiny_weights, monkeypatch):
     monkeypatch.setattr(loop, "_validate", fake_validate)
     data = tiny_data()
     result = train_model(
-        model, head, backbone, data, data, preprocessing=preprocessing,
+        model, (head, backbone), TrainData(data, data, preprocessing),
         config=TrainConfig(epochs=6, batch_size=6, lr=1e-2, patience=2), runtime=CPU, verbose=False,
     )
     assert result.best_epoch == 2
@@ -178,8 +179,8 @@ def test_resume_after_interruption_gives_the_same_model(tiny_weights, tmp_path, 
         model, preprocessing = tiny_model(tiny_weights)
         head, backbone, _ = configure_network(model, "finetune", freeze_stages=1, backbone_lr_factor=0.1)
         result = train_model(
-            model, head, backbone, data, data, preprocessing=preprocessing, config=config, runtime=CPU,
-            checkpoint_dir=checkpoint_dir, resume=resume, fingerprint={"seed": 0}, verbose=False,
+            model, (head, backbone), TrainData(data, data, preprocessing), config=config, runtime=CPU,
+            callbacks=[Checkpoint(checkpoint_dir, resume=resume, fingerprint={"seed": 0})], verbose=False,
         )
         return model, result
 
@@ -198,7 +199,7 @@ def test_resume_after_interruption_gives_the_same_model(tiny_weights, tmp_path, 
     with pytest.raises(KeyboardInterrupt):
         run(tmp_path / "b")
     monkeypatch.setattr(loop, "_validate", real_validate)
-    state = torch.load(tmp_path / "b" / loop.CHECKPOINT_NAME, weights_only=True)
+    state = torch.load(tmp_path / "b" / CHECKPOINT_NAME, weights_only=True)
     assert state["epoch"] == 2
 
     resumed, result = run(tmp_path / "b", resume=True)
@@ -211,10 +212,11 @@ def test_resume_after_interruption_gives_the_same_model(tiny_weights, tmp_path, 
 def test_resume_with_other_settings_is_refused(tiny_weights, tmp_path):
     model, preprocessing = tiny_model(tiny_weights)
     head, backbone, _ = configure_network(model, "head", freeze_stages=None, backbone_lr_factor=0.1)
-    kwargs = dict(preprocessing=preprocessing, config=TrainConfig(epochs=1, batch_size=6), runtime=CPU, verbose=False)
-    train_model(model, head, backbone, tiny_data(), None, checkpoint_dir=tmp_path, fingerprint={"lr": 1}, **kwargs)
+    kwargs = dict(config=TrainConfig(epochs=1, batch_size=6), runtime=CPU, verbose=False)
+    data = TrainData(tiny_data(), None, preprocessing)
+    train_model(model, (head, backbone), data, callbacks=[Checkpoint(tmp_path, fingerprint={"lr": 1})], **kwargs)
     with pytest.raises(ConfigError, match="different settings \\(lr\\)"):
-        train_model(model, head, backbone, tiny_data(), None, checkpoint_dir=tmp_path, resume=True, fingerprint={"lr": 2}, **kwargs)
+        train_model(model, (head, backbone), data, callbacks=[Checkpoint(tmp_path, resume=True, fingerprint={"lr": 2})], **kwargs)
 
 
 def test_runtime_rejects_unknown_options():
@@ -267,36 +269,34 @@ def test_bf16_autocast_matches_fp32_within_bf16_tolerance(tiny_weights):
 
 
 def test_prefix_then_suffix_equals_the_whole_network(tiny_weights):
-    from transferkit.training.prefix import Suffix, frozen_block_count, prefix_forward
+    from transferkit.backbones import Suffix, frozen_prefix_depth, prefix_forward
 
     model, _ = tiny_model(tiny_weights)
     x = torch.randn(2, 3, 32, 32)
     for strategy, freeze in (("finetune", 1), ("finetune", 2), ("head", None)):
         _, _, plan = configure_network(model, strategy, freeze_stages=freeze, backbone_lr_factor=0.1)
-        start = frozen_block_count(model, plan.frozen_stages)
+        start = frozen_prefix_depth(model)
         assert start == (freeze if freeze else -1)
         model.eval()
         with torch.no_grad():
             torch.testing.assert_close(Suffix(model, start)(prefix_forward(model, x, start)), model(x))
-    _, _, plan = configure_network(tiny_model(tiny_weights)[0], "full", freeze_stages=None, backbone_lr_factor=0.1)
-    assert frozen_block_count(model, plan.frozen_stages) is None
+    model = tiny_model(tiny_weights)[0]
+    configure_network(model, "full", freeze_stages=None, backbone_lr_factor=0.1)
+    assert frozen_prefix_depth(model) is None
 
 
 @pytest.mark.parametrize("strategy,freeze", [("finetune", 2), ("head", None)])
 def test_training_on_cached_prefix_matches_the_plain_loop_without_augmentation(tiny_weights, strategy, freeze):
     """Same data, no augmentation: the cached-prefix loop computes the same updates."""
-    from transferkit.training.prefix import frozen_block_count
-
     results = []
     for views in (0, 1):
         torch.manual_seed(0)  # the same new head for both runs
         model, preprocessing = tiny_model(tiny_weights)
-        head, backbone, plan = configure_network(model, strategy, freeze_stages=freeze, backbone_lr_factor=0.1)
+        head, backbone, _ = configure_network(model, strategy, freeze_stages=freeze, backbone_lr_factor=0.1)
         config = TrainConfig(epochs=2, batch_size=6, lr=1e-2, patience=10, prefix_views=views)
         data = tiny_data()
         result = train_model(
-            model, head, backbone, data, data, preprocessing=preprocessing, config=config, runtime=CPU,
-            prefix_start=frozen_block_count(model, plan.frozen_stages), verbose=False,
+            model, (head, backbone), TrainData(data, data, preprocessing), config=config, runtime=CPU, verbose=False,
         )
         results.append((snapshot(model), [r.val_loss for r in result.history]))
     (plain, plain_losses), (cached, cached_losses) = results
@@ -312,7 +312,7 @@ def test_training_on_cached_prefix_matches_the_plain_loop_without_augmentation(t
 
 
 def test_cached_prefix_gives_the_same_gradients(tiny_weights):
-    from transferkit.training.prefix import Suffix, prefix_forward
+    from transferkit.backbones import Suffix, prefix_forward
 
     model, preprocessing = tiny_model(tiny_weights)
     configure_network(model, "finetune", freeze_stages=2, backbone_lr_factor=0.1)

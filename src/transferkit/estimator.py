@@ -26,9 +26,9 @@ from transferkit.strategies.features import FeatureExtractor
 from transferkit.strategies.linear import FEATURE_STRATEGIES, fit_linear_classifier, fold_into_head
 from transferkit.strategies.network import NETWORK_STRATEGIES, configure_network, uses_pretrained_weights
 from transferkit.training.augment import AUGMENT_PRESETS, build_augmentation
-from transferkit.training.inputs import predict_logits
+from transferkit.training.callbacks import Checkpoint
+from transferkit.training.inputs import TrainData, predict_logits
 from transferkit.training.loop import TrainConfig, train_model
-from transferkit.training.prefix import frozen_block_count
 from transferkit.training.runtime import resolve_runtime
 
 Strategy = Literal["auto", "svm", "logistic", "head", "finetune", "full", "scratch"]
@@ -282,25 +282,18 @@ class ImageClassifier(ClassifierMixin, BaseEstimator):
         )
         # Sort the indices so a memmap is read in order; the loader shuffles anyway.
         train_idx, val_idx = np.sort(train_idx), np.sort(val_idx)
-        train_data = (pixels[train_idx], targets[train_idx])
-        val_data = (pixels[val_idx], targets[val_idx]) if len(val_idx) else None
-        result = train_model(
-            model,
-            head,
-            backbone,
-            train_data,
-            val_data,
+        data = TrainData(
+            train=(pixels[train_idx], targets[train_idx]),
+            val=(pixels[val_idx], targets[val_idx]) if len(val_idx) else None,
             preprocessing=preprocessing,
-            config=config,
-            runtime=runtime,
             augment=build_augmentation(self.augment),
             class_weights=class_weights,
-            checkpoint_dir=self.checkpoint_dir,
-            resume=self.resume,
-            fingerprint=self._fingerprint(len(targets), classes),
-            prefix_start=frozen_block_count(model, plan.frozen_stages),
             pooled_features=self._shared_features(settings["strategy"], runtime),
-            verbose=self.verbose,
+        )
+        checkpoint = Checkpoint(self.checkpoint_dir, resume=self.resume, fingerprint=self._fingerprint(len(targets), classes))
+        result = train_model(
+            model, (head, backbone), data, config=config, runtime=runtime,
+            callbacks=[checkpoint] if self.checkpoint_dir else [], verbose=self.verbose,
         )
         return model, preprocessing, result.to_dict(), plan
 
