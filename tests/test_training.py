@@ -341,3 +341,96 @@ def test_prefix_views_cycle_through_augmented_copies(tiny_weights):
         model, 1, pixels, preprocessing=preprocessing, runtime=CPU, augment=build_augmentation("strong"), views=3, seed=0
     )
     assert all(torch.equal(a, b) for a, b in zip(views, again))
+
+
+def test_no_weight_decay_on_biases_and_normalisation_weights(tiny_weights):
+    model, _ = tiny_model(tiny_weights)
+    head, backbone, _ = configure_network(model, "finetune", freeze_stages=1, backbone_lr_factor=0.1)
+    optimizer = build_optimizer(head, backbone, TrainConfig(lr=0.02, backbone_lr_factor=0.1, weight_decay=0.05))
+    groups = {(g["name"], g["weight_decay"]): g for g in optimizer.param_groups}
+    assert set(groups) == {("head", 0.05), ("head", 0.0), ("backbone", 0.05), ("backbone", 0.0)}
+    names = {id(p): name for name, p in model.named_parameters()}
+    no_decay = {names[id(p)] for g in optimizer.param_groups if g["weight_decay"] == 0.0 for p in g["params"]}
+    decay = {names[id(p)] for g in optimizer.param_groups if g["weight_decay"] > 0 for p in g["params"]}
+    assert "classifier.bias" in no_decay and "classifier.weight" in decay
+    assert "bn2.weight" in no_decay and "bn2.bias" in no_decay and "conv_head.weight" in decay
+    assert all(p.ndim <= 1 for g in optimizer.param_groups if g["weight_decay"] == 0.0 for p in g["params"])
+    assert all(p.ndim > 1 for g in optimizer.param_groups if g["weight_decay"] > 0 for p in g["params"])
+    trainable = {name for name, p in model.named_parameters() if p.requires_grad}
+    assert decay | no_decay == trainable and not decay & no_decay
+
+
+def test_early_stopping_callback_keeps_the_best_weights_and_sets_stop():
+    from transferkit.training.callbacks import EarlyStopping, TrainState
+    from transferkit.training.history import EpochRecord, TrainResult
+
+    model = nn.Linear(2, 2)
+    state = TrainState(model=model, optimizer=None, scheduler=None, scaler=None, runtime=CPU, console=None, callbacks=[])
+    stopping = EarlyStopping(patience=2)
+    stopping.on_train_start(state)
+    stops = []
+    for epoch, val_loss in enumerate([1.0, 0.4, 0.6, 0.5], start=1):
+        with torch.no_grad():
+            model.weight.fill_(epoch)
+        state.result.history.append(EpochRecord(epoch, 0.0, 0.0, val_loss, 0.5, 0.1, 1.0, 1.0))
+        stopping.on_epoch_end(state)
+        stops.append(state.stop)
+    assert stops == [False, False, False, True] and state.result.best_epoch == 2
+    stopping.on_train_end(state)
+    assert torch.all(model.weight == 2)
+    # Nothing held out: every epoch is the best and the last weights stay.
+    state.result = TrainResult()
+    stopping.on_train_start(state)
+    with torch.no_grad():
+        model.weight.fill_(5)
+    state.result.history.append(EpochRecord(1, 0.5, 0.5, None, None, 0.1, 1.0, 1.0))
+    stopping.on_epoch_end(state)
+    stopping.on_train_end(state)
+    assert state.result.best_epoch == 1 and torch.all(model.weight == 5)
+
+
+def test_checkpoint_resume_restores_the_early_stopping_state(tiny_weights, tmp_path, monkeypatch):
+    """A run stopped early is resumed as stopped, with its best epoch and best weights."""
+    model, preprocessing = tiny_model(tiny_weights)
+    head, backbone, _ = configure_network(model, "head", freeze_stages=None, backbone_lr_factor=0.1)
+    losses = iter([1.0, 0.5, 0.7, 0.8])
+    monkeypatch.setattr(loop, "_validate", lambda *args: (next(losses), 0.5))
+    data = TrainData(tiny_data(), tiny_data(), preprocessing)
+    config = TrainConfig(epochs=6, batch_size=6, patience=2)
+    first = train_model(model, (head, backbone), data, config=config, runtime=CPU, callbacks=[Checkpoint(tmp_path)], verbose=False)
+    best = snapshot(model)
+    assert first.best_epoch == 2 and len(first.history) == 4
+
+    again, _ = tiny_model(tiny_weights)
+    head, backbone, _ = configure_network(again, "head", freeze_stages=None, backbone_lr_factor=0.1)
+    resumed = train_model(
+        again, (head, backbone), data, config=config, runtime=CPU, callbacks=[Checkpoint(tmp_path, resume=True)], verbose=False
+    )
+    assert resumed.resumed_from_epoch == 4 and resumed.best_epoch == 2 and len(resumed.history) == 4
+    assert all(torch.equal(best[k], v) for k, v in snapshot(again).items())
+
+
+def test_runtime_decides_the_grad_scaler_and_inference_never_wraps_in_ddp():
+    assert CPU.grad_scaler().is_enabled() is False
+    distributed = resolve_runtime("cpu", "fp32").__class__(device=torch.device("cpu"), world_size=2)
+    model = nn.Linear(2, 2)
+    assert distributed.prepare_model(model) is model  # no DDP wrapper, and no collective started
+    assert distributed.prepare_model(model, train=False) is model
+
+
+def test_training_never_names_the_layers_of_a_particular_backbone():
+    """Architecture-specific surgery lives in backbones/; training/ asks it."""
+    import re
+    from pathlib import Path
+
+    import transferkit.training
+
+    folder = Path(transferkit.training.__file__).parent
+    pattern = re.compile(r"\b(blocks|bn1|bn2|conv_head|conv_stem|global_pool)\b|timm\.models")
+    found = {
+        f"{path.name}:{number}": line.strip()
+        for path in sorted(folder.glob("*.py"))
+        for number, line in enumerate(path.read_text().splitlines(), start=1)
+        if pattern.search(line)
+    }
+    assert found == {}
