@@ -15,8 +15,7 @@ import time
 import torch
 
 from common import fmt, write_json
-from transferkit.backbones import create_backbone
-from transferkit.training.prefix import Suffix, prefix_forward
+from transferkit.backbones import Suffix, create_backbone, prefix_forward
 from transferkit.training.runtime import resolve_runtime
 
 

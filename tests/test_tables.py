@@ -11,7 +11,7 @@ from rich.console import Console
 from rich.table import Table
 from typer.testing import CliRunner
 
-from transferkit.advise.race import Race
+from transferkit.evaluation.race import Race
 from transferkit.advise.rules import Recommendation
 from transferkit.cli import app
 from transferkit.data.cache_admin import cache_summary

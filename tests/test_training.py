@@ -17,7 +17,10 @@ from transferkit.training.freezing import train_mode
 from transferkit.strategies.network import configure_network
 from transferkit.training import loop
 from transferkit.training.augment import AUGMENT_PRESETS, build_augmentation
-from transferkit.training.loop import TrainConfig, build_optimizer, train_model, warmup_cosine
+from transferkit.training.callbacks import CHECKPOINT_NAME, Checkpoint
+from transferkit.training.inputs import TrainData
+from transferkit.training.loop import TrainConfig, train_model
+from transferkit.training.optim import build_optimizer, warmup_cosine
 from transferkit.training.runtime import resolve_runtime
 
 CPU = resolve_runtime("cpu", "fp32")
@@ -48,9 +51,7 @@ def changed(before, after, prefix):
 
 def train(model, head, backbone, preprocessing, epochs=1, **kwargs):
     config = TrainConfig(epochs=epochs, batch_size=6, lr=1e-2, patience=10, **kwargs)
-    return train_model(
-        model, head, backbone, tiny_data(), None, preprocessing=preprocessing, config=config, runtime=CPU, verbose=False
-    )
+    return train_model(model, (head, backbone), TrainData(tiny_data(), None, preprocessing), config=config, runtime=CPU, verbose=False)
 
 
 def test_finetune_freezes_stem_and_first_stages_and_keeps_their_batchnorm_statistics(tiny_weights):
@@ -160,7 +161,7 @@ def test_early_stopping_restores_the_best_weights(tiny_weights, monkeypatch):
     monkeypatch.setattr(loop, "_validate", fake_validate)
     data = tiny_data()
     result = train_model(
-        model, head, backbone, data, data, preprocessing=preprocessing,
+        model, (head, backbone), TrainData(data, data, preprocessing),
         config=TrainConfig(epochs=6, batch_size=6, lr=1e-2, patience=2), runtime=CPU, verbose=False,
     )
     assert result.best_epoch == 2
@@ -178,8 +179,8 @@ def test_resume_after_interruption_gives_the_same_model(tiny_weights, tmp_path, 
         model, preprocessing = tiny_model(tiny_weights)
         head, backbone, _ = configure_network(model, "finetune", freeze_stages=1, backbone_lr_factor=0.1)
         result = train_model(
-            model, head, backbone, data, data, preprocessing=preprocessing, config=config, runtime=CPU,
-            checkpoint_dir=checkpoint_dir, resume=resume, fingerprint={"seed": 0}, verbose=False,
+            model, (head, backbone), TrainData(data, data, preprocessing), config=config, runtime=CPU,
+            callbacks=[Checkpoint(checkpoint_dir, resume=resume, fingerprint={"seed": 0})], verbose=False,
         )
         return model, result
 
@@ -198,7 +199,7 @@ def test_resume_after_interruption_gives_the_same_model(tiny_weights, tmp_path, 
     with pytest.raises(KeyboardInterrupt):
         run(tmp_path / "b")
     monkeypatch.setattr(loop, "_validate", real_validate)
-    state = torch.load(tmp_path / "b" / loop.CHECKPOINT_NAME, weights_only=True)
+    state = torch.load(tmp_path / "b" / CHECKPOINT_NAME, weights_only=True)
     assert state["epoch"] == 2
 
     resumed, result = run(tmp_path / "b", resume=True)
@@ -211,10 +212,11 @@ def test_resume_after_interruption_gives_the_same_model(tiny_weights, tmp_path, 
 def test_resume_with_other_settings_is_refused(tiny_weights, tmp_path):
     model, preprocessing = tiny_model(tiny_weights)
     head, backbone, _ = configure_network(model, "head", freeze_stages=None, backbone_lr_factor=0.1)
-    kwargs = dict(preprocessing=preprocessing, config=TrainConfig(epochs=1, batch_size=6), runtime=CPU, verbose=False)
-    train_model(model, head, backbone, tiny_data(), None, checkpoint_dir=tmp_path, fingerprint={"lr": 1}, **kwargs)
+    kwargs = dict(config=TrainConfig(epochs=1, batch_size=6), runtime=CPU, verbose=False)
+    data = TrainData(tiny_data(), None, preprocessing)
+    train_model(model, (head, backbone), data, callbacks=[Checkpoint(tmp_path, fingerprint={"lr": 1})], **kwargs)
     with pytest.raises(ConfigError, match="different settings \\(lr\\)"):
-        train_model(model, head, backbone, tiny_data(), None, checkpoint_dir=tmp_path, resume=True, fingerprint={"lr": 2}, **kwargs)
+        train_model(model, (head, backbone), data, callbacks=[Checkpoint(tmp_path, resume=True, fingerprint={"lr": 2})], **kwargs)
 
 
 def test_runtime_rejects_unknown_options():
@@ -294,36 +296,34 @@ def test_bf16_autocast_matches_fp32_within_bf16_tolerance(tiny_weights):
 
 
 def test_prefix_then_suffix_equals_the_whole_network(tiny_weights):
-    from transferkit.training.prefix import Suffix, frozen_block_count, prefix_forward
+    from transferkit.backbones import Suffix, frozen_prefix_depth, prefix_forward
 
     model, _ = tiny_model(tiny_weights)
     x = torch.randn(2, 3, 32, 32)
     for strategy, freeze in (("finetune", 1), ("finetune", 2), ("head", None)):
         _, _, plan = configure_network(model, strategy, freeze_stages=freeze, backbone_lr_factor=0.1)
-        start = frozen_block_count(model, plan.frozen_stages)
+        start = frozen_prefix_depth(model)
         assert start == (freeze if freeze else -1)
         model.eval()
         with torch.no_grad():
             torch.testing.assert_close(Suffix(model, start)(prefix_forward(model, x, start)), model(x))
-    _, _, plan = configure_network(tiny_model(tiny_weights)[0], "full", freeze_stages=None, backbone_lr_factor=0.1)
-    assert frozen_block_count(model, plan.frozen_stages) is None
+    model = tiny_model(tiny_weights)[0]
+    configure_network(model, "full", freeze_stages=None, backbone_lr_factor=0.1)
+    assert frozen_prefix_depth(model) is None
 
 
 @pytest.mark.parametrize("strategy,freeze", [("finetune", 2), ("head", None)])
 def test_training_on_cached_prefix_matches_the_plain_loop_without_augmentation(tiny_weights, strategy, freeze):
     """Same data, no augmentation: the cached-prefix loop computes the same updates."""
-    from transferkit.training.prefix import frozen_block_count
-
     results = []
     for views in (0, 1):
         torch.manual_seed(0)  # the same new head for both runs
         model, preprocessing = tiny_model(tiny_weights)
-        head, backbone, plan = configure_network(model, strategy, freeze_stages=freeze, backbone_lr_factor=0.1)
+        head, backbone, _ = configure_network(model, strategy, freeze_stages=freeze, backbone_lr_factor=0.1)
         config = TrainConfig(epochs=2, batch_size=6, lr=1e-2, patience=10, prefix_views=views)
         data = tiny_data()
         result = train_model(
-            model, head, backbone, data, data, preprocessing=preprocessing, config=config, runtime=CPU,
-            prefix_start=frozen_block_count(model, plan.frozen_stages), verbose=False,
+            model, (head, backbone), TrainData(data, data, preprocessing), config=config, runtime=CPU, verbose=False,
         )
         results.append((snapshot(model), [r.val_loss for r in result.history]))
     (plain, plain_losses), (cached, cached_losses) = results
@@ -339,7 +339,7 @@ def test_training_on_cached_prefix_matches_the_plain_loop_without_augmentation(t
 
 
 def test_cached_prefix_gives_the_same_gradients(tiny_weights):
-    from transferkit.training.prefix import Suffix, prefix_forward
+    from transferkit.backbones import Suffix, prefix_forward
 
     model, preprocessing = tiny_model(tiny_weights)
     configure_network(model, "finetune", freeze_stages=2, backbone_lr_factor=0.1)
@@ -368,3 +368,96 @@ def test_prefix_views_cycle_through_augmented_copies(tiny_weights):
         model, 1, pixels, preprocessing=preprocessing, runtime=CPU, augment=build_augmentation("strong"), views=3, seed=0
     )
     assert all(torch.equal(a, b) for a, b in zip(views, again))
+
+
+def test_no_weight_decay_on_biases_and_normalisation_weights(tiny_weights):
+    model, _ = tiny_model(tiny_weights)
+    head, backbone, _ = configure_network(model, "finetune", freeze_stages=1, backbone_lr_factor=0.1)
+    optimizer = build_optimizer(head, backbone, TrainConfig(lr=0.02, backbone_lr_factor=0.1, weight_decay=0.05))
+    groups = {(g["name"], g["weight_decay"]): g for g in optimizer.param_groups}
+    assert set(groups) == {("head", 0.05), ("head", 0.0), ("backbone", 0.05), ("backbone", 0.0)}
+    names = {id(p): name for name, p in model.named_parameters()}
+    no_decay = {names[id(p)] for g in optimizer.param_groups if g["weight_decay"] == 0.0 for p in g["params"]}
+    decay = {names[id(p)] for g in optimizer.param_groups if g["weight_decay"] > 0 for p in g["params"]}
+    assert "classifier.bias" in no_decay and "classifier.weight" in decay
+    assert "bn2.weight" in no_decay and "bn2.bias" in no_decay and "conv_head.weight" in decay
+    assert all(p.ndim <= 1 for g in optimizer.param_groups if g["weight_decay"] == 0.0 for p in g["params"])
+    assert all(p.ndim > 1 for g in optimizer.param_groups if g["weight_decay"] > 0 for p in g["params"])
+    trainable = {name for name, p in model.named_parameters() if p.requires_grad}
+    assert decay | no_decay == trainable and not decay & no_decay
+
+
+def test_early_stopping_callback_keeps_the_best_weights_and_sets_stop():
+    from transferkit.training.callbacks import EarlyStopping, TrainState
+    from transferkit.training.history import EpochRecord, TrainResult
+
+    model = nn.Linear(2, 2)
+    state = TrainState(model=model, optimizer=None, scheduler=None, scaler=None, runtime=CPU, console=None, callbacks=[])
+    stopping = EarlyStopping(patience=2)
+    stopping.on_train_start(state)
+    stops = []
+    for epoch, val_loss in enumerate([1.0, 0.4, 0.6, 0.5], start=1):
+        with torch.no_grad():
+            model.weight.fill_(epoch)
+        state.result.history.append(EpochRecord(epoch, 0.0, 0.0, val_loss, 0.5, 0.1, 1.0, 1.0))
+        stopping.on_epoch_end(state)
+        stops.append(state.stop)
+    assert stops == [False, False, False, True] and state.result.best_epoch == 2
+    stopping.on_train_end(state)
+    assert torch.all(model.weight == 2)
+    # Nothing held out: every epoch is the best and the last weights stay.
+    state.result = TrainResult()
+    stopping.on_train_start(state)
+    with torch.no_grad():
+        model.weight.fill_(5)
+    state.result.history.append(EpochRecord(1, 0.5, 0.5, None, None, 0.1, 1.0, 1.0))
+    stopping.on_epoch_end(state)
+    stopping.on_train_end(state)
+    assert state.result.best_epoch == 1 and torch.all(model.weight == 5)
+
+
+def test_checkpoint_resume_restores_the_early_stopping_state(tiny_weights, tmp_path, monkeypatch):
+    """A run stopped early is resumed as stopped, with its best epoch and best weights."""
+    model, preprocessing = tiny_model(tiny_weights)
+    head, backbone, _ = configure_network(model, "head", freeze_stages=None, backbone_lr_factor=0.1)
+    losses = iter([1.0, 0.5, 0.7, 0.8])
+    monkeypatch.setattr(loop, "_validate", lambda *args: (next(losses), 0.5))
+    data = TrainData(tiny_data(), tiny_data(), preprocessing)
+    config = TrainConfig(epochs=6, batch_size=6, patience=2)
+    first = train_model(model, (head, backbone), data, config=config, runtime=CPU, callbacks=[Checkpoint(tmp_path)], verbose=False)
+    best = snapshot(model)
+    assert first.best_epoch == 2 and len(first.history) == 4
+
+    again, _ = tiny_model(tiny_weights)
+    head, backbone, _ = configure_network(again, "head", freeze_stages=None, backbone_lr_factor=0.1)
+    resumed = train_model(
+        again, (head, backbone), data, config=config, runtime=CPU, callbacks=[Checkpoint(tmp_path, resume=True)], verbose=False
+    )
+    assert resumed.resumed_from_epoch == 4 and resumed.best_epoch == 2 and len(resumed.history) == 4
+    assert all(torch.equal(best[k], v) for k, v in snapshot(again).items())
+
+
+def test_runtime_decides_the_grad_scaler_and_inference_never_wraps_in_ddp():
+    assert CPU.grad_scaler().is_enabled() is False
+    distributed = resolve_runtime("cpu", "fp32").__class__(device=torch.device("cpu"), world_size=2)
+    model = nn.Linear(2, 2)
+    assert distributed.prepare_model(model) is model  # no DDP wrapper, and no collective started
+    assert distributed.prepare_model(model, train=False) is model
+
+
+def test_training_never_names_the_layers_of_a_particular_backbone():
+    """Architecture-specific surgery lives in backbones/; training/ asks it."""
+    import re
+    from pathlib import Path
+
+    import transferkit.training
+
+    folder = Path(transferkit.training.__file__).parent
+    pattern = re.compile(r"\b(blocks|bn1|bn2|conv_head|conv_stem|global_pool)\b|timm\.models")
+    found = {
+        f"{path.name}:{number}": line.strip()
+        for path in sorted(folder.glob("*.py"))
+        for number, line in enumerate(path.read_text().splitlines(), start=1)
+        if pattern.search(line)
+    }
+    assert found == {}

@@ -299,8 +299,6 @@ class ImageClassifier(ClassifierMixin, BaseEstimator):
         self._check_fitted()
         pixels = load_pixels(X, self.image_size_, cache_dir=self.cache_dir, progress=self.verbose)
         runtime = resolve_runtime(self.device, self.precision)
-        # Inference only: no parameter needs a gradient, so the runtime never wraps it in DDP.
-        self.model_.requires_grad_(False)
         strategy = self.settings_.get("strategy")
         if strategy in list_strategies() and get_strategy(strategy).frozen_backbone:
             # The backbone is the pretrained one: its features may already sit in the cache.

@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-import transferkit
+from transferkit._version import __version__
 from transferkit.backbones import backbone_stages, create_backbone, list_backbones, weights_available
 from transferkit.data.cache_admin import cache_summary
 from transferkit.training.runtime import ALLOCATOR_ENV, cpu_supports_bf16
@@ -47,8 +47,8 @@ def system_info(cache_dir: str | os.PathLike | None = None) -> dict[str, Any]:
         ``threads``, ``bf16_native``, ``allocator``, ``cuda``, ``cache``, ``weights``.
     """
     return {
-        "transferkit": transferkit.__version__,
-        "location": str(Path(transferkit.__file__).parent),
+        "transferkit": __version__,
+        "location": str(Path(__file__).resolve().parent),
         "python": platform.python_version(),
         "platform": platform.platform(),
         "packages": package_versions(),

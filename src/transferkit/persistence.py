@@ -24,6 +24,7 @@ from transferkit._version import __version__
 from transferkit.backbones import Preprocessing, create_backbone
 from transferkit.errors import ModelFileError
 from transferkit.estimator import RUNTIME_PARAMS, ImageClassifier
+from transferkit.training.runtime import is_main_process
 
 WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "config.json"
@@ -31,9 +32,15 @@ FORMAT_VERSION = 1
 
 
 def save_model(classifier, out_dir: str | os.PathLike, *, metrics: dict[str, Any] | None = None) -> Path:
-    """Write a fitted :class:`~transferkit.ImageClassifier` to ``out_dir`` (created if needed)."""
+    """Write a fitted :class:`~transferkit.ImageClassifier` to ``out_dir`` (created if needed).
+
+    Under torchrun only rank 0 writes; every process trained the same model, and the others
+    return the path without touching the disk (they do not wait for rank 0 to finish).
+    """
     classifier._check_fitted()
     out = Path(out_dir)
+    if not is_main_process():
+        return out
     out.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().contiguous() for k, v in classifier.model_.state_dict().items()}
     weights_path = out / WEIGHTS_NAME

@@ -16,18 +16,21 @@ from transferkit.backbones.registry import (
     weights_available,
 )
 from transferkit.backbones.spec import BackboneSpec, Preprocessing, WeightsSource
-from transferkit.backbones.stages import backbone_stages
+from transferkit.backbones.stages import Suffix, backbone_stages, frozen_prefix_depth, prefix_forward
 
 __all__ = [
     "DEFAULT_BACKBONE",
     "BackboneSpec",
     "Preprocessing",
+    "Suffix",
     "WeightsSource",
     "backbone_stages",
     "create_backbone",
     "feature_dim",
+    "frozen_prefix_depth",
     "get_backbone_spec",
     "list_backbones",
+    "prefix_forward",
     "register_backbone",
     "weights_available",
 ]

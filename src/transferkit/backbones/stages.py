@@ -5,6 +5,11 @@ timm's layer-wise learning-rate decay uses), so any timm model works without a t
 architecture. timm folds trailing layers marked "belongs to the previous group" (EfficientNet's
 ``conv_head``/``bn2``, a ViT's final ``norm``) into the last block group; here they become
 the ``neck``, together with any layer timm leaves unmatched that is not the classifier.
+
+Splitting a network at a stage boundary (:func:`frozen_prefix_depth`, :func:`prefix_forward`,
+:class:`Suffix`, used by the frozen-prefix cache of :mod:`transferkit.training.prefix`) needs
+its forward pass, so it is the one architecture-specific part: timm's EfficientNet family
+(EfficientNet-Lite included). Other models report "cannot split" and train the plain way.
 """
 
 from __future__ import annotations
@@ -14,6 +19,8 @@ import re
 from collections import defaultdict
 from collections.abc import Callable
 
+import torch
+from timm.models.efficientnet import EfficientNet
 from torch import nn
 
 from transferkit.backbones.weights import classifier_prefixes
@@ -173,3 +180,58 @@ def _whole_modules(model: nn.Module, labels: dict[str, str]) -> dict[str, list[n
 def _has_ancestor_in(name: str, names: set[str]) -> bool:
     parts = name.split(".")
     return any(".".join(parts[:depth]) in names for depth in range(1, len(parts)))
+
+
+# ---------------------------------------------------------------- splitting at a stage boundary
+
+
+def frozen_prefix_depth(model: nn.Module) -> int | None:
+    """How many block stages the frozen prefix of ``model`` covers, read from ``requires_grad``.
+
+    The prefix is the stem and the block stages after it that train no parameter. Returns
+    ``-1`` when every stage (neck included) is frozen, so only the head trains; None when
+    the model cannot be split (not an EfficientNet, or its stem trains).
+    """
+    if not isinstance(model, EfficientNet):
+        return None
+    depth = 0
+    for name, modules in backbone_stages(model):
+        if any(p.requires_grad for module in modules for p in module.parameters()):
+            return depth if name != "stem" else None
+        if name.startswith("stage"):
+            depth += 1
+    return -1
+
+
+@torch.no_grad()
+def prefix_forward(model: nn.Module, x: torch.Tensor, depth: int) -> torch.Tensor:
+    """The activations after the stem and ``depth`` block stages (``-1``: pooled features)."""
+    x = model.bn1(model.conv_stem(x))
+    if depth < 0:
+        return model.global_pool(model.bn2(model.conv_head(model.blocks(x))))
+    for block in model.blocks[:depth]:
+        x = block(x)
+    return x
+
+
+class Suffix(nn.Module):
+    """The rest of ``model`` after :func:`prefix_forward` (``depth=-1``: the head alone).
+
+    ``Suffix(model, d)(prefix_forward(model, x, d)) == model(x)``; the parameters are shared.
+    """
+
+    def __init__(self, model: nn.Module, depth: int):
+        super().__init__()
+        self.model = model
+        self.depth = depth
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        model = self.model
+        if self.depth >= 0:
+            for block in model.blocks[self.depth :]:
+                x = block(x)
+            return model.forward_head(model.bn2(model.conv_head(x)))
+        # x are pooled features: forward_head's pooling would be the identity on them.
+        if model.drop_rate > 0.0:
+            x = nn.functional.dropout(x, p=model.drop_rate, training=self.training)
+        return model.get_classifier()(x)

@@ -20,7 +20,7 @@ from rich.table import Table
 from rich.text import Text
 
 if TYPE_CHECKING:
-    from transferkit.advise.race import Race
+    from transferkit.evaluation.race import Race
     from transferkit.advise.rules import Recommendation
     from transferkit.data.cache_admin import CacheSummary
     from transferkit.evaluation.compare import Comparison

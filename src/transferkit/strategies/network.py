@@ -30,8 +30,9 @@ from transferkit.strategies.features import FeatureExtractor
 from transferkit.training.freezing import freeze, trainable_parameter_count
 from transferkit.strategies.registry import FitOutcome, FitRequest, Strategy, get_strategy, register_strategy
 from transferkit.training.augment import build_augmentation
+from transferkit.training.callbacks import Checkpoint
+from transferkit.training.inputs import TrainData
 from transferkit.training.loop import TrainConfig, train_model
-from transferkit.training.prefix import frozen_block_count
 
 DEFAULT_FREEZE = 3
 """Stages frozen by ``finetune`` unless the user or the advisor says otherwise (see docs/ARCHITECTURE.md)."""
@@ -90,15 +91,18 @@ class NetworkStrategy(Strategy):
             label_smoothing=params["label_smoothing"], seed=params["seed"], prefix_views=params["prefix_views"],
         )
         pixels = request.pixels
-        val_data = (pixels[val_idx], targets[val_idx]) if len(val_idx) else None
-        result = train_model(
-            model, head, backbone, (pixels[train_idx], targets[train_idx]), val_data,
-            preprocessing=preprocessing, config=config, runtime=request.runtime,
-            augment=build_augmentation(params["augment"]), class_weights=class_weights,
-            checkpoint_dir=params["checkpoint_dir"], resume=params["resume"], fingerprint=request.fingerprint,
-            prefix_start=frozen_block_count(model, plan.frozen_stages),
-            pooled_features=self.shared_features(request), verbose=params["verbose"],
+        data = TrainData(
+            train=(pixels[train_idx], targets[train_idx]),
+            val=(pixels[val_idx], targets[val_idx]) if len(val_idx) else None,
+            preprocessing=preprocessing,
+            augment=build_augmentation(params["augment"]),
+            class_weights=class_weights,
+            pooled_features=self.shared_features(request),
         )
+        callbacks = []
+        if params["checkpoint_dir"]:
+            callbacks.append(Checkpoint(params["checkpoint_dir"], resume=params["resume"], fingerprint=request.fingerprint))
+        result = train_model(model, (head, backbone), data, config=config, runtime=request.runtime, callbacks=callbacks, verbose=params["verbose"])
         return FitOutcome(model=model, preprocessing=preprocessing, history=result.to_dict(), plan=plan)
 
     def shared_features(self, request: FitRequest):

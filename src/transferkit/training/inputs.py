@@ -1,13 +1,17 @@
-"""From cached uint8 pixels to the float tensors a backbone expects, and batched inference."""
+"""From cached uint8 pixels to the float tensors a backbone expects: a training dataset, and batched inference."""
 
 from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 import torch
 from torch import nn
+from torch.utils.data import Dataset
 
 from transferkit.backbones import Preprocessing
-from transferkit.training.runtime import Runtime
+from transferkit.training.runtime import Runtime, unwrap
 
 
 def to_model_input(images: torch.Tensor, preprocessing: Preprocessing, runtime: Runtime) -> torch.Tensor:
@@ -26,6 +30,67 @@ def pixels_to_tensor(pixels: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.array(pixels, dtype=np.uint8, copy=True)).permute(0, 3, 1, 2)
 
 
+@dataclass(frozen=True)
+class TrainData:
+    """The images a run trains and validates on, and how to read them.
+
+    ``train`` and ``val`` are uint8 (N, H, W, 3) pixels with integer targets; ``val=None``
+    trains for every epoch and keeps the last weights. ``augment`` is applied to training
+    images only. ``class_weights`` weight the loss per class. ``pooled_features`` (``head``
+    with cached views) maps uint8 pixels to pooled features, e.g. a cached ``FeatureExtractor``.
+    """
+
+    train: tuple[np.ndarray, np.ndarray]
+    val: tuple[np.ndarray, np.ndarray] | None
+    preprocessing: Preprocessing
+    augment: Callable | None = None
+    class_weights: torch.Tensor | None = None
+    pooled_features: Callable[[np.ndarray], np.ndarray] | None = None
+
+
+@dataclass
+class LoopInputs:
+    """What the loop iterates over: a training set (with ``set_epoch``), the validation inputs,
+    the module that trains, and the function that takes a batch to the device."""
+
+    train_set: Dataset
+    val_inputs: np.ndarray | torch.Tensor | None
+    net: nn.Module
+    prepare: Callable[[torch.Tensor], torch.Tensor]
+    prefix_seconds: float = 0.0
+
+
+def pixel_inputs(model: nn.Module, data: TrainData, runtime: Runtime) -> LoopInputs:
+    """The plain loop's inputs: augmented pixels through the whole ``model``."""
+    return LoopInputs(
+        train_set=PixelDataset(data.train[0], data.train[1], data.augment),
+        val_inputs=data.val[0] if data.val is not None else None,
+        net=model,
+        prepare=lambda batch: to_model_input(batch, data.preprocessing, runtime),
+    )
+
+
+class PixelDataset(Dataset):
+    """uint8 (N, H, W, C) pixels + integer targets; augments each sample on its own."""
+
+    def __init__(self, pixels: np.ndarray, targets: np.ndarray, transform: Callable | None):
+        self.pixels = pixels
+        self.targets = torch.as_tensor(targets, dtype=torch.long)
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.pixels)
+
+    def __getitem__(self, index: int):
+        image = torch.from_numpy(np.array(self.pixels[index])).permute(2, 0, 1)
+        if self.transform is not None:
+            image = self.transform(image)
+        return image, self.targets[index]
+
+    def set_epoch(self, epoch: int) -> None:
+        """Nothing to do: fresh augmentations come from the per-epoch seed."""
+
+
 @torch.no_grad()
 def predict_logits(
     model: nn.Module,
@@ -34,8 +99,11 @@ def predict_logits(
     runtime: Runtime,
     batch_size: int = 64,
 ) -> torch.Tensor:
-    """Logits of ``model`` (in eval mode) for every image of ``pixels``, as fp32 on the CPU."""
-    model.eval()
+    """Logits of ``model`` (in eval mode) for every image of ``pixels``, as fp32 on the CPU.
+
+    Each process computes all of them, even under torchrun: the model is never wrapped in DDP.
+    """
+    model = runtime.prepare_model(unwrap(model), train=False).eval()
     outputs = []
     for start in range(0, len(pixels), batch_size):
         batch = pixels_to_tensor(pixels[start : start + batch_size])

@@ -9,78 +9,95 @@ plain loop; fewer views reuse augmentations and save the prefix's forward pass e
 For ``head`` the prefix is the whole backbone and its activations are the pooled bottleneck
 features, so head training costs almost nothing after the first pass.
 
-Splitting a network needs to know its forward pass. timm's EfficientNet family (which
-includes EfficientNet-Lite, our default) is supported; any other model falls back to the
-plain loop, with a note.
+Splitting a network at a stage is the backbone's business (:func:`transferkit.backbones.prefix_forward`,
+:class:`transferkit.backbones.Suffix`); a model that cannot be split trains with the plain
+loop, with a note.
 """
 
 from __future__ import annotations
 
+import time
+from functools import partial
 from typing import Callable
 
 import numpy as np
 import torch
-from timm.models.efficientnet import EfficientNet
+from rich.console import Console
 from torch import nn
+from torch.utils.data import Dataset
 
-from transferkit.backbones import Preprocessing
-from transferkit.training.inputs import pixels_to_tensor, to_model_input
+from transferkit.backbones import Preprocessing, Suffix, frozen_prefix_depth, prefix_forward
+from transferkit.training.inputs import LoopInputs, TrainData, pixels_to_tensor, to_model_input
+from transferkit.training.progress import progress_bar
 from transferkit.training.runtime import Runtime
 
 MAX_CACHE_BYTES = 4 << 30
 """Activation memory the cache may take (all views); fewer views are cached beyond it."""
 
 
-def frozen_block_count(model: nn.Module, frozen_stages: tuple[str, ...]) -> int | None:
-    """How many of ``model.blocks`` the frozen prefix covers; ``-1`` when everything but the
-    head is frozen; None when the model cannot be split (not EfficientNet, nothing frozen)."""
-    if not isinstance(model, EfficientNet) or "stem" not in frozen_stages:
+class ActivationViews(Dataset):
+    """Cached prefix activations: one tensor per view; epoch ``e`` reads view ``e % views``."""
+
+    def __init__(self, views: list[torch.Tensor], targets: np.ndarray):
+        self.views = views
+        self.targets = torch.as_tensor(targets, dtype=torch.long)
+        self.view = 0
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    def __getitem__(self, index: int):
+        return self.views[self.view][index], self.targets[index]
+
+    def set_epoch(self, epoch: int) -> None:
+        self.view = epoch % len(self.views)
+
+
+def prefix_inputs(
+    model: nn.Module, data: TrainData, runtime: Runtime, *, views: int, seed: int, batch_size: int, console: Console
+) -> LoopInputs | None:
+    """Inputs that train only the suffix, on ``views`` cached views of the frozen prefix.
+
+    None when the plain loop must run instead: the model cannot be split, or not even one
+    view's activations fit in :data:`MAX_CACHE_BYTES` (a note is printed).
+    """
+    depth = frozen_prefix_depth(model)
+    if depth is None:
+        console.print("frozen-prefix cache skipped: this backbone cannot be split there (or its stem trains)")
         return None
-    if "neck" in frozen_stages:
-        return -1
-    return sum(1 for name in frozen_stages if name.startswith("stage"))
+    pixels, targets = data.train
+    views = affordable_views(model, depth, pixels.shape[1], len(pixels), views)
+    if views == 0:
+        console.print("frozen-prefix cache skipped: its activations would not fit in memory")
+        return None
+    started = time.perf_counter()
+    n_views = views if data.augment is not None else 1
+    total = len(pixels) * n_views + (len(data.val[0]) if data.val is not None else 0)
+    with progress_bar(console, f"frozen prefix, {n_views} view(s)", total) as (progress, task):
+        cache = partial(
+            cache_activations, model.to(runtime.device, memory_format=runtime.memory_format()), depth,
+            preprocessing=data.preprocessing, runtime=runtime, seed=seed, batch_size=batch_size,
+            on_batch=lambda n: progress.update(task, advance=n), pooled=data.pooled_features,
+        )
+        train_set = ActivationViews(cache(pixels, augment=data.augment, views=views), targets)
+        val_inputs = cache(data.val[0], augment=None, views=1)[0] if data.val is not None else None
+    seconds = time.perf_counter() - started
+    console.print(
+        f"frozen prefix computed once for {len(train_set.views)} view(s) of {len(pixels)} images in {seconds:.1f} s; "
+        "training the rest on it"
+    )
 
+    def prepare(batch: torch.Tensor) -> torch.Tensor:
+        batch = batch.float()
+        return runtime.images_to_device(batch) if batch.ndim == 4 else runtime.to_device(batch)
 
-class Suffix(nn.Module):
-    """The trainable rest of an EfficientNet after its first ``start`` blocks (-1: head only)."""
-
-    def __init__(self, model: EfficientNet, start: int):
-        super().__init__()
-        self.model = model
-        self.start = start
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        model = self.model
-        if self.start >= 0:
-            for block in model.blocks[self.start :]:
-                x = block(x)
-            x = model.bn2(model.conv_head(x))
-            return model.forward_head(x)
-        # Head only: x are pooled features; forward_head's pooling is the identity on them.
-        if model.drop_rate > 0.0:
-            x = nn.functional.dropout(x, p=model.drop_rate, training=self.training)
-        return model.classifier(x)
-
-
-@torch.no_grad()
-def prefix_forward(model: EfficientNet, x: torch.Tensor, start: int) -> torch.Tensor:
-    x = model.bn1(model.conv_stem(x))
-    if start < 0:
-        return _pooled_rest(model, x)
-    for block in model.blocks[:start]:
-        x = block(x)
-    return x
-
-
-def _pooled_rest(model: EfficientNet, x: torch.Tensor) -> torch.Tensor:
-    x = model.bn2(model.conv_head(model.blocks(x)))
-    return model.global_pool(x)
+    return LoopInputs(train_set, val_inputs, Suffix(model, depth), prepare, prefix_seconds=seconds)
 
 
 @torch.no_grad()
 def cache_activations(
-    model: EfficientNet,
-    start: int,
+    model: nn.Module,
+    depth: int,
     pixels: np.ndarray,
     *,
     preprocessing: Preprocessing,
@@ -98,7 +115,7 @@ def cache_activations(
     there is one view, the images themselves. ``on_batch(n_images)`` is called after each
     batch (progress).
 
-    For the head-only prefix (``start < 0``) ``pooled`` may compute the pooled features of
+    For the head-only prefix (``depth < 0``) ``pooled`` may compute the pooled features of
     uint8 pixels instead of ``model``: :meth:`transferkit.strategies.features.FeatureExtractor.transform`
     does, with its on-disk cache keyed on the pixels' content. An augmented view is the same
     pixels on every run with the same seed, so ``head`` then shares the bottleneck-feature
@@ -114,11 +131,11 @@ def cache_activations(
             batch = pixels_to_tensor(pixels[start_index : start_index + batch_size])
             if augment is not None:
                 batch = torch.stack([augment(image) for image in batch])
-            if start < 0 and pooled is not None:
+            if depth < 0 and pooled is not None:
                 out = torch.from_numpy(pooled(batch.permute(0, 2, 3, 1).contiguous().numpy()))
             else:
                 with runtime.autocast():
-                    out = prefix_forward(model, to_model_input(batch, preprocessing, runtime), start)
+                    out = prefix_forward(model, to_model_input(batch, preprocessing, runtime), depth)
             chunks.append(out.to("cpu", torch.float16))
             if on_batch is not None:
                 on_batch(len(batch))
@@ -126,11 +143,11 @@ def cache_activations(
     return outputs
 
 
-def affordable_views(model: EfficientNet, start: int, image_size: int, n_images: int, wanted: int) -> int:
+def affordable_views(model: nn.Module, depth: int, image_size: int, n_images: int, wanted: int) -> int:
     """The number of views (<= ``wanted``) whose activations fit in :data:`MAX_CACHE_BYTES`."""
     probe = torch.zeros(1, 3, image_size, image_size)
     was_training = model.training
-    shape = prefix_forward(model.eval(), probe, start).shape
+    shape = prefix_forward(model.eval(), probe, depth).shape
     model.train(was_training)
     per_view = int(np.prod(shape[1:])) * 2 * n_images
     return max(0, min(wanted, MAX_CACHE_BYTES // max(1, per_view)))

@@ -1,0 +1,47 @@
+"""What a training run records: one line per epoch, and the run's outcome."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+
+@dataclass
+class EpochRecord:
+    """One epoch; train metrics are over every process's images (``images`` in all)."""
+
+    epoch: int
+    train_loss: float
+    train_accuracy: float
+    val_loss: float | None
+    val_accuracy: float | None
+    lr: float
+    seconds: float
+    images_per_second: float
+    images: int = 0
+    """Training images seen in the epoch, summed over processes (0 in older checkpoints)."""
+
+    def describe(self, best: bool) -> str:
+        text = f"epoch {self.epoch:>3}  train loss {self.train_loss:.4f} acc {self.train_accuracy:.3f}"
+        if self.val_loss is not None:
+            text += f"  val loss {self.val_loss:.4f} acc {self.val_accuracy:.3f}{' *' if best else '  '}"
+        return text + f"  {self.images_per_second:6.1f} img/s  {self.seconds:5.1f}s"
+
+
+@dataclass
+class TrainResult:
+    history: list[EpochRecord] = field(default_factory=list)
+    best_epoch: int = 0
+    stopped_early: bool = False
+    resumed_from_epoch: int = 0
+    prefix_seconds: float = 0.0
+    """Time spent computing the frozen-prefix cache (0 without ``prefix_views``)."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "history": [asdict(record) for record in self.history],
+            "best_epoch": self.best_epoch,
+            "stopped_early": self.stopped_early,
+            "resumed_from_epoch": self.resumed_from_epoch,
+            "prefix_seconds": self.prefix_seconds,
+        }
