@@ -1,11 +1,18 @@
 """Model folders: ``model.safetensors`` + ``config.json``; nothing is ever unpickled.
 
 ``config.json`` holds everything needed to rebuild the network (backbone, classes,
-preprocessing, image size), the training settings, metrics and the package version, plus the
-SHA-256 of ``model.safetensors`` so that a weights file and a config from different runs are
-never paired silently. Each file is written to a temporary name and renamed into place, and
-the config — which names the weights' hash — is written last: a crash leaves either the old
-model or a folder that ``load`` rejects with a clear message, never a half-written model.
+preprocessing, image size), the training settings, metrics and the package version, a
+``"format": "transferkit"`` mark, and the SHA-256 of ``model.safetensors`` so that a weights
+file and a config from different runs are never paired silently.
+
+Saving never writes into the model folder in place. The new model is written to a hidden
+folder beside it (``.NAME.tmp-XXXX``), files the user keeps in the old folder are hard-linked
+across, and the folders are swapped with two renames (old -> ``.NAME.old-XXXX``, new -> NAME)
+before the old one is removed. A kill at any moment leaves the old or the new model loadable:
+:func:`load_model` (and the next save) finish a swap that was cut between the two renames.
+A folder that holds files transferkit did not write (a foreign ``config.json`` or
+``model.safetensors``, or a non-empty folder that is no model at all) is refused before any
+work (:func:`check_output_folder`).
 """
 
 from __future__ import annotations
@@ -13,9 +20,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import tempfile
+import time
+import uuid
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 from safetensors.torch import load_file, save_file
@@ -26,18 +36,95 @@ from transferkit.errors import ModelFileError
 
 WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "config.json"
+CHECKPOINT_NAME = "checkpoint.pt"  # training/loop.py writes it; the swap leaves it behind
 FORMAT_VERSION = 1
+FORMAT_MARK = "transferkit"
+#: The steps of :func:`save_model`, in order; a test hook may fail or kill between any two.
+SAVE_STEPS = ("folder-created", "weights-written", "config-written", "extras-linked", "old-moved-aside", "new-in-place", "old-removed")
+_fault_hook: Callable[[str], None] | None = None  # tests: called with each step's name
+_STALE_SECONDS = 600  # a .tmp sibling older than this belongs to a killed save
+
+
+def check_output_folder(out_dir: str | os.PathLike) -> Path:
+    """Check, before any work, that a model can be written to ``out_dir``; return it as a Path.
+
+    Raises :class:`ModelFileError` when ``out_dir`` is a file, cannot be written (nor its
+    parent, where the new folder is written beside it), or holds files transferkit did not
+    write. An interrupted swap is finished first.
+    """
+    out = Path(out_dir).absolute()
+    _recover(out)
+    if out.exists() and not out.is_dir():
+        raise ModelFileError(f"--out {out} is a file, not a folder; choose a folder for the model.")
+    if out.is_dir():
+        _refuse_foreign(out)
+        if not os.access(out, os.W_OK | os.X_OK):
+            raise ModelFileError(f"cannot write to the model folder {out} (permission denied); choose another --out.")
+    parent = out.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise ModelFileError(f"cannot create the model folder {out}: {parent} is a file, not a folder.")
+    try:
+        Path(tempfile.mkdtemp(dir=parent, prefix=f".{out.name}.probe-")).rmdir()
+    except OSError as error:
+        raise ModelFileError(
+            f"cannot write the model folder {out}: {parent} is not writable ({error.strerror or error}); "
+            "choose another --out."
+        ) from None
+    return out
 
 
 def save_model(classifier, out_dir: str | os.PathLike, *, metrics: dict[str, Any] | None = None) -> Path:
-    """Write a fitted :class:`~transferkit.ImageClassifier` to ``out_dir`` (created if needed)."""
+    """Write a fitted :class:`~transferkit.ImageClassifier` to ``out_dir``, replacing it atomically.
+
+    See the module docstring: the new folder is written beside ``out_dir`` and swapped in; files
+    other than the model's own that the old folder held are kept; a checkpoint is not.
+    """
     classifier._check_fitted()
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    out = Path(out_dir).absolute()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    _recover(out)
+    if out.exists() and not out.is_dir():
+        raise ModelFileError(f"cannot save the model to {out}: it is a file, not a folder.")
+    if out.is_dir():
+        _refuse_foreign(out)
     state = {k: v.detach().cpu().contiguous() for k, v in classifier.model_.state_dict().items()}
-    weights_path = out / WEIGHTS_NAME
-    _atomic_write(weights_path, lambda tmp: save_file(state, tmp, metadata={"format": "pt"}))
-    config = {
+    new = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
+    old = out.parent / f".{out.name}.old-{uuid.uuid4().hex[:8]}"
+    try:
+        _step("folder-created")
+        weights_path = new / WEIGHTS_NAME
+        save_file(state, str(weights_path), metadata={"format": "pt"})
+        _fsync(weights_path)
+        _step("weights-written")
+        config = _config(classifier, metrics, _sha256(weights_path))
+        (new / CONFIG_NAME).write_text(json.dumps(config, indent=2))
+        _fsync(new / CONFIG_NAME)
+        _step("config-written")
+        if out.is_dir():
+            _link_extras(out, new)
+        _step("extras-linked")
+        os.chmod(new, (out.stat().st_mode & 0o7777) if out.is_dir() else 0o777 & ~_umask())
+        if out.is_dir():
+            os.rename(out, old)
+            _step("old-moved-aside")
+        os.rename(new, out)
+        _step("new-in-place")
+        shutil.rmtree(old, ignore_errors=True)
+        _step("old-removed")
+    except BaseException:
+        # Raised, not killed: put the old model back if it was moved aside, drop the new one.
+        if not out.exists() and old.is_dir():
+            os.rename(old, out)
+        shutil.rmtree(new, ignore_errors=True)
+        raise
+    return out
+
+
+def _config(classifier, metrics: dict[str, Any] | None, weights_sha256: str) -> dict[str, Any]:
+    return {
+        "format": FORMAT_MARK,
         "format_version": FORMAT_VERSION,
         "transferkit_version": __version__,
         "backbone": classifier.backbone,
@@ -51,10 +138,123 @@ def save_model(classifier, out_dir: str | os.PathLike, *, metrics: dict[str, Any
         "plan": _jsonable(vars(classifier.plan_)) if hasattr(classifier, "plan_") else None,
         "history": classifier.history_,
         "metrics": metrics or {},
-        "weights_sha256": _sha256(weights_path),
+        "weights_sha256": weights_sha256,
     }
-    _atomic_write(out / CONFIG_NAME, lambda tmp: Path(tmp).write_text(json.dumps(config, indent=2)))
-    return out
+
+
+def _step(name: str) -> None:
+    if _fault_hook is not None:
+        _fault_hook(name)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _fsync(path: Path) -> None:
+    with open(path, "rb") as handle:
+        os.fsync(handle.fileno())
+
+
+def _link_extras(old: Path, new: Path) -> None:
+    """Hard-link (or copy) the files the user keeps in the old folder into the new one."""
+    for entry in old.iterdir():
+        if entry.name in (WEIGHTS_NAME, CONFIG_NAME, CHECKPOINT_NAME) or entry.name.endswith(".tmp"):
+            continue
+        target = new / entry.name
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.copytree(entry, target, symlinks=True, copy_function=_link_or_copy)
+        else:
+            _link_or_copy(entry, target)
+
+
+def _link_or_copy(source, target) -> None:
+    if os.path.islink(source):
+        os.symlink(os.readlink(source), target)
+        return
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copy2(source, target)
+
+
+def is_transferkit_config(path: Path) -> bool:
+    """Whether ``path`` is a ``config.json`` that transferkit wrote."""
+    try:
+        config = json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return False
+    if not isinstance(config, dict):
+        return False
+    return config.get("format") == FORMAT_MARK or ("transferkit_version" in config and "format_version" in config)
+
+
+def _refuse_foreign(out: Path) -> None:
+    names = {entry.name for entry in out.iterdir()}
+    ours = CONFIG_NAME in names and is_transferkit_config(out / CONFIG_NAME)
+    if CONFIG_NAME in names and not ours:
+        raise ModelFileError(
+            f"{out / CONFIG_NAME} was not written by transferkit; refusing to overwrite it. "
+            "Choose a new or empty --out folder, or move that file away."
+        )
+    if WEIGHTS_NAME in names and not ours:
+        raise ModelFileError(
+            f"{out / WEIGHTS_NAME} has no transferkit {CONFIG_NAME} beside it; refusing to overwrite it. "
+            "Choose a new or empty --out folder, or move that file away."
+        )
+    visible = sorted(n for n in names if not n.startswith("."))
+    if visible and not ours and CHECKPOINT_NAME not in names:
+        shown = ", ".join(visible[:5]) + (f" and {len(visible) - 5} more" if len(visible) > 5 else "")
+        raise ModelFileError(
+            f"{out} is not empty and holds no transferkit model ({shown}); refusing to write a model into it. "
+            "Choose a new or empty --out folder."
+        )
+
+
+def _siblings(out: Path, kind: str) -> list[Path]:
+    if not out.parent.is_dir():
+        return []
+    prefix = f".{out.name}.{kind}-"
+    found = [p for p in out.parent.iterdir() if p.name.startswith(prefix) and p.is_dir()]
+    return sorted(found, key=lambda p: p.stat().st_mtime, reverse=True)
+
+
+def _complete(folder: Path) -> bool:
+    try:
+        config = read_config(folder)
+    except ModelFileError:
+        return False
+    expected = config.get("weights_sha256")
+    return not expected or _sha256(folder / WEIGHTS_NAME) == expected
+
+
+def _recoverable(out: Path) -> Path | None:
+    """Where the model of ``out`` is when a save was killed between its two renames."""
+    if out.exists():
+        return None
+    for folder in _siblings(out, "tmp") + _siblings(out, "old"):  # the new model first
+        if _complete(folder):
+            return folder
+    return None
+
+
+def _recover(out: Path) -> None:
+    """Finish a swap cut short by a kill; drop leftovers of finished or abandoned saves."""
+    found = _recoverable(out)
+    if found is not None:
+        try:
+            os.rename(found, out)
+        except OSError:
+            return  # read-only: load_model reads the sibling in place
+    if out.is_dir():
+        now = time.time()
+        for folder in _siblings(out, "old"):
+            shutil.rmtree(folder, ignore_errors=True)
+        for folder in _siblings(out, "tmp"):
+            if now - folder.stat().st_mtime > _STALE_SECONDS:
+                shutil.rmtree(folder, ignore_errors=True)
 
 
 def read_config(path: str | os.PathLike) -> dict[str, Any]:
@@ -69,9 +269,14 @@ def read_config(path: str | os.PathLike) -> dict[str, Any]:
         config = json.loads(config_path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ModelFileError(f"{config_path} is not valid JSON ({exc}).") from exc
+    except OSError as exc:
+        raise ModelFileError(f"cannot read {config_path} ({exc.strerror or exc}).") from exc
+    if not isinstance(config, dict):
+        raise ModelFileError(f"{config_path} expected a JSON object. Received: {type(config).__name__}")
     missing = [k for k in ("format_version", "backbone", "classes", "image_size", "preprocessing") if k not in config]
     if missing:
         raise ModelFileError(f"{config_path} lacks {', '.join(missing)}; was it written by transferkit?")
+    _check_types(config, config_path)
     if config["format_version"] > FORMAT_VERSION:
         raise ModelFileError(
             f"{folder} was written by a newer transferkit (format {config['format_version']}, this one reads "
@@ -80,11 +285,51 @@ def read_config(path: str | os.PathLike) -> dict[str, Any]:
     return config
 
 
+_FIELD_TYPES = {
+    "format_version": (int, "an integer"),
+    "backbone": (str, "a string"),
+    "classes": (list, "a list of class names"),
+    "image_size": (int, "a positive integer"),
+    "preprocessing": (dict, "an object"),
+    "params": ((dict, type(None)), "an object"),
+    "settings": ((dict, type(None)), "an object"),
+    "history": ((dict, type(None)), "an object"),
+    "metrics": ((dict, type(None)), "an object"),
+    "weights_sha256": ((str, type(None)), "a string"),
+}
+
+
+def _check_types(config: dict, config_path: Path) -> None:
+    for key, (kind, expected) in _FIELD_TYPES.items():
+        value = config.get(key)
+        bad = key in config and (not isinstance(value, kind) or (isinstance(value, bool) and kind is int))
+        if not bad and key == "image_size":
+            bad = value < 1
+        if not bad and key == "classes":
+            bad = len(value) < 2 or not all(isinstance(c, str) for c in value) or len(set(value)) != len(value)
+        if bad:
+            raise ModelFileError(
+                f"{config_path}: field {key!r} expected {expected}. Received: {value!r:.80}. "
+                "The file was edited or damaged; refit the model."
+            )
+    try:
+        Preprocessing.from_dict(config["preprocessing"])
+    except Exception as exc:  # noqa: BLE001 - any malformed record is the same damaged file
+        raise ModelFileError(f"{config_path}: field 'preprocessing' cannot be read ({type(exc).__name__}: {exc}).") from None
+
+
 def load_model(path: str | os.PathLike):
-    """Load a model folder written by :func:`save_model` as a fitted ``ImageClassifier``."""
+    """Load a model folder written by :func:`save_model` as a fitted ``ImageClassifier``.
+
+    When ``path`` is missing because a save was killed between its two renames, the swap is
+    finished first (or, on a read-only disk, the complete sibling folder is read in place).
+    """
     from transferkit.estimator import ImageClassifier  # the estimator imports this module's callers
 
     folder = Path(path)
+    if not folder.exists():
+        _recover(folder.absolute())
+        folder = _recoverable(folder.absolute()) or folder
     config = read_config(folder)
     weights_path = folder / WEIGHTS_NAME
     expected = config.get("weights_sha256")
@@ -100,8 +345,8 @@ def load_model(path: str | os.PathLike):
 
     params = {k: v for k, v in (config.get("params") or {}).items() if k in ImageClassifier().get_params()}
     classifier = ImageClassifier(**params)
-    model, _ = create_backbone(config["backbone"], num_classes=len(config["classes"]), pretrained=False)
     try:
+        model, _ = create_backbone(config["backbone"], num_classes=len(config["classes"]), pretrained=False)
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:
         raise ModelFileError(f"{weights_path} does not fit backbone {config['backbone']!r}: {exc}") from exc
@@ -117,7 +362,9 @@ def load_model(path: str | os.PathLike):
     return classifier
 
 
-def _atomic_write(path: Path, write) -> None:
+def atomic_write(path: Path, write) -> None:
+    """Call ``write(temporary_path)`` beside ``path``, then rename it into place (all or nothing)."""
+    path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     try:
