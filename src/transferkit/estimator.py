@@ -222,7 +222,7 @@ class ImageClassifier(ClassifierMixin, BaseEstimator):
         needs_split = self.val_fraction > 0 if strategy in NETWORK_STRATEGIES else self.C is None
         check_classes(images, min_per_class=2 if needs_split else 1, purpose="a stratified split")
         for item in skipped:
-            console.print(f"[yellow]skipped[/] {item.path}: {item.reason}")
+            console.print(f"skipped {item.path}: {item.reason}")
 
         classes = np.array(images.classes)
         targets = np.searchsorted(classes, np.asarray(images.labels))
@@ -389,7 +389,7 @@ class ImageClassifier(ClassifierMixin, BaseEstimator):
         for reason in recommendation.reasons:
             console.print(f"  - {reason}")
         for warning in recommendation.warnings:
-            console.print(f"  [yellow]warning:[/] {warning}")
+            console.print(f"  warning: {warning}")
         return advice
 
     def _settings(self, spec) -> dict[str, Any]:
@@ -417,7 +417,7 @@ class ImageClassifier(ClassifierMixin, BaseEstimator):
             ) from exc
 
     def _console(self) -> Console:
-        return Console(stderr=True, emoji=False, quiet=not self.verbose)
+        return Console(stderr=True, emoji=False, markup=False, highlight=False, quiet=not self.verbose)  # user text printed literally
 
     def _validate_params(self) -> None:
         if self.strategy not in ("auto", *STRATEGIES):

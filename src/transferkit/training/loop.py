@@ -174,7 +174,7 @@ def train_model(
         For ``head``: uint8 pixels -> pooled features, e.g. a cached ``FeatureExtractor``
         (see :func:`transferkit.training.prefix.cache_activations`).
     """
-    console = Console(stderr=True, emoji=False, quiet=not (verbose and runtime.is_main))
+    console = Console(stderr=True, emoji=False, markup=False, highlight=False, quiet=not (verbose and runtime.is_main))
     torch.manual_seed(config.seed)
     views, prefix_seconds = 0, 0.0
     if prefix_start is not None and config.prefix_views > 0:
