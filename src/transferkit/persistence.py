@@ -42,7 +42,7 @@ FORMAT_MARK = "transferkit"
 #: The steps of :func:`save_model`, in order; a test hook may fail or kill between any two.
 SAVE_STEPS = ("folder-created", "weights-written", "config-written", "extras-linked", "old-moved-aside", "new-in-place", "old-removed")
 _fault_hook: Callable[[str], None] | None = None  # tests: called with each step's name
-_STALE_SECONDS = 600  # a .tmp sibling older than this belongs to a killed save
+_STALE_SECONDS = 24 * 3600  # a .tmp sibling older than this belongs to a killed save, whatever its pid
 
 
 def check_output_folder(out_dir: str | os.PathLike) -> Path:
@@ -90,7 +90,7 @@ def save_model(classifier, out_dir: str | os.PathLike, *, metrics: dict[str, Any
     if out.is_dir():
         _refuse_foreign(out)
     state = {k: v.detach().cpu().contiguous() for k, v in classifier.model_.state_dict().items()}
-    new = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
+    new = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-{os.getpid()}-"))
     old = out.parent / f".{out.name}.old-{uuid.uuid4().hex[:8]}"
     try:
         _step("folder-created")
@@ -253,8 +253,25 @@ def _recover(out: Path) -> None:
         for folder in _siblings(out, "old"):
             shutil.rmtree(folder, ignore_errors=True)
         for folder in _siblings(out, "tmp"):
-            if now - folder.stat().st_mtime > _STALE_SECONDS:
+            if not _writer_alive(folder) or now - folder.stat().st_mtime > _STALE_SECONDS:
                 shutil.rmtree(folder, ignore_errors=True)
+
+
+def _writer_alive(folder: Path) -> bool:
+    """Whether the process that is writing a ``.NAME.tmp-PID-XXXX`` folder still runs."""
+    try:
+        pid = int(folder.name.rsplit(".tmp-", 1)[1].split("-", 1)[0])
+    except (IndexError, ValueError):
+        return False
+    if pid == os.getpid():
+        return False  # this process saves one model at a time: a leftover of its own is stale
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def read_config(path: str | os.PathLike) -> dict[str, Any]:
