@@ -17,6 +17,7 @@ work (:func:`check_output_folder`).
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -42,6 +43,7 @@ FORMAT_MARK = "transferkit"
 #: The steps of :func:`save_model`, in order; a test hook may fail or kill between any two.
 SAVE_STEPS = ("folder-created", "weights-written", "config-written", "extras-linked", "old-moved-aside", "new-in-place", "old-removed")
 _fault_hook: Callable[[str], None] | None = None  # tests: called with each step's name
+_SWAP_ATTEMPTS = 20
 _STALE_SECONDS = 24 * 3600  # a .tmp sibling older than this belongs to a killed save, whatever its pid
 
 
@@ -106,10 +108,21 @@ def save_model(classifier, out_dir: str | os.PathLike, *, metrics: dict[str, Any
             _link_extras(out, new)
         _step("extras-linked")
         os.chmod(new, (out.stat().st_mode & 0o7777) if out.is_dir() else 0o777 & ~_umask())
-        if out.is_dir():
-            os.rename(out, old)
-            _step("old-moved-aside")
-        os.rename(new, out)
+        for attempt in range(_SWAP_ATTEMPTS):  # another process may be swapping the same folder
+            if out.is_dir():
+                try:
+                    os.rename(out, old)
+                except FileNotFoundError:
+                    continue
+                _step("old-moved-aside")
+            try:
+                os.rename(new, out)
+                break
+            except OSError as error:  # ENOTEMPTY/EEXIST: the other process put its model in first
+                if error.errno not in (errno.ENOTEMPTY, errno.EEXIST) or attempt == _SWAP_ATTEMPTS - 1:
+                    raise
+                if old.is_dir():
+                    shutil.rmtree(old, ignore_errors=True)
         _step("new-in-place")
         shutil.rmtree(old, ignore_errors=True)
         _step("old-removed")
@@ -234,7 +247,7 @@ def _recoverable(out: Path) -> Path | None:
     """Where the model of ``out`` is when a save was killed between its two renames."""
     if out.exists():
         return None
-    for folder in _siblings(out, "tmp") + _siblings(out, "old"):  # the new model first
+    for folder in [f for f in _siblings(out, "tmp") if not _writer_alive(f)] + _siblings(out, "old"):  # new first
         if _complete(folder):
             return folder
     return None
@@ -341,9 +354,25 @@ def load_model(path: str | os.PathLike):
     When ``path`` is missing because a save was killed between its two renames, the swap is
     finished first (or, on a read-only disk, the complete sibling folder is read in place).
     """
+    folder = Path(path)
+    for attempt in range(_LOAD_ATTEMPTS):
+        try:
+            return _load(folder)
+        except OSError:  # ModelFileError included
+            # Another process may be swapping this folder right now (two renames apart).
+            swapping = _siblings(folder.absolute(), "tmp") or _siblings(folder.absolute(), "old")
+            if not swapping or attempt == _LOAD_ATTEMPTS - 1:
+                raise
+            time.sleep(0.05 * (attempt + 1))
+    raise AssertionError("unreachable")
+
+
+_LOAD_ATTEMPTS = 5
+
+
+def _load(folder: Path):
     from transferkit.estimator import ImageClassifier  # the estimator imports this module's callers
 
-    folder = Path(path)
     if not folder.exists():
         _recover(folder.absolute())
         folder = _recoverable(folder.absolute()) or folder
