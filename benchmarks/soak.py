@@ -62,7 +62,7 @@ def worker(role: str, index: int, work: Path, until: float) -> None:
     runs = []
     while time.time() < until:
         size = int(rng.choice(SIZES))
-        model = work / "models" / f"m{index % 2}-{size}"
+        model = work / "models" / f"m-{size}"  # shared: fits replace what predicts read
         if role == "fit":
             subset = work / f"subset-{index}.csv"
             files = sorted(data.rglob("*.png"))
@@ -152,7 +152,8 @@ def main() -> int:
         until = time.time() + args.seconds
         roles = ["fit" if i % 2 == 0 else "predict" for i in range(args.workers)]
         processes = [
-            subprocess.Popen([sys.executable, __file__, "--worker", role, str(i), str(work), str(until)])
+            subprocess.Popen([sys.executable, __file__, "--worker", role, str(i), str(work), str(until)],
+                             stdout=subprocess.DEVNULL)
             for i, role in enumerate(roles)
         ]
         for process in processes:
@@ -160,7 +161,7 @@ def main() -> int:
         runs = [run for i in range(args.workers) for run in json.loads((work / f"runs-{i}.json").read_text())]
         report = verify(work)
         failed = [run for run in runs if run["code"] != 0]
-        report.update(runs=len(runs), fits=sum(r["role"] == "fit" for r in runs), failed_runs=failed[:10], seconds=args.seconds,
+        report.update(runs=len(runs), fits=sum(r["role"] == "fit" for r in runs), predicts=sum(r["role"] == "predict" for r in runs), failed_runs=failed[:10], seconds=args.seconds,
                       workers=args.workers, worker_exit_codes=[p.returncode for p in processes])
         print(json.dumps(report, indent=2))
         if args.json:
