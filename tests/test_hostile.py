@@ -719,3 +719,27 @@ def _weights_of(classifier, tmp_path: Path) -> bytes:
     if not folder.exists():
         save(classifier, folder)
     return _weights(folder)
+
+
+# ---------------------------------------------------------------------------------------------
+# The CLI's edge: an unexpected error is one line (exit 1); --debug shows its traceback
+
+
+def test_an_unexpected_error_is_one_line_and_debug_shows_the_traceback(model, tmp_path, monkeypatch):
+    from transferkit import persistence
+
+    def broken(path):
+        raise TypeError("something unforeseen")
+
+    monkeypatch.setattr(persistence, "load_model", broken)
+    data = mk(tmp_path / "data")
+    result = invoke("evaluate", model, data)
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert "unexpected TypeError: something unforeseen" in flat(result.output) and "--debug" in result.output
+    result = invoke("--debug", "evaluate", model, data)
+    assert isinstance(result.exception, TypeError)  # re-raised: typer prints the traceback
+
+
+def test_config_errors_are_usage_errors(tmp_path):
+    result = invoke("fit", mk(tmp_path / "data"), "--out", tmp_path / "m", "--augment", "wild", "--quiet")
+    assert result.exit_code == 2 and "wild" in result.output and "Traceback" not in result.output
