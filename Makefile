@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 OUT    ?= runs/elpv
 
-.PHONY: run test slow bench install install-dev clean
+.PHONY: run test slow soak bench install install-dev clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -30,6 +30,10 @@ test: install-dev
 ## Slow and real-data tests (marker `slow`).
 slow: install-dev
 	$(BIN)/python -m pytest -q -m slow
+
+## Soak (issue 14): 4 concurrent fit/predict processes on one cache for 3 minutes, then verify.
+soak: install-dev
+	$(BIN)/python benchmarks/soak.py --seconds 180 --workers 4
 
 ## Benchmarks (long, about 1.5 hours on 2 cores): textbook PyTorch loop vs transferkit on ELPV
 ## (whole-network tutorial vs freeze 5 with and without the prefix cache; same freeze),

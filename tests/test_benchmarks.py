@@ -49,3 +49,10 @@ def test_features_speed_smoke(tmp_path):
     for strategy, result in report["results"].items():
         assert result["cold"]["seconds"] > 0 and result["warm"]["seconds"] > 0, strategy
         assert 0.0 <= result["warm"]["test_accuracy"] <= 1.0
+
+
+def test_soak_smoke(tmp_path):
+    """Concurrent fit/predict processes on one cache (issue 14); `make soak` runs it for minutes."""
+    report = run_script("soak.py", "--seconds", 20, "--workers", 4, tmp_path=tmp_path)
+    assert report["problems"] == [] and report["failed_runs"] == []
+    assert report["fits"] > 0 and report["image_entries"] > 0

@@ -1,10 +1,12 @@
 """The ``transferkit`` command line: thin typer commands over the library.
 
-Each command parses options, calls the library, and prints. User errors
-(:class:`~transferkit.errors.TransferkitError`) are caught once, in :func:`_user_errors`, and
-printed without a traceback (exit 1; ``transferkit --debug`` re-raises them with it); bad usage
-exits 2 (click's convention). Every table is a :func:`~transferkit.report.tables.fold_table`,
-so no cell is cut on a narrow terminal.
+Each command parses options, calls the library, and prints. Errors are caught once, in
+:func:`_user_errors`, and printed without a traceback: a user error
+(:class:`~transferkit.errors.TransferkitError`, or an ``OSError`` such as a full disk) exits 1,
+bad usage (click's own errors, :class:`~transferkit.errors.ConfigError`) exits 2, Ctrl-C exits
+130 and says how to resume. ``transferkit --debug ...`` shows the traceback instead. Every
+console prints user text literally (``markup=False``): a class named ``[/x]`` is just a name. Every table is a
+:func:`~transferkit.report.tables.fold_table`, so no cell is cut on a narrow terminal.
 """
 
 from __future__ import annotations
@@ -12,18 +14,22 @@ from __future__ import annotations
 import contextlib
 import csv
 import json
+import math
+import os
 import resource
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Annotated, Any, Iterator, Optional
 
+import click
 import numpy as np
 import typer
 from rich.console import Console
 from rich.text import Text
 
-from transferkit.errors import TransferkitError
+from transferkit.errors import ConfigError, TransferkitError
 
 app = typer.Typer(
     add_completion=False,
@@ -31,34 +37,74 @@ app = typer.Typer(
     help="Turn a folder of labelled images into the best classifier a pretrained network allows.",
     pretty_exceptions_enable=False,
 )
-out = Console(emoji=False)
-err = Console(stderr=True, emoji=False)
-
-
-# Options of the program as a whole, set by the callback before every command.
-_program_options = {"debug": False}
+out = Console(emoji=False, markup=False, highlight=False)
+err = Console(stderr=True, emoji=False, markup=False, highlight=False)
+_debug = False  # --debug: let tracebacks through
 
 
 @app.callback()
-def _options(
+def _main(
     debug: Annotated[bool, typer.Option("--debug", help="Show the full traceback of an error (for a bug report, with `transferkit info`).")] = False,
 ) -> None:
     """Turn a folder of labelled images into the best classifier a pretrained network allows."""
-    _program_options["debug"] = debug
+    global _debug
+    _debug = debug or os.environ.get("TRANSFERKIT_DEBUG") == "1"
+    warnings.showwarning = _show_warning  # the program's own entry point: one line per warning
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    err.print(Text("warning: ", style="yellow") + _literal(str(message)))
+
+
+def _literal(text: str) -> Text:
+    """User text as rich Text, printable whatever bytes a file name held (no markup parsed)."""
+    return Text(text.encode("utf-8", "backslashreplace").decode("utf-8"))
+
+
+# typer 0.2x vendors its own click: its exceptions are not click's.
+_PASS_THROUGH = (
+    typer.exceptions.TyperException, typer.exceptions.Exit, typer.exceptions.Abort,
+    click.exceptions.ClickException, click.exceptions.Exit, click.exceptions.Abort,
+)  # fmt: skip
 
 
 @contextlib.contextmanager
-def _user_errors() -> Iterator[None]:
+def _user_errors(*, resume_hint: Path | None = None) -> Iterator[None]:
     try:
         yield
-    except TransferkitError as exc:
-        if _program_options["debug"]:
+    except _PASS_THROUGH:
+        raise  # typer's usage errors (exit 2) and exits pass through
+    except ConfigError as exc:
+        if _debug:
             raise
-        err.print(Text("error: ", style="bold red") + Text(str(exc)))
+        err.print(Text("error: ", style="bold red") + _literal(str(exc)))
+        raise typer.Exit(2) from None
+    except TransferkitError as exc:
+        if _debug:
+            raise
+        err.print(Text("error: ", style="bold red") + _literal(str(exc)))
         raise typer.Exit(1) from None
     except KeyboardInterrupt:
-        err.print(Text("interrupted. ", style="bold yellow") + Text("A fit with --out keeps its last checkpoint: rerun with --resume."))
+        if resume_hint is not None and (resume_hint / "checkpoint.pt").is_file():
+            hint = f"the last checkpoint is in {resume_hint}: rerun the same command with --resume to continue."
+        else:
+            hint = "nothing was written."
+        err.print(Text("interrupted; ", style="bold yellow") + _literal(hint))
         raise typer.Exit(130) from None
+    except OSError as exc:
+        if _debug:
+            raise
+        where = f": {exc.filename}" if exc.filename else ""
+        err.print(Text("error: ", style="bold red") + _literal(f"{exc.strerror or exc}{where}"))
+        raise typer.Exit(1) from None
+    except Exception as exc:  # noqa: BLE001 - the edge of the program: no traceback without --debug
+        if _debug:
+            raise
+        err.print(
+            Text("error: ", style="bold red")
+            + _literal(f"unexpected {type(exc).__name__}: {exc}. Rerun with `transferkit --debug ...` for the traceback.")
+        )
+        raise typer.Exit(1) from None
 
 
 def _or_auto(value: Any) -> Any:
@@ -67,14 +113,48 @@ def _or_auto(value: Any) -> Any:
 
 
 def _write_json(path: Path | None, payload: dict[str, Any]) -> None:
+    from transferkit.persistence import atomic_write
+
     if path is None:
         return
     if path == STDOUT:
         sys.stdout.write(json.dumps(payload, indent=2) + "\n")
         return
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(payload, indent=2))
-    err.print(f"wrote {path}")
+    atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(payload, indent=2)))
+    err.print(_literal(f"wrote {path}"))
+
+
+def _check_output_file(path: Path | None, option: str) -> None:
+    """Before any work: ``path`` can be written (not a folder; its folder exists or can be made)."""
+    if path is None:
+        return
+    if path.is_dir():
+        raise typer.BadParameter(f"expected a file name. Received: a folder, {path}", param_hint=option)
+    parent = path.absolute().parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+        raise typer.BadParameter(f"cannot write {path}: {parent} is not a writable folder.", param_hint=option)
+
+
+def _check_fit_options(strategy: str, freeze: int | None, batch_size: int, c: float | None) -> None:
+    """Option combinations the library would only reject (or ignore) after minutes of work."""
+    if c is not None and not (math.isfinite(c) and c > 0):
+        raise typer.BadParameter(f"expected a finite number > 0. Received: {c}", param_hint="--C")
+    if batch_size < 1:
+        raise typer.BadParameter(f"expected a positive integer. Received: {batch_size}", param_hint="--batch-size")
+    if batch_size < 2 and strategy in ("auto", "finetune", "full", "scratch"):
+        raise typer.BadParameter(
+            f"expected at least 2 for --strategy {strategy}: training BatchNorm layers needs 2+ images per batch. "
+            f"Received: {batch_size}",
+            param_hint="--batch-size",
+        )
+    if freeze is not None and strategy not in ("auto", "finetune"):
+        raise typer.BadParameter(
+            f"--freeze applies to --strategy finetune (or auto) only; {strategy} would ignore it. Received: --freeze {freeze}",
+            param_hint="--freeze",
+        )
 
 
 def _peak_memory_mb() -> float:
@@ -83,6 +163,9 @@ def _peak_memory_mb() -> float:
 
 
 DataArg = Annotated[str, typer.Argument(help="Folder (one sub-folder per class), CSV (path,label), or a built-in name: elpv, elpv:train, elpv:test.")]
+DeviceOpt = Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N.")]
+PrecisionOpt = Annotated[str, typer.Option(help="auto | fp32 | bf16 | fp16.")]
+CacheOpt = Annotated[Optional[Path], typer.Option(help="Cache folder for decoded images and features (default ~/.cache/transferkit or $TRANSFERKIT_CACHE).")]
 JsonOpt = Annotated[Optional[Path], typer.Option("--json", help="Also write the results as JSON to this file.")]
 STDOUT = Path("-")
 JsonOutOpt = Annotated[Optional[Path], typer.Option("--json", allow_dash=True, help="Write the table's content as JSON to this file; '-' prints it instead of the table.")]
@@ -121,9 +204,12 @@ def fit(
 ) -> None:
     """Fit a classifier on DATA and save it to --out."""
     from transferkit.estimator import ImageClassifier
-    from transferkit.persistence import save_model
+    from transferkit.persistence import check_output_folder, save_model
 
-    with _user_errors():
+    _check_fit_options(strategy, freeze, batch_size, c)
+    _check_output_file(json_path, "--json")
+    with _user_errors(resume_hint=out_dir):
+        check_output_folder(out_dir)  # before any work: a bad --out must not cost a whole fit
         classifier = ImageClassifier(
             backbone=backbone,
             strategy=strategy,
@@ -182,8 +268,15 @@ def fit(
             out.print(f"strategy auto chose {report['strategy']}:")
             for reason in classifier.advice_.recommendation.reasons:
                 out.print(f"  - {reason}", markup=False, highlight=False)
-        out.print(f"fitted {report['strategy']} on {data}: {val}; {report['fit_seconds']} s; peak memory {report['peak_memory_mb']:.0f} MB")
-        out.print(f"model written to {out_dir}")
+        if quiet and classifier.skipped_:
+            # Without --quiet the estimator has listed them; with it, still never drop a file unmentioned.
+            err.print(_literal(f"skipped {len(classifier.skipped_)} file(s):"))
+            for item in classifier.skipped_[:20]:
+                err.print(_literal(f"  {item.path}: {item.reason}"))
+            if len(classifier.skipped_) > 20:
+                err.print(_literal(f"  ... and {len(classifier.skipped_) - 20} more (all in --json)"))
+        out.print(_literal(f"fitted {report['strategy']} on {data}: {val}; {report['fit_seconds']} s; peak memory {report['peak_memory_mb']:.0f} MB"))
+        out.print(_literal(f"model written to {out_dir}"))
         _write_json(json_path, report)
 
 
@@ -238,33 +331,37 @@ def compare(
     from transferkit.data import resolve_data
     from transferkit.estimator import ImageClassifier
     from transferkit.evaluation.compare import compare_strategies, parse_strategies, strategy_params
-    from transferkit.persistence import save_model
+    from transferkit.persistence import check_output_folder, save_model
     from transferkit.report import plot_comparison
     from transferkit.report.tables import comparison_table
 
+    _check_output_file(json_path, "--json")
+    _check_output_file(plot, "--plot")
     with _user_errors():
+        if out_dir is not None:
+            check_output_folder(out_dir)
         names = parse_strategies(strategies)
         images = resolve_data(data)
         base = {"backbone": backbone, "seed": seed, "weights": str(weights) if weights else None,
                 "cache_dir": str(cache_dir) if cache_dir else None, "device": device, "precision": precision}
         overrides = {k: v for k, v in {"image_size": image_size, "epochs": epochs}.items() if v is not None}
-        err.print(f"comparing {', '.join(names)} with {cv}-fold CV x {repeats} on {images.describe()}")
+        err.print(_literal(f"comparing {', '.join(names)} with {cv}-fold CV x {repeats} on {images.describe()}"))
         comparison = compare_strategies(images, names, cv=cv, repeats=repeats, base=base, overrides=overrides, on_fold=_print_fold)
         out.print(comparison_table(comparison, data))
         best = comparison.best.strategy
         out.print(f"best: {best} (* above); {comparison.seconds:.0f} s in all")
         report = comparison.to_dict()
         plot = plot or (json_path.with_suffix(".png") if json_path else (out_dir / "compare.png" if out_dir else None))
-        if plot is not None:
-            plot_comparison(comparison, plot)
-            err.print(f"wrote {plot}")
-            report["plot"] = str(plot)
-        if out_dir is not None:
+        if out_dir is not None:  # before the plot: the model folder is swapped in whole
             params = strategy_params(best, base, overrides)
             classifier = ImageClassifier(**params, verbose=True).fit(images)
             save_model(classifier, out_dir, metrics={"cv": comparison.best.to_dict()})
-            out.print(f"best model ({best}) refitted on all data and written to {out_dir}")
+            out.print(_literal(f"best model ({best}) refitted on all data and written to {out_dir}"))
             report["model"] = str(out_dir)
+        if plot is not None:
+            plot_comparison(comparison, plot)
+            err.print(_literal(f"wrote {plot}"))
+            report["plot"] = str(plot)
         _write_json(json_path, report)
 
 
@@ -295,7 +392,7 @@ def advise(
 
     with _user_errors():
         images = resolve_data(data)
-        err.print(f"measuring {images.describe()}")
+        err.print(_literal(f"measuring {images.describe()}"))
         advice = advise_data(images, backbones=backbone, max_images=max_images, image_size=image_size, thresholds=_thresholds(threshold),
                              weights_path=weights, device=device, seed=seed, epochs=epochs,
                              budget_seconds=None if budget_minutes is None else 60.0 * budget_minutes)
@@ -347,7 +444,7 @@ def _print_advice(advice) -> None:
     for reason in rec.reasons:
         out.print(f"  - {reason}", markup=False, highlight=False)
     for warning in rec.warnings:
-        out.print(Text("  warning: ", style="yellow") + Text(warning))
+        out.print(Text("  warning: ", style="yellow") + _literal(warning))
     counts = ", ".join(f"{name} {count}" for name, count in facts.class_counts.items())
     out.print(f"data: {facts.n_samples} images, {facts.n_classes} classes ({counts}); imbalance {facts.imbalance:.1f}; "
               f"median size {facts.height[1]:.0f}x{facts.width[1]:.0f} px; grayscale {facts.grayscale_fraction:.0%}; "
@@ -369,22 +466,43 @@ def evaluate(
     model_dir: Annotated[Path, typer.Argument(help="Model folder written by `transferkit fit --out`.")],
     data: DataArg,
     json_path: JsonOpt = None,
+    unknown_as_errors: Annotated[bool, typer.Option("--unknown-as-errors", help="Score images of classes the model never saw as errors (default: stop and name those classes).")] = False,
+    device: DeviceOpt = "auto",
+    precision: PrecisionOpt = "auto",
+    cache_dir: CacheOpt = None,
 ) -> None:
     """Score a saved model on labelled DATA: accuracy, balanced accuracy, macro-F1, confusion matrix."""
+    from collections import Counter
+
     from transferkit.data import resolve_data
     from transferkit.data.builtin import binary_metrics_if_builtin
+    from transferkit.errors import DataError
     from transferkit.evaluation import classification_metrics
     from transferkit.persistence import load_model
     from transferkit.report.tables import metrics_table
 
+    _check_output_file(json_path, "--json")
     with _user_errors():
         started = time.perf_counter()
-        classifier = load_model(model_dir)
+        classifier = load_model(model_dir, device=device, precision=precision, cache_dir=str(cache_dir) if cache_dir else None)
         images = resolve_data(data)
+        known = {str(c) for c in classifier.classes_}
+        unknown = Counter(label for label in images.labels if label not in known)
+        if unknown and not unknown_as_errors:
+            listed = ", ".join(f"{name!r} ({count} image{'s' if count != 1 else ''})" for name, count in sorted(unknown.items()))
+            raise DataError(
+                f"{data} holds {sum(unknown.values())} image(s) of classes the model was not trained on: {listed}. "
+                f"The model knows {', '.join(repr(c) for c in sorted(known))}. Remove those images, or pass "
+                "--unknown-as-errors to score them as errors."
+            )
         predictions = classifier.predict(images)
-        metrics = classification_metrics(images.labels, predictions, classifier.classes_)
+        classes = [str(c) for c in classifier.classes_] + sorted(unknown)
+        metrics = classification_metrics(images.labels, predictions, classes)
+        metrics["unknown_classes"] = dict(sorted(unknown.items()))
         metrics.update(binary_metrics_if_builtin(data, images.labels, predictions))
         metrics["seconds"] = round(time.perf_counter() - started, 1)
+        if unknown:
+            err.print(_literal(f"scoring {sum(unknown.values())} image(s) of unknown classes ({', '.join(sorted(unknown))}) as errors"))
         out.print(metrics_table(metrics, title=f"{model_dir} on {data} (n={metrics['n']})"))
         summary = f"accuracy {metrics['accuracy']:.4f}  balanced accuracy {metrics['balanced_accuracy']:.4f}  macro-F1 {metrics['macro_f1']:.4f}"
         if "binary_accuracy" in metrics:
@@ -400,15 +518,20 @@ def predict(
     csv_path: Annotated[Optional[Path], typer.Option("--csv", help="Write path,label,probability (+ top-k) rows to this CSV.")] = None,
     json_path: JsonOpt = None,
     top_k: Annotated[int, typer.Option(help="Also list the k most likely classes per image.")] = 1,
+    device: DeviceOpt = "auto",
+    precision: PrecisionOpt = "auto",
+    cache_dir: CacheOpt = None,
 ) -> None:
     """Predict the class of each image."""
     from transferkit.data import find_images
     from transferkit.persistence import load_model
 
+    if top_k < 1:
+        raise typer.BadParameter(f"expected a positive integer. Received: {top_k}", param_hint="--top-k")
+    _check_output_file(csv_path, "--csv")
+    _check_output_file(json_path, "--json")
     with _user_errors():
-        if top_k < 1:
-            raise typer.BadParameter(f"expected a positive integer. Received: {top_k}", param_hint="--top-k")
-        classifier = load_model(model_dir)
+        classifier = load_model(model_dir, device=device, precision=precision, cache_dir=str(cache_dir) if cache_dir else None)
         paths = find_images([str(p) for p in inputs])
         probabilities = classifier.predict_proba(paths)
         k = min(top_k, len(classifier.classes_))
@@ -421,16 +544,22 @@ def predict(
                 record[f"probability_{rank}"] = round(float(row[index]), 6)
             rows.append(record)
         if csv_path is not None:
+            from transferkit.persistence import atomic_write
+
+            def write_csv(tmp: str) -> None:
+                # surrogateescape: a file name that is not valid UTF-8 is written back byte for byte
+                with open(tmp, "w", newline="", encoding="utf-8", errors="surrogateescape") as handle:
+                    writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+                    writer.writeheader()
+                    writer.writerows(rows)
+
             csv_path.parent.mkdir(parents=True, exist_ok=True)
-            with open(csv_path, "w", newline="") as handle:
-                writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
-                writer.writeheader()
-                writer.writerows(rows)
-            err.print(f"wrote {csv_path}")
+            atomic_write(csv_path, write_csv)  # all rows or no file: never a CSV cut short
+            err.print(_literal(f"wrote {csv_path}"))
         _write_json(json_path, {"predictions": rows, "classes": [str(c) for c in classifier.classes_]})
         if csv_path is None and json_path is None:
             for record in rows:
-                out.print(f"{record['path']}\t{record['label']}\t{record['probability']:.4f}", markup=False, highlight=False)
+                out.print(_literal(f"{record['path']}\t{record['label']}\t{record['probability']:.4f}"))
 
 
 @app.command()
@@ -459,7 +588,7 @@ def export(
     with _user_errors():
         images = resolve_data(data)
         export_image_folders(images, out_dir, overwrite=overwrite)
-        out.print(f"wrote {len(images)} images in {len(images.classes)} class folders to {out_dir}")
+        out.print(_literal(f"wrote {len(images)} images in {len(images.classes)} class folders to {out_dir}"))
 
 
 @app.command()

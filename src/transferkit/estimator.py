@@ -254,7 +254,7 @@ class ImageClassifier(ClassifierMixin, BaseEstimator):
         needs_split = self.val_fraction > 0 if strategy.trains_network else self.C == AUTO
         check_classes(images, min_per_class=2 if needs_split else 1, purpose="a stratified split")
         for item in skipped:
-            console.print(f"[yellow]skipped[/] {item.path}: {item.reason}", markup=True, highlight=False)
+            console.print(f"skipped {item.path}: {item.reason}")
 
         classes = np.array(images.classes)
         targets = np.searchsorted(classes, np.asarray(images.labels))
@@ -344,7 +344,7 @@ class ImageClassifier(ClassifierMixin, BaseEstimator):
         for reason in recommendation.reasons:
             console.print(f"  - {reason}", markup=False, highlight=False)
         for warning in recommendation.warnings:
-            console.print(f"  warning: {warning}", style="yellow", markup=False, highlight=False)
+            console.print(f"  warning: {warning}")
         return advice
 
     def _settings(self, spec, advice: Advice | None) -> Settings:
@@ -382,7 +382,7 @@ class ImageClassifier(ClassifierMixin, BaseEstimator):
             ) from exc
 
     def _console(self) -> Console:
-        return Console(stderr=True, emoji=False, quiet=not self.verbose)
+        return Console(stderr=True, emoji=False, markup=False, highlight=False, quiet=not self.verbose)  # user text printed literally
 
     def _fingerprint(self, n_images: int, classes: np.ndarray, settings: Settings) -> dict[str, Any]:
         """Settings that must not change between a run and its resume."""

@@ -24,6 +24,7 @@ import PIL
 from PIL import Image, ImageOps
 
 from transferkit.data.sources import ImageSet, SkippedFile, _list_bad
+from transferkit.data.validate import file_problem
 from transferkit.errors import ConfigError, DataError
 
 Interpolation = Literal["nearest", "bilinear", "bicubic", "lanczos", "box", "hamming"]
@@ -37,7 +38,7 @@ _RESAMPLE = {
     "hamming": Image.Resampling.HAMMING,
 }
 #: Bump when the decoded pixels would change for the same inputs (conversion, resize, layout).
-CACHE_FORMAT_VERSION = 1
+CACHE_FORMAT_VERSION = 2  # 2: the entry's JSON holds the SHA-256 of the pixels, checked on load
 _PROGRESS_MIN_IMAGES = 200  # below this a progress bar is only flicker
 _MAX_WORKERS = 8  # threads: PIL releases the GIL while decoding and resizing
 _HASH_CHUNK = 1 << 20
@@ -210,6 +211,9 @@ def _open(source: Any) -> Image.Image:
     if not isinstance(source, (str, os.PathLike)):
         raise _UnreadableImage(f"expected a file path or a uint8 array, got {type(source).__name__}")
     path = os.fspath(source)
+    problem = file_problem(path)  # before opening: a FIFO or a device would block or never end
+    if problem is not None:
+        raise _UnreadableImage(problem)
     try:
         if os.path.getsize(path) == 0:
             raise _UnreadableImage("the file is empty (0 bytes)")
@@ -347,6 +351,7 @@ def _decode_into(
             "n": n,
             "indices": indices.tolist(),
             "skipped": [{"index": i, "reason": r} for i, r in enumerate(reasons) if r is not None],
+            "sha256": pixels_digest(kept),
         }
         return DecodedImages(_store(cache, target[0], kept, meta), indices, skipped)
     finally:
@@ -419,13 +424,29 @@ def _content_digest(source: Any) -> bytes:
         digest.update(f"pil|{source.mode}|{source.size}|".encode())
         digest.update(source.tobytes())
         return digest.digest()
+    problem = file_problem(source) if isinstance(source, (str, os.PathLike)) else "not a path"
+    if problem is not None:  # never open a FIFO or a device: the decode step will say why
+        digest.update(f"unreadable|{_name_of(source)}|{problem}".encode())
+        return digest.digest()
     try:
         with open(source, "rb") as handle:
-            while chunk := handle.read(_HASH_CHUNK):
+            remaining = os.fstat(handle.fileno()).st_size  # a file that grows is not read forever
+            while remaining > 0 and (chunk := handle.read(min(_HASH_CHUNK, remaining))):
                 digest.update(chunk)
+                remaining -= len(chunk)
     except (OSError, TypeError) as error:  # unreadable now: the decode step will say why
         digest.update(f"unreadable|{_name_of(source)}|{type(error).__name__}".encode())
     return digest.digest()
+
+
+def pixels_digest(pixels: np.ndarray) -> str:
+    """SHA-256 of an array's bytes, read in chunks (a memory map is not loaded whole)."""
+    digest = hashlib.sha256()
+    flat = pixels.reshape(len(pixels), -1) if pixels.ndim > 1 else pixels.reshape(-1, 1)
+    rows = max(1, _HASH_CHUNK * 16 // max(1, flat.shape[1] * flat.itemsize))
+    for start in range(0, len(flat), rows):
+        digest.update(np.ascontiguousarray(flat[start : start + rows]).data)
+    return digest.hexdigest()
 
 
 def _load_cached(folder: Path, key: str, imageset: ImageSet, size: int) -> DecodedImages | None:
@@ -439,6 +460,13 @@ def _load_cached(folder: Path, key: str, imageset: ImageSet, size: int) -> Decod
         return None  # absent, half-written or foreign: decode again and overwrite
     indices = np.asarray(meta["indices"], np.int64)
     if pixels.shape != (len(indices), size, size, 3) or pixels.dtype != np.uint8:
+        return None
+    if meta.get("sha256") != pixels_digest(pixels):
+        warnings.warn(
+            f"image cache entry {data_path} is damaged (its content does not match its checksum); "
+            "decoding the images again.",
+            stacklevel=3,
+        )
         return None
     skipped = [SkippedFile(imageset.source_name(s["index"]), s["reason"]) for s in meta["skipped"]]
     return DecodedImages(pixels, indices, skipped)

@@ -8,6 +8,7 @@ labels and the keys used to split them. :mod:`transferkit.data.decode` turns an
 from __future__ import annotations
 
 import csv
+import io
 import os
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -16,15 +17,30 @@ from typing import Any
 
 import numpy as np
 
+from transferkit.data.validate import (
+    MISSING_LABELS as _MISSING,
+    check_label,
+    file_problem,
+    image_extensions,
+    is_inside,
+    read_text,
+    sniff_image,
+    walk_images,
+)
 from transferkit.errors import DataError
 
-#: File extensions (lower case) treated as images when searching folders.
-IMAGE_EXTENSIONS: frozenset[str] = frozenset(
-    {
-        ".png", ".jpg", ".jpeg", ".jpe", ".bmp", ".tif", ".tiff", ".gif", ".webp",
-        ".ppm", ".pgm", ".pbm", ".pnm", ".tga", ".jp2",
-    }
-)  # fmt: skip
+#: File extensions (lower case) treated as images when searching folders: every format Pillow
+#: opens (EPS left out: it needs Ghostscript). Other files are still kept when Pillow
+#: recognises their content (:func:`transferkit.data.validate.sniff_image`).
+IMAGE_EXTENSIONS: frozenset[str] = (
+    frozenset(
+        {
+            ".png", ".jpg", ".jpeg", ".jpe", ".jfif", ".bmp", ".tif", ".tiff", ".gif", ".webp",
+            ".ppm", ".pgm", ".pbm", ".pnm", ".tga", ".jp2",
+        }
+    )  # fmt: skip
+    | image_extensions()
+) - {".eps", ".ps"}
 
 _MAX_LISTED = 20  # how many offending files an error message names before "and N more"
 
@@ -89,11 +105,11 @@ class ImageSet:
         if self.labels is not None:
             self.labels = _as_strings(self.labels, "labels", n)
         if self.strata is not None:
-            self.strata = _as_strings(self.strata, "strata", n)
+            self.strata = _as_strings(self.strata, "strata", n, labels=False)
         elif self.labels is not None:
             self.strata = list(self.labels)
         if self.groups is not None:
-            self.groups = _as_strings(self.groups, "groups", n)
+            self.groups = _as_strings(self.groups, "groups", n, labels=False)
         self.skipped = list(self.skipped)
 
     def __len__(self) -> int:
@@ -238,15 +254,22 @@ def find_images(inputs: Sequence[str | os.PathLike]) -> list[str]:
     for item in inputs:
         path = os.path.abspath(os.fspath(item))
         if os.path.isdir(path):
-            found.update(_images_under(path))
-        elif os.path.isfile(path):
-            if not _is_image_name(path):
+            walk = walk_images(path, IMAGE_EXTENSIONS)
+            if walk.problems:
                 raise DataError(
-                    f"expected an image file ({_extensions_hint()}) or a folder. Received: {path}"
+                    f"{len(walk.problems)} file(s) in {path} cannot be read as images:\n"
+                    f"{_list_bad([SkippedFile(p, r) for p, r in walk.problems])}\nRemove them or move them out of the folder."
                 )
-            found.add(path)
-        else:
+            found.update(walk.images)
+            continue
+        problem = file_problem(path)
+        if problem == "file not found":
             raise DataError(f"image file or folder does not exist: {path}")
+        if problem is not None:
+            raise DataError(f"cannot read image {path}: {problem}.")
+        if not (_is_image_name(path) or sniff_image(path)):
+            raise DataError(f"expected an image file ({_extensions_hint()}) or a folder. Received: {path}")
+        found.add(path)
     if not found:
         shown = ", ".join(os.fspath(i) for i in inputs) or "(no inputs)"
         raise DataError(f"no image files ({_extensions_hint()}) found in: {shown}")
@@ -305,11 +328,14 @@ def _resolve_path(path: str, labels: Any, *, skip_bad: bool) -> ImageSet:
         )
     if os.path.isdir(path):
         _reject_labels(labels, "a folder (its sub-folders are the labels)")
-        return _from_folder(path)
+        return _from_folder(path, skip_bad=skip_bad)
     if path.lower().endswith(".csv"):
         _reject_labels(labels, "a CSV file (its label column holds the labels)")
         return _from_csv(path, skip_bad=skip_bad)
-    if _is_image_name(path):
+    problem = file_problem(path)
+    if problem is not None:
+        raise DataError(f"data {path}: {problem}. Expected a folder or a .csv file.")
+    if _is_image_name(path) or sniff_image(path):
         raise DataError(
             f"data is a single image: {path}. Training and evaluation expected a folder with one "
             "sub-folder per class or a CSV file; to predict, pass images to find_images()."
@@ -317,14 +343,11 @@ def _resolve_path(path: str, labels: Any, *, skip_bad: bool) -> ImageSet:
     raise DataError(f"data expected a folder or a .csv file. Received: {path}")
 
 
-def _from_folder(root: str) -> ImageSet:
-    class_dirs = sorted(
-        entry.name
-        for entry in os.scandir(root)
-        if entry.is_dir() and not entry.name.startswith(".")
-    )
+def _from_folder(root: str, *, skip_bad: bool = False) -> ImageSet:
+    entries = sorted(os.scandir(root), key=lambda e: e.name)
+    class_dirs = [e.name for e in entries if not e.name.startswith(".") and _is_dir(e)]
     if not class_dirs:
-        loose = any(_is_image_name(e.name) for e in os.scandir(root) if e.is_file())
+        loose = any(_is_image_name(e.name) for e in entries if e.is_file())
         hint = (
             " It holds images directly; move them into one sub-folder per class "
             "(to predict on them, use find_images())."
@@ -334,25 +357,55 @@ def _from_folder(root: str) -> ImageSet:
         raise DataError(f"expected one sub-folder per class in {root}. Received: no sub-folders.{hint}")
     sources: list[str] = []
     labels: list[str] = []
+    problems: list[SkippedFile] = []
+    ignored: list[SkippedFile] = []
+    visited: set[str] = set()
     for name in class_dirs:
-        files = _images_under(os.path.join(root, name))
-        if not files:
+        folder = os.path.join(root, name)
+        if is_inside(root, folder):  # a link to the data root or above it: every image again
+            ignored.append(SkippedFile(folder, f"symbolic link loop (to {os.path.realpath(folder)}): not a class, left out"))
+            continue
+        if os.path.realpath(folder) in visited:
+            ignored.append(SkippedFile(folder, f"second name of a folder already read ({os.path.realpath(folder)}): left out"))
+            continue
+        walk = walk_images(folder, IMAGE_EXTENSIONS, visited=visited)
+        problems += [SkippedFile(p, r) for p, r in walk.problems]
+        ignored += [SkippedFile(p, r) for p, r in walk.ignored]
+        if not walk.images:
+            if walk.problems:
+                continue  # reported below
             raise DataError(
                 f"class {name!r} has no images in {root}. Add {_extensions_hint()} files to "
-                f"{os.path.join(root, name)} or remove that folder."
+                f"{folder} or remove that folder."
             )
-        sources.extend(files)
-        labels.extend([name] * len(files))
-    imageset = ImageSet(sources, labels, name=root)
+        sources.extend(walk.images)
+        labels.extend([name] * len(walk.images))
+    if problems and not skip_bad:
+        raise DataError(
+            f"{len(problems)} file(s) in {root} cannot be read as images:\n{_list_bad(problems)}\n"
+            "Remove them, or pass skip_bad=True (--skip-bad) to leave them out."
+        )
+    imageset = ImageSet(sources, labels, name=root, skipped=ignored + problems)
     check_classes(imageset)
     return imageset
 
 
+def _is_dir(entry: os.DirEntry) -> bool:
+    try:
+        return entry.is_dir(follow_symlinks=True)
+    except OSError:
+        return False
+
+
 def _from_csv(csv_path: str, *, skip_bad: bool) -> ImageSet:
     base = os.path.dirname(csv_path)
-    with open(csv_path, newline="", encoding="utf-8-sig") as handle:
+    text = read_text(csv_path, what="CSV file")
+    with io.StringIO(text, newline="") as handle:
         reader = csv.reader(handle)
-        header = next(reader, None)
+        try:
+            header = next(reader, None)
+        except csv.Error as error:
+            raise DataError(f"CSV file {csv_path}: line 1 cannot be parsed ({error}).") from None
         if header is None:
             raise DataError(f"CSV file is empty: {csv_path}. Expected a header row path,label.")
         columns = {name.strip().lower(): i for i, name in enumerate(header)}
@@ -365,34 +418,52 @@ def _from_csv(csv_path: str, *, skip_bad: bool) -> ImageSet:
         i_path, i_label, i_group = columns["path"], columns["label"], columns.get("group")
         sources, labels, groups = [], [], []
         bad: list[SkippedFile] = []
-        for row in reader:
+        duplicates: list[SkippedFile] = []
+        seen: dict[str, tuple[int, str]] = {}  # file -> (line, label) of its first row
+        contradictions: list[str] = []
+        for row in _rows(reader, csv_path):
             if not any(cell.strip() for cell in row):
                 continue  # blank line
-            where = f"line {reader.line_num} of {os.path.basename(csv_path)}"
+            line = reader.line_num
+            where = f"line {line} of {os.path.basename(csv_path)}"
             cells = [cell.strip() for cell in row]
             needed = [i_path, i_label] + ([i_group] if i_group is not None else [])
-            if len(cells) <= max(needed) or not cells[i_path] or not cells[i_label]:
-                raise DataError(
-                    f"line {reader.line_num} of {csv_path}: expected a path and a label. Received: {row}"
-                )
+            if len(cells) <= max(needed) or not cells[i_path]:
+                raise DataError(f"line {line} of {csv_path}: expected a path and a label. Received: {row}")
+            label = check_label(cells[i_label], f"line {line} of {csv_path} ({cells[i_path]})")
             file = os.path.abspath(os.path.join(base, os.path.expanduser(cells[i_path])))
-            if not os.path.isfile(file):
-                bad.append(SkippedFile(file, f"{where}: file not found"))
+            problem = file_problem(file)
+            if problem is not None:
+                bad.append(SkippedFile(file, f"{where}: {problem}"))
                 continue
+            if file in seen:
+                first_line, first_label = seen[file]
+                if first_label != label:
+                    contradictions.append(f"  {file}: line {first_line} says {first_label!r}, line {line} says {label!r}")
+                else:
+                    duplicates.append(SkippedFile(file, f"{where}: repeats line {first_line}; left out"))
+                continue
+            seen[file] = (line, label)
             sources.append(file)
-            labels.append(cells[i_label])
+            labels.append(label)
             if i_group is not None:
                 groups.append(cells[i_group])
+    if contradictions:
+        shown = "\n".join(contradictions[:_MAX_LISTED])
+        raise DataError(
+            f"{len(contradictions)} file(s) in {csv_path} are listed with contradictory labels:\n{shown}\n"
+            "Keep one row per file."
+        )
     if bad and not skip_bad:
         raise DataError(
-            f"{len(bad)} file(s) listed in {csv_path} do not exist:\n{_list_bad(bad)}\n"
+            f"{len(bad)} file(s) listed in {csv_path} do not exist or are not regular files:\n{_list_bad(bad)}\n"
             "Fix the paths (relative paths are relative to the CSV's folder), or pass "
             "skip_bad=True (--skip-bad) to leave these rows out."
         )
     if not sources:
         raise DataError(f"CSV file {csv_path} lists no usable images.")
     imageset = ImageSet(
-        sources, labels, groups=groups if i_group is not None else None, name=csv_path, skipped=bad
+        sources, labels, groups=groups if i_group is not None else None, name=csv_path, skipped=duplicates + bad
     )
     check_classes(imageset)
     return imageset
@@ -416,8 +487,9 @@ def _from_list(items: Sequence, labels: Any, *, skip_bad: bool) -> ImageSet:
             sources.append(item)
         elif isinstance(item, (str, os.PathLike)):
             path = os.path.abspath(os.fspath(item))
-            if not os.path.isfile(path):
-                bad.append(SkippedFile(path, f"data[{i}]: file not found"))
+            problem = file_problem(path)
+            if problem is not None:
+                bad.append(SkippedFile(path, f"data[{i}]: {problem}"))
                 continue
             sources.append(path)
         else:
@@ -427,7 +499,7 @@ def _from_list(items: Sequence, labels: Any, *, skip_bad: bool) -> ImageSet:
         kept_labels.append(label_list[i])
     if bad and not skip_bad:
         raise DataError(
-            f"{len(bad)} image file(s) do not exist:\n{_list_bad(bad)}\n"
+            f"{len(bad)} image file(s) do not exist or are not regular files:\n{_list_bad(bad)}\n"
             "Fix the paths, or pass skip_bad=True (--skip-bad) to leave them out."
         )
     imageset = ImageSet(sources, kept_labels, name=f"list of {len(items)} images", skipped=bad)
@@ -467,14 +539,26 @@ def _check_image_array(array: np.ndarray, what: str) -> None:
 # Helpers
 
 
-def _as_strings(values: Any, what: str, expected_length: int) -> list[str]:
+def _as_strings(values: Any, what: str, expected_length: int, *, labels: bool = True) -> list[str]:
     if isinstance(values, (str, bytes)) or not hasattr(values, "__len__"):
         raise DataError(f"{what} expected a sequence with one value per image. Received: {values!r}")
+    shape = getattr(values, "shape", None)
+    if shape is not None and len(shape) != 1:
+        raise DataError(
+            f"{what} expected a 1-D sequence with one value per image. Received: shape={tuple(shape)}"
+            + (f"; use {what}.ravel()" if len(shape) == 2 and 1 in shape[1:] else "")
+        )
     if len(values) != expected_length:
         raise DataError(
             f"{what} expected one value per image ({expected_length}). Received: {len(values)} values"
         )
-    return [str(v) for v in values]
+    if not labels:
+        return [str(v) for v in values]
+    # Every label is checked (missing, NaN, None, not a scalar); plain strings take the fast path.
+    return [
+        v if type(v) is str and v.strip().lower() not in _MISSING else check_label(v, f"{what}[{i}]")
+        for i, v in enumerate(values)
+    ]
 
 
 def _reject_labels(labels: Any, source: str) -> None:
@@ -486,21 +570,15 @@ def _is_image_name(path: str) -> bool:
     return os.path.splitext(path)[1].lower() in IMAGE_EXTENSIONS
 
 
-def _images_under(folder: str) -> list[str]:
-    """Image files under ``folder`` (recursive, hidden entries skipped), sorted, absolute."""
-    found = []
-    for dirpath, dirnames, filenames in os.walk(folder):
-        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
-        found.extend(
-            os.path.join(dirpath, f)
-            for f in filenames
-            if not f.startswith(".") and _is_image_name(f)
-        )
-    return sorted(os.path.abspath(f) for f in found)
+def _rows(reader, csv_path: str):
+    try:
+        yield from reader
+    except csv.Error as error:
+        raise DataError(f"CSV file {csv_path}: line {reader.line_num} cannot be parsed ({error}).") from None
 
 
 def _extensions_hint() -> str:
-    return ".png/.jpg/.tif/.bmp"
+    return ".png/.jpg/.tif/.bmp or any image Pillow reads"
 
 
 def _list_bad(bad: Sequence[SkippedFile]) -> str:

@@ -20,6 +20,7 @@ import json
 import os
 import tempfile
 import uuid
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -30,11 +31,12 @@ from torch import nn
 
 from transferkit.backbones import Preprocessing, create_backbone, get_backbone_spec
 from transferkit.data import default_cache_dir, load_pixels
+from transferkit.data.decode import pixels_digest
 from transferkit.errors import ConfigError
 from transferkit.training.inputs import pixels_to_tensor, to_model_input
 from transferkit.training.runtime import Runtime, resolve_runtime
 
-FEATURE_CACHE_VERSION = 1
+FEATURE_CACHE_VERSION = 2  # 2: each shard's JSON holds the SHA-256 of its values, checked on load
 
 
 def pooled_features(model: nn.Module, inputs: torch.Tensor) -> torch.Tensor:
@@ -79,12 +81,24 @@ class FeatureCache:
 
     def _load_shard(self, keys_path: Path) -> None:
         try:
-            keys = json.loads(keys_path.read_text())["images"]
+            meta = json.loads(keys_path.read_text())
+            keys = meta["images"]
             values = np.load(keys_path.with_suffix(".npy"), mmap_mode="r")
-        except (OSError, ValueError, KeyError):
-            return  # foreign or damaged shard: ignore, it is recomputed
-        if len(values) == len(keys):
-            self._rows.update(zip(keys, values))
+        except (OSError, ValueError, KeyError, TypeError):
+            return  # foreign or half-written shard: ignore, it is recomputed
+        if len(values) != len(keys):
+            return
+        if meta.get("sha256") != pixels_digest(values):
+            # A flipped bit would silently change answers: drop the shard, recompute, say so.
+            warnings.warn(
+                f"feature cache shard {keys_path.with_suffix('.npy')} is damaged (its content does not "
+                "match its checksum); it is ignored and its features are computed again.",
+                stacklevel=4,
+            )
+            for path in (keys_path, keys_path.with_suffix(".npy")):
+                path.unlink(missing_ok=True)  # shards are immutable: no writer is using it
+            return
+        self._rows.update(zip(keys, values))
 
     def missing(self, digests: list[str]) -> list[int]:
         return [i for i, d in enumerate(digests) if d not in self._rows]
@@ -101,7 +115,8 @@ class FeatureCache:
             self.folder.mkdir(parents=True, exist_ok=True)
             shard = self.folder / uuid.uuid4().hex
             _atomic(shard.with_suffix(".npy"), lambda handle: np.save(handle, values))
-            _atomic(shard.with_suffix(".json"), lambda handle: handle.write(json.dumps({"images": digests}).encode()))
+            meta = {"images": digests, "sha256": pixels_digest(values)}
+            _atomic(shard.with_suffix(".json"), lambda handle: handle.write(json.dumps(meta).encode()))
         except OSError:
             pass  # a read-only cache costs speed, never correctness
 

@@ -74,7 +74,7 @@ def train_model(
     callbacks : sequence of Callback
         Run after :class:`EarlyStopping`, in order; e.g. ``[Checkpoint(dir, resume=True)]``.
     """
-    console = Console(stderr=True, emoji=False, quiet=not (verbose and runtime.is_main))
+    console = Console(stderr=True, emoji=False, markup=False, highlight=False, quiet=not (verbose and runtime.is_main))
     torch.manual_seed(config.seed)
     inputs = None
     if config.prefix_views > 0:
