@@ -171,6 +171,7 @@ STDOUT = Path("-")
 JsonOutOpt = Annotated[Optional[Path], typer.Option("--json", allow_dash=True, help="Write the table's content as JSON to this file; '-' prints it instead of the table.")]
 
 
+# long: typer declares each of its ~30 options as a parameter, one line each
 @app.command()
 def fit(
     data: DataArg,

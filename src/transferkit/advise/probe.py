@@ -132,6 +132,7 @@ def batchnorm_shift(
 
 
 @torch.no_grad()
+# long: one pass with hooks on every stage; its pieces share the hook state and the running sums
 def probe_backbone(
     model: nn.Module,
     pixels: np.ndarray,

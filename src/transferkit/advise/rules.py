@@ -291,6 +291,53 @@ def recommend(
     warnings: list[str] = []
 
     # 1. how much data: svm / finetune / full
+    small, large = _data_size_rules(n, t, rules, reasons)
+    # 2. how far from the pretraining data
+    far_shift, far_entropy = _far_domain_rules(shift, t, rules, reasons)
+    far = far_shift or far_entropy
+    scratch = far and n >= t.min_scratch_samples
+    rules.append(
+        RuleResult(
+            "scratch",
+            scratch,
+            f"far domain: {'yes' if far else 'no'}; {n:,} training images "
+            f"{'>=' if n >= t.min_scratch_samples else '<'} {t.min_scratch_samples:,}",
+        )
+    )
+
+    strategy = _choose_strategy(n, small=small, large=large, far=far, scratch=scratch, t=t, reasons=reasons, warnings=warnings)
+
+    # 3. what to freeze, at what learning rate
+    freeze = _freeze_rule(strategy, shift, t, far, backbone, rules, reasons)
+    lr, factor = _learning_rate(strategy, reasons)
+
+    # 4. at what size, with what weights, and what to watch out for
+    image_size = _image_size_rule(facts, backbone, t, rules, reasons)
+    class_weight = _imbalance_rule(facts, t, rules, reasons)
+    _head_rule(facts, backbone, t, strategy, rules, warnings)
+    _duplicates_rule(facts, t, rules, warnings)
+    if budget is not None:
+        strategy, image_size, freeze, lr, factor = _budget_rule(
+            budget, facts, backbone, t, strategy, image_size, freeze, (lr, factor), rules, reasons, warnings
+        )
+
+    return Recommendation(
+        strategy=strategy,
+        backbone=backbone.name,
+        freeze=freeze,
+        lr=lr,
+        backbone_lr_factor=factor,
+        augment="none" if strategy == "svm" else "standard",
+        image_size=image_size,
+        class_weight=class_weight,
+        reasons=reasons,
+        warnings=warnings,
+        rules=rules,
+    )
+
+
+def _data_size_rules(n: int, t: AdviceThresholds, rules: list[RuleResult], reasons: list[str]) -> tuple[bool, bool]:
+    """Rules small_data and large_data: (fewer than small_data images, at least large_data)."""
     small = n < t.small_data
     large = n >= t.large_data
     rules.append(RuleResult("small_data", small, f"{n:,} training images {'<' if small else '>='} {t.small_data:,}"))
@@ -305,20 +352,13 @@ def recommend(
             f"{n:,} training images (>= {t.small_data:,}): enough to fine-tune rather than only train an "
             "SVM on frozen features"
         )
+    return small, large
 
-    # 2. how far from the pretraining data
-    far_shift, far_entropy = _far_domain_rules(shift, t, rules, reasons)
-    far = far_shift or far_entropy
-    scratch = far and n >= t.min_scratch_samples
-    rules.append(
-        RuleResult(
-            "scratch",
-            scratch,
-            f"far domain: {'yes' if far else 'no'}; {n:,} training images "
-            f"{'>=' if n >= t.min_scratch_samples else '<'} {t.min_scratch_samples:,}",
-        )
-    )
 
+def _choose_strategy(
+    n: int, *, small: bool, large: bool, far: bool, scratch: bool, t: AdviceThresholds, reasons: list[str], warnings: list[str]
+) -> AdvisedStrategy:
+    """The strategy the data size and the domain call for, with its reason."""
     if small:
         strategy: AdvisedStrategy = "svm"
         if far:
@@ -348,34 +388,7 @@ def recommend(
             f"{n:,} training images (< {t.large_data:,}): fine-tune the later stages and keep the early "
             "ones frozen, with augmentation"
         )
-
-    # 3. what to freeze, at what learning rate
-    freeze = _freeze_rule(strategy, shift, t, far, backbone, rules, reasons)
-    lr, factor = _learning_rate(strategy, reasons)
-
-    # 4. at what size, with what weights, and what to watch out for
-    image_size = _image_size_rule(facts, backbone, t, rules, reasons)
-    class_weight = _imbalance_rule(facts, t, rules, reasons)
-    _head_rule(facts, backbone, t, strategy, rules, warnings)
-    _duplicates_rule(facts, t, rules, warnings)
-    if budget is not None:
-        strategy, image_size, freeze, lr, factor = _budget_rule(
-            budget, facts, backbone, t, strategy, image_size, freeze, (lr, factor), rules, reasons, warnings
-        )
-
-    return Recommendation(
-        strategy=strategy,
-        backbone=backbone.name,
-        freeze=freeze,
-        lr=lr,
-        backbone_lr_factor=factor,
-        augment="none" if strategy == "svm" else "standard",
-        image_size=image_size,
-        class_weight=class_weight,
-        reasons=reasons,
-        warnings=warnings,
-        rules=rules,
-    )
+    return strategy
 
 
 def _far_domain_rules(
