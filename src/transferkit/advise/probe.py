@@ -131,8 +131,8 @@ def batchnorm_shift(
     return float(torch.log1p(divergence.clamp_min(0)).mean())
 
 
-@torch.no_grad()
 # long: one pass with hooks on every stage; its pieces share the hook state and the running sums
+@torch.no_grad()
 def probe_backbone(
     model: nn.Module,
     pixels: np.ndarray,
