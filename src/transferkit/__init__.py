@@ -10,9 +10,6 @@ from transferkit.errors import (  # noqa: E402 - __version__ first: persistence 
     NotFittedError,
     TransferkitError,
 )
-from transferkit.estimator import ImageClassifier  # noqa: E402
-from transferkit.persistence import load_model as load  # noqa: E402
-from transferkit.persistence import save_model as save  # noqa: E402
 
 __all__ = [
     "BackboneError",
@@ -26,3 +23,20 @@ __all__ = [
     "save",
     "__version__",
 ]
+
+# The estimator imports torch. It is loaded on first use (PEP 562), so that the parts that need
+# no torch (an exported ONNX model's predictor, the data readers, the CLI's start) stay light.
+_LAZY = {
+    "ImageClassifier": ("transferkit.estimator", "ImageClassifier"),
+    "load": ("transferkit.persistence", "load_model"),
+    "save": ("transferkit.persistence", "save_model"),
+}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        module, attribute = _LAZY[name]
+        return getattr(importlib.import_module(module), attribute)
+    raise AttributeError(f"module 'transferkit' has no attribute {name!r}")

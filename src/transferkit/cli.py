@@ -60,6 +60,7 @@ def _peak_memory_mb() -> float:
 
 
 DataArg = Annotated[str, typer.Argument(help="Folder (one sub-folder per class), CSV (path,label), or a built-in name: elpv, elpv:train, elpv:test.")]
+ModelArg = Annotated[Path, typer.Argument(help="Model folder written by `transferkit fit --out`.")]
 JsonOpt = Annotated[Optional[Path], typer.Option("--json", help="Also write the results as JSON to this file.")]
 
 
@@ -397,7 +398,7 @@ def evaluate(
 
 @app.command()
 def predict(
-    model_dir: Annotated[Path, typer.Argument(help="Model folder written by `transferkit fit --out`.")],
+    model_dir: Annotated[Path, typer.Argument(help="Model folder written by `transferkit fit --out`, or an .onnx file from `transferkit export` (onnxruntime, no torch).")],
     inputs: Annotated[list[Path], typer.Argument(help="Image files or folders (searched recursively).")],
     csv_path: Annotated[Optional[Path], typer.Option("--csv", help="Write path,label,probability (+ top-k) rows to this CSV.")] = None,
     json_path: JsonOpt = None,
@@ -405,12 +406,16 @@ def predict(
 ) -> None:
     """Predict the class of each image."""
     from transferkit.data import find_images
-    from transferkit.persistence import load_model
 
     with _user_errors():
         if top_k < 1:
             raise typer.BadParameter(f"expected a positive integer. Received: {top_k}", param_hint="--top-k")
-        classifier = load_model(model_dir)
+        if model_dir.suffix == ".onnx":
+            classifier = _onnx_classifier(model_dir)
+        else:
+            from transferkit.persistence import load_model
+
+            classifier = load_model(model_dir)
         paths = find_images([str(p) for p in inputs])
         probabilities = classifier.predict_proba(paths)
         k = min(top_k, len(classifier.classes_))
@@ -460,8 +465,8 @@ def models() -> None:
         out.print("Any timm model name also works as --backbone when its weights can be downloaded, or with --weights FILE.")
 
 
-@app.command()
-def export(
+@app.command("export-data")
+def export_data(
     data: DataArg,
     out_dir: Annotated[Path, typer.Argument(help="Folder to write: one sub-folder per class.")],
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Write into a non-empty folder.")] = False,
@@ -473,6 +478,75 @@ def export(
         images = resolve_data(data)
         export_image_folders(images, out_dir, overwrite=overwrite)
         out.print(f"wrote {len(images)} images in {len(images.classes)} class folders to {out_dir}")
+
+
+@app.command()
+def export(
+    model_dir: ModelArg,
+    out_path: Annotated[Path, typer.Option("--out", help="The .onnx file to write.")],
+    export_format: Annotated[str, typer.Option("--format", help="onnx (the only format so far).")] = "onnx",
+    check: Annotated[Optional[str], typer.Option(help="Images (folder, CSV, built-in name) to check onnxruntime against PyTorch on (default: a few random images).")] = None,
+    quantize: Annotated[Optional[list[str]], typer.Option(help="Also write an int8 model: dynamic | static (repeatable); needs --check (static calibrates on it).")] = None,
+    test: Annotated[Optional[str], typer.Option(help="Labelled images to measure accuracy and speed of fp32 and int8 on (default: --check).")] = None,
+    json_path: JsonOpt = None,
+) -> None:
+    """Export a fitted model as ONNX (preprocessing and classes in its metadata), checked with onnxruntime."""
+    if export_format != "onnx":
+        raise typer.BadParameter(f"expected onnx. Received: {export_format!r}", param_hint="--format")
+    modes = quantize or []
+    for mode in modes:
+        if mode not in ("dynamic", "static"):
+            raise typer.BadParameter(f"expected dynamic or static. Received: {mode!r}", param_hint="--quantize")
+    from transferkit.export.onnx import export_onnx
+
+    with _user_errors():
+        result = export_onnx(model_dir, out_path, check_images=check)
+        report = result.to_dict()
+        out.print(f"wrote {out_path} ({result.size_mb} MB, opset {result.opset}); ONNX checker passed; "
+                  f"max |logit difference| vs PyTorch on {result.checked_images} images: {result.max_abs_diff:.2e}")
+        if modes or test:
+            report["measurements"] = _measure_exports(model_dir, out_path, modes, check, test or check)
+        _write_json(json_path, report)
+
+
+def _measure_exports(model_dir: Path, fp32: Path, modes: list[str], calibration: str | None, test: str | None) -> list[dict]:
+    """Write each int8 model next to ``fp32`` and time every file on the test images."""
+    from transferkit.data import resolve_data
+    from transferkit.export.onnx import torch_logits
+    from transferkit.export.quantize import measure_onnx, quantize_onnx
+    from transferkit.persistence import load_model
+
+    if test is None:
+        raise TransferkitError("measuring int8 needs labelled images; pass --check DATA (or --test DATA).")
+    classifier = load_model(model_dir)
+    images = resolve_data(test)
+    fp32_model = _onnx_classifier(fp32)
+    pixels = fp32_model.decode(images)
+    calibration_pixels = fp32_model.decode(resolve_data(calibration)) if calibration else pixels
+    reference = classifier.classes_[torch_logits(classifier, pixels).argmax(axis=1)]
+    files = {"onnxruntime fp32": fp32}
+    for mode in modes:
+        files[f"onnxruntime int8 {mode}"] = quantize_onnx(fp32, fp32.with_name(f"{fp32.stem}.int8.{mode}.onnx"), mode,
+                                                          calibration=calibration_pixels[:64])
+    table = Table(title=f"on {test} (n={len(pixels)})")
+    for column in ("model", "accuracy", "agrees with PyTorch", "images/s", "MB"):
+        table.add_column(column)
+    measurements = []
+    for name, path in files.items():
+        measurement, _ = measure_onnx(path, pixels, np.asarray(images.labels), name=name, reference=reference)
+        measurements.append(measurement.to_dict())
+        table.add_row(name, f"{measurement.accuracy:.4f}", f"{measurement.agreement:.3f}", f"{measurement.images_per_second:.1f}",
+                      f"{measurement.size_mb:.1f}")
+        if path != fp32:
+            err.print(f"wrote {path}")
+    out.print(table)
+    return measurements
+
+
+def _onnx_classifier(path: Path):
+    from transferkit.export import OnnxClassifier
+
+    return OnnxClassifier(path)
 
 
 def main() -> None:
