@@ -61,6 +61,7 @@ def _peak_memory_mb() -> float:
 
 DataArg = Annotated[str, typer.Argument(help="Folder (one sub-folder per class), CSV (path,label), or a built-in name: elpv, elpv:train, elpv:test.")]
 ModelArg = Annotated[Path, typer.Argument(help="Model folder written by `transferkit fit --out`.")]
+ReportOpt = Annotated[Optional[Path], typer.Option("--report", help="Also write report.html with plots and heatmaps to this folder.")]
 JsonOpt = Annotated[Optional[Path], typer.Option("--json", help="Also write the results as JSON to this file.")]
 
 
@@ -209,6 +210,7 @@ def compare(
     out_dir: Annotated[Optional[Path], typer.Option("--out", help="Refit the best strategy on all data and save it here.")] = None,
     plot: Annotated[Optional[Path], typer.Option(help="Bar chart PNG (default: next to --json or --out).")] = None,
     json_path: JsonOpt = None,
+    report_dir: Annotated[Optional[Path], typer.Option("--report", help="Also write report.html (CV table, bar chart with error bars) to this folder.")] = None,
 ) -> None:
     """Cross-validate several strategies on the same folds and rank them."""
     from transferkit.data import resolve_data
@@ -254,6 +256,10 @@ def compare(
             save_model(classifier, out_dir, metrics={"cv": comparison.best.to_dict()})
             out.print(f"best model ({best}) refitted on all data and written to {out_dir}")
             report["model"] = str(out_dir)
+        if report_dir is not None:
+            from transferkit.report.build import write_comparison_report
+
+            out.print(f"wrote {write_comparison_report(comparison.to_dict(), report_dir, data_name=data)}")
         _write_json(json_path, report)
 
 
@@ -368,6 +374,7 @@ def evaluate(
     model_dir: Annotated[Path, typer.Argument(help="Model folder written by `transferkit fit --out`.")],
     data: DataArg,
     json_path: JsonOpt = None,
+    report_dir: ReportOpt = None,
 ) -> None:
     """Score a saved model on labelled DATA: accuracy, balanced accuracy, macro-F1, confusion matrix."""
     from transferkit.data import resolve_data
@@ -394,6 +401,8 @@ def evaluate(
             summary += f"  binary accuracy {metrics['binary_accuracy']:.4f}"
         out.print(summary)
         _write_json(json_path, metrics)
+        if report_dir is not None:
+            _write_model_report(model_dir, data, report_dir, classifier=classifier, images=images)
 
 
 @app.command()
@@ -403,6 +412,7 @@ def predict(
     csv_path: Annotated[Optional[Path], typer.Option("--csv", help="Write path,label,probability (+ top-k) rows to this CSV.")] = None,
     json_path: JsonOpt = None,
     top_k: Annotated[int, typer.Option(help="Also list the k most likely classes per image.")] = 1,
+    explain: Annotated[Optional[Path], typer.Option(help="Write one heatmap overlay PNG per image (Grad-CAM of the predicted class) to this folder.")] = None,
 ) -> None:
     """Predict the class of each image."""
     from transferkit.data import find_images
@@ -435,9 +445,49 @@ def predict(
                 writer.writerows(rows)
             err.print(f"wrote {csv_path}")
         _write_json(json_path, {"predictions": rows, "classes": [str(c) for c in classifier.classes_]})
+        if explain is not None:
+            if model_dir.suffix == ".onnx":
+                raise TransferkitError("--explain needs the model folder (heatmaps need the network's gradients), not an .onnx file.")
+            from transferkit.report.explain import write_explanations
+
+            written = write_explanations(classifier, paths, explain, probabilities=probabilities)
+            err.print(f"wrote {len(written)} heatmaps to {explain}")
         if csv_path is None and json_path is None:
             for record in rows:
                 out.print(f"{record['path']}\t{record['label']}\t{record['probability']:.4f}", markup=False, highlight=False)
+
+
+@app.command()
+def report(
+    model_dir: ModelArg,
+    data: DataArg,
+    out_dir: Annotated[Path, typer.Option("--out", help="Folder for report.html, its PNGs and report.json.")],
+    advice: Annotated[Optional[Path], typer.Option(help="`transferkit advise --json` output to show (with --measure: the race); default: the advice stored with the model.")] = None,
+    positive: Annotated[Optional[list[str]], typer.Option(help="A class of the positive side of a binary view (repeatable), e.g. --positive 0.67 --positive 1.00.")] = None,
+    mistakes: Annotated[int, typer.Option(help="How many of the most confident mistakes to show with heatmaps.")] = 12,
+) -> None:
+    """Write an HTML report of MODEL on labelled DATA: metrics, confusion matrix, curves, advice, mistakes with heatmaps."""
+    with _user_errors():
+        _write_model_report(model_dir, data, out_dir, advice_path=advice, positive=positive, mistakes=mistakes)
+
+
+def _write_model_report(model_dir: Path, data: str, out_dir: Path, *, classifier=None, images=None, advice_path: Path | None = None,
+                        positive: list[str] | None = None, mistakes: int = 12) -> None:
+    from transferkit.data import resolve_data
+    from transferkit.persistence import load_model, read_config
+    from transferkit.report.build import write_report
+
+    advice = None
+    if advice_path is not None:
+        try:
+            advice = json.loads(advice_path.read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            raise TransferkitError(f"cannot read the advice file {advice_path}: {exc}; expected `transferkit advise --json` output.") from None
+    path = write_report(
+        load_model(model_dir) if classifier is None else classifier, resolve_data(data) if images is None else images, out_dir, data_name=data, model_name=str(model_dir),
+        config=read_config(model_dir), advice=advice, positive=positive, top_mistakes=mistakes, progress=True,
+    )
+    out.print(f"wrote {path}")
 
 
 @app.command()
