@@ -491,6 +491,25 @@ def _write_model_report(model_dir: Path, data: str, out_dir: Path, *, classifier
 
 
 @app.command()
+def serve(
+    model_dir: ModelArg,
+    host: Annotated[str, typer.Option(help="Interface to listen on (127.0.0.1: this machine only).")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
+    max_upload_mb: Annotated[float, typer.Option(help="Largest accepted image file, in MiB.")] = 10.0,
+    max_files: Annotated[int, typer.Option(help="Most images per request.")] = 16,
+) -> None:
+    """Serve MODEL over HTTP: POST /predict, GET /health, GET /model, and a page at / to drop images on."""
+    from transferkit.serve import UploadLimits, create_app
+
+    with _user_errors():
+        import uvicorn
+
+        app_ = create_app(model_dir, limits=UploadLimits(max_bytes=int(max_upload_mb * 2**20), max_files=max_files))
+        err.print(f"serving {model_dir} on http://{host}:{port}/ (Ctrl+C stops)")
+        uvicorn.run(app_, host=host, port=port, log_level="info")
+
+
+@app.command()
 def models() -> None:
     """List the registered backbones, their stages, input size and offline weights."""
     from transferkit.backbones import backbone_stages, create_backbone, list_backbones, weights_available
