@@ -81,9 +81,13 @@ def _quantize(prepared: Path, target: Path, mode: str, source: Path, calibration
         else:
             fp32 = OnnxClassifier(source)
 
+            # Equal batches only: the percentile calibrator stacks them (a ragged last batch fails).
+            size = min(8, len(calibration))
+            starts = range(0, len(calibration) - size + 1, size)
+
             class Reader(CalibrationDataReader):
                 def __init__(self) -> None:
-                    self._batches = iter(fp32.normalise(calibration[start : start + 8]) for start in range(0, len(calibration), 8))
+                    self._batches = iter(fp32.normalise(calibration[start : start + size]) for start in starts)
 
                 def get_next(self):
                     batch = next(self._batches, None)
