@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import timm
 import torch
+from PIL import Image
 
 from transferkit.backbones import Preprocessing
 from transferkit.report.cam import activation_maps, last_stage_layer, overlay
@@ -82,3 +83,17 @@ def test_overlay_blends_and_checks_shapes():
     assert blended.shape == image.shape and blended.dtype == np.uint8 and not np.array_equal(blended, image)
     with pytest.raises(Exception, match="heatmap shape"):
         overlay(image, np.ones((4, 4)))
+
+
+def test_heatmaps_of_a_frozen_backbone_model(image_folder, tiny_weights, tmp_path):
+    # svm/logistic models have every parameter frozen; Grad-CAM must still get its gradients.
+    from fitted_models import fit_tiny_model
+    from transferkit import load
+
+    classifier = load(fit_tiny_model(image_folder, tiny_weights, tmp_path / "model", strategy="logistic"))
+    images = sorted(image_folder.rglob("*.png"))[:3]
+    classifier.predict_proba(images)
+    assert not any(p.requires_grad for p in classifier.model_.parameters())
+    pixels = np.stack([np.asarray(Image.open(p)) for p in images])
+    maps = activation_maps(classifier.model_, pixels, classifier.preprocessing_)
+    assert maps.shape == (3, 24, 24)

@@ -54,6 +54,9 @@ def activation_maps(
     with GradCAM(model=model, target_layers=[last_stage_layer(model)]) as cam:
         for start in range(0, len(pixels), batch_size):
             batch = (pixels_to_tensor(pixels[start : start + batch_size]).float() / 255.0 - mean) / std
+            # The feature strategies leave every parameter frozen (requires_grad False); a
+            # gradient-requiring input keeps the graph that Grad-CAM differentiates.
+            batch.requires_grad_(True)
             if targets is None:
                 with torch.no_grad():
                     chosen = model(batch).argmax(dim=1).tolist()
