@@ -23,7 +23,6 @@ import torch
 
 from common import fmt, ratio, stratified_subset, write_json
 from transferkit.data import decode_images, resolve_data
-from transferkit.export import OnnxClassifier
 from transferkit.export.onnx import export_onnx, torch_logits
 from transferkit.export.quantize import CALIBRATION_IMAGES, measure_onnx, quantize_onnx
 from transferkit.persistence import load_model
