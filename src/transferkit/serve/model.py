@@ -30,7 +30,9 @@ class ServedModel:
     def __init__(self, model_dir: str | os.PathLike) -> None:
         self.classifier = load_model(model_dir)
         self.config = read_config(model_dir)
-        self.runtime = resolve_runtime("cpu", "fp32")
+        # The model's own precision setting on the CPU, as `transferkit predict` uses it (bf16
+        # autocast where the CPU runs it natively, else fp32): the same answers as predict.
+        self.runtime = resolve_runtime("cpu", self.classifier.precision)
         self.model = self.classifier.model_.cpu().float().eval()
         self._lock = threading.Lock()
 
