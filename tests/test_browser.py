@@ -19,7 +19,7 @@ import urllib.request
 import pytest
 from typer.testing import CliRunner
 
-from fitted_models import fit_tiny_model
+from fitted_models import fit_tiny_model, single_threaded_torch  # noqa: F401 - autouse: one torch thread in this module
 from transferkit.cli import app
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")

@@ -8,6 +8,7 @@ import timm
 import torch
 from PIL import Image
 
+from fitted_models import fit_tiny_model, single_threaded_torch  # noqa: F401 - autouse: one torch thread in this module
 from transferkit.backbones import Preprocessing
 from transferkit.report.cam import activation_maps, last_stage_layer, overlay
 
@@ -87,7 +88,6 @@ def test_overlay_blends_and_checks_shapes():
 
 def test_heatmaps_of_a_frozen_backbone_model(image_folder, tiny_weights, tmp_path):
     # svm/logistic models have every parameter frozen; Grad-CAM must still get its gradients.
-    from fitted_models import fit_tiny_model
     from transferkit import load
 
     classifier = load(fit_tiny_model(image_folder, tiny_weights, tmp_path / "model", strategy="logistic"))

@@ -11,7 +11,7 @@ import pytest
 from typer.testing import CliRunner
 
 from conftest import make_images
-from fitted_models import fit_tiny_model
+from fitted_models import fit_tiny_model, single_threaded_torch  # noqa: F401 - autouse: one torch thread in this module
 from transferkit import load
 from transferkit.cli import app
 from transferkit.export import OnnxClassifier, export_onnx

@@ -12,7 +12,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from conftest import TINY_BACKBONE, make_images
-from fitted_models import fit_tiny_model
+from fitted_models import fit_tiny_model, single_threaded_torch  # noqa: F401 - autouse: one torch thread in this module
 from transferkit.cli import app
 
 runner = CliRunner()

@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from conftest import make_images
-from fitted_models import fit_tiny_model
+from fitted_models import fit_tiny_model, single_threaded_torch  # noqa: F401 - autouse: one torch thread in this module
 from transferkit import load
 
 pytest.importorskip("fastapi")
