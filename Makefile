@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 OUT    ?= runs/elpv
 
-.PHONY: run test slow soak bench install install-dev clean
+.PHONY: run test slow soak bench onnx-bench docs-figures install install-dev clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -51,6 +51,19 @@ bench: install-dev
 	$(BIN)/python benchmarks/features_speed.py --strategies svm head --image-size 224 \
 		--json runs/bench/features.json
 	$(BIN)/python benchmarks/compile_check.py --json runs/bench/compile.json
+
+## ONNX Runtime vs PyTorch (fp32, int8) on elpv:test, with the cheap svm model it needs (~3 min).
+runs/onnx_model/config.json:
+	$(BIN)/transferkit fit elpv:train --strategy svm --image-size 128 --out runs/onnx_model --quiet
+
+onnx-bench: install-dev runs/onnx_model/config.json
+	cd benchmarks && ../$(BIN)/python onnx_speed.py --model ../runs/onnx_model --json ../runs/bench/onnx.json
+
+## The ELPV report of that model (runs/elpv-report/report.html); its confusion matrix goes to docs/figures/.
+docs-figures: install-dev runs/onnx_model/config.json
+	$(BIN)/transferkit report runs/onnx_model elpv:test --out runs/elpv-report
+	mkdir -p docs/figures
+	cp runs/elpv-report/confusion_normalised.png docs/figures/elpv_confusion.png
 
 clean:
 	rm -rf $(VENV) runs build dist src/*.egg-info

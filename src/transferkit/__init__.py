@@ -9,13 +9,6 @@ from transferkit.errors import (
     NotFittedError,
     TransferkitError,
 )
-from transferkit.advise import AdviceThresholds
-from transferkit.estimator import ImageClassifier
-from transferkit.persistence import load_model as load
-from transferkit.persistence import save_model as save
-from transferkit.strategies import get_strategy, list_strategies, register_strategy
-from transferkit.strategies.features import BottleneckFeatures
-from transferkit.training.runtime import keep_freed_memory
 
 __all__ = [
     "AdviceThresholds",
@@ -35,3 +28,26 @@ __all__ = [
     "save",
     "__version__",
 ]
+
+# The estimator imports torch. It is loaded on first use (PEP 562), so that the parts that need
+# no torch (an exported ONNX model's predictor, the data readers, the CLI's start) stay light.
+_LAZY = {
+    "AdviceThresholds": ("transferkit.advise", "AdviceThresholds"),
+    "BottleneckFeatures": ("transferkit.strategies.features", "BottleneckFeatures"),
+    "ImageClassifier": ("transferkit.estimator", "ImageClassifier"),
+    "get_strategy": ("transferkit.strategies", "get_strategy"),
+    "keep_freed_memory": ("transferkit.training.runtime", "keep_freed_memory"),
+    "list_strategies": ("transferkit.strategies", "list_strategies"),
+    "load": ("transferkit.persistence", "load_model"),
+    "register_strategy": ("transferkit.strategies", "register_strategy"),
+    "save": ("transferkit.persistence", "save_model"),
+}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        module, attribute = _LAZY[name]
+        return getattr(importlib.import_module(module), attribute)
+    raise AttributeError(f"module 'transferkit' has no attribute {name!r}")

@@ -166,6 +166,8 @@ DataArg = Annotated[str, typer.Argument(help="Folder (one sub-folder per class),
 DeviceOpt = Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N.")]
 PrecisionOpt = Annotated[str, typer.Option(help="auto | fp32 | bf16 | fp16.")]
 CacheOpt = Annotated[Optional[Path], typer.Option(help="Cache folder for decoded images and features (default ~/.cache/transferkit or $TRANSFERKIT_CACHE).")]
+ModelArg = Annotated[Path, typer.Argument(help="Model folder written by `transferkit fit --out`.")]
+ReportOpt = Annotated[Optional[Path], typer.Option("--report", help="Also write report.html with plots and heatmaps to this folder.")]
 JsonOpt = Annotated[Optional[Path], typer.Option("--json", help="Also write the results as JSON to this file.")]
 STDOUT = Path("-")
 JsonOutOpt = Annotated[Optional[Path], typer.Option("--json", allow_dash=True, help="Write the table's content as JSON to this file; '-' prints it instead of the table.")]
@@ -327,6 +329,7 @@ def compare(
     out_dir: Annotated[Optional[Path], typer.Option("--out", help="Refit the best strategy on all data and save it here.")] = None,
     plot: Annotated[Optional[Path], typer.Option(help="Bar chart PNG (default: next to --json or --out).")] = None,
     json_path: JsonOpt = None,
+    report_dir: Annotated[Optional[Path], typer.Option("--report", help="Also write report.html (CV table, bar chart with error bars) to this folder.")] = None,
 ) -> None:
     """Cross-validate several strategies on the same folds and rank them."""
     from transferkit.data import resolve_data
@@ -363,6 +366,10 @@ def compare(
             plot_comparison(comparison, plot)
             err.print(_literal(f"wrote {plot}"))
             report["plot"] = str(plot)
+        if report_dir is not None:
+            from transferkit.report.build import write_comparison_report
+
+            out.print(f"wrote {write_comparison_report(comparison.to_dict(), report_dir, data_name=data)}")
         _write_json(json_path, report)
 
 
@@ -471,6 +478,7 @@ def evaluate(
     device: DeviceOpt = "auto",
     precision: PrecisionOpt = "auto",
     cache_dir: CacheOpt = None,
+    report_dir: ReportOpt = None,
 ) -> None:
     """Score a saved model on labelled DATA: accuracy, balanced accuracy, macro-F1, confusion matrix."""
     from collections import Counter
@@ -510,11 +518,13 @@ def evaluate(
             summary += f"  binary accuracy {metrics['binary_accuracy']:.4f}"
         out.print(summary)
         _write_json(json_path, metrics)
+        if report_dir is not None:
+            _write_model_report(model_dir, data, report_dir, classifier=classifier, images=images)
 
 
 @app.command()
 def predict(
-    model_dir: Annotated[Path, typer.Argument(help="Model folder written by `transferkit fit --out`.")],
+    model_dir: Annotated[Path, typer.Argument(help="Model folder written by `transferkit fit --out`, or an .onnx file from `transferkit export` (onnxruntime, no torch).")],
     inputs: Annotated[list[Path], typer.Argument(help="Image files or folders (searched recursively).")],
     csv_path: Annotated[Optional[Path], typer.Option("--csv", help="Write path,label,probability (+ top-k) rows to this CSV.")] = None,
     json_path: JsonOpt = None,
@@ -522,17 +532,22 @@ def predict(
     device: DeviceOpt = "auto",
     precision: PrecisionOpt = "auto",
     cache_dir: CacheOpt = None,
+    explain: Annotated[Optional[Path], typer.Option(help="Write one heatmap overlay PNG per image (Grad-CAM of the predicted class) to this folder.")] = None,
 ) -> None:
     """Predict the class of each image."""
     from transferkit.data import find_images
-    from transferkit.persistence import load_model
 
     if top_k < 1:
         raise typer.BadParameter(f"expected a positive integer. Received: {top_k}", param_hint="--top-k")
     _check_output_file(csv_path, "--csv")
     _check_output_file(json_path, "--json")
     with _user_errors():
-        classifier = load_model(model_dir, device=device, precision=precision, cache_dir=str(cache_dir) if cache_dir else None)
+        if model_dir.suffix == ".onnx":
+            classifier = _onnx_classifier(model_dir)
+        else:
+            from transferkit.persistence import load_model
+
+            classifier = load_model(model_dir, device=device, precision=precision, cache_dir=str(cache_dir) if cache_dir else None)
         paths = find_images([str(p) for p in inputs])
         probabilities = classifier.predict_proba(paths)
         k = min(top_k, len(classifier.classes_))
@@ -558,9 +573,68 @@ def predict(
             atomic_write(csv_path, write_csv)  # all rows or no file: never a CSV cut short
             err.print(_literal(f"wrote {csv_path}"))
         _write_json(json_path, {"predictions": rows, "classes": [str(c) for c in classifier.classes_]})
+        if explain is not None:
+            if model_dir.suffix == ".onnx":
+                raise TransferkitError("--explain needs the model folder (heatmaps need the network's gradients), not an .onnx file.")
+            from transferkit.report.explain import write_explanations
+
+            written = write_explanations(classifier, paths, explain, probabilities=probabilities)
+            err.print(f"wrote {len(written)} heatmaps to {explain}")
         if csv_path is None and json_path is None:
             for record in rows:
                 out.print(_literal(f"{record['path']}\t{record['label']}\t{record['probability']:.4f}"))
+
+
+@app.command()
+def report(
+    model_dir: ModelArg,
+    data: DataArg,
+    out_dir: Annotated[Path, typer.Option("--out", help="Folder for report.html, its PNGs and report.json.")],
+    advice: Annotated[Optional[Path], typer.Option(help="`transferkit advise --json` output to show (with --measure: the race); default: the advice stored with the model.")] = None,
+    positive: Annotated[Optional[list[str]], typer.Option(help="A class of the positive side of a binary view (repeatable), e.g. --positive 0.67 --positive 1.00.")] = None,
+    mistakes: Annotated[int, typer.Option(help="How many of the most confident mistakes to show with heatmaps.")] = 12,
+) -> None:
+    """Write an HTML report of MODEL on labelled DATA: metrics, confusion matrix, curves, advice, mistakes with heatmaps."""
+    with _user_errors():
+        _write_model_report(model_dir, data, out_dir, advice_path=advice, positive=positive, mistakes=mistakes)
+
+
+def _write_model_report(model_dir: Path, data: str, out_dir: Path, *, classifier=None, images=None, advice_path: Path | None = None,
+                        positive: list[str] | None = None, mistakes: int = 12) -> None:
+    from transferkit.data import resolve_data
+    from transferkit.persistence import load_model, read_config
+    from transferkit.report.build import write_report
+
+    advice = None
+    if advice_path is not None:
+        try:
+            advice = json.loads(advice_path.read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            raise TransferkitError(f"cannot read the advice file {advice_path}: {exc}; expected `transferkit advise --json` output.") from None
+    path = write_report(
+        load_model(model_dir) if classifier is None else classifier, resolve_data(data) if images is None else images, out_dir, data_name=data, model_name=str(model_dir),
+        config=read_config(model_dir), advice=advice, positive=positive, top_mistakes=mistakes, progress=True,
+    )
+    out.print(f"wrote {path}")
+
+
+@app.command()
+def serve(
+    model_dir: ModelArg,
+    host: Annotated[str, typer.Option(help="Interface to listen on (127.0.0.1: this machine only).")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
+    max_upload_mb: Annotated[float, typer.Option(help="Largest accepted image file, in MiB.")] = 10.0,
+    max_files: Annotated[int, typer.Option(help="Most images per request.")] = 16,
+) -> None:
+    """Serve MODEL over HTTP: POST /predict, GET /health, GET /model, and a page at / to drop images on."""
+    from transferkit.serve import UploadLimits, create_app
+
+    with _user_errors():
+        import uvicorn
+
+        app_ = create_app(model_dir, limits=UploadLimits(max_bytes=int(max_upload_mb * 2**20), max_files=max_files))
+        err.print(f"serving {model_dir} on http://{host}:{port}/ (Ctrl+C stops)")
+        uvicorn.run(app_, host=host, port=port, log_level="info")
 
 
 @app.command()
@@ -577,8 +651,8 @@ def models(json_path: JsonOutOpt = None) -> None:
         _write_json(json_path, {"backbones": details})
 
 
-@app.command()
-def export(
+@app.command("export-data")
+def export_data(
     data: DataArg,
     out_dir: Annotated[Path, typer.Argument(help="Folder to write: one sub-folder per class.")],
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Write into a non-empty folder.")] = False,
@@ -638,6 +712,83 @@ def cache_clear(cache_dir: CacheDirOpt = None) -> None:
     with _user_errors():
         removed = clear_cache(cache_dir)
         out.print(f"removed {removed.files} files ({format_bytes(removed.bytes)}) from {removed.root}", highlight=False)
+
+
+@app.command()
+def export(
+    model_dir: ModelArg,
+    out_path: Annotated[Path, typer.Option("--out", help="The .onnx file to write.")],
+    export_format: Annotated[str, typer.Option("--format", help="onnx (the only format so far).")] = "onnx",
+    check: Annotated[Optional[str], typer.Option(help="Images (folder, CSV, built-in name) to check onnxruntime against PyTorch on (default: a few random images).")] = None,
+    quantize: Annotated[Optional[list[str]], typer.Option(help="Also write an int8 model: dynamic | static (repeatable); needs --check (static calibrates on it).")] = None,
+    test: Annotated[Optional[str], typer.Option(help="Labelled images to measure accuracy and speed of fp32 and int8 on (default: --check).")] = None,
+    json_path: JsonOpt = None,
+) -> None:
+    """Export a fitted model as ONNX (preprocessing and classes in its metadata), checked with onnxruntime."""
+    if export_format != "onnx":
+        raise typer.BadParameter(f"expected onnx. Received: {export_format!r}", param_hint="--format")
+    modes = quantize or []
+    for mode in modes:
+        if mode not in ("dynamic", "static"):
+            raise typer.BadParameter(f"expected dynamic or static. Received: {mode!r}", param_hint="--quantize")
+    from transferkit.export.onnx import PARITY_TOLERANCE, export_onnx
+
+    with _user_errors():
+        result = export_onnx(model_dir, out_path, check_images=check)
+        report = result.to_dict()
+        checked = f"{result.checked_images} images" if check else f"{result.checked_images} random-noise images (--check DATA uses real ones)"
+        out.print(f"wrote {out_path} ({result.size_mb} MB, opset {result.opset}); ONNX checker passed; "
+                  f"max |logit difference| vs PyTorch on {checked}: {result.max_abs_diff:.2e}")
+        if result.max_abs_diff > PARITY_TOLERANCE:
+            err.print(Text("warning: ", style="yellow") + Text(f"the difference exceeds {PARITY_TOLERANCE:g}; compare predictions before shipping."))
+        if modes or test:
+            report["measurements"] = _measure_exports(model_dir, out_path, modes, check, test or check)
+        _write_json(json_path, report)
+
+
+def _measure_exports(model_dir: Path, fp32: Path, modes: list[str], calibration: str | None, test: str | None) -> list[dict]:
+    """Write each int8 model next to ``fp32`` and time every file on the test images."""
+    from transferkit.data import resolve_data
+    from transferkit.export.onnx import torch_logits
+    from transferkit.export.quantize import measure_onnx, quantize_onnx
+    from transferkit.persistence import load_model
+
+    if test is None:
+        raise TransferkitError("measuring int8 needs labelled images; pass --check DATA (or --test DATA).")
+    classifier = load_model(model_dir)
+    images = resolve_data(test)
+    fp32_model = _onnx_classifier(fp32)
+    pixels = fp32_model.decode(images)
+    calibration_pixels = fp32_model.decode(resolve_data(calibration)) if calibration else pixels
+    reference = classifier.classes_[torch_logits(classifier, pixels).argmax(axis=1)]
+    files = {"onnxruntime fp32": fp32}
+    for mode in modes:
+        files[f"onnxruntime int8 {mode}"] = quantize_onnx(fp32, fp32.with_name(f"{fp32.stem}.int8.{mode}.onnx"), mode,
+                                                          calibration=_spread(calibration_pixels, 64))
+    table = Table(title=f"on {test} (n={len(pixels)})")
+    for column in ("model", "accuracy", "agrees with PyTorch", "images/s", "MB"):
+        table.add_column(column)
+    measurements = []
+    for name, path in files.items():
+        measurement, _ = measure_onnx(path, pixels, np.asarray(images.labels), name=name, reference=reference)
+        measurements.append(measurement.to_dict())
+        table.add_row(name, f"{measurement.accuracy:.4f}", f"{measurement.agreement:.3f}", f"{measurement.images_per_second:.1f}",
+                      f"{measurement.size_mb:.1f}")
+        if path != fp32:
+            err.print(f"wrote {path}")
+    out.print(table)
+    return measurements
+
+
+def _spread(pixels: np.ndarray, n: int) -> np.ndarray:
+    """At most n images taken evenly across ``pixels`` (folders list one class after another)."""
+    return np.asarray(pixels[:: max(1, len(pixels) // n)][:n])
+
+
+def _onnx_classifier(path: Path):
+    from transferkit.export import OnnxClassifier
+
+    return OnnxClassifier(path)
 
 
 def main() -> None:

@@ -1,0 +1,116 @@
+"""Predict with an exported ``.onnx`` model: onnxruntime and Pillow, no torch.
+
+The model file carries what it needs (see :mod:`transferkit.export.onnx`): class names, image
+size, mean, std and interpolation in its metadata. Images are decoded exactly as for the
+PyTorch model (:func:`transferkit.data.decode_images`), so both see the same pixels.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from transferkit.data import ImageSet, decode_images, resolve_data
+from transferkit.errors import ConfigError, ModelFileError
+
+METADATA_PREFIX = "transferkit."
+INPUT_NAME = "pixels"
+OUTPUT_NAME = "logits"
+
+
+def import_onnxruntime():
+    """onnxruntime, or a message saying which extra installs it."""
+    try:
+        import onnxruntime
+    except ImportError as exc:  # pragma: no cover - the dev extra installs it
+        raise ConfigError("ONNX support needs onnxruntime; install it with: pip install 'transferkit[export]'") from exc
+    return onnxruntime
+
+
+def read_metadata(session) -> dict[str, Any]:
+    """The ``transferkit.*`` metadata of an onnxruntime session, JSON values decoded."""
+    raw = session.get_modelmeta().custom_metadata_map
+    metadata = {key.removeprefix(METADATA_PREFIX): json.loads(value) for key, value in raw.items() if key.startswith(METADATA_PREFIX)}
+    missing = [key for key in ("classes", "image_size", "preprocessing") if key not in metadata]
+    if missing:
+        raise ModelFileError(f"the ONNX model lacks the metadata {', '.join(missing)}; was it written by `transferkit export`?")
+    return metadata
+
+
+class OnnxClassifier:
+    """A fitted classifier read from an ``.onnx`` file written by ``transferkit export``.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        The ``.onnx`` file.
+    threads : int or None
+        onnxruntime intra-op threads (None: its default, one per core).
+
+    Attributes
+    ----------
+    classes_ : ndarray of str
+    image_size_ : int
+    metadata_ : dict
+        Everything the exporter stored: backbone, strategy, preprocessing, metrics, ...
+    """
+
+    def __init__(self, path: str | os.PathLike, *, threads: int | None = None):
+        ort = import_onnxruntime()
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise ModelFileError(f"no ONNX model at {self.path}; expected a file written by `transferkit export`.")
+        options = ort.SessionOptions()
+        if threads is not None:
+            options.intra_op_num_threads = threads
+        try:
+            self.session_ = ort.InferenceSession(str(self.path), options, providers=["CPUExecutionProvider"])
+        except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own exception types
+            raise ModelFileError(f"cannot load {self.path} with onnxruntime: {exc}") from exc
+        self.metadata_ = read_metadata(self.session_)
+        self.classes_ = np.array(self.metadata_["classes"])
+        self.image_size_ = int(self.metadata_["image_size"])
+        preprocessing = self.metadata_["preprocessing"]
+        self._mean = np.asarray(preprocessing["mean"], dtype=np.float32).reshape(1, 3, 1, 1)
+        self._std = np.asarray(preprocessing["std"], dtype=np.float32).reshape(1, 3, 1, 1)
+
+    def decode(self, X: Any) -> np.ndarray:
+        """uint8 (N, S, S, 3) pixels of X: paths, a folder or CSV, an ImageSet, or pixels already."""
+        size = self.image_size_
+        if isinstance(X, np.ndarray) and X.dtype == np.uint8 and X.ndim == 4 and X.shape[1:] == (size, size, 3):
+            return X
+        if isinstance(X, (list, tuple)):
+            X = ImageSet(sources=[x if isinstance(x, np.ndarray) else str(x) for x in X], labels=None)
+        elif not isinstance(X, ImageSet):
+            X = resolve_data(X)
+        # decode_images' default resize, as ImageClassifier.predict_proba uses: same pixels, same answer.
+        return decode_images(X, size, cache_dir=False, progress=False).pixels
+
+    def logits(self, X: Any, *, batch_size: int = 32) -> np.ndarray:
+        """Raw network outputs, shape (n_images, n_classes), float32."""
+        pixels = self.decode(X)
+        outputs = [np.empty((0, len(self.classes_)), np.float32)]
+        for start in range(0, len(pixels), batch_size):
+            batch = self.normalise(pixels[start : start + batch_size])
+            outputs.append(self.session_.run([OUTPUT_NAME], {INPUT_NAME: batch})[0])
+        return np.concatenate(outputs)
+
+    def normalise(self, pixels: np.ndarray) -> np.ndarray:
+        """uint8 (N, S, S, 3) to the graph's input: float32 (N, 3, S, S), ``(x / 255 - mean) / std``."""
+        batch = np.asarray(pixels).transpose(0, 3, 1, 2).astype(np.float32) / 255.0
+        return np.ascontiguousarray((batch - self._mean) / self._std, dtype=np.float32)
+
+    def predict_proba(self, X: Any) -> np.ndarray:
+        """Class probabilities, columns in ``classes_`` order."""
+        logits = self.logits(X).astype(np.float64)
+        logits -= logits.max(axis=1, keepdims=True)
+        probabilities = np.exp(logits)
+        return probabilities / probabilities.sum(axis=1, keepdims=True)
+
+    def predict(self, X: Any) -> np.ndarray:
+        """Predicted class name of each image."""
+        return self.classes_[self.predict_proba(X).argmax(axis=1)]

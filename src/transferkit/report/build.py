@@ -1,0 +1,247 @@
+"""Build the HTML report of a fitted model on labelled data, and of a strategy comparison.
+
+One folder: ``report.html`` (self-contained: CSS inline, every figure embedded as a data URI,
+so the single file can be mailed or attached) plus each figure as a PNG and ``report.json``
+with the numbers. The page is rendered by Jinja2 with autoescaping on, so class names and file
+names, which come from the user's folders, are always shown as text, never run as markup.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from transferkit.errors import ConfigError
+
+TOP_MISTAKES = 12
+THUMBNAIL_PX = 160
+
+
+@dataclass(frozen=True)
+class Figure:
+    """One PNG of the report: its file name, a caption, and the bytes."""
+
+    name: str
+    caption: str
+    png: bytes = field(repr=False)
+
+    @property
+    def data_uri(self) -> str:
+        return "data:image/png;base64," + base64.b64encode(self.png).decode("ascii")
+
+
+@dataclass(frozen=True)
+class Mistake:
+    """A confidently wrong prediction: the image, what it is, what the model said, and why."""
+
+    rank: int
+    source: str
+    true_label: str
+    predicted: str
+    probability: float
+    thumbnail: Figure
+    heatmap: Figure
+
+
+def write_report(
+    classifier,
+    images,
+    out_dir: str | os.PathLike,
+    *,
+    data_name: str,
+    model_name: str = "",
+    config: dict[str, Any] | None = None,
+    advice: dict[str, Any] | None = None,
+    positive: Sequence[str] | None = None,
+    top_mistakes: int = TOP_MISTAKES,
+    progress: bool = True,
+) -> Path:
+    """Score ``classifier`` on labelled ``images`` and write ``report.html`` with its figures to ``out_dir``.
+
+    Parameters
+    ----------
+    classifier : ImageClassifier
+        Fitted (e.g. ``transferkit.load(folder)``).
+    images : ImageSet
+        Labelled images (``transferkit.data.resolve_data(DATA)``).
+    data_name : str
+        How the data was named (``elpv:test`` also adds ELPV's binary defective view).
+    config : dict, optional
+        The model folder's config.json: training history, settings and the advisor's measurements.
+    advice : dict, optional
+        ``transferkit advise --json`` output; its measurements (and race, with ``--measure``)
+        take the place of those in ``config``.
+    positive : sequence of str, optional
+        Classes that form the positive side of a binary view (the rest are negative).
+    top_mistakes : int
+        How many of the most confident mistakes to show, each with a heatmap.
+
+    Returns
+    -------
+    Path
+        The written ``report.html``.
+    """
+    from transferkit.data.builtin import binary_metrics_if_builtin
+    from transferkit.estimator import load_pixels
+    from transferkit.evaluation import classification_metrics
+    from transferkit.report.cam import activation_maps, overlay
+    from transferkit.report.figures import confusion_matrix_png, image_png, stage_bars_png, training_curves_png
+
+    if images.labels is None:
+        raise ConfigError("a report needs labelled images (a class folder, a CSV with labels, or a built-in name).")
+    if top_mistakes < 0:
+        raise ConfigError(f"top_mistakes expected a non-negative integer. Received: {top_mistakes}")
+    classes = [str(c) for c in classifier.classes_]
+    unknown = sorted(set(positive or ()) - set(classes))
+    if unknown:
+        raise ConfigError(f"positive classes must be among the model's classes {classes}. Received: {unknown}")
+    config = config or {}
+    advice = advice or config.get("advice") or {}
+
+    with _Steps(progress, total=5) as steps:
+        steps.next("decoding and predicting")
+        pixels = load_pixels(images, classifier.image_size_, cache_dir=classifier.cache_dir, progress=progress)
+        probabilities = classifier.predict_proba(pixels)
+        predicted_index = probabilities.argmax(axis=1)
+        predictions = classifier.classes_[predicted_index]
+        labels = np.asarray(images.labels).astype(str)
+
+        steps.next("metrics and plots")
+        # The same calls as `transferkit evaluate`, so the numbers are equal to its --json.
+        metrics = classification_metrics(labels, predictions, classifier.classes_)
+        metrics.update(binary_metrics_if_builtin(data_name, labels, predictions))
+        if positive:
+            metrics.update(binary_metrics(labels, predictions, positive))
+        history = (config.get("history") or getattr(classifier, "history_", {}) or {}).get("history") or []
+        shift = (advice.get("domain_shift") or {}).get("stages") or {}
+        figures = [
+            Figure("confusion_counts.png", "confusion matrix (counts)", confusion_matrix_png(metrics["confusion_matrix"], classes, normalise=False)),
+            Figure("confusion_normalised.png", "confusion matrix (rows normalised)", confusion_matrix_png(metrics["confusion_matrix"], classes, normalise=True)),
+        ]
+        optional = [("training_curves.png", "training and validation curves", training_curves_png(history)),
+                    ("domain_shift.png", "domain shift per stage", stage_bars_png(shift, title="domain shift per stage (BatchNorm statistics)", ylabel="symmetric KL"))]
+        for backbone, scores in (advice.get("transferability") or {}).items():
+            optional.append((f"logme_{_safe(backbone)}.png", f"LogME per stage ({backbone})",
+                             stage_bars_png(scores.get("stages") or {}, title=f"LogME per stage, {backbone}", ylabel="LogME")))
+        figures += [Figure(name, caption, png) for name, caption, png in optional if png is not None]
+
+        steps.next("finding the most confident mistakes")
+        wrong = np.flatnonzero(predictions != labels)
+        confidence = probabilities[wrong, predicted_index[wrong]]
+        chosen = wrong[np.argsort(-confidence, kind="stable")[:top_mistakes]]
+
+        steps.next(f"heatmaps of {len(chosen)} mistakes")
+        chosen_pixels = np.asarray(pixels[chosen])
+        heatmaps = activation_maps(classifier.model_, chosen_pixels, classifier.preprocessing_, predicted_index[chosen])
+        mistakes = [
+            Mistake(
+                rank=rank,
+                source=images.source_name(int(index)),
+                true_label=labels[index],
+                predicted=str(predictions[index]),
+                probability=float(probabilities[index, predicted_index[index]]),
+                thumbnail=Figure(f"mistake_{rank:02d}.png", "image", image_png(image, size=THUMBNAIL_PX)),
+                heatmap=Figure(f"mistake_{rank:02d}_heatmap.png", "heatmap", image_png(overlay(image, heatmap), size=THUMBNAIL_PX)),
+            )
+            for rank, (index, image, heatmap) in enumerate(zip(chosen, chosen_pixels, heatmaps), start=1)
+        ]
+
+        steps.next("writing report.html")
+        out = Path(out_dir)
+        summary = {
+            "model": model_name, "data": data_name, "backbone": getattr(classifier, "backbone", ""),
+            "strategy": (getattr(classifier, "settings_", None) or {}).get("strategy"),
+            "image_size": int(classifier.image_size_), "metrics": metrics,
+            "mistakes": [{"rank": m.rank, "source": m.source, "true": m.true_label, "predicted": m.predicted,
+                          "probability": m.probability} for m in mistakes],
+            "advice": advice or None,
+        }
+        all_figures = figures + [f for m in mistakes for f in (m.thumbnail, m.heatmap)]
+        return _write(out, "model.html.j2", all_figures, summary,
+                      {"summary": summary, "metrics": metrics, "figures": figures, "mistakes": mistakes, "advice": advice,
+                       "history": history, "positive": list(positive or [])})
+
+
+def write_comparison_report(comparison: dict[str, Any], out_dir: str | os.PathLike, *, data_name: str) -> Path:
+    """``report.html`` of ``transferkit compare``: the CV table and the bar chart with error bars."""
+    from transferkit.report.figures import comparison_png
+
+    chart = Figure("compare.png", "mean CV accuracy per strategy (error bar: std over folds)", comparison_png(comparison))
+    summary = {"data": data_name, "comparison": comparison}
+    return _write(Path(out_dir), "compare.html.j2", [chart], summary, {"summary": summary, "comparison": comparison, "chart": chart})
+
+
+def binary_metrics(labels: Sequence[str], predictions: Sequence[str], positive: Sequence[str]) -> dict[str, Any]:
+    """Accuracy, balanced accuracy and F1 of "one of ``positive``" against the rest."""
+    from sklearn.metrics import accuracy_score, balanced_accuracy_score, f1_score
+
+    truth = np.isin(np.asarray(labels).astype(str), list(positive))
+    guess = np.isin(np.asarray(predictions).astype(str), list(positive))
+    return {
+        "binary_positive": [str(p) for p in positive],
+        "binary_accuracy": float(accuracy_score(truth, guess)),
+        "binary_balanced_accuracy": float(balanced_accuracy_score(truth, guess)),
+        "binary_f1": float(f1_score(truth, guess, zero_division=0)),
+    }
+
+
+def _write(out: Path, template: str, figures: list[Figure], summary: dict[str, Any], context: dict[str, Any]) -> Path:
+    out.mkdir(parents=True, exist_ok=True)
+    for figure in figures:
+        (out / figure.name).write_bytes(figure.png)
+    (out / "report.json").write_text(json.dumps(summary, indent=2, default=str))
+    html = _environment().get_template(template).render(**context)
+    path = out / "report.html"
+    path.write_text(html, encoding="utf-8")
+    return path
+
+
+def _environment():
+    try:
+        import jinja2
+    except ImportError as exc:  # pragma: no cover - the dev and report extras install it
+        raise ConfigError("reports need Jinja2; install it with: pip install 'transferkit[report]'") from exc
+    # autoescape=True for every template: user-supplied strings are data, never markup.
+    environment = jinja2.Environment(loader=jinja2.PackageLoader("transferkit.report", "templates"), autoescape=True,
+                                     undefined=jinja2.ChainableUndefined)
+    environment.filters["number"] = lambda value, digits=4: "-" if value is None else f"{value:.{digits}f}"
+    return environment
+
+
+def _safe(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_" else "_" for c in name)
+
+
+class _Steps:
+    """A rich progress bar over the report's steps (stderr; nothing when ``show`` is False)."""
+
+    def __init__(self, show: bool, total: int) -> None:
+        self.show, self.total = show, total
+
+    def __enter__(self) -> _Steps:
+        from rich.console import Console
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        self._progress = Progress(TextColumn("report: {task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                                  console=Console(stderr=True, emoji=False), disable=not self.show, transient=False)
+        self._progress.__enter__()
+        self._task = self._progress.add_task("starting", total=self.total)
+        self._started = False
+        return self
+
+    def next(self, description: str) -> None:
+        if self._started:
+            self._progress.advance(self._task)
+        self._started = True
+        self._progress.update(self._task, description=description)
+
+    def __exit__(self, *exc) -> None:
+        if exc[0] is None:
+            self._progress.update(self._task, completed=self.total, description="done")
+        self._progress.__exit__(*exc)

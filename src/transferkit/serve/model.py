@@ -1,0 +1,80 @@
+"""The model behind the server: load once, predict (and explain) one request at a time."""
+
+from __future__ import annotations
+
+import base64
+import io
+import os
+import threading
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+
+from transferkit.data import ImageSet
+from transferkit.estimator import load_pixels
+from transferkit.persistence import load_model, read_config
+from transferkit.training.inputs import predict_logits
+from transferkit.training.runtime import resolve_runtime
+
+
+class ServedModel:
+    """A fitted model folder ready to answer requests.
+
+    Decoding and resizing uploads run in parallel in the server's threads; the network itself
+    runs under one lock, because Grad-CAM hooks into the model's layers and two requests must
+    never see each other's activations.
+    """
+
+    def __init__(self, model_dir: str | os.PathLike) -> None:
+        self.classifier = load_model(model_dir)
+        self.config = read_config(model_dir)
+        # The model's own precision setting on the CPU, as `transferkit predict` uses it (bf16
+        # autocast where the CPU runs it natively, else fp32): the same answers as predict.
+        self.runtime = resolve_runtime("cpu", self.classifier.precision)
+        self.model = self.classifier.model_.cpu().float().eval()
+        self._lock = threading.Lock()
+
+    def info(self) -> dict[str, Any]:
+        """What ``GET /model`` shows: classes, backbone, strategy, input size, preprocessing, metrics."""
+        return {
+            "classes": [str(c) for c in self.classifier.classes_],
+            "backbone": self.config["backbone"],
+            "strategy": self.config.get("strategy"),
+            "image_size": int(self.classifier.image_size_),
+            "preprocessing": self.config["preprocessing"],
+            "metrics": self.config.get("metrics") or {},
+        }
+
+    def predict(self, images: Sequence[Image.Image], *, top_k: int = 3, explain: bool = False) -> list[dict[str, Any]]:
+        """Top-k classes and probabilities per image, with a heatmap overlay PNG (data URI) if ``explain``."""
+        classifier = self.classifier
+        # Same decoding as `transferkit predict`: the same pixels give the same answer.
+        pixels = np.asarray(load_pixels(ImageSet(sources=list(images), labels=None), classifier.image_size_, cache_dir=False))
+        with self._lock:
+            logits = predict_logits(self.model, pixels, classifier.preprocessing_, self.runtime)
+            heatmaps = self._heatmaps(pixels, logits) if explain else [None] * len(pixels)
+        probabilities = torch.softmax(logits, dim=1).numpy()
+        k = min(top_k, len(classifier.classes_))
+        answers = []
+        for row, image, heatmap in zip(probabilities, pixels, heatmaps):
+            order = row.argsort()[::-1][:k]
+            top = [{"label": str(classifier.classes_[i]), "probability": round(float(row[i]), 6)} for i in order]
+            answer: dict[str, Any] = {"label": top[0]["label"], "probability": top[0]["probability"], "top_k": top}
+            if heatmap is not None:
+                answer["heatmap"] = _data_uri(heatmap)
+            answers.append(answer)
+        return answers
+
+    def _heatmaps(self, pixels: np.ndarray, logits: torch.Tensor) -> list[np.ndarray]:
+        from transferkit.report.cam import activation_maps, overlay
+
+        maps = activation_maps(self.model, pixels, self.classifier.preprocessing_, logits.argmax(dim=1).numpy())
+        return [overlay(image, heatmap) for image, heatmap in zip(pixels, maps)]
+
+
+def _data_uri(pixels: np.ndarray) -> str:
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")

@@ -1,0 +1,118 @@
+"""End to end in a real browser: `transferkit serve` driven by headless Chromium, and report.html opened.
+
+Needs Debian's ``chromium`` and ``chromium-driver`` (Selenium drives them; nothing is
+downloaded at run time). Skipped only on a developer machine without Chromium; with ``CI`` or
+``TRANSFERKIT_REQUIRE_BROWSER=1`` set, a missing browser fails the test instead.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
+import pytest
+from typer.testing import CliRunner
+
+from fitted_models import fit_tiny_model, single_threaded_torch  # noqa: F401 - autouse: one torch thread in this module
+from transferkit.cli import app
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+CHROMEDRIVER = shutil.which("chromedriver")
+REQUIRED = bool(os.environ.get("CI")) or os.environ.get("TRANSFERKIT_REQUIRE_BROWSER") == "1"
+
+
+@pytest.fixture(scope="module")
+def browser(tmp_path_factory):
+    if not (CHROMIUM and CHROMEDRIVER):
+        message = "headless Chromium and chromedriver are needed (apt-get install chromium chromium-driver)"
+        if REQUIRED:
+            pytest.fail(message + "; CI or TRANSFERKIT_REQUIRE_BROWSER=1 is set, so this is not skipped")
+        pytest.skip(message)
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync", "--no-first-run", "--disable-dev-shm-usage",
+                 f"--user-data-dir={tmp_path_factory.mktemp('chromium-profile')}"):
+        options.add_argument(flag)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    driver = webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER), options=options)
+    driver.set_page_load_timeout(30)
+    yield driver
+    driver.quit()
+
+
+@pytest.fixture(scope="module")
+def model_dir(image_folder, tiny_weights, tmp_path_factory):
+    return fit_tiny_model(image_folder, tiny_weights, tmp_path_factory.mktemp("browser") / "model", strategy="logistic")
+
+
+@pytest.fixture(scope="module")
+def server(model_dir, tmp_path_factory):
+    """`transferkit serve` in its own process on a free port of 127.0.0.1."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    log = open(tmp_path_factory.mktemp("server") / "serve.log", "w+")
+    process = subprocess.Popen([sys.executable, "-m", "transferkit.cli", "serve", str(model_dir), "--port", str(port)],
+                               stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            with urllib.request.urlopen(url + "/health", timeout=2) as response:
+                if json.load(response) == {"status": "ok"}:
+                    break
+        except OSError:
+            pass
+        if process.poll() is not None or time.monotonic() > deadline:
+            process.kill()
+            log.seek(0)
+            pytest.fail(f"transferkit serve did not start:\n{log.read()[-3000:]}")
+        time.sleep(0.2)
+    yield url
+    process.terminate()
+    process.wait(timeout=10)
+    log.close()
+
+
+def severe_console_messages(driver) -> list[str]:
+    return [entry["message"] for entry in driver.get_log("browser") if entry["level"] == "SEVERE"]
+
+
+def test_uploading_on_the_page_shows_the_top_class_of_predict(browser, server, model_dir, image_folder, tmp_path):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    image = image_folder / "red" / "003.png"
+    result = CliRunner().invoke(app, ["predict", str(model_dir), str(image), "--json", str(tmp_path / "p.json")])
+    assert result.exit_code == 0, result.output
+    expected = json.loads((tmp_path / "p.json").read_text())["predictions"][0]["label"]
+
+    browser.get(server + "/")
+    WebDriverWait(browser, 20).until(lambda d: "classes:" in d.find_element(By.ID, "model").text)
+    browser.find_element(By.ID, "files").send_keys(str(image))
+    shown = WebDriverWait(browser, 30).until(expected_conditions.visibility_of_element_located((By.CLASS_NAME, "top-class")))
+    assert shown.text == expected
+    WebDriverWait(browser, 10).until(lambda d: d.execute_script(
+        "const i = document.querySelector('img.heatmap'); return i && i.complete && i.naturalWidth > 0;"))
+    assert severe_console_messages(browser) == []
+
+
+def test_report_html_loads_every_image_without_console_errors(browser, model_dir, image_folder, tmp_path):
+    result = CliRunner().invoke(app, ["report", str(model_dir), str(image_folder), "--out", str(tmp_path / "report")])
+    assert result.exit_code == 0, result.output
+    browser.get((tmp_path / "report" / "report.html").as_uri())
+    images = browser.execute_script("return Array.from(document.images).map(i => [i.alt, i.complete, i.naturalWidth]);")
+    assert len(images) >= 2
+    assert all(complete and width > 0 for _, complete, width in images), images
+    assert severe_console_messages(browser) == []

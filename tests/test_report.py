@@ -1,0 +1,145 @@
+"""The HTML report: every section, numbers equal to `evaluate --json`, user strings escaped, heatmaps; compare's report."""
+
+from __future__ import annotations
+
+import csv
+import json
+import re
+
+import numpy as np
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from conftest import TINY_BACKBONE, make_images
+from fitted_models import fit_tiny_model, single_threaded_torch  # noqa: F401 - autouse: one torch thread in this module
+from transferkit.cli import app
+
+runner = CliRunner()
+# Class and file names a user might have, and an attacker would: markup and both quotes.
+HOSTILE_CLASSES = {"red": '<script>alert("x")</script>', "green": "O'Brien \"quoted\"", "blue": "plain & simple"}
+HOSTILE_FILE = "<img src=x onerror=alert(1)>"
+MODEL_SECTIONS = ("metrics", "per-class", "confusion", "curves", "advice", "mistakes")
+
+
+def invoke(*args):
+    return runner.invoke(app, [str(a) for a in args], env={"COLUMNS": "200"})
+
+
+@pytest.fixture(scope="module")
+def hostile_folder(tmp_path_factory):
+    """A CSV of colour images under hostile class and file names (a class name may hold a "/")."""
+    root = tmp_path_factory.mktemp("hostile")
+    images, labels = make_images(n_per_class=6, size=32, seed=3)
+    with open(root / "labels.csv", "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["path", "label"])
+        for i, (image, label) in enumerate(zip(images, labels)):
+            Image.fromarray(image).save(root / f"{HOSTILE_FILE}{i}.png")
+            writer.writerow([f"{HOSTILE_FILE}{i}.png", HOSTILE_CLASSES[label]])
+    return root / "labels.csv"
+
+
+@pytest.fixture(scope="module")
+def hostile_model(hostile_folder, tiny_weights, tmp_path_factory):
+    return fit_tiny_model(hostile_folder, tiny_weights, tmp_path_factory.mktemp("m") / "model", epochs=2)
+
+
+def test_report_has_every_section_and_the_numbers_of_evaluate(hostile_model, hostile_folder, tmp_path):
+    result = invoke("evaluate", hostile_model, hostile_folder, "--json", tmp_path / "eval.json")
+    assert result.exit_code == 0, result.output
+    evaluated = json.loads((tmp_path / "eval.json").read_text())
+    result = invoke("report", hostile_model, hostile_folder, "--out", tmp_path / "report", "--positive", HOSTILE_CLASSES["red"])
+    assert result.exit_code == 0, result.output
+    html = (tmp_path / "report" / "report.html").read_text()
+    for section in MODEL_SECTIONS:
+        assert f'<section id="{section}">' in html, section
+    reported = json.loads((tmp_path / "report" / "report.json").read_text())["metrics"]
+    evaluated.pop("seconds")
+    assert {k: reported[k] for k in evaluated} == evaluated
+    for key in ("accuracy", "balanced_accuracy", "macro_f1"):
+        assert f'data-metric="{key}">{evaluated[key]:.4f}<' in html
+    # --positive: the binary view "red's hostile name against the rest", computed by scikit-learn
+    assert reported["binary_positive"] == [HOSTILE_CLASSES["red"]]
+    assert f'data-metric="binary_accuracy">{reported["binary_accuracy"]:.4f}<' in html
+    # Curves from the fit history, and the figures both inline and as files.
+    assert "training_curves.png" in {p.name for p in (tmp_path / "report").iterdir()}
+    assert html.count('src="data:image/png;base64,') >= 3 and "src=\"http" not in html
+
+
+def test_user_strings_are_escaped(hostile_model, hostile_folder, tmp_path):
+    result = invoke("report", hostile_model, hostile_folder, "--out", tmp_path / "report", "--mistakes", 24)
+    assert result.exit_code == 0, result.output
+    html = (tmp_path / "report" / "report.html").read_text()
+    assert "<script>" not in html and "<img src=x" not in html
+    assert "&lt;script&gt;alert(&#34;x&#34;)&lt;/script&gt;" in html  # the class name, as text
+    assert "O&#39;Brien &#34;quoted&#34;" in html and "plain &amp; simple" in html
+    mistakes = json.loads((tmp_path / "report" / "report.json").read_text())["mistakes"]
+    if mistakes:  # file names appear in the mistakes grid only
+        assert "&lt;img src=x onerror=alert(1)&gt;" in html
+
+
+def test_mistakes_are_the_most_confident_with_a_heatmap_each(hostile_model, hostile_folder, tmp_path):
+    result = invoke("report", hostile_model, hostile_folder, "--out", tmp_path / "report", "--mistakes", 3)
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "report" / "report.json").read_text())
+    mistakes = report["mistakes"]
+    wrong = report["metrics"]["n"] - int(np.trace(np.array(report["metrics"]["confusion_matrix"])))
+    assert len(mistakes) == min(3, wrong)
+    assert all(m["true"] != m["predicted"] for m in mistakes)
+    assert [m["probability"] for m in mistakes] == sorted((m["probability"] for m in mistakes), reverse=True)
+    for m in mistakes:
+        heatmap = Image.open(tmp_path / "report" / f"mistake_{m['rank']:02d}_heatmap.png")
+        assert heatmap.size[0] >= 32
+    html = (tmp_path / "report" / "report.html").read_text()
+    assert len(re.findall(r'class="mistake"', html)) == len(mistakes)
+
+
+def test_advice_section_shows_the_advisors_measurements_and_race(hostile_model, hostile_folder, tmp_path):
+    advice = {
+        "strategy": "svm", "freeze": None, "image_size": 32, "reasons": ["fewer than 1000 images <small>"], "warnings": [],
+        "domain_shift": {"score": 0.5, "stages": {"stem": 0.1, "stage1": 0.7}, "imagenet_entropy": 0.9},
+        "transferability": {TINY_BACKBONE: {"bottleneck": 0.3, "stages": {"stem": -0.2, "stage1": 0.1}}},
+        "race": {"verdict": "the measurement agrees with the rule", "results": [{"strategy": "svm", "folds": [{}, {}], "cv_mean": 0.9, "fit_seconds": 3.0}]},
+    }
+    (tmp_path / "advice.json").write_text(json.dumps(advice))
+    result = invoke("report", hostile_model, hostile_folder, "--out", tmp_path / "report", "--advice", tmp_path / "advice.json")
+    assert result.exit_code == 0, result.output
+    html = (tmp_path / "report" / "report.html").read_text()
+    advice_html = html.split('<section id="advice">')[1].split("</section>")[0]
+    assert "fewer than 1000 images &lt;small&gt;" in advice_html and "the measurement agrees with the rule" in advice_html
+    assert "domain shift per stage" in advice_html and "LogME per stage" in advice_html
+    assert {"domain_shift.png", f"logme_{TINY_BACKBONE}.png"} <= {p.name for p in (tmp_path / "report").iterdir()}
+
+
+def test_evaluate_report_and_predict_explain(hostile_model, hostile_folder, tmp_path):
+    result = invoke("evaluate", hostile_model, hostile_folder, "--report", tmp_path / "report")
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "report" / "report.html").is_file()
+    images = sorted(hostile_folder.parent.glob("*.png"))[:4]
+    result = invoke("predict", hostile_model, *images, "--explain", tmp_path / "heatmaps")
+    assert result.exit_code == 0, result.output
+    written = sorted((tmp_path / "heatmaps").iterdir())
+    assert len(written) == 4 and all(p.name.endswith(".heatmap.png") for p in written)
+    assert Image.open(written[0]).size == (32, 32)
+
+
+def test_compare_report_has_the_cv_table_and_chart(image_folder, tiny_weights, tmp_path):
+    result = invoke(
+        "compare", image_folder, "--strategies", "svm,logistic", "--cv", 2, "--backbone", TINY_BACKBONE, "--weights", tiny_weights,
+        "--image-size", 32, "--device", "cpu", "--json", tmp_path / "compare.json", "--report", tmp_path / "report",
+    )
+    assert result.exit_code == 0, result.output
+    html = (tmp_path / "report" / "report.html").read_text()
+    comparison = json.loads((tmp_path / "compare.json").read_text())
+    assert '<section id="cv-table">' in html and '<section id="cv-chart">' in html and (tmp_path / "report" / "compare.png").is_file()
+    for result in comparison["results"]:
+        assert f"{result['cv_mean']:.4f} ± {result['cv_std']:.4f}" in html
+
+
+def test_report_errors_are_user_errors(hostile_model, tmp_path):
+    result = invoke("report", hostile_model, tmp_path / "missing", "--out", tmp_path / "r")
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    (tmp_path / "advice.json").write_text("{not json")
+    result = invoke("report", hostile_model, tmp_path, "--out", tmp_path / "r", "--advice", tmp_path / "advice.json")
+    assert result.exit_code == 1
