@@ -29,7 +29,7 @@ def test_onnx_matches_pytorch_for_every_strategy(strategy, image_folder, tiny_we
     assert result.checked_images == 24
     assert result.max_abs_diff < PARITY_TOLERANCE, result
     onnx_model = OnnxClassifier(result.path)
-    classifier = load(model_dir)
+    classifier = load(model_dir, precision="fp32")
     assert list(onnx_model.classes_) == ["blue", "green", "red"]
     assert onnx_model.metadata_["strategy"] == strategy
     assert onnx_model.metadata_["preprocessing"] == classifier.preprocessing_.to_dict()
@@ -52,7 +52,7 @@ def test_int8_quantisation_keeps_metadata_and_is_measured(mode, tiny_onnx, tmp_p
     pixels, labels = make_images(n_per_class=4, size=32, seed=1)
     int8 = quantize_onnx(fp32, tmp_path / "int8.onnx", mode, calibration=pixels)
     assert OnnxClassifier(int8).metadata_["quantization"] == mode
-    reference = load(model_dir).classes_[torch_logits(load(model_dir), pixels).argmax(axis=1)]
+    reference = load(model_dir, precision="fp32").classes_[torch_logits(load(model_dir, precision="fp32"), pixels).argmax(axis=1)]
     measurement, predicted = measure_onnx(int8, pixels, np.array(labels), reference=reference)
     assert measurement.images_per_second > 0 and 0 <= measurement.accuracy <= 1
     assert len(predicted) == len(pixels) and 0 <= measurement.agreement <= 1
@@ -66,7 +66,7 @@ def test_onnx_predictor_does_not_import_torch(tiny_onnx, image_folder):
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
-    assert result.stdout.split() == [str(load(tiny_onnx[0]).predict([image_folder / "red" / "000.png"])[0]), "False"]
+    assert result.stdout.split() == [str(load(tiny_onnx[0], precision="fp32").predict([image_folder / "red" / "000.png"])[0]), "False"]
 
 
 def test_cli_export_then_predict_with_the_onnx_file(tiny_onnx, image_folder, tmp_path):

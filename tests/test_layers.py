@@ -24,7 +24,8 @@ LAYERS: list[tuple[str, ...]] = [
     ("transferkit.estimator",),
     ("transferkit.persistence",),
     ("transferkit.evaluation",),
-    ("transferkit.report", "transferkit.export", "transferkit.serve", "transferkit.info"),
+    ("transferkit.report", "transferkit.export", "transferkit.info"),
+    ("transferkit.serve",),
     ("transferkit.cli",),
     ("transferkit",),
 ]

@@ -18,6 +18,7 @@ __all__ = [
     "DataError",
     "ImageClassifier",
     "ModelFileError",
+    "OnnxClassifier",
     "NotFittedError",
     "TransferkitError",
     "get_strategy",
@@ -39,6 +40,7 @@ _LAZY = {
     "keep_freed_memory": ("transferkit.training.runtime", "keep_freed_memory"),
     "list_strategies": ("transferkit.strategies", "list_strategies"),
     "load": ("transferkit.persistence", "load_model"),
+    "OnnxClassifier": ("transferkit.export.predictor", "OnnxClassifier"),
     "register_strategy": ("transferkit.strategies", "register_strategy"),
     "save": ("transferkit.persistence", "save_model"),
 }

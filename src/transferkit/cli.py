@@ -752,6 +752,7 @@ def _measure_exports(model_dir: Path, fp32: Path, modes: list[str], calibration:
     from transferkit.export.onnx import torch_logits
     from transferkit.export.quantize import measure_onnx, quantize_onnx
     from transferkit.persistence import load_model
+    from transferkit.report.tables import fold_table
 
     if test is None:
         raise TransferkitError("measuring int8 needs labelled images; pass --check DATA (or --test DATA).")
@@ -765,17 +766,15 @@ def _measure_exports(model_dir: Path, fp32: Path, modes: list[str], calibration:
     for mode in modes:
         files[f"onnxruntime int8 {mode}"] = quantize_onnx(fp32, fp32.with_name(f"{fp32.stem}.int8.{mode}.onnx"), mode,
                                                           calibration=_spread(calibration_pixels, 64))
-    table = Table(title=f"on {test} (n={len(pixels)})")
-    for column in ("model", "accuracy", "agrees with PyTorch", "images/s", "MB"):
-        table.add_column(column)
-    measurements = []
+    measurements, rows = [], []
     for name, path in files.items():
         measurement, _ = measure_onnx(path, pixels, np.asarray(images.labels), name=name, reference=reference)
         measurements.append(measurement.to_dict())
-        table.add_row(name, f"{measurement.accuracy:.4f}", f"{measurement.agreement:.3f}", f"{measurement.images_per_second:.1f}",
-                      f"{measurement.size_mb:.1f}")
+        rows.append((name, f"{measurement.accuracy:.4f}", f"{measurement.agreement:.3f}", f"{measurement.images_per_second:.1f}",
+                     f"{measurement.size_mb:.1f}"))
         if path != fp32:
             err.print(f"wrote {path}")
+    table = fold_table(("model", "accuracy", "agrees with PyTorch", "images/s", "MB"), rows, title=f"on {test} (n={len(pixels)})")
     out.print(table)
     return measurements
 

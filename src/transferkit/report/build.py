@@ -8,6 +8,8 @@ names, which come from the user's folders, are always shown as text, never run a
 
 from __future__ import annotations
 
+from collections import Counter
+
 import base64
 import json
 import os
@@ -88,11 +90,8 @@ def write_report(
         The written ``report.html``.
     """
     from transferkit.data.builtin import binary_metrics_if_builtin
-    from transferkit.estimator import load_pixels
+    from transferkit.data import load_pixels
     from transferkit.evaluation import classification_metrics
-    from transferkit.report.cam import activation_maps, overlay
-    from transferkit.report.figures import confusion_matrix_png, image_png, stage_bars_png, training_curves_png
-
     if images.labels is None:
         raise ConfigError("a report needs labelled images (a class folder, a CSV with labels, or a built-in name).")
     if top_mistakes < 0:
@@ -114,43 +113,17 @@ def write_report(
 
         steps.next("metrics and plots")
         # The same calls as `transferkit evaluate`, so the numbers are equal to its --json.
-        metrics = classification_metrics(labels, predictions, classifier.classes_)
+        unknown = Counter(label for label in labels if label not in set(classes))  # scored as errors, as evaluate does
+        metrics = classification_metrics(labels, predictions, classes + sorted(unknown))
+        metrics["unknown_classes"] = dict(sorted(unknown.items()))
         metrics.update(binary_metrics_if_builtin(data_name, labels, predictions))
         if positive:
             metrics.update(binary_metrics(labels, predictions, positive))
         history = (config.get("history") or getattr(classifier, "history_", {}) or {}).get("history") or []
-        shift = (advice.get("domain_shift") or {}).get("stages") or {}
-        figures = [
-            Figure("confusion_counts.png", "confusion matrix (counts)", confusion_matrix_png(metrics["confusion_matrix"], classes, normalise=False)),
-            Figure("confusion_normalised.png", "confusion matrix (rows normalised)", confusion_matrix_png(metrics["confusion_matrix"], classes, normalise=True)),
-        ]
-        optional = [("training_curves.png", "training and validation curves", training_curves_png(history)),
-                    ("domain_shift.png", "domain shift per stage", stage_bars_png(shift, title="domain shift per stage (BatchNorm statistics)", ylabel="symmetric KL"))]
-        for backbone, scores in (advice.get("transferability") or {}).items():
-            optional.append((f"logme_{_safe(backbone)}.png", f"LogME per stage ({backbone})",
-                             stage_bars_png(scores.get("stages") or {}, title=f"LogME per stage, {backbone}", ylabel="LogME")))
-        figures += [Figure(name, caption, png) for name, caption, png in optional if png is not None]
+        figures = _figures(metrics, classes, history, advice)
 
         steps.next("finding the most confident mistakes")
-        wrong = np.flatnonzero(predictions != labels)
-        confidence = probabilities[wrong, predicted_index[wrong]]
-        chosen = wrong[np.argsort(-confidence, kind="stable")[:top_mistakes]]
-
-        steps.next(f"heatmaps of {len(chosen)} mistakes")
-        chosen_pixels = np.asarray(pixels[chosen])
-        heatmaps = activation_maps(classifier.model_, chosen_pixels, classifier.preprocessing_, predicted_index[chosen])
-        mistakes = [
-            Mistake(
-                rank=rank,
-                source=images.source_name(int(index)),
-                true_label=labels[index],
-                predicted=str(predictions[index]),
-                probability=float(probabilities[index, predicted_index[index]]),
-                thumbnail=Figure(f"mistake_{rank:02d}.png", "image", image_png(image, size=THUMBNAIL_PX)),
-                heatmap=Figure(f"mistake_{rank:02d}_heatmap.png", "heatmap", image_png(overlay(image, heatmap), size=THUMBNAIL_PX)),
-            )
-            for rank, (index, image, heatmap) in enumerate(zip(chosen, chosen_pixels, heatmaps), start=1)
-        ]
+        mistakes = _confident_mistakes(classifier, images, pixels, probabilities, labels, top_mistakes, steps)
 
         steps.next("writing report.html")
         out = Path(out_dir)
@@ -166,6 +139,53 @@ def write_report(
         return _write(out, "model.html.j2", all_figures, summary,
                       {"summary": summary, "metrics": metrics, "figures": figures, "mistakes": mistakes, "advice": advice,
                        "history": history, "positive": list(positive or [])})
+
+
+def _figures(metrics: dict[str, Any], classes: list[str], history: list, advice: dict[str, Any]) -> list[Figure]:
+    """Confusion matrices, and the curves and per-stage bars where there is something to plot."""
+    from transferkit.report.figures import confusion_matrix_png, stage_bars_png, training_curves_png
+
+    shift = (advice.get("domain_shift") or {}).get("stages") or {}
+    figures = [
+        Figure("confusion_counts.png", "confusion matrix (counts)", confusion_matrix_png(metrics["confusion_matrix"], classes, normalise=False)),
+        Figure("confusion_normalised.png", "confusion matrix (rows normalised)", confusion_matrix_png(metrics["confusion_matrix"], classes, normalise=True)),
+    ]
+    optional = [("training_curves.png", "training and validation curves", training_curves_png(history)),
+                ("domain_shift.png", "domain shift per stage", stage_bars_png(shift, title="domain shift per stage (BatchNorm statistics)", ylabel="symmetric KL"))]
+    for backbone, scores in (advice.get("transferability") or {}).items():
+        optional.append((f"logme_{_safe(backbone)}.png", f"LogME per stage ({backbone})",
+                         stage_bars_png(scores.get("stages") or {}, title=f"LogME per stage, {backbone}", ylabel="LogME")))
+    figures += [Figure(name, caption, png) for name, caption, png in optional if png is not None]
+    return figures
+
+
+def _confident_mistakes(classifier, images, pixels, probabilities, labels, top_mistakes: int, steps) -> list[Mistake]:
+    """The ``top_mistakes`` wrong predictions made with the highest probability, each with a heatmap."""
+    from transferkit.report.cam import activation_maps, overlay
+    from transferkit.report.figures import image_png
+
+    predicted_index = probabilities.argmax(axis=1)
+    predictions = classifier.classes_[predicted_index]
+    wrong = np.flatnonzero(predictions != labels)
+    confidence = probabilities[wrong, predicted_index[wrong]]
+    chosen = wrong[np.argsort(-confidence, kind="stable")[:top_mistakes]]
+
+    steps.next(f"heatmaps of {len(chosen)} mistakes")
+    chosen_pixels = np.asarray(pixels[chosen])
+    heatmaps = activation_maps(classifier.model_, chosen_pixels, classifier.preprocessing_, predicted_index[chosen])
+    mistakes = [
+        Mistake(
+            rank=rank,
+            source=images.source_name(int(index)),
+            true_label=labels[index],
+            predicted=str(predictions[index]),
+            probability=float(probabilities[index, predicted_index[index]]),
+            thumbnail=Figure(f"mistake_{rank:02d}.png", "image", image_png(image, size=THUMBNAIL_PX)),
+            heatmap=Figure(f"mistake_{rank:02d}_heatmap.png", "heatmap", image_png(overlay(image, heatmap), size=THUMBNAIL_PX)),
+        )
+        for rank, (index, image, heatmap) in enumerate(zip(chosen, chosen_pixels, heatmaps), start=1)
+    ]
+    return mistakes
 
 
 def write_comparison_report(comparison: dict[str, Any], out_dir: str | os.PathLike, *, data_name: str) -> Path:
