@@ -98,3 +98,16 @@ def test_broken_model_folders_give_clear_errors(fitted, tmp_path, damage):
         (folder / CONFIG_NAME).write_text(json.dumps({"format_version": 1}))
     with pytest.raises(ModelFileError, match=str(folder.name)):
         transferkit.load(folder)
+
+
+def test_a_model_fitted_for_a_gpu_loads_and_predicts_on_a_cpu(tiny_params, tmp_path):
+    # Where a model ran is not part of it: device and precision are never saved.
+    images, labels = make_images(4, 32)
+    clf = ImageClassifier(**tiny_params).fit(images, labels)
+    expected = clf.predict_proba(images)
+    clf.set_params(device="cuda", precision="fp16")  # as if fitted on a GPU
+    transferkit.save(clf, tmp_path / "model")
+    config = json.loads((tmp_path / "model" / "config.json").read_text())
+    assert "device" not in config["params"] and "precision" not in config["params"]
+    loaded = transferkit.load(tmp_path / "model", device="cpu", precision="fp32")
+    np.testing.assert_allclose(loaded.predict_proba(images), expected, atol=1e-6)
