@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from conftest import TINY_BACKBONE, make_images
-from transferkit import DataError, ImageClassifier
+from transferkit import ConfigError, DataError, ImageClassifier
 from transferkit.data import ImageSet
 from transferkit.evaluation import compare as compare_module
 from transferkit.evaluation.compare import compare_strategies, parse_strategies
@@ -53,13 +53,14 @@ def test_cross_validate_reports_per_fold_scores_and_an_interval(tiny_params):
 
 def test_compare_gives_every_strategy_identical_folds_and_the_documented_json(tiny_params, monkeypatch):
     seen = {}
-    real = compare_module.cross_validate
+    real = compare_module.run_jobs
 
-    def spy(estimator, pixels, labels, folds, *, name, on_fold):
-        seen[name] = [test.tolist() for _, test in folds]
-        return real(estimator, pixels, labels, folds, name=name, on_fold=on_fold)
+    def spy(jobs, **options):
+        for job in jobs:
+            seen.setdefault(job.name, []).append(job.test.tolist())
+        return real(jobs, **options)
 
-    monkeypatch.setattr(compare_module, "cross_validate", spy)
+    monkeypatch.setattr(compare_module, "run_jobs", spy)
     images, labels = make_images(6, 32)
     base = {k: v for k, v in tiny_params.items() if k not in ("image_size", "epochs", "strategy")}
     comparison = compare_strategies(
@@ -134,3 +135,31 @@ def test_fit_with_cv_reports_scores_then_refits(image_folder, tiny_weights, tmp_
     report = json.loads((tmp_path / "fit.json").read_text())
     assert len(report["cv"]["fold_scores"]) == 2 and "2-fold CV accuracy" in result.output
     assert (tmp_path / "m" / "model.safetensors").exists()
+
+
+def test_jobs_2_gives_the_same_table_as_jobs_1(tiny_params, image_folder, tmp_path):
+    # The (strategy, fold) jobs are independent: joblib's worker processes change only the speed.
+    from typer.testing import CliRunner
+
+    from transferkit.cli import app
+
+    args = ["compare", str(image_folder), "--strategies", "svm,logistic,head", "--cv", "2", "--backbone", tiny_params["backbone"],
+            "--weights", tiny_params["weights"], "--image-size", "32", "--epochs", "2", "--device", "cpu", "--precision", "fp32",
+            "--cache-dir", str(tmp_path / "cache")]
+    tables = []
+    for jobs in ("1", "2"):
+        result = CliRunner().invoke(app, [*args, "--jobs", jobs, "--json", str(tmp_path / f"jobs{jobs}.json")])
+        assert result.exit_code == 0, result.output
+        report = json.loads((tmp_path / f"jobs{jobs}.json").read_text())
+        tables.append([(r["strategy"], r["fold_scores"], r["balanced_accuracy"], r["macro_f1"]) for r in report["results"]])
+    assert tables[0] == tables[1]
+    assert [name for name, *_ in tables[0]] == ["svm", "logistic", "head"]
+
+
+def test_run_jobs_checks_its_options():
+    from transferkit.evaluation.cv import run_jobs
+
+    with pytest.raises(ConfigError, match="jobs expected a positive integer"):
+        list(run_jobs([], n_jobs=0))
+    with pytest.raises(ConfigError, match="unknown joblib backend"):
+        list(run_jobs([], n_jobs=2, backend="magic"))

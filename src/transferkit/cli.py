@@ -168,6 +168,8 @@ PrecisionOpt = Annotated[str, typer.Option(help="auto | fp32 | bf16 | fp16.")]
 CacheOpt = Annotated[Optional[Path], typer.Option(help="Cache folder for decoded images and features (default ~/.cache/transferkit or $TRANSFERKIT_CACHE).")]
 ModelArg = Annotated[Path, typer.Argument(help="Model folder written by `transferkit fit --out`.")]
 ReportOpt = Annotated[Optional[Path], typer.Option("--report", help="Also write report.html with plots and heatmaps to this folder.")]
+JobsOpt = Annotated[int, typer.Option("--jobs", help="Run independent (strategy, fold) jobs in parallel through joblib; -1: one per core.")]
+BackendOpt = Annotated[Optional[str], typer.Option(help="joblib backend for --jobs: loky (this machine, default), threading, dask or ray (a cluster).")]
 JsonOpt = Annotated[Optional[Path], typer.Option("--json", help="Also write the results as JSON to this file.")]
 STDOUT = Path("-")
 JsonOutOpt = Annotated[Optional[Path], typer.Option("--json", allow_dash=True, help="Write the table's content as JSON to this file; '-' prints it instead of the table.")]
@@ -202,6 +204,8 @@ def fit(
     device: Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N.")] = "auto",
     precision: Annotated[str, typer.Option(help="auto | fp32 | bf16 | fp16.")] = "auto",
     cv: Annotated[Optional[int], typer.Option("--cv", help="First report K-fold cross-validated scores, then refit on all data.")] = None,
+    jobs: JobsOpt = 1,
+    backend: BackendOpt = None,
     json_path: JsonOpt = None,
     quiet: Annotated[bool, typer.Option("--quiet", help="No progress output.")] = False,
 ) -> None:
@@ -240,7 +244,7 @@ def fit(
             precision=precision,
             verbose=not quiet,
         )
-        cv_report = _cross_validate_before_fit(classifier, data, cv) if cv else None
+        cv_report = _cross_validate_before_fit(classifier, data, cv, jobs, backend) if cv else None
         classifier.fit(data)
         history = classifier.history_["history"]
         metrics = {"validation_accuracy": classifier.validation_score_}
@@ -283,20 +287,20 @@ def fit(
         _write_json(json_path, report)
 
 
-def _cross_validate_before_fit(classifier, data: str, cv: int) -> dict[str, Any]:
+def _cross_validate_before_fit(classifier, data: str, cv: int, jobs: int = 1, backend: str | None = None) -> dict[str, Any]:
     from sklearn.base import clone
 
     from transferkit.data import decode_images, resolve_data
     from transferkit.evaluation.cv import cross_validate, make_folds
 
     images = resolve_data(data, skip_bad=classifier.skip_bad)
-    size = classifier.image_size or _default_size(classifier.backbone)
+    size = classifier.image_size if classifier.image_size != "auto" else _default_size(classifier.backbone)
     decoded = decode_images(images, size, skip_bad=classifier.skip_bad, cache_dir=classifier.cache_dir, progress=classifier.verbose)
     images = images.subset(decoded.indices)
     groups = None if images.groups is None else np.asarray(images.groups)
     folds = make_folds(np.asarray(images.labels), cv=cv, groups=groups, seed=classifier.seed)
     quiet = clone(classifier).set_params(verbose=False, checkpoint_dir=None, resume=False)
-    result = cross_validate(quiet, decoded.pixels, np.asarray(images.labels), folds, on_fold=_print_fold)
+    result = cross_validate(quiet, decoded.pixels, np.asarray(images.labels), folds, on_fold=_print_fold, n_jobs=jobs, backend=backend)
     low, high = result.ci95
     out.print(f"{cv}-fold CV accuracy {result.mean:.4f} ± {result.std:.4f} (95% interval {low:.4f}-{high:.4f}); refitting on all data")
     return result.to_dict()
@@ -318,6 +322,8 @@ def compare(
     strategies: Annotated[str, typer.Option(help="Comma-separated: svm,logistic,head,finetune,full,scratch.")] = "svm,head,finetune,full,scratch",
     cv: Annotated[int, typer.Option("--cv", help="Stratified K-fold cross-validation (grouped when the CSV has a group column).")] = 5,
     repeats: Annotated[int, typer.Option(help="Repeat the K folds with new shuffles.")] = 1,
+    jobs: JobsOpt = 1,
+    backend: BackendOpt = None,
     backbone: Annotated[str, typer.Option(help="Backbone for every strategy.")] = "efficientnet_lite0",
     image_size: Annotated[Optional[int], typer.Option(help="Override every strategy's image size.")] = None,
     epochs: Annotated[Optional[int], typer.Option(help="Override every network strategy's epochs.")] = None,
@@ -350,7 +356,8 @@ def compare(
                 "cache_dir": str(cache_dir) if cache_dir else None, "device": device, "precision": precision}
         overrides = {k: v for k, v in {"image_size": image_size, "epochs": epochs}.items() if v is not None}
         err.print(_literal(f"comparing {', '.join(names)} with {cv}-fold CV x {repeats} on {images.describe()}"))
-        comparison = compare_strategies(images, names, cv=cv, repeats=repeats, base=base, overrides=overrides, on_fold=_print_fold)
+        comparison = compare_strategies(images, names, cv=cv, repeats=repeats, base=base, overrides=overrides, on_fold=_print_fold,
+                                        n_jobs=jobs, backend=backend)
         out.print(comparison_table(comparison, data))
         best = comparison.best.strategy
         out.print(f"best: {best} (* above); {comparison.seconds:.0f} s in all")
@@ -385,6 +392,8 @@ def advise(
     epochs: Annotated[int, typer.Option(help="Epochs of the planned fit (for the --budget-minutes estimate).")] = 10,
     race_images: Annotated[int, typer.Option(help="--measure: race on a stratified sample of about this many images.")] = 600,
     race_cv: Annotated[int, typer.Option(help="--measure: folds (= successive-halving rounds) of the race.")] = 3,
+    jobs: JobsOpt = 1,
+    backend: BackendOpt = None,
     race_epochs: Annotated[Optional[int], typer.Option(help="--measure: epochs of every network strategy (default: compare's per-strategy defaults).")] = None,
     weights: Annotated[Optional[Path], typer.Option(help="Local pretrained weights file (with exactly one --backbone).")] = None,
     cache_dir: Annotated[Optional[Path], typer.Option(help="Cache folder for decoded images and features.")] = None,
@@ -415,7 +424,7 @@ def advise(
                 images, rec.strategy, cv=race_cv, max_images=race_images, base=base,
                 advised_params={"freeze": rec.freeze} if rec.strategy == "finetune" else {},
                 overrides={k: v for k, v in {"epochs": race_epochs, "image_size": image_size}.items() if v},
-                on_fold=_print_fold,
+                on_fold=_print_fold, n_jobs=jobs, backend=backend,
             )
             out.print(race_table(race))
             out.print(race.verdict(), markup=False, highlight=False)

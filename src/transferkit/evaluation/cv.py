@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import numpy as np
+from joblib import Parallel, delayed
 from scipy import stats
 from sklearn.base import clone
 from sklearn.model_selection import RepeatedStratifiedKFold, StratifiedGroupKFold
@@ -105,6 +106,58 @@ class CVResult:
         }
 
 
+def plain_params(estimator) -> dict[str, Any]:
+    """The estimator's JSON-friendly parameters, as a result records them."""
+    return {k: v for k, v in estimator.get_params().items() if isinstance(v, (str, int, float, bool, type(None)))}
+
+
+@dataclass(frozen=True)
+class FoldJob:
+    """One independent unit of work: fit a clone of ``estimator`` on a fold, score its test part."""
+
+    name: str
+    estimator: Any
+    pixels: np.ndarray
+    labels: np.ndarray
+    train: np.ndarray
+    test: np.ndarray
+    number: int
+
+
+def score_fold(job: FoldJob) -> FoldScore:
+    """Run one :class:`FoldJob` (in this process or in a joblib worker)."""
+    labels = np.asarray(job.labels).astype(str)
+    model = clone(job.estimator)
+    started = time.perf_counter()
+    model.fit(job.pixels[np.sort(job.train)], labels[np.sort(job.train)])
+    fit_seconds = time.perf_counter() - started
+    predictions = model.predict(job.pixels[job.test])
+    metrics = classification_metrics(labels[job.test], predictions, sorted(set(labels)))
+    return FoldScore(
+        fold=job.number, accuracy=metrics["accuracy"], balanced_accuracy=metrics["balanced_accuracy"],
+        macro_f1=metrics["macro_f1"], fit_seconds=fit_seconds, n_train=len(job.train), n_test=len(job.test),
+    )
+
+
+def run_jobs(jobs: list[FoldJob], *, n_jobs: int = 1, backend: str | None = None) -> Iterator[FoldScore]:
+    """Score ``jobs`` with joblib, yielding results in the jobs' order as they complete.
+
+    ``n_jobs=1`` runs them one after the other in this process. ``backend`` names any joblib
+    backend (``loky``, the default for ``n_jobs > 1``, ``threading``, or ``dask`` / ``ray`` on a
+    cluster once registered: see :func:`transferkit.evaluation.jobs.parallel_backend`); folds,
+    seeds and therefore scores do not depend on it. Each worker gets ``cores / n_jobs`` threads.
+    """
+    from transferkit.evaluation.jobs import parallel_backend
+
+    if not isinstance(n_jobs, (int, np.integer)) or n_jobs == 0 or n_jobs < -1:
+        raise ConfigError(f"jobs expected a positive integer (or -1 for every core). Received: jobs={n_jobs!r}")
+    if n_jobs == 1 and backend is None:
+        yield from (score_fold(job) for job in jobs)
+        return
+    with parallel_backend(backend, n_jobs):
+        yield from Parallel(return_as="generator")(delayed(score_fold)(job) for job in jobs)
+
+
 def cross_validate(
     estimator,
     pixels: np.ndarray,
@@ -113,31 +166,18 @@ def cross_validate(
     *,
     name: str | None = None,
     on_fold: Callable[[str, FoldScore], None] | None = None,
+    n_jobs: int = 1,
+    backend: str | None = None,
 ) -> CVResult:
     """Fit a clone of ``estimator`` on each fold's training part and score its test part.
 
-    ``pixels`` are decoded uint8 images at the estimator's image size (decoded once).
+    ``pixels`` are decoded uint8 images at the estimator's image size (decoded once). With
+    ``n_jobs > 1`` the folds run in parallel (:func:`run_jobs`); the scores are the same.
     """
-    labels = np.asarray(labels).astype(str)
-    classes = sorted(set(labels))
-    params = {k: v for k, v in estimator.get_params().items() if isinstance(v, (str, int, float, bool, type(None)))}
+    params = plain_params(estimator)
     result = CVResult(strategy=name or params.get("strategy", type(estimator).__name__), params=params)
-    for number, (train, test) in enumerate(folds, start=1):
-        model = clone(estimator)
-        started = time.perf_counter()
-        model.fit(pixels[np.sort(train)], labels[np.sort(train)])
-        fit_seconds = time.perf_counter() - started
-        predictions = model.predict(pixels[test])
-        metrics = classification_metrics(labels[test], predictions, classes)
-        score = FoldScore(
-            fold=number,
-            accuracy=metrics["accuracy"],
-            balanced_accuracy=metrics["balanced_accuracy"],
-            macro_f1=metrics["macro_f1"],
-            fit_seconds=fit_seconds,
-            n_train=len(train),
-            n_test=len(test),
-        )
+    jobs = [FoldJob(result.strategy, estimator, pixels, labels, train, test, number) for number, (train, test) in enumerate(folds, start=1)]
+    for score in run_jobs(jobs, n_jobs=n_jobs, backend=backend):
         result.folds.append(score)
         if on_fold is not None:
             on_fold(result.strategy, score)

@@ -17,7 +17,6 @@ own decoded image size, and must keep every fold score to compare with the advic
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -31,7 +30,7 @@ from transferkit.errors import ConfigError
 from transferkit.estimator import ImageClassifier
 from transferkit.evaluation.compare import decode_for, strategy_params
 from transferkit.strategies import list_strategies
-from transferkit.evaluation.cv import CVResult, FoldScore, cross_validate, make_folds
+from transferkit.evaluation.cv import CVResult, FoldJob, FoldScore, make_folds, plain_params, run_jobs
 
 RACE_CANDIDATES = ("svm", "head", "finetune")
 """Always raced besides the advised strategy: the cheapest, the frozen and the usual default."""
@@ -108,6 +107,8 @@ def race_strategies(
     advised_params: dict[str, Any] | None = None,
     overrides: dict[str, Any] | None = None,
     on_fold: Callable[[str, FoldScore], None] | None = None,
+    n_jobs: int = 1,
+    backend: str | None = None,
 ) -> Race:
     """Race ``advised`` against the usual alternatives with successive halving over folds.
 
@@ -131,6 +132,9 @@ def race_strategies(
         Replace ``compare``'s per-strategy defaults for every candidate (e.g. epochs).
     on_fold : callable, optional
         Called with (strategy, FoldScore) after each fold.
+    n_jobs, backend :
+        Run each round's candidates in parallel through joblib (see
+        :func:`transferkit.evaluation.cv.run_jobs`).
     """
     started = time.perf_counter()
     names = list(dict.fromkeys([advised, *(RACE_CANDIDATES if candidates is None else candidates)]))
@@ -153,17 +157,15 @@ def race_strategies(
         pixels[name], params["image_size"] = decode_for(sample, params, decoded)
         estimators[name] = ImageClassifier(**params)
 
-    results = {name: CVResult(strategy=name, params={}) for name in names}
+    results = {name: CVResult(strategy=name, params=plain_params(estimators[name])) for name in names}
     alive, rounds = list(names), []
-    for number, fold in enumerate(folds, start=1):
+    for number, (train, test) in enumerate(folds, start=1):
         rounds.append(list(alive))
-        for name in alive:
-            one = cross_validate(estimators[name], pixels[name], labels, [fold], name=name)
-            score = dataclasses.replace(one.folds[0], fold=number)
-            results[name].params = one.params
-            results[name].folds.append(score)
+        jobs = [FoldJob(name, estimators[name], pixels[name], labels, train, test, number) for name in alive]
+        for job, score in zip(jobs, run_jobs(jobs, n_jobs=n_jobs, backend=backend)):
+            results[job.name].folds.append(score)
             if on_fold is not None:
-                on_fold(name, score)
+                on_fold(job.name, score)
         keep = max(2, math.ceil(len(alive) / 2))
         alive = sorted(alive, key=lambda name: results[name].mean, reverse=True)[:keep]
     return Race(

@@ -1,0 +1,49 @@
+"""Which joblib backend runs independent (strategy, fold) jobs: this machine, or a cluster.
+
+transferkit writes no scheduler of its own. ``compare``, ``fit --cv`` and the race hand their
+jobs to joblib, and ``--backend`` picks any backend joblib knows by name:
+
+- ``loky`` (default with ``--jobs N``): N worker processes on this machine;
+- ``threading``: threads (PyTorch releases the GIL in its kernels);
+- ``dask``: the workers of a Dask cluster (``pip install distributed``; the scheduler's
+  address comes from ``DASK_SCHEDULER_ADDRESS``, e.g. ``tcp://head:8786``);
+- ``ray``: a Ray cluster (``pip install ray``; ``RAY_ADDRESS`` names it).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+
+from joblib import parallel_config
+
+from transferkit.errors import ConfigError
+
+
+@contextlib.contextmanager
+def parallel_backend(backend: str | None, n_jobs: int) -> Iterator[None]:
+    """Run joblib calls inside with ``backend`` (registered on demand) and ``n_jobs`` workers."""
+    name = backend or "loky"
+    if name == "ray":
+        try:
+            from ray.util.joblib import register_ray
+        except ImportError as exc:
+            raise ConfigError("backend 'ray' needs Ray: pip install 'ray[default]'. Received: backend='ray'") from exc
+        register_ray()
+    elif name == "dask":
+        try:
+            from distributed import Client
+        except ImportError as exc:
+            raise ConfigError("backend 'dask' needs Dask's distributed scheduler: pip install distributed") from exc
+        # Connects to DASK_SCHEDULER_ADDRESS when set; otherwise starts a local cluster.
+        client = Client(os.environ["DASK_SCHEDULER_ADDRESS"]) if "DASK_SCHEDULER_ADDRESS" in os.environ else Client()
+        with client, parallel_config(backend="dask", n_jobs=n_jobs):
+            yield
+        return
+    elif name not in ("loky", "threading", "multiprocessing", "sequential"):
+        raise ConfigError(f"unknown joblib backend; expected loky, threading, dask or ray. Received: backend={name!r}")
+    # Each loky worker gets its share of the cores (joblib sets its OMP/MKL threads).
+    threads = {"inner_max_num_threads": max(1, (os.cpu_count() or 1) // max(1, n_jobs))} if name == "loky" else {}
+    with parallel_config(backend=name, n_jobs=n_jobs, **threads):
+        yield
