@@ -11,10 +11,10 @@ $(BIN)/python:
 	$(BIN)/pip install -q --upgrade pip
 
 install: $(BIN)/python
-	$(BIN)/pip install -q -e .
+	$(BIN)/pip install -q -c constraints-ci.txt -e .
 
 install-dev: $(BIN)/python
-	$(BIN)/pip install -q -e '.[dev]'
+	$(BIN)/pip install -q -c constraints-ci.txt -e '.[dev]'
 
 ## Fit the default backbone on the ELPV paper split, then evaluate on its held-out test part.
 ## strategy auto with a 5-minute budget: the advisor measures the data and this machine's speed
