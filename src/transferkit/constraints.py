@@ -111,3 +111,17 @@ def validate_params(params: Mapping[str, Any], constraints: Mapping[str, Sequenc
         if not any(constraint.accepts(value) for constraint in allowed):
             expected = ", or ".join(constraint.describe() for constraint in allowed)
             raise ConfigError(f"{owner}: {name} expected {expected}. Received: {name}={value!r}")
+
+
+@dataclass(frozen=True)
+class Registered(Constraint):
+    """A name that ``names()`` lists now (e.g. a registry that grows after import)."""
+
+    names: Any
+    noun: str
+
+    def accepts(self, value: Any) -> bool:
+        return isinstance(value, str) and value in self.names()
+
+    def describe(self) -> str:
+        return f"{self.noun} ({', '.join(self.names())})"

@@ -18,7 +18,7 @@ from sklearn.utils.validation import check_is_fitted
 
 from transferkit.advise import Advice, advise
 from transferkit.backbones import Preprocessing, get_backbone_spec
-from transferkit.constraints import AUTO, InstanceOf, Interval, Options, validate_params
+from transferkit.constraints import AUTO, InstanceOf, Interval, Options, Registered, validate_params
 from transferkit.data import ImageSet, check_classes, decode_images, is_decoded, load_pixels, resolve_data
 from transferkit.errors import ConfigError, DataError, NotFittedError
 from transferkit.strategies import FitRequest, Settings, get_strategy, list_strategies
@@ -135,7 +135,7 @@ class ImageClassifier(ClassifierMixin, BaseEstimator):
 
     _parameter_constraints: dict[str, list] = {
         "backbone": [InstanceOf((str,), "a backbone name")],
-        "strategy": [Options(AUTO, *list_strategies())],
+        "strategy": [Options(AUTO), Registered(list_strategies, "a registered strategy")],
         "freeze": [Options(AUTO), Interval(int, 0, None)],
         "epochs": [Interval(int, 1, None)],
         "lr": [Interval(float, 0, None, closed="neither")],
