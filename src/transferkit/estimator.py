@@ -338,6 +338,7 @@ class ImageClassifier(ClassifierMixin, BaseEstimator):
             images, backbones=[self.backbone], weights_path=self.weights, device=self.device,
             max_images=AUTO_PROBE_IMAGES, seed=self.seed, epochs=self.epochs,
             budget_seconds=None if self.budget_minutes is None else 60.0 * self.budget_minutes,
+            measure=True, cache_dir=self.cache_dir,
         )
         recommendation = advice.recommendation
         console.print(f"strategy auto -> {recommendation.strategy}, because:", markup=False, highlight=False)
@@ -366,7 +367,7 @@ class ImageClassifier(ClassifierMixin, BaseEstimator):
         if self.image_size != AUTO:
             image_size = self.image_size
         else:
-            image_size = (advised.image_size if advised else None) or spec.preprocessing.input_size
+            image_size = (advised.image_size if advised else None) or entry.default_image_size or spec.preprocessing.input_size
         if self.class_weight != AUTO:
             class_weight = None if self.class_weight == "none" else self.class_weight
         else:

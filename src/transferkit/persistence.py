@@ -35,6 +35,7 @@ from transferkit._version import __version__
 from transferkit.backbones import Preprocessing, create_backbone
 from transferkit.errors import ModelFileError
 from transferkit.estimator import RUNTIME_PARAMS, ImageClassifier
+from transferkit.strategies import get_strategy, list_strategies
 from transferkit.training.runtime import is_main_process
 
 WEIGHTS_NAME = "model.safetensors"
@@ -402,7 +403,9 @@ def _load(folder: Path, *, device: str, precision: str, cache_dir: str | bool | 
 
     classifier = ImageClassifier(**_saved_params(config), device=device, precision=precision, cache_dir=cache_dir)
     try:
-        model, _ = create_backbone(config["backbone"], num_classes=len(config["classes"]), pretrained=False)
+        strategy = config.get("strategy") or (config.get("settings") or {}).get("strategy")
+        built = get_strategy(strategy).empty_model(config) if strategy in list_strategies() else None
+        model, _ = built or create_backbone(config["backbone"], num_classes=len(config["classes"]), pretrained=False)
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:
         raise ModelFileError(f"{weights_path} does not fit backbone {config['backbone']!r}: {exc}") from exc

@@ -95,6 +95,8 @@ class Strategy:
     compare_defaults : Mapping
         ``ImageClassifier`` parameters this strategy runs with in ``compare`` and the race,
         unless the user overrides them (small images, few epochs for the trained ones).
+    default_image_size : int or None
+        Its image side when nobody chose one (None: the backbone's input size).
     """
 
     name: ClassVar[str]
@@ -104,6 +106,12 @@ class Strategy:
     trains_network: ClassVar[bool] = True
     accepts_freeze: ClassVar[bool] = False
     compare_defaults: ClassVar[Mapping[str, Any]] = MappingProxyType({})
+    default_image_size: ClassVar[int | None] = None
+    """Image side when neither the user nor the advisor sets one (None: the backbone's)."""
+
+    def empty_model(self, config: Mapping[str, Any]) -> tuple[nn.Module, Preprocessing] | None:
+        """The untrained network a saved model's weights load into (None: the backbone's own)."""
+        return None
 
     def passes_per_image(self, freeze: int | None, n_blocks: int) -> float:
         """Cost model: forward-pass equivalents one training image costs per epoch.
