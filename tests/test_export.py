@@ -22,7 +22,7 @@ pytest.importorskip("onnxruntime")
 runner = CliRunner()
 
 
-@pytest.mark.parametrize("strategy", ["svm", "logistic", "head", "finetune", "full", "scratch"])
+@pytest.mark.parametrize("strategy", ["svm", "logistic", "head", "finetune", "full", "scratch", "pixels"])
 def test_onnx_matches_pytorch_for_every_strategy(strategy, image_folder, tiny_weights, tmp_path):
     model_dir = fit_tiny_model(image_folder, tiny_weights, tmp_path / "model", strategy=strategy, epochs=1)
     result = export_onnx(model_dir, tmp_path / "model.onnx", check_images=image_folder)
