@@ -461,3 +461,20 @@ def test_training_never_names_the_layers_of_a_particular_backbone():
         if pattern.search(line)
     }
     assert found == {}
+
+
+def test_training_precision_on_a_cpu_is_the_faster_one_by_measurement(tiny_weights):
+    import dataclasses
+
+    from transferkit.training.runtime import fastest_training_precision
+
+    model, _ = tiny_model(tiny_weights)
+    batch = torch.randn(4, 3, 32, 32)
+    auto_bf16 = dataclasses.replace(resolve_runtime("cpu", "fp32"), precision="bf16", auto_precision=True)
+    chosen = fastest_training_precision(auto_bf16, model, batch)
+    seconds = chosen.measured["training_step_seconds"]
+    assert set(seconds) == {"fp32", "bf16"} and chosen.precision == min(seconds, key=seconds.get)
+    assert all(p.grad is None for p in model.parameters())  # the measurement leaves no gradients behind
+    explicit = dataclasses.replace(auto_bf16, auto_precision=False)  # the user asked for bf16: kept
+    assert fastest_training_precision(explicit, model, batch) is explicit
+    assert fastest_training_precision(resolve_runtime("cpu", "fp32"), model, batch).measured is None

@@ -31,7 +31,8 @@ from transferkit.training.freezing import freeze, trainable_parameter_count
 from transferkit.strategies.registry import FitOutcome, FitRequest, Strategy, get_strategy, register_strategy
 from transferkit.training.augment import build_augmentation
 from transferkit.training.callbacks import Checkpoint
-from transferkit.training.inputs import TrainData
+from transferkit.training.inputs import TrainData, pixels_to_tensor, to_model_input
+from transferkit.training.runtime import fastest_training_precision
 from transferkit.training.loop import TrainConfig, train_model
 
 DEFAULT_FREEZE = 3
@@ -102,8 +103,10 @@ class NetworkStrategy(Strategy):
         callbacks = []
         if params["checkpoint_dir"]:
             callbacks.append(Checkpoint(params["checkpoint_dir"], resume=params["resume"], fingerprint=request.fingerprint))
-        result = train_model(model, (head, backbone), data, config=config, runtime=request.runtime, callbacks=callbacks, verbose=params["verbose"])
-        return FitOutcome(model=model, preprocessing=preprocessing, history=result.to_dict(), plan=plan)
+        runtime = _training_runtime(request, model, preprocessing, data)
+        result = train_model(model, (head, backbone), data, config=config, runtime=runtime, callbacks=callbacks, verbose=params["verbose"])
+        history = {**result.to_dict(), "precision": runtime.precision, "precision_measured": runtime.measured}
+        return FitOutcome(model=model, preprocessing=preprocessing, history=history, plan=plan)
 
     def shared_features(self, request: FitRequest):
         """A cached bottleneck-feature function the frozen-prefix path may reuse (``head`` only)."""
@@ -215,3 +218,16 @@ def _split(strata: np.ndarray | None, targets: np.ndarray, val_fraction: float, 
             f"({exc}); add images, lower val_fraction, or set val_fraction=0."
         ) from exc
     return np.sort(train), np.sort(val)
+
+
+def _training_runtime(request: FitRequest, model: nn.Module, preprocessing, data: TrainData):
+    """The request's runtime, with bf16 on a CPU kept only where it measured faster for training."""
+    batch = data.train[0][: max(2, min(8, len(data.train[0])))]
+    inputs = to_model_input(pixels_to_tensor(batch), preprocessing, request.runtime)
+    runtime = fastest_training_precision(request.runtime, request.runtime.prepare_model(model), inputs)
+    if runtime.measured:
+        seconds = runtime.measured["training_step_seconds"]
+        request.console.print(
+            f"precision for training: {runtime.precision} (one step: fp32 {seconds['fp32']:.2f} s, bf16 {seconds['bf16']:.2f} s)"
+        )
+    return runtime
