@@ -56,3 +56,20 @@ def test_soak_smoke(tmp_path):
     report = run_script("soak.py", "--seconds", 20, "--workers", 4, tmp_path=tmp_path)
     assert report["problems"] == [] and report["failed_runs"] == []
     assert report["fits"] > 0 and report["image_entries"] > 0
+
+
+def test_auto_vs_baselines_smoke(tmp_path):
+    """Issue 13: auto and the three baselines run end to end on the smallest set (lfw, 40 train images)."""
+    report = run_script(
+        "auto_vs_baselines.py", "--sets", "lfw", "--max-train", 40, "--data-root", tmp_path / "data",
+        tmp_path=tmp_path,
+    )
+    entry = report["sets"]["lfw"]
+    assert set(entry["results"]) == {"auto", "svm", "logistic", "pixels"}
+    for column, result in entry["results"].items():
+        assert "error" not in result, (column, result)
+        assert 0.0 <= result["accuracy"] <= 1.0 and 0.0 <= result["balanced_accuracy"] <= 1.0, column
+        assert result["seconds"] >= 0, column
+    assert entry["results"]["auto"]["strategy"]
+    assert entry["results"]["svm"]["strategy"] == "svm" and entry["results"]["logistic"]["strategy"] == "logistic"
+    assert entry["verdict"]["pass"] in (True, False) and entry["verdict"]["best_baseline"] in ("svm", "logistic", "pixels")

@@ -1,0 +1,144 @@
+"""Public image data sets that ship inside packages, written out as image folders for benchmarks.
+
+Each data set becomes ``ROOT/NAME/train/CLASS/*.png`` and ``ROOT/NAME/test/CLASS/*.png``: a fixed,
+stratified split (seed 0), PNG files at the images' native size. Writing is idempotent: a set whose
+folders already hold the expected number of files is left alone (a ``.complete`` marker records it).
+Nothing is downloaded: every image comes from a file inside an installed package.
+
+| name | source | train / test | classes | image | domain |
+|---|---|---|---|---|---|
+| ``lfw`` | ``skimage.data.lfw_subset()`` | 150 / 50 | 2 (face, nonface) | 25x25 grey | face crops vs other patches of the same photos |
+| ``digits`` | ``sklearn.datasets.load_digits()`` | 1,347 / 450 | 10 | 8x8 grey (16 levels) | handwritten digits, far from ImageNet |
+| ``animals`` | ``animal-mnist`` wheel (bundled pickle) | 2,000 / 600 of 10,000 | 10 animals | 28x28 grey | animal silhouettes (ImageNet classes, drawn) |
+| ``elpv`` | built in: ``elpv:train`` / ``elpv:test`` | 1,968 / 656 | 4 defect probabilities | 300x300 grey | solar-cell electroluminescence, far from ImageNet |
+
+ELPV is not exported: transferkit reads it by its built-in names. ``animal-mnist`` declares
+tensorflow as a dependency that it only needs for its own loaders; install it with
+``pip install --no-deps animal-mnist`` (this module reads the bundled file without importing it).
+
+    python benchmarks/datasets.py --root runs/bench/data
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import importlib.util
+import pickle
+import shutil
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+from PIL import Image
+from sklearn.model_selection import train_test_split
+
+SEED = 0
+
+
+@dataclass(frozen=True)
+class BenchSet:
+    """Where one data set lives: DATA arguments for ``transferkit fit`` / ``evaluate``."""
+
+    name: str
+    train: str
+    test: str
+    description: str
+
+
+def _write_split(root: Path, name: str, images: np.ndarray, labels: np.ndarray, classes: list[str],
+                 test_size: int | float, train_size: int | float | None = None) -> tuple[Path, Path]:
+    """Stratified split of uint8 images (N, H, W) or (N, H, W, 3) into ROOT/NAME/{train,test}/CLASS/*.png."""
+    base = root / name
+    marker = base / ".complete"
+    idx = np.arange(len(images))
+    train_idx, test_idx = train_test_split(idx, test_size=test_size, train_size=train_size, stratify=labels,
+                                           random_state=SEED)
+    expected = f"{len(train_idx)} {len(test_idx)}"
+    if marker.exists() and marker.read_text().strip() == expected:
+        return base / "train", base / "test"
+    if base.exists():
+        shutil.rmtree(base)
+    for part, chosen in (("train", np.sort(train_idx)), ("test", np.sort(test_idx))):
+        for class_name in classes:
+            (base / part / class_name).mkdir(parents=True, exist_ok=True)
+        for i in chosen:
+            Image.fromarray(images[i]).save(base / part / classes[labels[i]] / f"{i:05d}.png")
+    marker.write_text(expected + "\n")
+    return base / "train", base / "test"
+
+
+def lfw(root: Path) -> BenchSet:
+    """200 grey 25x25 crops from scikit-image (100 faces, then 100 non-faces): 150 train / 50 test."""
+    from skimage.data import lfw_subset
+
+    images = (lfw_subset() * 255).round().astype(np.uint8)
+    labels = np.array([0] * 100 + [1] * 100)
+    train, test = _write_split(root, "lfw", images, labels, ["face", "nonface"], test_size=50)
+    return BenchSet("lfw", str(train), str(test),
+                    "150 train / 50 test, 2 classes (face, nonface), 25x25 grey, face crops (skimage lfw_subset)")
+
+
+def digits(root: Path) -> BenchSet:
+    """scikit-learn's 1,797 8x8 digits (values 0-16, scaled to 0-255): stratified 75/25."""
+    from sklearn.datasets import load_digits
+
+    bunch = load_digits()
+    images = (bunch.images / 16.0 * 255).round().astype(np.uint8)
+    train, test = _write_split(root, "digits", images, bunch.target, [str(d) for d in range(10)], test_size=0.25)
+    return BenchSet("digits", str(train), str(test),
+                    "1347 train / 450 test, 10 classes, 8x8 grey, handwritten digits (sklearn load_digits)")
+
+
+ANIMAL_CLASSES = ["bear", "bird", "cat", "cow", "dog", "elephant", "giraffe", "horse", "sheep", "zebra"]
+
+
+def animals(root: Path, n_train: int = 2000, n_test: int = 600) -> BenchSet:
+    """Animal-MNIST (10,000 28x28 grey silhouettes, 1,000 per class), a stratified 2,000 / 600 subset.
+
+    The labels 0-9 are named in the order the package's description lists the classes (alphabetical);
+    the package does not name them in code. Read straight from the wheel's gzip'd pickle of a uint8
+    array: importing ``animal_mnist`` would import tensorflow.
+    """
+    spec = importlib.util.find_spec("animal_mnist")
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError("animal-mnist is not installed: pip install --no-deps animal-mnist")
+    folder = Path(list(spec.submodule_search_locations)[0]) / "data" / "Animal_MNIST"
+    with gzip.open(folder / "animal_data_version_3.gz", "rb") as f:
+        images = np.asarray(pickle.load(f), dtype=np.uint8)
+    with gzip.open(folder / "animal_label_version_3.gz", "rb") as f:
+        labels = np.asarray(pickle.load(f), dtype=np.int64)
+    train, test = _write_split(root, "animals", images, labels, ANIMAL_CLASSES, test_size=n_test, train_size=n_train)
+    return BenchSet("animals", str(train), str(test),
+                    f"{n_train} train / {n_test} test of 10,000, 10 classes, 28x28 grey, animal silhouettes (animal-mnist)")
+
+
+def elpv(root: Path) -> BenchSet:  # noqa: ARG001 - built in, nothing to write
+    return BenchSet("elpv", "elpv:train", "elpv:test",
+                    "1968 train / 656 test, 4 classes (defect probability), 300x300 grey, solar-cell EL images (built in)")
+
+
+BUILDERS: dict[str, Callable[[Path], BenchSet]] = {"lfw": lfw, "digits": digits, "animals": animals, "elpv": elpv}
+
+
+def materialise(root: str | Path, names: list[str] | None = None) -> dict[str, BenchSet]:
+    """Write (or find) each named data set under ``root``; returns name -> BenchSet."""
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    return {name: BUILDERS[name](root) for name in (names or list(BUILDERS))}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--root", default="runs/bench/data", help="folder to write the image folders into")
+    parser.add_argument("--sets", nargs="+", choices=list(BUILDERS), default=list(BUILDERS))
+    args = parser.parse_args(argv)
+    for name, bench in materialise(args.root, args.sets).items():
+        print(f"{name:8s} {bench.description}  [{bench.train} | {bench.test}]")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
