@@ -143,3 +143,16 @@ def test_report_errors_are_user_errors(hostile_model, tmp_path):
     (tmp_path / "advice.json").write_text("{not json")
     result = invoke("report", hostile_model, tmp_path, "--out", tmp_path / "r", "--advice", tmp_path / "advice.json")
     assert result.exit_code == 1
+
+
+def test_a_pixels_model_reports_without_heatmaps(tmp_path):
+    import transferkit
+    from conftest import make_images
+    from transferkit.data import ImageSet
+    from transferkit.report.build import write_report
+
+    images, labels = make_images(6, 16)
+    labels = labels[::-1]  # some mistakes to show
+    clf = transferkit.ImageClassifier(strategy="pixels", image_size=16, device="cpu", precision="fp32", cache_dir=False).fit(images, labels)
+    path = write_report(clf, ImageSet(sources=list(images), labels=list(reversed(labels))), tmp_path / "r", data_name="x", top_mistakes=3, progress=False)
+    assert "no heatmap (no stages)" in path.read_text()

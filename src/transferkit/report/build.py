@@ -172,7 +172,10 @@ def _confident_mistakes(classifier, images, pixels, probabilities, labels, top_m
 
     steps.next(f"heatmaps of {len(chosen)} mistakes")
     chosen_pixels = np.asarray(pixels[chosen])
-    heatmaps = activation_maps(classifier.model_, chosen_pixels, classifier.preprocessing_, predicted_index[chosen])
+    try:
+        heatmaps = activation_maps(classifier.model_, chosen_pixels, classifier.preprocessing_, predicted_index[chosen])
+    except ConfigError:  # no convolutional stages (strategy pixels): the thumbnail stands alone
+        heatmaps = [None] * len(chosen)
     mistakes = [
         Mistake(
             rank=rank,
@@ -181,7 +184,8 @@ def _confident_mistakes(classifier, images, pixels, probabilities, labels, top_m
             predicted=str(predictions[index]),
             probability=float(probabilities[index, predicted_index[index]]),
             thumbnail=Figure(f"mistake_{rank:02d}.png", "image", image_png(image, size=THUMBNAIL_PX)),
-            heatmap=Figure(f"mistake_{rank:02d}_heatmap.png", "heatmap", image_png(overlay(image, heatmap), size=THUMBNAIL_PX)),
+            heatmap=Figure(f"mistake_{rank:02d}_heatmap.png", "heatmap" if heatmap is not None else "no heatmap (no stages)",
+                           image_png(image if heatmap is None else overlay(image, heatmap), size=THUMBNAIL_PX)),
         )
         for rank, (index, image, heatmap) in enumerate(zip(chosen, chosen_pixels, heatmaps), start=1)
     ]

@@ -47,6 +47,11 @@ def activation_maps(
     except ImportError as exc:  # pragma: no cover - the dev and report extras install it
         raise ConfigError("heatmaps need pytorch-grad-cam; install it with: pip install 'transferkit[report]'") from exc
 
+    if not callable(getattr(model, "group_matcher", None)):
+        raise ConfigError(
+            f"heatmaps need a convolutional network with stages; this model ({type(model).__name__}, e.g. strategy "
+            "pixels: an SVM on the raw pixels) has none."
+        )
     model = model.cpu().float().eval()
     maps = [np.zeros((0, *pixels.shape[1:3]), np.float32)]
     mean = torch.tensor(preprocessing.mean).view(1, -1, 1, 1)
