@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 OUT    ?= runs/elpv
 
-.PHONY: run test slow soak bench onnx-bench docs-figures install install-dev clean
+.PHONY: run test slow soak bench bench-auto onnx-bench docs-figures install install-dev clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -51,6 +51,14 @@ bench: install-dev
 	$(BIN)/python benchmarks/features_speed.py --strategies svm head --image-size 224 \
 		--json runs/bench/features.json
 	$(BIN)/python benchmarks/compile_check.py --json runs/bench/compile.json
+
+## auto vs svm/logistic at 224 px and a raw-pixel SVC on lfw, digits, animals and ELPV (~30 min).
+## animal-mnist declares tensorflow as a dependency; only its bundled data file is read.
+bench-auto: install-dev
+	$(BIN)/pip install -q --no-deps animal-mnist
+	$(BIN)/python benchmarks/datasets.py --root runs/bench/data
+	$(BIN)/python benchmarks/auto_vs_baselines.py --sets lfw digits animals elpv --budget-minutes 5 \
+		--json runs/bench/auto_vs_baselines.json
 
 ## ONNX Runtime vs PyTorch (fp32, int8) on elpv:test, with the cheap svm model it needs (~3 min).
 runs/onnx_model/config.json:

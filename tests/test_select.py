@@ -109,3 +109,10 @@ def test_pixels_fits_saves_loads_and_predicts_the_same(tmp_path):
     transferkit.save(clf, tmp_path / "model")
     loaded = transferkit.load(tmp_path / "model", precision="fp32", cache_dir=False)
     np.testing.assert_allclose(loaded.predict_proba(images), clf.predict_proba(images), atol=1e-6)
+
+
+def test_an_auto_fit_records_its_estimate_next_to_its_measured_time(tiny_params, tmp_path):
+    images, labels = make_images(6, 32)
+    clf = transferkit.ImageClassifier(**dict(tiny_params, strategy="auto", image_size="auto", cache_dir=str(tmp_path))).fit(images, labels)
+    assert clf.advice_.seconds <= clf.estimated_fit_seconds_ and clf.fit_seconds_ > 0
+    assert transferkit.ImageClassifier(**dict(tiny_params, strategy="svm")).fit(images, labels).estimated_fit_seconds_ is None

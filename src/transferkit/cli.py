@@ -263,6 +263,7 @@ def fit(
             "stopped_early": classifier.history_["stopped_early"],
             **metrics,
             "fit_seconds": round(classifier.fit_seconds_, 1),
+            "estimated_fit_seconds": None if classifier.estimated_fit_seconds_ is None else round(classifier.estimated_fit_seconds_, 1),
             "peak_memory_mb": round(_peak_memory_mb(), 1),
             "skipped": [vars(s) for s in classifier.skipped_],
             "cv": cv_report,

@@ -291,6 +291,7 @@ class ImageClassifier(ClassifierMixin, BaseEstimator):
         self.n_train_ = n_train
         self.validation_score_ = validation_score(history)
         self.fit_seconds_ = fit_seconds
+        self.estimated_fit_seconds_ = estimated_fit_seconds(advice)
         self.metrics_ = dict(metrics or {})
 
     # ------------------------------------------------------------ predict
@@ -392,6 +393,16 @@ class ImageClassifier(ClassifierMixin, BaseEstimator):
         fingerprint = {key: getattr(self, key) for key in keys}
         fingerprint.update(settings.to_dict(), n_images=n_images, classes=[str(c) for c in classes])
         return fingerprint
+
+
+def estimated_fit_seconds(advice: Advice | None) -> float | None:
+    """What auto expected the whole fit to take: its measurements so far, plus the winner's
+    measured cost once more (an upper bound: the fit reads the features the race cached)."""
+    if advice is None or not advice.trials:
+        return None
+    chosen = next((t for t in advice.trials if t.accuracy is not None and t.candidate.strategy == advice.recommendation.strategy
+                   and t.candidate.image_size == advice.recommendation.image_size), None)
+    return advice.seconds + (chosen.seconds if chosen else 0.0)
 
 
 def validation_score(history: dict[str, Any]) -> float | None:
