@@ -35,12 +35,13 @@ def facts(n: int, side: int) -> DataFacts:
 def test_svm_at_the_backbones_size_is_always_proposed_first_and_small_data_gets_pixels():
     small = propose(facts(300, 25), recommendation(), 224)
     assert small[0] == Candidate("svm", 224, None, small[0].proposed_by)  # small images upsampled to 224
-    assert [c.strategy for c in small] == ["svm", "logistic", "pixels"] and small[-1].image_size == 25
+    assert [c.label for c in small] == ["svm 224 px", "logistic 224 px", "svm 224 px, flips", "logistic 224 px, flips", "pixels 25 px"]
 
 
 def test_large_images_add_a_smaller_svm_imbalance_adds_weights_and_large_data_drops_pixels():
     large = propose(facts(20_000, 300), recommendation("balanced"), 224)
-    assert [c.label for c in large] == ["svm 224 px", "svm 128 px", "logistic 224 px", "svm 224 px, balanced"]
+    assert [c.label for c in large] == ["svm 224 px", "svm 128 px", "logistic 224 px", "svm 224 px, flips", "logistic 224 px, flips",
+                                        "svm 224 px, balanced"]
 
 
 def test_the_best_accuracy_wins_and_a_tie_goes_to_the_cheaper_earlier_candidate():
@@ -116,3 +117,26 @@ def test_an_auto_fit_records_its_estimate_next_to_its_measured_time(tiny_params,
     clf = transferkit.ImageClassifier(**dict(tiny_params, strategy="auto", image_size="auto", cache_dir=str(tmp_path))).fit(images, labels)
     assert clf.advice_.seconds <= clf.estimated_fit_seconds_ and clf.fit_seconds_ > 0
     assert transferkit.ImageClassifier(**dict(tiny_params, strategy="svm")).fit(images, labels).estimated_fit_seconds_ is None
+
+
+def test_flips_average_the_features_of_the_four_views_at_fit_and_predict(tiny_weights, tmp_path):
+    from transferkit.strategies.features import FeatureExtractor, symmetric_features
+
+    images, labels = make_images(6, 32)
+    extractor = FeatureExtractor(TINY_BACKBONE, weights=str(tiny_weights), runtime=CPU, cache_dir=str(tmp_path))
+    views = [images, images[:, :, ::-1], images[:, ::-1], images[:, ::-1, ::-1]]
+    expected = np.mean([extractor.transform(np.ascontiguousarray(v)) for v in views], axis=0)
+    np.testing.assert_allclose(symmetric_features(extractor, images, "flips"), expected, rtol=1e-5)
+    # a flipped image has the same averaged features: the model's answer is flip-invariant
+    flipped = np.ascontiguousarray(images[:, :, ::-1])
+    np.testing.assert_allclose(symmetric_features(extractor, flipped, "flips"), expected, rtol=1e-4, atol=1e-5)
+    params = dict(backbone=TINY_BACKBONE, weights=str(tiny_weights), strategy="logistic", image_size=32, C=0.1,
+                  device="cpu", precision="fp32", cache_dir=str(tmp_path))
+    clf = transferkit.ImageClassifier(**params, symmetries="flips").fit(images, labels)
+    assert clf.settings_["symmetries"] == "flips"
+    np.testing.assert_allclose(clf.predict_proba(flipped), clf.predict_proba(images), atol=1e-5)
+    plain = transferkit.ImageClassifier(**params).fit(images, labels)
+    assert plain.settings_["symmetries"] == "none"
+    transferkit.save(clf, tmp_path / "m")
+    loaded = transferkit.load(tmp_path / "m", precision="fp32", cache_dir=str(tmp_path))
+    np.testing.assert_allclose(loaded.predict_proba(flipped), clf.predict_proba(images), atol=1e-5)

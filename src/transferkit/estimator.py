@@ -22,7 +22,7 @@ from transferkit.constraints import AUTO, InstanceOf, Interval, Options, Registe
 from transferkit.data import ImageSet, check_classes, decode_images, is_decoded, load_pixels, resolve_data
 from transferkit.errors import ConfigError, DataError, NotFittedError
 from transferkit.strategies import FitRequest, Settings, get_strategy, list_strategies
-from transferkit.strategies.features import FeatureExtractor
+from transferkit.strategies.features import SYMMETRIES, FeatureExtractor, symmetric_features
 from transferkit.training.augment import AUGMENT_PRESETS
 from transferkit.training.inputs import predict_logits
 from transferkit.training.runtime import resolve_runtime
@@ -102,6 +102,10 @@ class ImageClassifier(ClassifierMixin, BaseEstimator):
         ``head``/``finetune``: run the frozen stages once per image for this many augmented
         views and train only the rest on the cached activations (epoch e uses view
         e % prefix_views); 0 runs the plain loop. See :mod:`transferkit.training.prefix`.
+    symmetries : {"auto", "none", "flips"}
+        ``svm``/``logistic``: average the features over these image symmetries at fit and at
+        predict (test-time augmentation; ``flips``: horizontal, vertical, 180 degrees).
+        ``"auto"``: what the measurement of ``strategy="auto"`` chose, else ``"none"``.
     budget_minutes : float or None
         ``strategy="auto"`` only: the advisor times its forward pass on this machine and, when
         the advised plan would take longer than this, trains at a smaller image size or falls
@@ -161,6 +165,7 @@ class ImageClassifier(ClassifierMixin, BaseEstimator):
         "feature_views": [Interval(int, 0, None)],
         "prefix_views": [Interval(int, 0, None)],
         "budget_minutes": [Options(None), Interval(float, 0, None, closed="neither")],
+        "symmetries": [Options(AUTO, *SYMMETRIES)],
         "verbose": [InstanceOf((bool,), "True or False")],
     }
 
@@ -194,6 +199,7 @@ class ImageClassifier(ClassifierMixin, BaseEstimator):
         feature_views: int = 0,
         prefix_views: int = 0,
         budget_minutes: float | None = None,
+        symmetries: str = AUTO,
         verbose: bool = False,
     ):
         self.backbone = backbone
@@ -223,6 +229,7 @@ class ImageClassifier(ClassifierMixin, BaseEstimator):
         self.feature_views = feature_views
         self.prefix_views = prefix_views
         self.budget_minutes = budget_minutes
+        self.symmetries = symmetries
         self.verbose = verbose
 
     # ------------------------------------------------------------------ fit
@@ -304,7 +311,8 @@ class ImageClassifier(ClassifierMixin, BaseEstimator):
         if strategy in list_strategies() and get_strategy(strategy).frozen_backbone:
             # The backbone is the pretrained one: its features may already sit in the cache.
             extractor = FeatureExtractor.from_model(self.model_, self.preprocessing_, runtime=runtime, cache_dir=self.cache_dir)
-            features = runtime.to_device(torch.from_numpy(extractor.transform(pixels)))
+            features = symmetric_features(extractor, pixels, self.settings_.get("symmetries", "none"))
+            features = runtime.to_device(torch.from_numpy(features))
             with torch.no_grad():
                 logits = extractor.model.get_classifier()(features).float().cpu()
             self.model_ = extractor.model.cpu()
@@ -373,7 +381,11 @@ class ImageClassifier(ClassifierMixin, BaseEstimator):
             class_weight = None if self.class_weight == "none" else self.class_weight
         else:
             class_weight = advised.class_weight if advised else None
-        return Settings(strategy=strategy, freeze=freeze, image_size=int(image_size), class_weight=class_weight)
+        if self.symmetries != AUTO:
+            symmetries = self.symmetries if entry.accepts_symmetries else "none"
+        else:
+            symmetries = advised.symmetries if advised is not None and entry.accepts_symmetries else "none"
+        return Settings(strategy=strategy, freeze=freeze, image_size=int(image_size), class_weight=class_weight, symmetries=symmetries)
 
     def _check_fitted(self) -> None:
         try:

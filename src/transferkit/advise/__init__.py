@@ -248,7 +248,8 @@ def _decide_by_measurement(
     proposal = f"the rules proposed {recommendation.strategy} at {recommendation.image_size} px"
     chosen = dataclasses.replace(
         recommendation, strategy=best.candidate.strategy, image_size=best.candidate.image_size,
-        class_weight=best.candidate.class_weight, freeze=None, lr=None, backbone_lr_factor=None, augment="none",
+        class_weight=best.candidate.class_weight, symmetries=best.candidate.symmetries, freeze=None, lr=None,
+        backbone_lr_factor=None, augment="none",
         reasons=[*recommendation.reasons, proposal, *trial_reasons(trials, best, len(imageset))],
     )
     return chosen, trials

@@ -11,7 +11,9 @@ and the best accuracy wins (ties go to the cheaper candidate). Always among them
 - ``logistic`` on the same cached features;
 - ``pixels`` (an RBF SVM on the raw pixels) for data sets small enough for a kernel machine;
 - ``svm`` at 128 px when the images are large (smaller inputs cost less and, on ELPV, scored
-  better), and balanced class weights when the imbalance rule fired.
+  better), and balanced class weights when the imbalance rule fired;
+- ``svm`` and ``logistic`` with features averaged over flips (test-time augmentation): whether
+  the data allows that symmetry is measured, not assumed.
 
 It is cheap because nothing is wasted: features are computed once per (image, size) and
 cached on disk, and the final fit of the winner reads the same cache. A time budget bounds the
@@ -31,7 +33,7 @@ import numpy as np
 from transferkit.advise.facts import DataFacts
 from transferkit.advise.rules import Recommendation
 from transferkit.data import ImageSet, decode_images
-from transferkit.strategies.features import FeatureExtractor
+from transferkit.strategies.features import SYMMETRIES, FeatureExtractor, symmetric_features
 from transferkit.strategies.linear import fit_linear_classifier
 from transferkit.strategies.pixels import DEFAULT_SIDE, fit_pixel_classifier
 from transferkit.training.runtime import Runtime
@@ -53,11 +55,13 @@ class Candidate:
     image_size: int
     class_weight: str | None
     proposed_by: str
+    symmetries: str = "none"
 
     @property
     def label(self) -> str:
         weights = ", balanced" if self.class_weight else ""
-        return f"{self.strategy} {self.image_size} px{weights}"
+        flips = ", flips" if self.symmetries != "none" else ""
+        return f"{self.strategy} {self.image_size} px{weights}{flips}"
 
 
 @dataclass
@@ -81,6 +85,8 @@ def propose(facts: DataFacts, recommendation: Recommendation, backbone_size: int
     if median_side >= LARGE_IMAGE_SIDE:
         candidates.append(Candidate("svm", SMALL_SIDE, None, f"large images (median side {median_side} px): a smaller input"))
     candidates.append(Candidate("logistic", backbone_size, None, "the same features, logistic regression"))
+    for strategy in ("svm", "logistic"):
+        candidates.append(Candidate(strategy, backbone_size, None, "test-time augmentation: do flips keep the class?", "flips"))
     if weights:
         candidates.append(Candidate("svm", backbone_size, weights, "the imbalance rule: balanced class weights"))
     if facts.n_samples <= MAX_PIXEL_IMAGES:
@@ -116,7 +122,8 @@ def measure(
         begun = clock()
         if budget_seconds is not None:
             left = SHARE_FOR_MEASURING * budget_seconds - (begun - started)
-            cost = 0.0 if candidate.strategy == "pixels" or seconds_per_image is None else len(images) * seconds_per_image(candidate.image_size)
+            views = len(SYMMETRIES[candidate.symmetries])
+            cost = 0.0 if candidate.strategy == "pixels" or seconds_per_image is None else views * len(images) * seconds_per_image(candidate.image_size)
             if left <= 0 or cost > left:
                 trials.append(Trial(candidate, None, 0.0, f"skipped: ~{cost:.0f} s to measure, {max(left, 0):.0f} s of the budget left"))
                 continue
@@ -125,7 +132,7 @@ def measure(
             _, _, scores = fit_pixel_classifier(pixels, targets, seed=seed, class_weight=candidate.class_weight)
         else:
             extractor = extractor or FeatureExtractor(backbone, weights=weights, runtime=runtime, cache_dir=cache_dir)
-            features = extractor.transform(pixels)
+            features = symmetric_features(extractor, pixels, candidate.symmetries)
             _, info = fit_linear_classifier(
                 features, targets, np.arange(len(targets)), strategy=candidate.strategy, C=None, seed=seed,
                 class_weight=candidate.class_weight,

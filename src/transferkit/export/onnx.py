@@ -106,6 +106,9 @@ def export_onnx(
         "preprocessing": classifier.preprocessing_.to_dict(),
         "backbone": classifier.backbone,
         "strategy": (getattr(classifier, "settings_", None) or {}).get("strategy"),
+        # the graph is the network on one view; a model fitted with symmetries="flips" averages
+        # its features over 4 flipped views in transferkit: average the 4 logits to match
+        "symmetries": (getattr(classifier, "settings_", None) or {}).get("symmetries", "none"),
         "input": f"float32 (N, 3, {size}, {size}) RGB: pixels / 255, minus mean, divided by std",
         "metrics": metrics,
     }

@@ -27,7 +27,7 @@ from sklearn.svm import LinearSVC
 from torch import nn
 
 from transferkit.errors import ConfigError
-from transferkit.strategies.features import FeatureExtractor
+from transferkit.strategies.features import FeatureExtractor, symmetric_features
 from transferkit.strategies.registry import FitOutcome, FitRequest, Strategy, register_strategy
 from transferkit.training.augment import build_augmentation
 
@@ -142,6 +142,8 @@ class FeatureStrategy(Strategy):
     frozen_backbone = True
     trains_network = False
 
+    accepts_symmetries = True
+
     def passes_per_image(self, freeze: int | None, n_blocks: int) -> float:
         return 1.0
 
@@ -149,7 +151,7 @@ class FeatureStrategy(Strategy):
         params, pixels, targets = request.params, request.pixels, request.targets
         extractor = FeatureExtractor(params["backbone"], weights=params["weights"], runtime=request.runtime, cache_dir=params["cache_dir"])
         started = time.perf_counter()
-        features, labels, groups = _augmented_features(extractor, pixels, targets, params)
+        features, labels, groups = _augmented_features(extractor, pixels, targets, params, request.settings.symmetries)
         extract_seconds = time.perf_counter() - started
         C = None if params["C"] == "auto" else params["C"]
         pipeline, info = fit_linear_classifier(
@@ -166,10 +168,13 @@ class FeatureStrategy(Strategy):
         return FitOutcome(model=model, preprocessing=extractor.preprocessing, history=history, plan=plan)
 
 
-def _augmented_features(extractor: FeatureExtractor, pixels: np.ndarray, targets: np.ndarray, params) -> tuple[np.ndarray, ...]:
+def _augmented_features(
+    extractor: FeatureExtractor, pixels: np.ndarray, targets: np.ndarray, params, symmetries: str
+) -> tuple[np.ndarray, ...]:
     """Features of the images and of ``feature_views`` augmented views of each; the groups keep
     an image's views together in the inner CV."""
-    features, labels, groups = [extractor.transform(pixels)], [targets], [np.arange(len(targets))]
+    features = [symmetric_features(extractor, pixels, symmetries)]
+    labels, groups = [targets], [np.arange(len(targets))]
     augment = build_augmentation(params["augment"])
     for view in range(params["feature_views"] if augment is not None else 0):
         torch.manual_seed(params["seed"] * 1000 + view)

@@ -40,9 +40,12 @@ class Settings:
     freeze: int | None
     image_size: int
     class_weight: str | None
+    symmetries: str = "none"
+    """Feature strategies: average the features over these image symmetries (``SYMMETRIES``)."""
 
     def to_dict(self) -> dict[str, Any]:
-        return {"strategy": self.strategy, "freeze": self.freeze, "image_size": self.image_size, "class_weight": self.class_weight}
+        return {"strategy": self.strategy, "freeze": self.freeze, "image_size": self.image_size,
+                "class_weight": self.class_weight, "symmetries": self.symmetries}
 
 
 @dataclass
@@ -105,6 +108,8 @@ class Strategy:
     frozen_backbone: ClassVar[bool] = False
     trains_network: ClassVar[bool] = True
     accepts_freeze: ClassVar[bool] = False
+    accepts_symmetries: ClassVar[bool] = False
+    """Averages its features over image symmetries (``symmetries``) at fit and predict."""
     compare_defaults: ClassVar[Mapping[str, Any]] = MappingProxyType({})
     default_image_size: ClassVar[int | None] = None
     """Image side when neither the user nor the advisor sets one (None: the backbone's)."""
