@@ -140,3 +140,13 @@ def test_flips_average_the_features_of_the_four_views_at_fit_and_predict(tiny_we
     transferkit.save(clf, tmp_path / "m")
     loaded = transferkit.load(tmp_path / "m", precision="fp32", cache_dir=str(tmp_path))
     np.testing.assert_allclose(loaded.predict_proba(flipped), clf.predict_proba(images), atol=1e-5)
+
+
+def test_when_the_budget_measures_nothing_auto_falls_back_to_svm_and_says_so():
+    from transferkit.advise.select import reasons
+
+    trials = [Trial(Candidate("svm", 224, None, "always"), None, 0.0, "skipped: ~90 s to measure, 3 s of the budget left"),
+              Trial(Candidate("logistic", 224, None, "x"), None, 0.0, "skipped: ~90 s to measure, 3 s of the budget left")]
+    chosen = winner(trials)
+    assert chosen.candidate.strategy == "svm"
+    assert reasons(trials, chosen, 100)[-1] == "no candidate could be measured within the budget: auto fits svm 224 px unmeasured"

@@ -143,8 +143,13 @@ def measure(
 
 
 def winner(trials: list[Trial]) -> Trial:
-    """The best inner-CV accuracy; on a tie (within 0.002) the cheaper, earlier candidate."""
+    """The best inner-CV accuracy; on a tie (within 0.002) the cheaper, earlier candidate.
+
+    When the budget left no candidate measured, the first (``svm`` at the backbone's size).
+    """
     measured = [trial for trial in trials if trial.accuracy is not None]
+    if not measured:
+        return trials[0]
     best = max(trial.accuracy for trial in measured)
     return next(trial for trial in measured if trial.accuracy >= best - 0.002)
 
@@ -155,8 +160,11 @@ def reasons(trials: list[Trial], chosen: Trial, n_images: int) -> list[str]:
     for trial in trials:
         result = trial.skipped or f"{trial.accuracy:.3f} inner-CV accuracy in {trial.seconds:.0f} s"
         lines.append(f"candidate {trial.candidate.label} ({trial.candidate.proposed_by}): {result}")
-    lines.append(
-        f"measured on {n_images:,} images: {chosen.candidate.label} scored best ({chosen.accuracy:.3f}); "
-        "auto fits it"
-    )
+    if chosen.accuracy is None:
+        lines.append(f"no candidate could be measured within the budget: auto fits {chosen.candidate.label} unmeasured")
+    else:
+        lines.append(
+            f"measured on {n_images:,} images: {chosen.candidate.label} scored best ({chosen.accuracy:.3f}); "
+            "auto fits it"
+        )
     return lines
