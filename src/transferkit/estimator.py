@@ -409,12 +409,12 @@ class ImageClassifier(ClassifierMixin, BaseEstimator):
 
 def estimated_fit_seconds(advice: Advice | None) -> float | None:
     """What auto expected the whole fit to take: its measurements so far, plus the winner's
-    measured cost once more (an upper bound: the fit reads the features the race cached)."""
+    measured classifier fit once more (the fit reads the features the race cached)."""
     if advice is None or not advice.trials:
         return None
     chosen = next((t for t in advice.trials if t.accuracy is not None and t.candidate.strategy == advice.recommendation.strategy
                    and t.candidate.image_size == advice.recommendation.image_size), None)
-    return advice.seconds + (chosen.seconds if chosen else 0.0)
+    return advice.seconds + (chosen.seconds - chosen.extract_seconds if chosen else 0.0)
 
 
 def validation_score(history: dict[str, Any]) -> float | None:

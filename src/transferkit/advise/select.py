@@ -72,9 +72,12 @@ class Trial:
     accuracy: float | None
     seconds: float
     skipped: str | None = None
+    extract_seconds: float = 0.0
+    """The part of ``seconds`` spent decoding and computing features: a fit reads them cached."""
 
     def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self.candidate), "accuracy": self.accuracy, "seconds": round(self.seconds, 1), "skipped": self.skipped}
+        return {**asdict(self.candidate), "accuracy": self.accuracy, "seconds": round(self.seconds, 1), "skipped": self.skipped,
+                "extract_seconds": round(self.extract_seconds, 1)}
 
 
 def propose(facts: DataFacts, recommendation: Recommendation, backbone_size: int) -> list[Candidate]:
@@ -129,16 +132,18 @@ def measure(
                 continue
         pixels = decode_images(images, candidate.image_size, cache_dir=cache_dir, progress=False).pixels
         if candidate.strategy == "pixels":
+            extracted = clock()
             _, _, scores = fit_pixel_classifier(pixels, targets, seed=seed, class_weight=candidate.class_weight)
         else:
             extractor = extractor or FeatureExtractor(backbone, weights=weights, runtime=runtime, cache_dir=cache_dir)
             features = symmetric_features(extractor, pixels, candidate.symmetries)
+            extracted = clock()
             _, info = fit_linear_classifier(
                 features, targets, np.arange(len(targets)), strategy=candidate.strategy, C=None, seed=seed,
                 class_weight=candidate.class_weight,
             )
             scores = info["inner_cv"]
-        trials.append(Trial(candidate, max(scores.values()), clock() - begun))
+        trials.append(Trial(candidate, max(scores.values()), clock() - begun, extract_seconds=extracted - begun))
     return trials
 
 
