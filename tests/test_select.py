@@ -150,3 +150,31 @@ def test_when_the_budget_measures_nothing_auto_falls_back_to_svm_and_says_so():
     chosen = winner(trials)
     assert chosen.candidate.strategy == "svm"
     assert reasons(trials, chosen, 100)[-1] == "no candidate could be measured within the budget: auto fits svm 224 px unmeasured"
+
+
+def test_the_budget_counts_cached_features_as_free(tiny_weights, tmp_path):
+    # logistic reads the features svm extracted at the same size: no extraction to budget for
+    images, labels = make_images(6, 32)
+    ticks = itertools.count(0.0, 50.0)  # every clock reading is 50 s later
+    candidates = [Candidate("svm", 32, None, "always"), Candidate("logistic", 32, None, "x"),
+                  Candidate("logistic", 32, None, "y", "flips")]
+    trials = measure(
+        ImageSet(sources=list(images), labels=labels), candidates, backbone=TINY_BACKBONE, weights=str(tiny_weights),
+        runtime=CPU, cache_dir=str(tmp_path), seed=0, budget_seconds=500.0 / 0.7, seconds_per_image=lambda size: 20.0,
+        clock=lambda: next(ticks),
+    )
+    # svm: 18 images x 20 s = 360 s of 450 s left; logistic: 300 s left, but its features are cached;
+    # flips: 3 views not extracted yet (1080 s) with 150 s left: skipped
+    assert [t.skipped is None for t in trials] == [True, True, False]
+    assert "1080 s to measure" in trials[2].skipped
+
+
+def test_the_estimate_uses_the_winning_trial(tiny_params, tmp_path):
+    from types import SimpleNamespace
+
+    from transferkit.estimator import estimated_fit_seconds
+
+    plain = Trial(Candidate("svm", 224, None, ""), 0.70, 10.0, extract_seconds=8.0)
+    flips = Trial(Candidate("svm", 224, None, "", "flips"), 0.80, 40.0, extract_seconds=30.0)
+    advice = SimpleNamespace(trials=[plain, flips], seconds=5.0)
+    assert estimated_fit_seconds(advice) == 5.0 + 10.0  # the flips trial's classifier fit, not the plain svm's

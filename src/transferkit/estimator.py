@@ -17,6 +17,7 @@ from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.utils.validation import check_is_fitted
 
 from transferkit.advise import Advice, advise
+from transferkit.advise.select import winner
 from transferkit.backbones import Preprocessing, get_backbone_spec
 from transferkit.constraints import AUTO, InstanceOf, Interval, Options, Registered, validate_params
 from transferkit.data import ImageSet, check_classes, decode_images, is_decoded, load_pixels, resolve_data
@@ -27,7 +28,7 @@ from transferkit.training.augment import AUGMENT_PRESETS
 from transferkit.training.inputs import predict_logits
 from transferkit.training.runtime import resolve_runtime
 
-Strategy = Literal["auto", "svm", "logistic", "head", "finetune", "full", "scratch"]
+Strategy = Literal["auto", "svm", "logistic", "head", "finetune", "full", "scratch", "pixels"]
 AUTO_PROBE_IMAGES = 512
 """``strategy="auto"`` measures domain shift and LogME on a stratified sample of this many images."""
 RUNTIME_PARAMS = ("device", "precision", "checkpoint_dir", "resume", "cache_dir", "verbose")
@@ -44,7 +45,7 @@ class ImageClassifier(ClassifierMixin, BaseEstimator):
     ----------
     backbone : str
         Registry name (``transferkit models`` lists them) or any timm model name.
-    strategy : {"auto", "svm", "logistic", "head", "finetune", "full", "scratch"}
+    strategy : {"auto", "svm", "logistic", "head", "finetune", "full", "scratch", "pixels"}
         ``auto`` (default) measures the data and follows the advisor
         (:func:`transferkit.advise.advise`; ``advice_`` says why); otherwise a name from the
         strategy registry (:func:`transferkit.strategies.list_strategies`): ``svm``/``logistic``
@@ -412,9 +413,8 @@ def estimated_fit_seconds(advice: Advice | None) -> float | None:
     measured classifier fit once more (the fit reads the features the race cached)."""
     if advice is None or not advice.trials:
         return None
-    chosen = next((t for t in advice.trials if t.accuracy is not None and t.candidate.strategy == advice.recommendation.strategy
-                   and t.candidate.image_size == advice.recommendation.image_size), None)
-    return advice.seconds + (chosen.seconds - chosen.extract_seconds if chosen else 0.0)
+    chosen = winner(advice.trials)  # the same pure choice advise() made
+    return advice.seconds + (chosen.seconds - chosen.extract_seconds)
 
 
 def validation_score(history: dict[str, Any]) -> float | None:

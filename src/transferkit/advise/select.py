@@ -120,13 +120,17 @@ def measure(
     started = clock()
     targets = np.searchsorted(np.array(images.classes), np.asarray(images.labels))
     extractor = None
+    extracted_views: set[tuple[int, str]] = set()  # (size, view) whose features are cached by now
     trials: list[Trial] = []
     for candidate in candidates:
         begun = clock()
         if budget_seconds is not None:
             left = SHARE_FOR_MEASURING * budget_seconds - (begun - started)
-            views = len(SYMMETRIES[candidate.symmetries])
-            cost = 0.0 if candidate.strategy == "pixels" or seconds_per_image is None else views * len(images) * seconds_per_image(candidate.image_size)
+            new_views = [view for view in SYMMETRIES[candidate.symmetries] if (candidate.image_size, view) not in extracted_views]
+            if candidate.strategy == "pixels" or seconds_per_image is None or not new_views:
+                cost = 0.0
+            else:
+                cost = len(new_views) * len(images) * seconds_per_image(candidate.image_size)
             if left <= 0 or cost > left:
                 trials.append(Trial(candidate, None, 0.0, f"skipped: ~{cost:.0f} s to measure, {max(left, 0):.0f} s of the budget left"))
                 continue
@@ -137,6 +141,7 @@ def measure(
         else:
             extractor = extractor or FeatureExtractor(backbone, weights=weights, runtime=runtime, cache_dir=cache_dir)
             features = symmetric_features(extractor, pixels, candidate.symmetries)
+            extracted_views.update((candidate.image_size, view) for view in SYMMETRIES[candidate.symmetries])
             extracted = clock()
             _, info = fit_linear_classifier(
                 features, targets, np.arange(len(targets)), strategy=candidate.strategy, C=None, seed=seed,
