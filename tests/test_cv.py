@@ -52,15 +52,16 @@ def test_cross_validate_reports_per_fold_scores_and_an_interval(tiny_params):
 
 
 def test_compare_gives_every_strategy_identical_folds_and_the_documented_json(tiny_params, monkeypatch):
+    import transferkit.search as search_module
+
     seen = {}
-    real = compare_module.run_jobs
+    real = search_module.score_candidate
 
-    def spy(jobs, **options):
-        for job in jobs:
-            seen.setdefault(job.name, []).append(job.test.tolist())
-        return real(jobs, **options)
+    def spy(arena, candidate, fold, callbacks=()):
+        seen.setdefault(candidate.strategy, []).append(sorted(fold[1].tolist()))
+        return real(arena, candidate, fold, callbacks)
 
-    monkeypatch.setattr(compare_module, "run_jobs", spy)
+    monkeypatch.setattr(search_module, "score_candidate", spy)
     images, labels = make_images(6, 32)
     base = {k: v for k, v in tiny_params.items() if k not in ("image_size", "epochs", "strategy")}
     comparison = compare_strategies(

@@ -16,10 +16,12 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 
 LAYERS: list[tuple[str, ...]] = [
     ("transferkit._version", "transferkit.errors"),
-    ("transferkit.constraints", "transferkit.evaluation.metrics"),
+    ("transferkit.constraints", "transferkit.evaluation.metrics", "transferkit.evaluation.jobs"),
+    ("transferkit.evaluation.cv",),
     ("transferkit.data", "transferkit.backbones"),
     ("transferkit.training",),
     ("transferkit.strategies",),
+    ("transferkit.search",),
     ("transferkit.advise",),
     ("transferkit.estimator",),
     ("transferkit.persistence",),

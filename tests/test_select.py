@@ -1,4 +1,5 @@
-"""auto decided by measurement: what the rules propose, the measured race, the budget, and pixels."""
+"""auto decided by one candidate search: what the rules propose, the symmetry test, the budget
+with a fake clock, a trained network among the candidates, and pixels."""
 
 from __future__ import annotations
 
@@ -11,20 +12,31 @@ from sklearn.svm import SVC
 
 import transferkit
 from conftest import TINY_BACKBONE, make_images
-from transferkit.advise import DataFacts, advise
+from transferkit.advise import DataFacts
 from transferkit.advise.rules import Recommendation
-from transferkit.advise.select import Candidate, Trial, measure, propose, winner
+from transferkit.advise.select import (
+    MIN_NETWORK_EPOCHS,
+    Speeds,
+    Symmetry,
+    _network_augment,
+    _network_candidate,
+    _variants,
+    measure_symmetry,
+    search_auto,
+    trial_reasons,
+)
 from transferkit.backbones import get_backbone_spec
-from transferkit.data import ImageSet
+from transferkit.search import Arena, Candidate, CandidateSearch, Trial, winner
 from transferkit.strategies.pixels import _inputs, fit_pixel_classifier, pixel_kernel_from
+from transferkit.training.callbacks import Deadline
 from transferkit.training.inputs import pixels_to_tensor
 from transferkit.training.runtime import resolve_runtime
 
 CPU = resolve_runtime("cpu", "fp32")
 
 
-def recommendation(class_weight=None) -> Recommendation:
-    return Recommendation(strategy="finetune", backbone="b", freeze=3, lr=1e-3, backbone_lr_factor=0.1, augment="standard",
+def recommendation(class_weight=None, strategy="finetune", freeze=3) -> Recommendation:
+    return Recommendation(strategy=strategy, backbone="b", freeze=freeze, lr=1e-3, backbone_lr_factor=0.1, augment="standard",
                           image_size=224, class_weight=class_weight)
 
 
@@ -32,58 +44,182 @@ def facts(n: int, side: int) -> DataFacts:
     return DataFacts(n_samples=n, n_classes=2, height=(side, float(side), side), width=(side, float(side), side))
 
 
-def test_svm_at_the_backbones_size_is_always_proposed_first_and_small_data_gets_pixels():
-    small = propose(facts(300, 25), recommendation(), 224)
-    assert small[0] == Candidate("svm", 224, None, small[0].proposed_by)  # small images upsampled to 224
-    assert [c.label for c in small] == ["svm 224 px", "logistic 224 px", "svm 224 px, flips", "logistic 224 px, flips", "pixels 25 px"]
+def ramps(n_per_class: int = 10, side: int = 32, seed: int = 0) -> tuple[np.ndarray, list[str]]:
+    """Two classes a horizontal flip swaps (brightness rising to the right / to the left) and a
+    vertical flip keeps."""
+    rng = np.random.default_rng(seed)
+    ramp = np.linspace(20, 235, side)[None, :, None]
+    images, labels = [], []
+    for label, profile in (("rising", ramp), ("falling", ramp[:, ::-1])):
+        for _ in range(n_per_class):
+            image = np.broadcast_to(profile, (side, side, 3)) + rng.normal(0, 8, (side, side, 3))
+            images.append(np.clip(image, 0, 255).astype(np.uint8))
+            labels.append(label)
+    return np.stack(images), labels
 
 
-def test_large_images_add_a_smaller_svm_imbalance_adds_weights_and_large_data_drops_pixels():
-    large = propose(facts(20_000, 300), recommendation("balanced"), 224)
-    assert [c.label for c in large] == ["svm 224 px", "svm 128 px", "logistic 224 px", "svm 224 px, flips", "logistic 224 px, flips",
-                                        "svm 224 px, balanced"]
+def arena_of(images, labels, tiny_params, tmp_path, **params) -> Arena:
+    classes = np.array(sorted(set(labels)))
+    estimator = transferkit.ImageClassifier(**dict(tiny_params, cache_dir=str(tmp_path), **params))
+    return Arena(pixels_at=lambda size: images, targets=np.searchsorted(classes, labels), classes=classes,
+                 params=estimator.get_params(), runtime=CPU)
 
 
-def test_the_best_accuracy_wins_and_a_tie_goes_to_the_cheaper_earlier_candidate():
-    a, b, c = (Candidate(s, 224, None, "") for s in ("svm", "logistic", "pixels"))
-    assert winner([Trial(a, 0.90, 1), Trial(b, 0.95, 1), Trial(c, 0.80, 1)]).candidate is b
-    assert winner([Trial(a, 0.951, 1), Trial(b, 0.952, 1), Trial(c, None, 0, "skipped")]).candidate is a
+class FakeSpeeds(Speeds):
+    """Seconds per image fixed by the test instead of timed."""
+
+    def __init__(self, forward: float, train: float):
+        super().__init__("x", None, CPU)
+        self.forward_seconds, self.train_seconds = forward, train
+
+    def forward(self, size: int) -> float:
+        return self.forward_seconds * (size / 32) ** 2
+
+    def train(self, size: int) -> float:
+        return self.train_seconds * (size / 32) ** 2
 
 
-def test_the_budget_skips_candidates_that_no_longer_fit_with_a_fake_clock(tiny_weights, tmp_path):
+def test_cheap_variants_follow_the_facts_and_the_symmetry_test():
+    kept = Symmetry({"none": 0.9, "horizontal": 0.9, "vertical": 0.9}, 0.02, True, True)
+    small = _variants(facts(300, 25), recommendation(), 224, {}, kept, None, None, 300)
+    assert [c.label for c in small] == ["pixels 25 px", "svm 224 px, flips", "logistic 224 px, flips"]
+    changed = Symmetry({"none": 0.9, "horizontal": 0.5, "vertical": 0.9}, 0.02, False, True)
+    large = _variants(facts(20_000, 300), recommendation("balanced"), 224, {}, changed, None, None, 20_000)
+    assert [c.label for c in large] == ["svm 224 px, balanced", "svm 128 px"]  # no flips, no pixels
+    # the user's image size: every candidate at that size, no smaller-input variant
+    fixed = _variants(facts(300, 300), recommendation(), 32, {"image_size": 32}, kept, None, None, 300)
+    assert {c.image_size for c in fixed} == {32}
+
+
+def test_flip_averaging_is_dropped_when_it_would_eat_the_networks_budget():
+    kept = Symmetry({"none": 0.9, "horizontal": 0.9, "vertical": 0.9}, 0.02, True, True)
+    slow = FakeSpeeds(forward=0.1, train=0.3)  # 3 x 2,000 images x 0.1 s x 49 = far over 30 % of 600 s
+    labels = [c.label for c in _variants(facts(2000, 224), recommendation(), 224, {}, kept, 600.0, slow, 2000)]
+    assert not any("flips" in label for label in labels)
+
+
+def test_the_network_augmentation_keeps_only_the_flips_that_keep_the_class():
+    assert _network_augment({}, Symmetry({}, 0.02, horizontal=False, vertical=False)) == "rotate,translate"
+    assert _network_augment({}, Symmetry({}, 0.02, horizontal=True, vertical=True)) == "hflip,vflip,rotate,translate"
+    assert _network_augment({"augment": "strong"}, Symmetry({}, 0.02, False, False)) == "strong"  # the user's wins
+
+
+def test_the_network_candidate_takes_the_largest_side_the_budget_affords(tiny_params, tmp_path):
     images, labels = make_images(6, 32)
-    data = ImageSet(sources=list(images), labels=labels)
+    arena = arena_of(images, labels, tiny_params, tmp_path)
+    fold = (np.arange(14), np.arange(14, 18))
+    speeds = FakeSpeeds(forward=0.001, train=0.01)  # at 32 px; x (side / 32)^2
+    search = CandidateSearch(arena, [fold], budget_seconds=100.0, cost=None, clock=itertools.repeat(0.0).__next__)
+    candidate = _network_candidate(recommendation(strategy="full", freeze=0), facts(2000, 300), {}, search, speeds, 1600, 400,
+                                   224, "rotate,translate")
+    # 1,600 x 0.01 x (s/32)^2 per epoch: 224 px costs 784 s, 96 px 144 s an epoch ... 32 px 16 s: 6 epochs fit at 32 px only
+    assert (candidate.strategy, candidate.image_size) == ("full", 64) or candidate.image_size == 32
+    assert dict(candidate.params)["epochs"] >= MIN_NETWORK_EPOCHS and dict(candidate.params)["augment"] == "rotate,translate"
+    fine = _network_candidate(recommendation(freeze=2), facts(2000, 300), {}, search, None, 1600, 400, 224, "x")
+    assert (fine.strategy, fine.freeze, fine.image_size) == ("finetune", 2, 224)
+    # small data: a schedule in steps, not epochs: 150 images are 4 steps an epoch -> more epochs
+    small = _network_candidate(recommendation(strategy="full", freeze=0), facts(150, 25), {}, search, None, 120, 30, 224, "x")
+    assert dict(small.params)["epochs"] > 10 and small.image_size <= 64
+    hopeless = FakeSpeeds(forward=1.0, train=10.0)
+    assert _network_candidate(recommendation(), facts(2000, 300), {}, search, hopeless, 1600, 400, 224, "x") is None
+
+
+def test_the_best_accuracy_wins_ties_go_to_the_earlier_and_a_network_must_win_by_a_margin():
+    a, b, c = (Candidate(s, 224, "") for s in ("svm", "logistic", "pixels"))
+    assert winner([Trial(a, [0.90]), Trial(b, [0.95]), Trial(c, [0.80])]).candidate is b
+    assert winner([Trial(a, [0.951]), Trial(b, [0.952]), Trial(c, skipped="skipped")]).candidate is a
+    network = Candidate("full", 128, "")
+    assert winner([Trial(a, [0.90]), Trial(network, [0.905])]).candidate is a  # within the margin
+    assert winner([Trial(a, [0.90]), Trial(network, [0.93])]).candidate is network
+
+
+def test_the_budget_skips_candidates_that_no_longer_fit_with_a_fake_clock(tiny_params, tmp_path):
+    images, labels = make_images(6, 32)
+    arena = arena_of(images, labels, tiny_params, tmp_path, strategy="svm")
     ticks = itertools.count(0.0, 1.0)  # every clock reading is one second later
-    candidates = [Candidate("svm", 32, None, "always"), Candidate("logistic", 32, None, "x"), Candidate("pixels", 16, None, "y")]
-    trials = measure(
-        data, candidates, backbone=TINY_BACKBONE, weights=str(tiny_weights), runtime=CPU, cache_dir=str(tmp_path), seed=0,
-        budget_seconds=10.0, seconds_per_image=lambda size: 1.0, clock=lambda: next(ticks),
-    )
-    # 18 images x 1 s > the 7 s (70 % of 10 s) left: both feature candidates skipped, saying why
-    assert [t.skipped is not None for t in trials] == [True, True, False]
-    assert "18 s to measure" in trials[0].skipped and trials[2].accuracy is not None
+    cost = lambda candidate, n_train, n_test, done: 0.0 if candidate.strategy == "pixels" else 18.0  # noqa: E731
+    search = CandidateSearch(arena, [(np.arange(0, 18, 2), np.arange(1, 18, 2))], budget_seconds=10.0, cost=cost,
+                             clock=lambda: next(ticks))
+    trials = search.evaluate_candidates([Candidate("svm", 32, "always"), Candidate("pixels", 16, "y")])
+    assert trials[0].skipped.startswith("skipped: ~18 s to measure") and trials[1].accuracy is not None
     assert winner(trials).candidate.strategy == "pixels"
+    assert trial_reasons(trials, winner(trials), 9)[-1].startswith("measured on the same 9 held-out images: pixels 16 px")
 
 
-def test_without_a_budget_every_candidate_is_measured(tiny_weights, tmp_path):
+def test_a_deadline_stops_training_before_the_budget_ends_with_a_fake_clock(tiny_params):
     images, labels = make_images(6, 32)
-    trials = measure(ImageSet(sources=list(images), labels=labels), [Candidate("svm", 32, None, ""), Candidate("pixels", 16, None, "")],
-                     backbone=TINY_BACKBONE, weights=str(tiny_weights), runtime=CPU, cache_dir=str(tmp_path), seed=0)
-    assert all(0.0 <= t.accuracy <= 1.0 and t.skipped is None for t in trials)
-    assert trials[1].accuracy == 1.0  # colours separate perfectly in pixel space
+    now = [0.0]
+
+    def clock() -> float:
+        now[0] += 10.0  # each reading (one per epoch end, and the start) is 10 s later
+        return now[0]
+
+    deadline = Deadline(45.0, clock=clock)
+    from transferkit.strategies import FitRequest, Settings, get_strategy
+
+    classes = np.array(sorted(set(labels)))
+    params = transferkit.ImageClassifier(**dict(tiny_params, strategy="full", epochs=20)).get_params()
+    request = FitRequest(pixels=images, targets=np.searchsorted(classes, labels), classes=classes,
+                         settings=Settings("full", None, 32, None), params=params, runtime=CPU,
+                         console=transferkit.ImageClassifier()._console(), callbacks=(deadline,))
+    outcome = get_strategy("full").fit(request)
+    epochs = len(outcome.history["history"])
+    # start 10, epochs end at 20, 30, 40: another 10 s epoch would pass 45 -> stop after 3 of 20
+    assert deadline.stopped and epochs == 3 and "time budget" in deadline.reason
 
 
-def test_advise_with_measure_says_which_rule_proposed_what_and_which_measurement_decided(tiny_weights, tmp_path):
+def test_the_symmetry_test_finds_the_flip_that_changes_the_class(tiny_weights, tiny_params, tmp_path):
+    images, labels = ramps()
+    arena = arena_of(images, labels, tiny_params, tmp_path)
+    fold = (np.r_[0:8, 10:18], np.r_[8:10, 18:20])
+    symmetry = measure_symmetry(arena, fold, 32, None)
+    assert symmetry.accuracy["none"] >= 0.75 and not symmetry.horizontal and symmetry.vertical
+    assert "horizontal flip changes the class" in symmetry.describe()
+    colours, colour_labels = make_images(8, 32)
+    kept = measure_symmetry(arena_of(colours, colour_labels, tiny_params, tmp_path), (np.r_[0:6, 8:14, 16:22], np.r_[6:8, 14:16, 22:24]), 32, None)
+    assert kept.horizontal and kept.vertical
+
+
+def test_a_network_is_raced_and_trains_without_the_flip_the_data_rejects(tiny_params, tmp_path, monkeypatch):
+    import transferkit.strategies.network as network
+
+    augments = []
+    real = network.build_augmentation
+    monkeypatch.setattr(network, "build_augmentation", lambda spec: augments.append(spec) or real(spec))
+    images, labels = ramps(12)
+    arena = arena_of(images, labels, tiny_params, tmp_path, strategy="auto", image_size="auto")
+    found = search_auto(arena, facts(2000, 32), recommendation(strategy="full", freeze=0), backbone_size=32, fixed={},
+                        speeds=None, budget_seconds=None)
+    labels_run = [t.candidate.label for t in found.trials]
+    network_trial = next(t for t in found.trials if t.candidate.strategy == "full")
+    assert network_trial.accuracy is not None and network_trial.outcome is not None
+    assert augments and all("hflip" not in spec for spec in augments) and found.augment == "vflip,rotate,translate"
+    assert "svm 32 px" in labels_run and any(r.startswith("symmetry test") for r in found.reasons)
+    assert sum(r.startswith("candidate ") for r in found.reasons) == len(found.trials)
+
+
+def test_an_auto_fit_keeps_the_network_the_search_trained(tiny_params, tmp_path, monkeypatch):
+    import transferkit.advise.select as select
+    import transferkit.strategies.network as network
+
+    fits = []
+    real = network.NetworkStrategy.fit
+    monkeypatch.setattr(network.NetworkStrategy, "fit", lambda self, request: fits.append(1) or real(self, request))
+    # make the network win whatever it scores, to see the fit reuse it
+    monkeypatch.setattr(select, "winner", lambda trials: next(t for t in trials if t.candidate.strategy in ("full", "finetune")))
+    images, labels = ramps(12)
+    clf = transferkit.ImageClassifier(**dict(tiny_params, strategy="auto", image_size=32, cache_dir=str(tmp_path),
+                                              budget_minutes=None)).fit(images, labels)
+    assert clf.settings_["strategy"] in ("full", "finetune") and len(fits) == 1  # trained once, in the search
+    assert clf.advice_.recommendation.reasons[-1].endswith("the network trained in the search is the model")
+    assert clf.predict(images).shape == (24,)
+
+
+def test_every_candidate_is_measured_at_the_size_the_user_fixed(tiny_params, tmp_path):
     images, labels = make_images(6, 32)
-    advice = advise(images, labels, backbones=[TINY_BACKBONE], weights_path=tiny_weights, device="cpu", measure=True,
-                    cache_dir=str(tmp_path))
-    reasons = advice.recommendation.reasons
-    assert any(r.startswith("the rules proposed") for r in reasons)
-    assert sum(r.startswith("candidate ") for r in reasons) == len(advice.trials) >= 3
-    chosen = winner(advice.trials).candidate
-    assert (advice.recommendation.strategy, advice.recommendation.image_size) == (chosen.strategy, chosen.image_size)
-    assert reasons[-1].startswith(f"measured on 18 images: {chosen.label} scored best")
-    assert advice.to_dict()["trials"][0]["strategy"] == "svm"
+    clf = transferkit.ImageClassifier(**dict(tiny_params, strategy="auto", image_size=24, cache_dir=str(tmp_path),
+                                              budget_minutes=None)).fit(images, labels)
+    assert {t.candidate.image_size for t in clf.advice_.search.trials} == {24} and clf.image_size_ == 24
 
 
 @pytest.mark.parametrize("n_classes", [2, 3])
@@ -143,38 +279,32 @@ def test_flips_average_the_features_of_the_four_views_at_fit_and_predict(tiny_we
 
 
 def test_when_the_budget_measures_nothing_auto_falls_back_to_svm_and_says_so():
-    from transferkit.advise.select import reasons
-
-    trials = [Trial(Candidate("svm", 224, None, "always"), None, 0.0, "skipped: ~90 s to measure, 3 s of the budget left"),
-              Trial(Candidate("logistic", 224, None, "x"), None, 0.0, "skipped: ~90 s to measure, 3 s of the budget left")]
+    trials = [Trial(Candidate("svm", 224, "always"), skipped="skipped: ~90 s to measure, 3 s of the budget left"),
+              Trial(Candidate("logistic", 224, "x"), skipped="skipped: ~90 s to measure, 3 s of the budget left")]
     chosen = winner(trials)
     assert chosen.candidate.strategy == "svm"
-    assert reasons(trials, chosen, 100)[-1] == "no candidate could be measured within the budget: auto fits svm 224 px unmeasured"
+    assert trial_reasons(trials, chosen, 100)[-1] == "no candidate could be measured within the budget: auto fits svm 224 px unmeasured"
 
 
-def test_the_budget_counts_cached_features_as_free(tiny_weights, tmp_path):
-    # logistic reads the features svm extracted at the same size: no extraction to budget for
-    images, labels = make_images(6, 32)
-    ticks = itertools.count(0.0, 50.0)  # every clock reading is 50 s later
-    candidates = [Candidate("svm", 32, None, "always"), Candidate("logistic", 32, None, "x"),
-                  Candidate("logistic", 32, None, "y", "flips")]
-    trials = measure(
-        ImageSet(sources=list(images), labels=labels), candidates, backbone=TINY_BACKBONE, weights=str(tiny_weights),
-        runtime=CPU, cache_dir=str(tmp_path), seed=0, budget_seconds=500.0 / 0.7, seconds_per_image=lambda size: 20.0,
-        clock=lambda: next(ticks),
-    )
-    # svm: 18 images x 20 s = 360 s of 450 s left; logistic: 300 s left, but its features are cached;
-    # flips: 3 views not extracted yet (1080 s) with 150 s left: skipped
-    assert [t.skipped is None for t in trials] == [True, True, False]
-    assert "1080 s to measure" in trials[2].skipped
+def test_the_budget_counts_cached_features_as_free():
+    from transferkit.advise.select import _cost
+
+    cost = _cost(FakeSpeeds(forward=1.0, train=1.0), 18)
+    svm, logistic, flips = Candidate("svm", 32, "a"), Candidate("logistic", 32, "b"), Candidate("logistic", 32, "c", symmetries="flips")
+    assert cost(svm, 14, 4, []) == 18.0
+    assert cost(logistic, 14, 4, [svm]) == 0.0  # reads the features svm extracted at the same size
+    assert cost(flips, 14, 4, [svm]) == 3 * 18.0  # three flipped views not extracted yet
+    assert cost(Candidate("full", 32, "d", params=(("epochs", 2),)), 14, 4, [svm]) == 2 * (14 * 1.0 + 4 * 1.0)
 
 
-def test_the_estimate_uses_the_winning_trial(tiny_params, tmp_path):
+def test_the_estimate_counts_the_probe_the_search_and_the_winners_refit():
     from types import SimpleNamespace
 
     from transferkit.estimator import estimated_fit_seconds
 
-    plain = Trial(Candidate("svm", 224, None, ""), 0.70, 10.0, extract_seconds=8.0)
-    flips = Trial(Candidate("svm", 224, None, "", "flips"), 0.80, 40.0, extract_seconds=30.0)
-    advice = SimpleNamespace(trials=[plain, flips], seconds=5.0)
-    assert estimated_fit_seconds(advice) == 5.0 + 10.0  # the flips trial's classifier fit, not the plain svm's
+    plain = Trial(Candidate("svm", 224, ""), [0.70], seconds=10.0, extract_seconds=8.0)
+    search = SimpleNamespace(chosen=plain, seconds=30.0)
+    assert estimated_fit_seconds(SimpleNamespace(search=search, seconds=5.0)) == 5.0 + 30.0 + 2.0
+    network = Trial(Candidate("full", 128, ""), [0.9], seconds=100.0, outcome=object())
+    search = SimpleNamespace(chosen=network, seconds=130.0)
+    assert estimated_fit_seconds(SimpleNamespace(search=search, seconds=5.0)) == 135.0  # kept, not trained again

@@ -187,7 +187,7 @@ def fit(
     lr: Annotated[float, typer.Option(help="Learning rate of the new head (pretrained layers: lr x backbone-lr-factor).")] = 1e-3,
     backbone_lr_factor: Annotated[float, typer.Option(help="Pretrained layers train at lr times this.")] = 0.1,
     image_size: Annotated[Optional[int], typer.Option(help="Square image side in pixels (default: the backbone's).")] = None,
-    augment: Annotated[str, typer.Option(help="none | light | standard | strong.")] = "standard",
+    augment: Annotated[str, typer.Option(help="Network strategies: a preset (none | light | standard | strong) or a composition of hflip, vflip, rotate, translate, scale, color, e.g. 'rotate,translate' (no flips). auto: with --strategy auto, the flips the symmetry test allows; else standard.")] = "auto",
     batch_size: Annotated[int, typer.Option(help="Images per training step.")] = 32,
     val_fraction: Annotated[float, typer.Option(help="Stratified hold-out share for early stopping.")] = 0.15,
     patience: Annotated[int, typer.Option(help="Epochs without better validation loss before stopping.")] = 3,
@@ -196,7 +196,7 @@ def fit(
     c: Annotated[Optional[float], typer.Option("--C", help="svm/logistic: regularisation (default: chosen by inner CV).")] = None,
     feature_views: Annotated[int, typer.Option(help="svm/logistic: augmented views per training image.")] = 0,
     prefix_views: Annotated[int, typer.Option(help="head/finetune: compute the frozen stages once for this many augmented views per image and train only the rest on the cached activations (0: plain loop).")] = 0,
-    budget_minutes: Annotated[Optional[float], typer.Option(help="strategy auto: keep the measurement and the fit within about this many minutes on this machine (candidates that would not fit are skipped, saying so).")] = None,
+    budget_minutes: Annotated[str, typer.Option(help="strategy auto: the whole fit (probe, candidate search incl. a trained network, final fit) within this many minutes on this machine; candidates that would not fit are skipped, saying so. auto: 10; none: no bound.")] = "auto",
     symmetries: Annotated[str, typer.Option(help="svm/logistic: average features over image flips at fit and predict (auto: measured | none | flips).")] = "auto",
     weights: Annotated[Optional[Path], typer.Option(help="Local pretrained weights file (.safetensors or .pth).")] = None,
     skip_bad: Annotated[bool, typer.Option("--skip-bad", help="Skip unreadable images (each is listed) instead of stopping.")] = False,
@@ -235,7 +235,7 @@ def fit(
             C=_or_auto(c),
             feature_views=feature_views,
             prefix_views=prefix_views,
-            budget_minutes=budget_minutes,
+            budget_minutes=_budget_minutes(budget_minutes),
             symmetries=symmetries,
             weights=str(weights) if weights else None,
             skip_bad=skip_bad,
@@ -433,6 +433,19 @@ def advise(
             out.print(race.verdict(), markup=False, highlight=False)
             report["race"] = race.to_dict()
         _write_json(json_path, report)
+
+
+def _budget_minutes(text: str) -> float | str | None:
+    """``--budget-minutes``: a positive number, ``auto`` (the default budget) or ``none`` (no bound)."""
+    if text.strip().lower() in ("auto", "none"):
+        return None if text.strip().lower() == "none" else "auto"
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not value > 0:
+        raise typer.BadParameter(f"expected a positive number of minutes, auto or none. Received: {text!r}", param_hint="--budget-minutes")
+    return value
 
 
 def _thresholds(pairs: list[str] | None):

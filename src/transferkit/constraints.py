@@ -125,3 +125,17 @@ class Registered(Constraint):
 
     def describe(self) -> str:
         return f"{self.noun} ({', '.join(self.names())})"
+
+
+@dataclass(frozen=True)
+class Satisfies(Constraint):
+    """A value ``predicate`` accepts (e.g. an augmentation preset, composition or callable)."""
+
+    predicate: Any
+    text: str
+
+    def accepts(self, value: Any) -> bool:
+        return bool(self.predicate(value))
+
+    def describe(self) -> str:
+        return self.text

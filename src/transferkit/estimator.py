@@ -7,8 +7,9 @@ validates them and returns ``self``, and every learned attribute ends in ``_``. 
 
 from __future__ import annotations
 
+import dataclasses
 import time
-from typing import Any, Literal
+from typing import Any, Callable, Literal
 
 import numpy as np
 import torch
@@ -17,20 +18,24 @@ from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.utils.validation import check_is_fitted
 
 from transferkit.advise import Advice, advise
-from transferkit.advise.select import winner
+from transferkit.advise.select import Speeds, search_auto
 from transferkit.backbones import Preprocessing, get_backbone_spec
-from transferkit.constraints import AUTO, InstanceOf, Interval, Options, Registered, validate_params
+from transferkit.constraints import AUTO, InstanceOf, Interval, Options, Registered, Satisfies, validate_params
 from transferkit.data import ImageSet, check_classes, decode_images, is_decoded, load_pixels, resolve_data
 from transferkit.errors import ConfigError, DataError, NotFittedError
 from transferkit.strategies import FitRequest, Settings, get_strategy, list_strategies
 from transferkit.strategies.features import SYMMETRIES, FeatureExtractor, symmetric_features
-from transferkit.training.augment import AUGMENT_PRESETS
+from transferkit.search import Arena
+from transferkit.training.augment import is_augmentation
 from transferkit.training.inputs import predict_logits
 from transferkit.training.runtime import resolve_runtime
 
 Strategy = Literal["auto", "svm", "logistic", "head", "finetune", "full", "scratch", "pixels"]
 AUTO_PROBE_IMAGES = 512
 """``strategy="auto"`` measures domain shift and LogME on a stratified sample of this many images."""
+DEFAULT_BUDGET_MINUTES = 10.0
+"""``strategy="auto"`` plans within this many minutes unless ``budget_minutes`` says otherwise:
+a few thousand images on a 2-core laptop, the network candidate included."""
 RUNTIME_PARAMS = ("device", "precision", "checkpoint_dir", "resume", "cache_dir", "verbose")
 """Parameters that say where and how this process runs, not what the model is: never saved."""
 
@@ -64,8 +69,14 @@ class ImageClassifier(ClassifierMixin, BaseEstimator):
     image_size : int or "auto"
         Side of the square images fed to the network; ``"auto"``: the advisor's choice with
         ``strategy="auto"``, else the backbone's own size.
-    augment : {"none", "light", "standard", "strong"}
-        Training-time augmentation preset; validation and test images are never augmented.
+    augment : "auto", preset, composition or callable
+        Training-time augmentation of the network strategies: a preset (``none``, ``light``,
+        ``standard``, ``strong``), a comma-separated composition of ``hflip``, ``vflip``,
+        ``rotate``, ``translate``, ``scale``, ``color`` (e.g. ``"rotate,translate"``: no flips),
+        or a callable on uint8 (C, H, W) tensors such as a torchvision ``v2.Compose``.
+        ``"auto"``: with ``strategy="auto"``, translation and rotation plus the flips that the
+        symmetry test found to keep the class; otherwise ``standard``. Validation and test
+        images are never augmented. See :mod:`transferkit.training.augment`.
     batch_size : int
     val_fraction : float
         Stratified hold-out share of the training data used for early stopping; 0 trains on
@@ -107,10 +118,11 @@ class ImageClassifier(ClassifierMixin, BaseEstimator):
         ``svm``/``logistic``: average the features over these image symmetries at fit and at
         predict (test-time augmentation; ``flips``: horizontal, vertical, 180 degrees).
         ``"auto"``: what the measurement of ``strategy="auto"`` chose, else ``"none"``.
-    budget_minutes : float or None
-        ``strategy="auto"`` only: the advisor times its forward pass on this machine and, when
-        the advised plan would take longer than this, trains at a smaller image size or falls
-        back to ``svm`` (saying so). The advisor's own measurement is not counted.
+    budget_minutes : float, "auto" or None
+        ``strategy="auto"`` only: wall time of the whole fit (probe, candidate search, final
+        fit), in minutes. Candidates are priced with speeds measured on this machine and skipped
+        when they no longer fit; a network in training stops before the budget ends. ``"auto"``:
+        :data:`DEFAULT_BUDGET_MINUTES` (10); None: no bound.
     verbose : bool
         Print progress bars and one line per epoch to stderr.
 
@@ -146,7 +158,8 @@ class ImageClassifier(ClassifierMixin, BaseEstimator):
         "lr": [Interval(float, 0, None, closed="neither")],
         "backbone_lr_factor": [Interval(float, 0, None, closed="neither")],
         "image_size": [Options(AUTO), Interval(int, 16, None)],
-        "augment": [Options(*AUGMENT_PRESETS)],
+        "augment": [Options(AUTO), Satisfies(is_augmentation, "a preset (none, light, standard, strong), a composition "
+                                             "such as 'rotate,translate', or a callable transform")],
         "batch_size": [Interval(int, 1, None)],
         "val_fraction": [Interval(float, 0, 1, closed="left")],
         "patience": [Interval(int, 1, None)],
@@ -165,7 +178,7 @@ class ImageClassifier(ClassifierMixin, BaseEstimator):
         "C": [Options(AUTO), Interval(float, 0, None, closed="neither")],
         "feature_views": [Interval(int, 0, None)],
         "prefix_views": [Interval(int, 0, None)],
-        "budget_minutes": [Options(None), Interval(float, 0, None, closed="neither")],
+        "budget_minutes": [Options(AUTO, None), Interval(float, 0, None, closed="neither")],
         "symmetries": [Options(AUTO, *SYMMETRIES)],
         "verbose": [InstanceOf((bool,), "True or False")],
     }
@@ -180,7 +193,7 @@ class ImageClassifier(ClassifierMixin, BaseEstimator):
         lr: float = 1e-3,
         backbone_lr_factor: float = 0.1,
         image_size: int | Literal["auto"] = AUTO,
-        augment: str = "standard",
+        augment: str | Callable = AUTO,
         batch_size: int = 32,
         val_fraction: float = 0.15,
         patience: int = 3,
@@ -199,7 +212,7 @@ class ImageClassifier(ClassifierMixin, BaseEstimator):
         C: float | Literal["auto"] = AUTO,
         feature_views: int = 0,
         prefix_views: int = 0,
-        budget_minutes: float | None = None,
+        budget_minutes: float | Literal["auto"] | None = AUTO,
         symmetries: str = AUTO,
         verbose: bool = False,
     ):
@@ -252,8 +265,10 @@ class ImageClassifier(ClassifierMixin, BaseEstimator):
         pixels, skipped, advice = None, [], None
         if self.strategy == AUTO:
             # Bad files are dropped (or reported) before the advisor measures anything.
-            pixels, images, skipped = self._decode(X, images, spec.preprocessing.input_size)
+            first_size = spec.preprocessing.input_size if self.image_size == AUTO else self.image_size
+            pixels, images, skipped = self._decode(X, images, first_size)
             advice = self._advise(images, console)
+            advice = self._search(images, pixels, advice, runtime, console, started)
         settings = self._settings(spec, advice)
         strategy = get_strategy(settings.strategy)
         if pixels is None or pixels.shape[1] != settings.image_size:
@@ -273,7 +288,9 @@ class ImageClassifier(ClassifierMixin, BaseEstimator):
             runtime=runtime, console=console, strata=images.strata,
             fingerprint=self._fingerprint(len(targets), classes, settings),
         )
-        outcome = strategy.fit(request)
+        searched = advice.search.chosen.outcome if advice is not None and advice.search is not None else None
+        # A network trained by the search is the model: training it again would double the time.
+        outcome = searched if searched is not None else strategy.fit(request)
         self._set_fitted(
             classes=classes, model=outcome.model, preprocessing=outcome.preprocessing, image_size=settings.image_size,
             settings=settings.to_dict(), history=outcome.history, plan=outcome.plan, advice=advice, skipped=skipped,
@@ -343,20 +360,72 @@ class ImageClassifier(ClassifierMixin, BaseEstimator):
         decoded = decode_images(images, size, skip_bad=self.skip_bad, cache_dir=self.cache_dir, progress=self.verbose)
         return decoded.pixels, images.subset(decoded.indices), list(images.skipped) + list(decoded.skipped)
 
+    def _budget_seconds(self) -> float | None:
+        if self.budget_minutes == AUTO:
+            return 60.0 * DEFAULT_BUDGET_MINUTES
+        return None if self.budget_minutes is None else 60.0 * float(self.budget_minutes)
+
     def _advise(self, images: ImageSet, console: Console) -> Advice:
-        advice = advise(
+        """The probe and the rules (no training): what the candidate search starts from."""
+        budget = self._budget_seconds()
+        bound = "no time bound" if budget is None else f"a budget of {budget / 60:g} minutes"
+        console.print(f"auto: measuring {len(images):,} images and this machine, then racing candidates within {bound}")
+        return advise(
             images, backbones=[self.backbone], weights_path=self.weights, device=self.device,
-            max_images=AUTO_PROBE_IMAGES, seed=self.seed, epochs=self.epochs,
-            budget_seconds=None if self.budget_minutes is None else 60.0 * self.budget_minutes,
-            measure=True, cache_dir=self.cache_dir,
+            max_images=AUTO_PROBE_IMAGES, seed=self.seed, epochs=self.epochs, budget_seconds=budget,
+        )
+
+    def _search(self, images: ImageSet, pixels: np.ndarray, advice: Advice, runtime, console: Console, started: float) -> Advice:
+        """Race the candidates the rules propose (:mod:`transferkit.advise.select`) and make the
+        winner the recommendation, with every measurement as its reasons."""
+        spec = get_backbone_spec(self.backbone)
+        decoded = {int(pixels.shape[1]): pixels}
+
+        def pixels_at(size: int) -> np.ndarray:
+            if size not in decoded:
+                decoded[size] = decode_images(images, size, cache_dir=self.cache_dir, progress=False).pixels
+            return decoded[size]
+
+        classes = np.array(images.classes)
+        arena = Arena(pixels_at=pixels_at, targets=np.searchsorted(classes, np.asarray(images.labels)), classes=classes,
+                      params=self.get_params(), runtime=runtime, strata=images.strata)
+        budget = self._budget_seconds()
+        left = None if budget is None else max(1.0, budget - (time.perf_counter() - started))
+        found = search_auto(
+            arena, advice.facts, advice.recommendation, backbone_size=spec.preprocessing.input_size,
+            fixed=self._fixed_settings(), speeds=Speeds(self.backbone, self.weights, runtime) if left is not None else None,
+            budget_seconds=left, groups=None if images.groups is None else np.asarray(images.groups),
+            on_event=lambda line: console.print(line, markup=False, highlight=False),
         )
         recommendation = advice.recommendation
-        console.print(f"strategy auto -> {recommendation.strategy}, because:", markup=False, highlight=False)
-        for reason in recommendation.reasons:
+        chosen = found.chosen.candidate
+        extra = dict(chosen.params)
+        decided = dataclasses.replace(
+            recommendation, strategy=chosen.strategy, image_size=chosen.image_size, class_weight=chosen.class_weight,
+            symmetries=chosen.symmetries, freeze=chosen.freeze, augment=extra.get("augment", "none"),
+            lr=None if not get_strategy(chosen.strategy).trains_network else recommendation.lr,
+            reasons=[*recommendation.reasons, f"the rules proposed {recommendation.strategy} at {recommendation.image_size} px",
+                     *found.reasons],
+        )
+        console.print(f"strategy auto -> {chosen.label}, because:", markup=False, highlight=False)
+        for reason in decided.reasons:
             console.print(f"  - {reason}", markup=False, highlight=False)
-        for warning in recommendation.warnings:
+        for warning in decided.warnings:
             console.print(f"  warning: {warning}")
-        return advice
+        return dataclasses.replace(advice, recommendation=decided, search=found)
+
+    def _fixed_settings(self) -> dict[str, Any]:
+        """What the user set, which every candidate of the search keeps."""
+        fixed: dict[str, Any] = {}
+        if self.image_size != AUTO:
+            fixed["image_size"] = int(self.image_size)
+        if self.class_weight != AUTO:
+            fixed["class_weight"] = None if self.class_weight == "none" else self.class_weight
+        if self.symmetries != AUTO:
+            fixed["symmetries"] = self.symmetries
+        if not (isinstance(self.augment, str) and self.augment == AUTO):
+            fixed["augment"] = self.augment
+        return fixed
 
     def _settings(self, spec, advice: Advice | None) -> Settings:
         """The effective strategy, freeze, image size and class weight: the user's where given
@@ -409,12 +478,14 @@ class ImageClassifier(ClassifierMixin, BaseEstimator):
 
 
 def estimated_fit_seconds(advice: Advice | None) -> float | None:
-    """What auto expected the whole fit to take: its measurements so far, plus the winner's
-    measured classifier fit once more (the fit reads the features the race cached)."""
-    if advice is None or not advice.trials:
+    """What auto expected the whole fit to take: the probe and the search, plus the winner's
+    measured classifier fit once more (its features are cached by then; a trained network is
+    kept, not trained again)."""
+    if advice is None or advice.search is None:
         return None
-    chosen = winner(advice.trials)  # the same pure choice advise() made
-    return advice.seconds + (chosen.seconds - chosen.extract_seconds)
+    chosen = advice.search.chosen
+    refit = 0.0 if chosen.outcome is not None else chosen.seconds - chosen.extract_seconds
+    return advice.seconds + advice.search.seconds + refit
 
 
 def validation_score(history: dict[str, Any]) -> float | None:

@@ -13,7 +13,6 @@ listed with the number that decided it.
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import time
 from collections.abc import Sequence
@@ -25,7 +24,6 @@ import numpy as np
 from transferkit.advise.facts import DataFacts, data_facts
 from transferkit.advise.logme import logme_score
 from transferkit.advise.probe import DomainShift, Probe, batchnorm_shift, probe_backbone
-from transferkit.advise.select import Trial, measure as measure_candidates, propose, reasons as trial_reasons, winner
 from transferkit.advise.rules import (
     AdviceThresholds,
     BackboneFacts,
@@ -86,8 +84,8 @@ class Advice:
     probed_images: int
     seconds: float
     forward_images_per_second: float | None = None
-    trials: list[Trial] | None = None
-    """The measured candidates, when measurement decided (``measure=True``)."""
+    search: Any = None
+    """The candidate search of ``fit --strategy auto`` (:class:`transferkit.advise.select.AutoSearch`)."""
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict: the recommendation's fields at the top level, then the measurements."""
@@ -101,7 +99,8 @@ class Advice:
             "probed_images": self.probed_images,
             "seconds": round(self.seconds, 2),
             "forward_images_per_second": self.forward_images_per_second,
-            "trials": None if self.trials is None else [trial.to_dict() for trial in self.trials],
+            "trials": None if self.search is None else [trial.to_dict() for trial in self.search.trials],
+            "symmetry": None if self.search is None or self.search.symmetry is None else self.search.symmetry.to_dict(),
         }
 
 
@@ -119,9 +118,6 @@ def advise(
     batch_size: int = 32,
     budget_seconds: float | None = None,
     epochs: int = 10,
-    measure: bool = False,
-    cache_dir: str | bool | None = None,
-    clock=time.perf_counter,
 ) -> Advice:
     """Measure the data against each available backbone and recommend how to train.
 
@@ -154,11 +150,6 @@ def advise(
         (rule ``time_budget``; see :class:`transferkit.advise.Budget`).
     epochs : int, default 10
         Epochs of the planned fit, for the time estimate.
-    measure : bool, default False
-        Let measurement decide (what ``fit --strategy auto`` does): the rules propose
-        candidates and inner CV on all the images picks one (:mod:`transferkit.advise.select`);
-        the chosen backbone's features are cached in ``cache_dir`` for the fit that follows.
-
     Returns
     -------
     Advice
@@ -210,12 +201,6 @@ def advise(
         images_per_second, measured_size = speeds[chosen]
         budget = Budget(budget_seconds, images_per_second, measured_size, epochs=epochs)
     recommendation = recommend(facts, shift, thresholds, backbone=backbone_facts, budget=budget)
-    trials = None
-    if measure:
-        recommendation, trials = _decide_by_measurement(
-            imageset, facts, recommendation, backbone=chosen, weights=weights_path, runtime=runtime, cache_dir=cache_dir,
-            seed=seed, budget_seconds=None if budget_seconds is None else budget_seconds - (clock() - start), clock=clock,
-        )
     if len(candidates) > 1:
         scores = ", ".join(f"{name} {transferability[name]['bottleneck']:.3f}" for name in candidates)
         recommendation.reasons.insert(0, f"backbone {chosen}: the highest LogME of the bottleneck features ({scores})")
@@ -229,44 +214,7 @@ def advise(
         probed_images=len(sample),
         seconds=time.perf_counter() - start,
         forward_images_per_second=speeds[chosen][0] if chosen in speeds else None,
-        trials=trials,
     )
-
-
-def _decide_by_measurement(
-    imageset, facts, recommendation, *, backbone: str, weights, runtime, cache_dir, seed: int, budget_seconds, clock,
-) -> tuple[Recommendation, list[Trial]]:
-    """The rules' recommendation becomes a proposal; the measured winner replaces it."""
-    spec = get_backbone_spec(backbone)
-    candidates = propose(facts, recommendation, spec.preprocessing.input_size)
-    speed = _SecondsPerImage(backbone, weights, runtime) if budget_seconds is not None else None
-    trials = measure_candidates(
-        imageset, candidates, backbone=backbone, weights=weights, runtime=runtime, cache_dir=cache_dir, seed=seed,
-        budget_seconds=budget_seconds, seconds_per_image=speed, clock=clock,
-    )
-    best = winner(trials)
-    proposal = f"the rules proposed {recommendation.strategy} at {recommendation.image_size} px"
-    chosen = dataclasses.replace(
-        recommendation, strategy=best.candidate.strategy, image_size=best.candidate.image_size,
-        class_weight=best.candidate.class_weight, symmetries=best.candidate.symmetries, freeze=None, lr=None,
-        backbone_lr_factor=None, augment="none",
-        reasons=[*recommendation.reasons, proposal, *trial_reasons(trials, best, len(imageset))],
-    )
-    return chosen, trials
-
-
-class _SecondsPerImage:
-    """A forward pass per image at a given side, timed on this machine (one warm batch per size)."""
-
-    def __init__(self, backbone: str, weights, runtime):
-        self.model, self.preprocessing = create_backbone(backbone, num_classes=1, weights_path=weights)
-        self.runtime, self.seen = runtime, {}
-
-    def __call__(self, size: int) -> float:
-        if size not in self.seen:
-            pixels = np.zeros((16, size, size, 3), np.uint8)
-            self.seen[size] = 1.0 / _forward_speed(self.model, pixels, self.preprocessing, self.runtime, 16)
-        return self.seen[size]
 
 
 def _forward_speed(model, pixels: np.ndarray, preprocessing, runtime, batch_size: int) -> float:

@@ -1,180 +1,342 @@
-"""Decide by measurement: the rules propose candidates, held-out folds of the user's data pick one.
+"""``auto``'s schedule: the rules propose candidates in rounds, one search scores them in a budget.
 
-The playbook's rules (:mod:`transferkit.advise.rules`) trust rules of thumb written for other
-data. Here they only *propose*: a small set of cheap candidates, each a (strategy, image size,
-class weighting), is scored by stratified inner cross-validation on the user's own images,
-and the best accuracy wins (ties go to the cheaper candidate). Always among them:
+The playbook's rules trust rules of thumb written for other data. Here they only *propose*;
+:class:`transferkit.search.CandidateSearch` scores every proposal on the same held-out fold of
+the user's images (a stratified fifth), within the time budget, and the best wins. The rounds,
+cheapest first, each proposed in view of what the earlier ones measured:
 
-- ``svm`` on the bottleneck features at the backbone's input size (small images upsampled:
-  pretrained features need the size they were trained at) -- so ``auto`` is never worse than
-  that baseline by more than the noise of the folds;
-- ``logistic`` on the same cached features;
-- ``pixels`` (an RBF SVM on the raw pixels) for data sets small enough for a kernel machine;
-- ``svm`` at 128 px when the images are large (smaller inputs cost less and, on ELPV, scored
-  better), and balanced class weights when the imbalance rule fired;
-- ``svm`` and ``logistic`` with features averaged over flips (test-time augmentation): whether
-  the data allows that symmetry is measured, not assumed.
+1. ``svm`` on the bottleneck features at the backbone's size (the playbook's recipe for small
+   data, and the baseline nothing may lose to), ``logistic`` on the same cached features.
+2. The symmetry test: does a horizontal (vertical) flip keep the class? The ``svm`` of round 1
+   scores the held-out images flipped; a drop beyond the noise of the fold says no. This decides
+   the flips of the network's augmentation and whether test-time flip averaging is a candidate.
+3. Cheap variants the facts call for: balanced class weights (imbalance), an RBF SVM on the
+   pixels (small data sets), flip-averaged features (when flips keep the class and the budget
+   allows), a smaller input for large images.
+4. A trained network (``finetune`` at the advised freeze depth, or ``full``), at the largest
+   image side and the most epochs that the rest of the budget affords on this machine (a
+   training step is timed), with the augmentation the symmetry test allows. Its schedule counts
+   optimiser steps, not epochs: small data sets get more epochs. It stops early when it cannot
+   catch the leader, or when the budget runs out; if it wins, the network trained here is the
+   model (no second training).
 
-It is cheap because nothing is wasted: features are computed once per (image, size) and
-cached on disk, and the final fit of the winner reads the same cache. A time budget bounds the
-measurement: each candidate's extraction time is estimated from a forward pass timed at its
-size on this machine, and candidates that no longer fit are skipped, saying so.
+Whatever the user fixed (``image_size``, ``class_weight``, ``symmetries``, ``augment``) every
+candidate is measured with. Each candidate's cost is estimated from speeds measured here, and a
+candidate that no longer fits is skipped, saying so.
 """
 
 from __future__ import annotations
 
+import math
 import time
-from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from transferkit.advise.facts import DataFacts
 from transferkit.advise.rules import Recommendation
-from transferkit.data import ImageSet, decode_images
+from transferkit.search import Arena, Candidate, CandidateSearch, Trial, winner
+from transferkit.strategies import get_strategy
 from transferkit.strategies.features import SYMMETRIES, FeatureExtractor, symmetric_features
 from transferkit.strategies.linear import fit_linear_classifier
-from transferkit.strategies.pixels import DEFAULT_SIDE, fit_pixel_classifier
-from transferkit.training.runtime import Runtime
+from transferkit.strategies.pixels import DEFAULT_SIDE
+from transferkit.training.augment import FLIPS, augmentation_operations
 
 MAX_PIXEL_IMAGES = 5_000
 """A kernel machine's fit grows with the square of the images: ``pixels`` is proposed up to here."""
 LARGE_IMAGE_SIDE = 160
 """Images whose median side reaches this also get an ``svm`` candidate at :data:`SMALL_SIDE`."""
 SMALL_SIDE = 128
-SHARE_FOR_MEASURING = 0.7
-"""Share of a time budget the measurement may use; the rest is for the final fit."""
+HOLDOUT_FOLDS = 5
+"""The held-out fold is one of this many stratified folds: a fifth of the images."""
+NETWORK_SIDES = (224, 192, 160, 128, 112, 96, 80, 64, 48, 32)
+"""Image sides a trained network may use, largest first; the budget picks the first that fits."""
+MIN_NETWORK_EPOCHS = 6
+"""A network needs at least this many epochs (and :data:`MIN_STEPS` steps) to be worth measuring."""
+MAX_NETWORK_EPOCHS = 30
+MIN_STEPS = 400
+"""Optimiser steps a trained network gets at least, where the budget allows: with few images an
+epoch is a handful of steps, and schedules counted in epochs undertrain (issue 23)."""
+TTA_SHARE = 0.3
+"""Flip-averaged features cost 3 more forward passes per image: proposed only when that fits
+in this share of the budget, so that a trained network keeps its chance."""
+FINAL_FIT_SHARE = 0.05
+"""Budget kept back for the final fit of a feature winner (its features are cached by then)."""
 
 
 @dataclass(frozen=True)
-class Candidate:
-    """One way to fit, proposed by a rule: what runs, at which size, with which class weights."""
+class Symmetry:
+    """Does a flip keep the class? Accuracy on the held-out images, as they are and flipped."""
 
-    strategy: str
-    image_size: int
-    class_weight: str | None
-    proposed_by: str
-    symmetries: str = "none"
+    accuracy: Mapping[str, float]
+    tolerance: float
+    horizontal: bool
+    vertical: bool
 
     @property
-    def label(self) -> str:
-        weights = ", balanced" if self.class_weight else ""
-        flips = ", flips" if self.symmetries != "none" else ""
-        return f"{self.strategy} {self.image_size} px{weights}{flips}"
+    def flips(self) -> bool:
+        return self.horizontal and self.vertical
+
+    def describe(self) -> str:
+        plain = self.accuracy["none"]
+
+        def verdict(kind: str, kept: bool) -> str:
+            return f"{kind} flip {'keeps' if kept else 'changes'} the class ({self.accuracy[kind]:.3f})"
+
+        return (f"symmetry test on the held-out images: {plain:.3f} as they are; {verdict('horizontal', self.horizontal)}, "
+                f"{verdict('vertical', self.vertical)} (tolerance {self.tolerance:.3f})")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"accuracy": dict(self.accuracy), "tolerance": self.tolerance, "horizontal": self.horizontal, "vertical": self.vertical}
 
 
 @dataclass
-class Trial:
-    """A candidate's measurement: inner-CV accuracy (None when skipped) and its cost."""
+class Speeds:
+    """Seconds per image on this machine: a forward pass, and a training step of the whole
+    network (both timed once per image side, after a warm-up batch)."""
 
-    candidate: Candidate
-    accuracy: float | None
+    backbone: str
+    weights: str | None
+    runtime: Any
+
+    def __post_init__(self) -> None:
+        self._forward: dict[int, float] = {}
+        self._train: dict[int, float] = {}
+
+    def forward(self, size: int) -> float:
+        if size not in self._forward:
+            from transferkit.backbones import create_backbone
+            from transferkit.training.inputs import predict_logits
+
+            model, preprocessing = create_backbone(self.backbone, num_classes=1, weights_path=self.weights)
+            pixels = np.zeros((16, size, size, 3), np.uint8)
+            predict_logits(model, pixels[:2], preprocessing, self.runtime, 16)
+            started = time.perf_counter()
+            predict_logits(model, pixels, preprocessing, self.runtime, 16)
+            self._forward[size] = (time.perf_counter() - started) / len(pixels)
+        return self._forward[size]
+
+    def train(self, size: int) -> float:
+        if size not in self._train:
+            self._train[size] = _time_training_step(self.backbone, self.weights, self.runtime, size)
+        return self._train[size]
+
+
+def _time_training_step(backbone: str, weights, runtime, size: int, batch: int = 16) -> float:
+    """Seconds per image of one forward + backward + optimiser step of the whole network."""
+    import torch
+
+    from transferkit.backbones import create_backbone
+
+    model, _ = create_backbone(backbone, num_classes=2, weights_path=weights)
+    model = runtime.prepare_model(model, train=True).train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    inputs = runtime.images_to_device(torch.zeros(batch, 3, size, size)).float()
+    targets = runtime.to_device(torch.zeros(batch, dtype=torch.long))
+    seconds = []
+    for _ in range(2):  # the first step warms up the kernels
+        started = time.perf_counter()
+        with runtime.autocast():
+            loss = torch.nn.functional.cross_entropy(model(inputs).float(), targets)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        seconds.append(time.perf_counter() - started)
+    return seconds[-1] / batch
+
+
+@dataclass
+class AutoSearch:
+    """Outcome of :func:`search_auto`: every trial, the winner, the symmetry test, the reasons."""
+
+    trials: list[Trial]
+    chosen: Trial
+    symmetry: Symmetry | None
+    reasons: list[str]
+    augment: str
     seconds: float
-    skipped: str | None = None
-    extract_seconds: float = 0.0
-    """The part of ``seconds`` spent decoding and computing features: a fit reads them cached."""
-
-    def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self.candidate), "accuracy": self.accuracy, "seconds": round(self.seconds, 1), "skipped": self.skipped,
-                "extract_seconds": round(self.extract_seconds, 1)}
 
 
-def propose(facts: DataFacts, recommendation: Recommendation, backbone_size: int) -> list[Candidate]:
-    """The candidates worth measuring for this data, cheapest measurement first."""
-    median_side = int(min(facts.height[1], facts.width[1])) if facts.height[1] else backbone_size
-    weights = recommendation.class_weight
-    candidates = [Candidate("svm", backbone_size, None, "always: the playbook's bottleneck features + linear SVM")]
-    if median_side >= LARGE_IMAGE_SIDE:
-        candidates.append(Candidate("svm", SMALL_SIDE, None, f"large images (median side {median_side} px): a smaller input"))
-    candidates.append(Candidate("logistic", backbone_size, None, "the same features, logistic regression"))
-    for strategy in ("svm", "logistic"):
-        candidates.append(Candidate(strategy, backbone_size, None, "test-time augmentation: do flips keep the class?", "flips"))
-    if weights:
-        candidates.append(Candidate("svm", backbone_size, weights, "the imbalance rule: balanced class weights"))
+def holdout_fold(targets: np.ndarray, groups: np.ndarray | None, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """The one fold every candidate is scored on: a stratified (grouped) fifth of the images."""
+    from transferkit.evaluation.cv import make_folds
+
+    smallest = int(np.bincount(targets).min())
+    cv = max(2, min(HOLDOUT_FOLDS, smallest))
+    return make_folds(targets, cv=cv, groups=groups, seed=seed)[0]
+
+
+def search_auto(
+    arena: Arena,
+    facts: DataFacts,
+    recommendation: Recommendation,
+    *,
+    backbone_size: int,
+    fixed: Mapping[str, Any],
+    speeds: Speeds | None,
+    budget_seconds: float | None,
+    groups: np.ndarray | None = None,
+    on_event: Callable[[str], None] | None = None,
+    clock: Callable[[], float] = time.perf_counter,
+) -> AutoSearch:
+    """Run ``auto``'s rounds (see the module docstring) and pick the winner.
+
+    ``fixed`` holds what the user set and every candidate keeps: ``image_size``,
+    ``class_weight`` ("balanced"/None), ``symmetries``, ``augment``. ``speeds`` (None: no
+    estimates, everything runs) prices each candidate against ``budget_seconds``.
+    """
+    started = clock()
+    seed = int(arena.params.get("seed", 0))
+    fold = holdout_fold(arena.targets, groups, seed)
+    reserve = 0.0 if budget_seconds is None else FINAL_FIT_SHARE * budget_seconds
+    search = CandidateSearch(arena, [fold], budget_seconds=budget_seconds, cost=_cost(speeds, len(arena.targets)),
+                             reserve_seconds=reserve, on_event=on_event, clock=clock)
+    size = int(fixed.get("image_size") or backbone_size)
+    weights = fixed.get("class_weight", None)
+    reasons: list[str] = []
+
+    # 1. frozen features: the baseline, then the same features under logistic regression
+    baseline = Candidate("svm", size, "always: the playbook's bottleneck features + linear SVM", weights)
+    search.evaluate_candidates([baseline, Candidate("logistic", size, "the same cached features, logistic regression", weights)])
+
+    # 2. do flips keep the class?
+    symmetry = None
+    if search.trials[baseline].accuracy is not None:
+        symmetry = measure_symmetry(arena, fold, size, weights)
+        reasons.append(symmetry.describe())
+        (on_event or (lambda line: None))(f"{search.stamp()} {symmetry.describe()}")
+
+    # 3. cheap variants the facts call for
+    search.evaluate_candidates(_variants(facts, recommendation, size, fixed, symmetry, budget_seconds, speeds, len(arena.targets)))
+
+    # 4. a trained network with what is left
+    augment = _network_augment(fixed, symmetry)
+    network = _network_candidate(recommendation, facts, fixed, search, speeds, len(fold[0]), len(fold[1]), backbone_size, augment)
+    if network is not None:
+        search.evaluate_candidates([network])
+    elif get_strategy(recommendation.strategy).trains_network or not facts.n_samples < 1000:
+        reasons.append("no trained network was measured: the budget left too little time for "
+                       f"{MIN_NETWORK_EPOCHS} epochs at {NETWORK_SIDES[-1]} px on this machine (--budget-minutes M for more)")
+
+    trials = list(search.trials.values())
+    chosen = winner(trials)
+    reasons += trial_reasons(trials, chosen, len(fold[1]))
+    return AutoSearch(trials=trials, chosen=chosen, symmetry=symmetry, reasons=reasons, augment=augment, seconds=clock() - started)
+
+
+def measure_symmetry(arena: Arena, fold, size: int, class_weight: str | None) -> Symmetry:
+    """Score the held-out images as they are and flipped, with an SVM on the training part's
+    cached features: a flip that changes the class costs accuracy beyond the fold's noise."""
+    params = arena.params
+    extractor = FeatureExtractor(params["backbone"], weights=params["weights"], runtime=arena.runtime, cache_dir=params["cache_dir"])
+    pixels = arena.pixels_at(size)
+    train, test = np.sort(fold[0]), np.sort(fold[1])
+    features = symmetric_features(extractor, pixels[train])
+    pipeline, _ = fit_linear_classifier(features, arena.targets[train], np.arange(len(train)), strategy="svm", C=None,
+                                        seed=int(params.get("seed", 0)), class_weight=class_weight)
+    views = {"none": pixels[test], "horizontal": pixels[test][:, :, ::-1], "vertical": pixels[test][:, ::-1]}
+    accuracy = {name: float(pipeline.score(extractor.transform(np.ascontiguousarray(view)), arena.targets[test]))
+                for name, view in views.items()}
+    plain = accuracy["none"]
+    # two standard errors of an accuracy on this many images, and never under 0.02
+    tolerance = max(0.02, 2 * math.sqrt(max(plain * (1 - plain), 0.01) / len(test)))
+    return Symmetry(accuracy=accuracy, tolerance=tolerance, horizontal=accuracy["horizontal"] >= plain - tolerance,
+                    vertical=accuracy["vertical"] >= plain - tolerance)
+
+
+def _variants(facts: DataFacts, recommendation: Recommendation, size: int, fixed, symmetry: Symmetry | None,
+              budget_seconds: float | None, speeds: Speeds | None, n_images: int) -> list[Candidate]:
+    weights = fixed.get("class_weight", None)
+    candidates = []
+    if recommendation.class_weight and "class_weight" not in fixed:
+        candidates.append(Candidate("svm", size, "the imbalance rule: balanced class weights", recommendation.class_weight))
     if facts.n_samples <= MAX_PIXEL_IMAGES:
-        side = max(16, min(DEFAULT_SIDE, median_side))
-        candidates.append(Candidate("pixels", side, None, "train from scratch, sized to the data: an RBF SVM on the pixels"))
+        side = int(fixed.get("image_size") or max(16, min(DEFAULT_SIDE, int(facts.median_side or DEFAULT_SIDE))))
+        candidates.append(Candidate("pixels", side, "train from scratch, sized to the data: an RBF SVM on the pixels", weights))
+    wanted = fixed.get("symmetries")
+    tta_cost = 3 * n_images * speeds.forward(size) if speeds is not None else 0.0
+    affordable = budget_seconds is None or tta_cost <= TTA_SHARE * budget_seconds
+    if wanted == "flips" or (wanted is None and symmetry is not None and symmetry.flips and affordable):
+        for strategy in ("svm", "logistic"):
+            candidates.append(Candidate(strategy, size, "test-time augmentation: flips keep the class", weights, "flips"))
+    if "image_size" not in fixed and facts.median_side >= LARGE_IMAGE_SIDE and size > SMALL_SIDE:
+        candidates.append(Candidate("svm", SMALL_SIDE, f"large images (median side {facts.median_side:g} px): a smaller input", weights))
     return candidates
 
 
-def measure(
-    images: ImageSet,
-    candidates: list[Candidate],
-    *,
-    backbone: str,
-    weights: str | None,
-    runtime: Runtime,
-    cache_dir: str | bool | None,
-    seed: int,
-    budget_seconds: float | None = None,
-    seconds_per_image: Callable[[int], float] | None = None,
-    clock: Callable[[], float] = time.perf_counter,
-) -> list[Trial]:
-    """Score every candidate by inner CV on ``images``, within ``budget_seconds`` if given.
-
-    ``seconds_per_image(size)`` estimates a forward pass per image at ``size`` on this machine
-    (measured by the caller); a candidate whose estimate no longer fits the remaining budget is
-    skipped. ``clock`` is injectable so that the budget mechanism is testable.
-    """
-    started = clock()
-    targets = np.searchsorted(np.array(images.classes), np.asarray(images.labels))
-    extractor = None
-    extracted_views: set[tuple[int, str]] = set()  # (size, view) whose features are cached by now
-    trials: list[Trial] = []
-    for candidate in candidates:
-        begun = clock()
-        if budget_seconds is not None:
-            left = SHARE_FOR_MEASURING * budget_seconds - (begun - started)
-            new_views = [view for view in SYMMETRIES[candidate.symmetries] if (candidate.image_size, view) not in extracted_views]
-            if candidate.strategy == "pixels" or seconds_per_image is None or not new_views:
-                cost = 0.0
-            else:
-                cost = len(new_views) * len(images) * seconds_per_image(candidate.image_size)
-            if left <= 0 or cost > left:
-                trials.append(Trial(candidate, None, 0.0, f"skipped: ~{cost:.0f} s to measure, {max(left, 0):.0f} s of the budget left"))
-                continue
-        pixels = decode_images(images, candidate.image_size, cache_dir=cache_dir, progress=False).pixels
-        if candidate.strategy == "pixels":
-            extracted = clock()
-            _, _, scores = fit_pixel_classifier(pixels, targets, seed=seed, class_weight=candidate.class_weight)
-        else:
-            extractor = extractor or FeatureExtractor(backbone, weights=weights, runtime=runtime, cache_dir=cache_dir)
-            features = symmetric_features(extractor, pixels, candidate.symmetries)
-            extracted_views.update((candidate.image_size, view) for view in SYMMETRIES[candidate.symmetries])
-            extracted = clock()
-            _, info = fit_linear_classifier(
-                features, targets, np.arange(len(targets)), strategy=candidate.strategy, C=None, seed=seed,
-                class_weight=candidate.class_weight,
-            )
-            scores = info["inner_cv"]
-        trials.append(Trial(candidate, max(scores.values()), clock() - begun, extract_seconds=extracted - begun))
-    return trials
+def _network_augment(fixed, symmetry: Symmetry | None) -> str:
+    """The user's augmentation, else translation and rotation plus the flips that keep the class."""
+    if fixed.get("augment") is not None:
+        return fixed["augment"]
+    flips = [] if symmetry is None else [op for op, kept in (("hflip", symmetry.horizontal), ("vflip", symmetry.vertical)) if kept]
+    return ",".join([*flips, "rotate", "translate"])
 
 
-def winner(trials: list[Trial]) -> Trial:
-    """The best inner-CV accuracy; on a tie (within 0.002) the cheaper, earlier candidate.
+def _network_candidate(recommendation: Recommendation, facts: DataFacts, fixed, search: CandidateSearch, speeds: Speeds | None,
+                       n_train: int, n_test: int, backbone_size: int, augment: str) -> Candidate | None:
+    """``finetune`` at the advised depth (``full`` where it freezes nothing), at the largest side
+    whose epochs fit what is left of the budget; None when not even the smallest does."""
+    freeze = recommendation.freeze if recommendation.strategy == "finetune" and recommendation.freeze else 0
+    strategy = "finetune" if freeze else "full"
+    batch = int(search.arena.params.get("batch_size", 32))
+    steps_per_epoch = max(1, n_train // batch)
+    wanted_epochs = min(MAX_NETWORK_EPOCHS, max(MIN_NETWORK_EPOCHS, math.ceil(MIN_STEPS / steps_per_epoch)))
+    if fixed.get("image_size"):
+        sides = [int(fixed["image_size"])]
+    else:
+        largest = min(backbone_size, max(64, 2 * int(facts.median_side or backbone_size)))
+        sides = [side for side in NETWORK_SIDES if side <= largest] or [NETWORK_SIDES[-1]]
+    for side in sides:
+        epochs = wanted_epochs
+        if speeds is not None and search.budget_seconds is not None:
+            per_epoch = n_train * speeds.train(side) + n_test * speeds.forward(side)
+            epochs = min(wanted_epochs, int(search.left() // per_epoch))
+        if epochs >= MIN_NETWORK_EPOCHS:
+            why = (f"{facts.n_samples:,} images: train the network ({strategy}"
+                   f"{f', freeze {freeze}' if freeze else ''}) at the largest side the budget affords, "
+                   f"{epochs} epochs of ~{steps_per_epoch} steps, augmentation {augment}")
+            params = (("augment", augment), ("epochs", epochs), ("patience", max(3, epochs // 3)))
+            return Candidate(strategy, side, why, fixed.get("class_weight", None), freeze=freeze or None, params=params)
+    return None
 
-    When the budget left no candidate measured, the first (``svm`` at the backbone's size).
-    """
-    measured = [trial for trial in trials if trial.accuracy is not None]
-    if not measured:
-        return trials[0]
-    best = max(trial.accuracy for trial in measured)
-    return next(trial for trial in measured if trial.accuracy >= best - 0.002)
+
+def _cost(speeds: Speeds | None, n_images: int):
+    """The search's cost model: seconds to score a candidate on one fold, from measured speeds."""
+    if speeds is None:
+        return None
+
+    def cost(candidate: Candidate, n_train: int, n_test: int, done: list[Candidate]) -> float:
+        entry = get_strategy(candidate.strategy)
+        size = candidate.image_size
+        if entry.trains_network:
+            epochs = int(dict(candidate.params).get("epochs", 10))
+            return epochs * (n_train * speeds.train(size) + n_test * speeds.forward(size))
+        if not entry.pretrained:
+            return 0.0  # pixels: a kernel machine on at most MAX_PIXEL_IMAGES images, seconds
+        cached = {view for c in done if c.image_size == size and get_strategy(c.strategy).frozen_backbone
+                  for view in SYMMETRIES[c.symmetries]}
+        new_views = [view for view in SYMMETRIES[candidate.symmetries] if view not in cached]
+        return len(new_views) * n_images * speeds.forward(size)
+
+    return cost
 
 
-def reasons(trials: list[Trial], chosen: Trial, n_images: int) -> list[str]:
+def trial_reasons(trials: list[Trial], chosen: Trial, n_holdout: int) -> list[str]:
     """One line per candidate (who proposed it, what it measured) and one for the decision."""
     lines = []
     for trial in trials:
-        result = trial.skipped or f"{trial.accuracy:.3f} inner-CV accuracy in {trial.seconds:.0f} s"
+        if trial.accuracy is None:
+            result = trial.skipped or "not measured"
+        else:
+            result = f"{trial.accuracy:.3f} held-out accuracy in {trial.seconds:.0f} s" + (f" ({trial.stopped})" if trial.stopped else "")
         lines.append(f"candidate {trial.candidate.label} ({trial.candidate.proposed_by}): {result}")
     if chosen.accuracy is None:
         lines.append(f"no candidate could be measured within the budget: auto fits {chosen.candidate.label} unmeasured")
     else:
-        lines.append(
-            f"measured on {n_images:,} images: {chosen.candidate.label} scored best ({chosen.accuracy:.3f}); "
-            "auto fits it"
-        )
+        network = get_strategy(chosen.candidate.strategy).trains_network
+        keeps = "; the network trained in the search is the model" if network else "; auto fits it on all the images"
+        lines.append(f"measured on the same {n_holdout:,} held-out images: {chosen.candidate.label} scored best "
+                     f"({chosen.accuracy:.3f}){keeps}")
     return lines

@@ -19,11 +19,15 @@ from typing import Any, Callable
 import numpy as np
 
 from transferkit.backbones import get_backbone_spec
+from transferkit.constraints import validate_params
 from transferkit.data import ImageSet, check_classes, decode_images
 from transferkit.errors import ConfigError
 from transferkit.estimator import ImageClassifier
-from transferkit.evaluation.cv import CVResult, FoldJob, FoldScore, make_folds, plain_params, run_jobs
+from transferkit.evaluation.cv import CVResult, FoldScore, make_folds
+from transferkit.evaluation.metrics import classification_metrics
+from transferkit.search import Arena, Candidate, CandidateSearch, Trial, every_fold
 from transferkit.strategies import get_strategy, list_strategies
+from transferkit.training.runtime import resolve_runtime
 
 
 @dataclass
@@ -77,6 +81,55 @@ def decode_for(images: ImageSet, params: dict[str, Any], decoded: dict[int, np.n
     return decoded[size], size
 
 
+def candidates_for(
+    images: ImageSet, strategies: list[str], base: dict[str, Any], overrides: dict[str, Any], decoded: dict[int, np.ndarray],
+    proposed_by: str = "compare",
+) -> tuple[Arena, list[Candidate]]:
+    """The search arena of ``images`` and one candidate per strategy with ``compare``'s settings.
+
+    Each candidate's parameters are its registry entry's ``compare_defaults`` replaced by
+    ``overrides``; they are validated by :class:`ImageClassifier`'s constraints up front.
+    """
+    reference = ImageClassifier(**base).get_params()
+    candidates = []
+    for strategy in strategies:
+        params = strategy_params(strategy, base, overrides)
+        _, params["image_size"] = decode_for(images, params, decoded)
+        estimator = ImageClassifier(**params)
+        validate_params(estimator.get_params(), ImageClassifier._parameter_constraints, owner="ImageClassifier")
+        settings = estimator.get_params()
+        changed = {k: v for k, v in settings.items() if reference.get(k) != v and k not in ("strategy", "image_size")}
+        entry = get_strategy(strategy)
+        candidates.append(Candidate(
+            strategy, params["image_size"], proposed_by,
+            class_weight="balanced" if settings["class_weight"] == "balanced" else None,
+            symmetries=settings["symmetries"] if settings["symmetries"] != "auto" and entry.accepts_symmetries else "none",
+            freeze=settings["freeze"] if settings["freeze"] != "auto" and entry.accepts_freeze else None,
+            params=tuple(sorted(changed.items())),
+        ))
+    classes = np.array(images.classes)
+    arena = Arena(
+        pixels_at=lambda size: decoded[size], targets=np.searchsorted(classes, np.asarray(images.labels)), classes=classes,
+        params=reference, runtime=resolve_runtime(reference["device"], reference["precision"]), strata=images.strata,
+    )
+    return arena, candidates
+
+
+def cv_result(trial: Trial, search: CandidateSearch, params: dict[str, Any]) -> CVResult:
+    """A trial's folds as a :class:`CVResult` (accuracy, balanced accuracy, macro-F1 per fold)."""
+    labels = search.arena.classes[search.arena.targets]
+    result = CVResult(strategy=trial.candidate.strategy, params=params)
+    for number, predictions, seconds in zip(trial.folds, trial.predictions, trial.fold_seconds):
+        train, test = search.folds[number]
+        test = np.sort(test)
+        metrics = classification_metrics(labels[test], search.arena.classes[predictions], list(search.arena.classes))
+        result.folds.append(FoldScore(
+            fold=number + 1, accuracy=metrics["accuracy"], balanced_accuracy=metrics["balanced_accuracy"],
+            macro_f1=metrics["macro_f1"], fit_seconds=seconds, n_train=len(train), n_test=len(test),
+        ))
+    return result
+
+
 def compare_strategies(
     images: ImageSet,
     strategies: list[str],
@@ -89,7 +142,8 @@ def compare_strategies(
     n_jobs: int = 1,
     backend: str | None = None,
 ) -> Comparison:
-    """Cross-validate each strategy on the same folds of ``images``.
+    """Cross-validate each strategy on the same folds of ``images`` (the search's ``every_fold``
+    schedule, :mod:`transferkit.search`).
 
     Parameters
     ----------
@@ -104,7 +158,8 @@ def compare_strategies(
         Parameters that replace the per-strategy defaults for every strategy.
     n_jobs, backend :
         Run the (strategy, fold) jobs in parallel through joblib (see
-        :func:`transferkit.evaluation.cv.run_jobs`); the table is the same as with ``n_jobs=1``.
+        :func:`transferkit.evaluation.jobs.parallel_backend`); the table is the same as with
+        ``n_jobs=1``.
     """
     started = time.perf_counter()
     base, overrides = dict(base or {}), dict(overrides or {})
@@ -112,18 +167,17 @@ def compare_strategies(
     labels = np.asarray(images.labels)
     folds = make_folds(labels, cv=cv, repeats=repeats, groups=None if images.groups is None else np.asarray(images.groups), seed=base.get("seed", 0))
     decoded: dict[int, np.ndarray] = {}
-    results, jobs = {}, []
-    for strategy in strategies:
-        params = strategy_params(strategy, base, overrides)
-        pixels, params["image_size"] = decode_for(images, params, decoded)
-        estimator = ImageClassifier(**params)
-        results[strategy] = CVResult(strategy=strategy, params=plain_params(estimator))
-        jobs += [FoldJob(strategy, estimator, pixels, labels, train, test, n) for n, (train, test) in enumerate(folds, start=1)]
-    # every (strategy, fold) is independent: joblib runs them here or on a cluster (--jobs, --backend)
-    for job, score in zip(jobs, run_jobs(jobs, n_jobs=n_jobs, backend=backend)):
-        results[job.name].folds.append(score)
+    arena, candidates = candidates_for(images, strategies, base, overrides, decoded)
+    params = {c.strategy: {**{k: v for k, v in arena.params.items() if isinstance(v, (str, int, float, bool, type(None)))},
+                           **dict(c.params), "strategy": c.strategy, "image_size": c.image_size} for c in candidates}
+
+    def report(trial: Trial, number: int) -> None:
         if on_fold is not None:
-            on_fold(job.name, score)
+            on_fold(trial.candidate.strategy, cv_result(trial, search, {}).folds[trial.folds.index(number)])
+
+    search = CandidateSearch(arena, folds, n_jobs=n_jobs, backend=backend, on_fit=report)
+    trials = every_fold(search, candidates)
     return Comparison(
-        results=list(results.values()), cv=cv, repeats=repeats, n=len(images), classes=images.classes, seconds=time.perf_counter() - started
+        results=[cv_result(t, search, params[t.candidate.strategy]) for t in trials], cv=cv, repeats=repeats, n=len(images),
+        classes=images.classes, seconds=time.perf_counter() - started,
     )

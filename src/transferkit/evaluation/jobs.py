@@ -24,6 +24,8 @@ from transferkit.errors import ConfigError
 @contextlib.contextmanager
 def parallel_backend(backend: str | None, n_jobs: int) -> Iterator[None]:
     """Run joblib calls inside with ``backend`` (registered on demand) and ``n_jobs`` workers."""
+    if isinstance(n_jobs, bool) or not isinstance(n_jobs, int) or n_jobs == 0 or n_jobs < -1:
+        raise ConfigError(f"jobs expected a positive integer (or -1 for every core). Received: jobs={n_jobs!r}")
     name = backend or "loky"
     if name == "ray":
         try:

@@ -9,28 +9,27 @@ budget goes to the strategies still in contention. All candidates see the same f
 per-strategy settings are ``compare``'s (small image sizes and few epochs for the network
 strategies), so a race of ~600 images takes a few minutes on 2 CPU cores.
 
-Successive halving is written here rather than taken from scikit-learn's
-``HalvingGridSearchCV``: that one halves over *samples* with refits on growing subsets and a
-shared parameter grid, while the race halves over *folds* of strategies that each need their
-own decoded image size, and must keep every fold score to compare with the advice.
+The schedule is :func:`transferkit.search.successive_halving`, run by the same
+:class:`~transferkit.search.CandidateSearch` as ``compare`` and ``auto``. It halves over
+*folds* rather than over samples (scikit-learn's ``HalvingGridSearchCV``): the strategies each
+need their own decoded image size, and every fold score is kept to compare with the advice.
 """
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
 
 from transferkit.data import ImageSet, check_classes, stratified_sample
 from transferkit.errors import ConfigError
-from transferkit.estimator import ImageClassifier
-from transferkit.evaluation.compare import decode_for, strategy_params
-from transferkit.strategies import list_strategies
-from transferkit.evaluation.cv import CVResult, FoldJob, FoldScore, make_folds, plain_params, run_jobs
+from transferkit.evaluation.compare import candidates_for, cv_result
+from transferkit.evaluation.cv import CVResult, FoldScore, make_folds
+from transferkit.search import CandidateSearch, Trial, successive_halving, with_params
+from transferkit.strategies import get_strategy, list_strategies
 
 RACE_CANDIDATES = ("svm", "head", "finetune")
 """Always raced besides the advised strategy: the cheapest, the frozen and the usual default."""
@@ -144,31 +143,24 @@ def race_strategies(
     base = dict(base or {})
     sample = stratified_sample(images, max_images, base.get("seed", 0))
     check_classes(sample, min_per_class=cv, purpose=f"a {cv}-fold race")
-    labels = np.asarray(sample.labels)
-    folds = make_folds(labels, cv=cv, seed=base.get("seed", 0))
+    folds = make_folds(np.asarray(sample.labels), cv=cv, seed=base.get("seed", 0))
 
-    estimators: dict[str, ImageClassifier] = {}
-    pixels: dict[str, np.ndarray] = {}
     decoded: dict[int, np.ndarray] = {}
-    for name in names:
-        params = strategy_params(name, base, dict(overrides or {}))
-        if name == advised:
-            params.update(advised_params or {})
-        pixels[name], params["image_size"] = decode_for(sample, params, decoded)
-        estimators[name] = ImageClassifier(**params)
+    arena, proposed = candidates_for(sample, names, base, dict(overrides or {}), decoded, proposed_by="race")
+    if advised_params:  # the advised candidate runs with the advice's own settings (e.g. its freeze depth)
+        first = proposed[0]
+        freeze = advised_params.get("freeze", first.freeze) if get_strategy(advised).accepts_freeze else first.freeze
+        proposed[0] = with_params(replace(first, freeze=freeze), **{k: v for k, v in advised_params.items() if k != "freeze"})
 
-    results = {name: CVResult(strategy=name, params=plain_params(estimators[name])) for name in names}
-    alive, rounds = list(names), []
-    for number, (train, test) in enumerate(folds, start=1):
-        rounds.append(list(alive))
-        jobs = [FoldJob(name, estimators[name], pixels[name], labels, train, test, number) for name in alive]
-        for job, score in zip(jobs, run_jobs(jobs, n_jobs=n_jobs, backend=backend)):
-            results[job.name].folds.append(score)
-            if on_fold is not None:
-                on_fold(job.name, score)
-        keep = max(2, math.ceil(len(alive) / 2))
-        alive = sorted(alive, key=lambda name: results[name].mean, reverse=True)[:keep]
+    def report(trial: Trial, number: int) -> None:
+        if on_fold is not None:
+            on_fold(trial.candidate.strategy, cv_result(trial, search, {}).folds[trial.folds.index(number)])
+
+    search = CandidateSearch(arena, folds, n_jobs=n_jobs, backend=backend, on_fit=report)
+    trials, rounds = successive_halving(search, proposed)
+    plain = {k: v for k, v in arena.params.items() if isinstance(v, (str, int, float, bool, type(None)))}
+    results = [cv_result(t, search, {**plain, **dict(t.candidate.params), "strategy": t.candidate.strategy,
+                                     "image_size": t.candidate.image_size}) for t in trials]
     return Race(
-        advised=advised, results=list(results.values()), rounds=rounds, n_images=len(sample),
-        seconds=time.perf_counter() - started,
+        advised=advised, results=results, rounds=rounds, n_images=len(sample), seconds=time.perf_counter() - started,
     )

@@ -8,6 +8,7 @@ from transferkit.strategies import linear, network, pixels  # noqa: F401 - regis
 from transferkit.strategies.registry import (
     FitOutcome,
     FitRequest,
+    FoldFit,
     Settings,
     Strategy,
     get_strategy,
@@ -15,4 +16,4 @@ from transferkit.strategies.registry import (
     register_strategy,
 )
 
-__all__ = ["FitOutcome", "FitRequest", "Settings", "Strategy", "get_strategy", "list_strategies", "register_strategy"]
+__all__ = ["FitOutcome", "FitRequest", "FoldFit", "Settings", "Strategy", "get_strategy", "list_strategies", "register_strategy"]

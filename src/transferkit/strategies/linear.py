@@ -28,7 +28,7 @@ from torch import nn
 
 from transferkit.errors import ConfigError
 from transferkit.strategies.features import FeatureExtractor, symmetric_features
-from transferkit.strategies.registry import FitOutcome, FitRequest, Strategy, register_strategy
+from transferkit.strategies.registry import FitOutcome, FitRequest, FoldFit, Strategy, register_strategy
 from transferkit.training.augment import build_augmentation
 
 C_GRID: tuple[float, ...] = (0.0003, 0.001, 0.003, 0.01, 0.03)
@@ -166,6 +166,24 @@ class FeatureStrategy(Strategy):
         request.console.print(plan.describe())
         history = {"history": [], "best_epoch": 0, "stopped_early": False, "resumed_from_epoch": 0, "linear": info}
         return FitOutcome(model=model, preprocessing=extractor.preprocessing, history=history, plan=plan)
+
+    def score(self, request: FitRequest, train: np.ndarray, test: np.ndarray) -> FoldFit:
+        """Features of every image once (cached on disk), then one pipeline fit (C by inner CV
+        on the training part) scored on the test part: no network pass per fold."""
+        params = request.params
+        started = time.perf_counter()
+        extractor = FeatureExtractor(params["backbone"], weights=params["weights"], runtime=request.runtime, cache_dir=params["cache_dir"])
+        features = symmetric_features(extractor, request.pixels, request.settings.symmetries)
+        extracted = time.perf_counter()
+        train, test = np.sort(train), np.sort(test)
+        pipeline, _ = fit_linear_classifier(
+            features[train], request.targets[train], np.arange(len(train)), strategy=self.name,
+            C=None if params["C"] == "auto" else params["C"], seed=params["seed"], class_weight=request.settings.class_weight,
+        )
+        predictions = pipeline.predict(features[test])
+        accuracy = float((predictions == request.targets[test]).mean())
+        return FoldFit(accuracy=accuracy, seconds=time.perf_counter() - started, predictions=predictions,
+                       extract_seconds=extracted - started)
 
 
 def _augmented_features(

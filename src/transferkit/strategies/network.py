@@ -15,6 +15,7 @@ for scratch training").
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from types import MappingProxyType
 
@@ -28,10 +29,10 @@ from transferkit.backbones import backbone_stages, create_backbone
 from transferkit.errors import ConfigError, DataError
 from transferkit.strategies.features import FeatureExtractor
 from transferkit.training.freezing import freeze, trainable_parameter_count
-from transferkit.strategies.registry import FitOutcome, FitRequest, Strategy, get_strategy, register_strategy
+from transferkit.strategies.registry import FitOutcome, FitRequest, FoldFit, Strategy, get_strategy, register_strategy
 from transferkit.training.augment import build_augmentation
 from transferkit.training.callbacks import Checkpoint
-from transferkit.training.inputs import TrainData, pixels_to_tensor, to_model_input
+from transferkit.training.inputs import TrainData, pixels_to_tensor, predict_logits, to_model_input
 from transferkit.training.runtime import fastest_training_precision
 from transferkit.training.loop import TrainConfig, train_model
 
@@ -73,8 +74,12 @@ class NetworkStrategy(Strategy):
 
     def fit(self, request: FitRequest) -> FitOutcome:
         params, targets, classes = request.params, request.targets, request.classes
-        train_idx, val_idx = _split(request.strata, targets, params["val_fraction"], params["seed"])
-        request.console.print(f"training on {len(train_idx)}, validating on {len(val_idx)}")
+        if request.validation is not None:
+            train_idx, val_idx = np.arange(len(targets)), np.arange(0)
+        else:
+            train_idx, val_idx = _split(request.strata, targets, params["val_fraction"], params["seed"])
+        n_val = len(val_idx) if request.validation is None else len(request.validation[1])
+        request.console.print(f"training on {len(train_idx)}, validating on {n_val}")
         model, preprocessing = create_backbone(
             params["backbone"], num_classes=len(classes), pretrained=self.pretrained,
             weights_path=params["weights"] if self.pretrained else None, drop_rate=params["dropout"],
@@ -92,15 +97,16 @@ class NetworkStrategy(Strategy):
             label_smoothing=params["label_smoothing"], seed=params["seed"], prefix_views=params["prefix_views"],
         )
         pixels = request.pixels
+        validation = request.validation or ((pixels[val_idx], targets[val_idx]) if len(val_idx) else None)
         data = TrainData(
             train=(pixels[train_idx], targets[train_idx]),
-            val=(pixels[val_idx], targets[val_idx]) if len(val_idx) else None,
+            val=validation,
             preprocessing=preprocessing,
             augment=build_augmentation(params["augment"]),
             class_weights=class_weights,
             pooled_features=self.shared_features(request),
         )
-        callbacks = []
+        callbacks = list(request.callbacks)
         if params["checkpoint_dir"]:
             callbacks.append(Checkpoint(params["checkpoint_dir"], resume=params["resume"], fingerprint=request.fingerprint))
         runtime = _training_runtime(request, model, preprocessing, data)
@@ -111,6 +117,24 @@ class NetworkStrategy(Strategy):
     def shared_features(self, request: FitRequest):
         """A cached bottleneck-feature function the frozen-prefix path may reuse (``head`` only)."""
         return None
+
+    def score(self, request: FitRequest, train: np.ndarray, test: np.ndarray) -> FoldFit:
+        """Train on the training part, stopping early on the test part, and keep the network.
+
+        The score is the restored best epoch's accuracy on the test part, which also chose that
+        epoch: a slightly optimistic number (the search asks a network to win by a margin). The
+        fitted network is kept in the result, so that when it wins the search it is the model,
+        with no second training.
+        """
+        started = time.perf_counter()
+        train, test = np.sort(train), np.sort(test)
+        validation = (request.pixels[test], request.targets[test])
+        outcome = self.fit(request.subset(train, validation=validation))
+        logits = predict_logits(outcome.model, validation[0], outcome.preprocessing, request.runtime)
+        predictions = logits.argmax(1).numpy()
+        stopped = next((getattr(c, "reason", None) for c in request.callbacks if getattr(c, "stopped", False)), None)
+        return FoldFit(accuracy=float((predictions == validation[1]).mean()), seconds=time.perf_counter() - started,
+                       predictions=predictions, outcome=outcome, stopped=stopped)
 
 
 @register_strategy

@@ -32,7 +32,7 @@ from sklearn.svm import SVC
 from torch import nn
 
 from transferkit.backbones import Preprocessing, get_backbone_spec
-from transferkit.strategies.registry import FitOutcome, FitRequest, Strategy, register_strategy
+from transferkit.strategies.registry import FitOutcome, FitRequest, FoldFit, Strategy, register_strategy
 
 C_GRID: tuple[float, ...] = (1.0, 10.0, 100.0)
 DEFAULT_SIDE = 32
@@ -170,6 +170,17 @@ class Pixels(Strategy):
         history = {"history": [], "best_epoch": 0, "stopped_early": False, "resumed_from_epoch": 0,
                    "linear": {"C": plan.C, "inner_cv": scores}}
         return FitOutcome(model=model, preprocessing=preprocessing, history=history, plan=plan)
+
+    def score(self, request: FitRequest, train: np.ndarray, test: np.ndarray) -> FoldFit:
+        """The SVC (C by inner CV on the training part) scored on the test part's pixels."""
+        started = time.perf_counter()
+        train, test = np.sort(train), np.sort(test)
+        svc, grey, _ = fit_pixel_classifier(
+            request.pixels[train], request.targets[train], seed=request.params["seed"], class_weight=request.settings.class_weight
+        )
+        predictions = svc.predict(_inputs(request.pixels[test], grey))
+        accuracy = float((predictions == request.targets[test]).mean())
+        return FoldFit(accuracy=accuracy, seconds=time.perf_counter() - started, predictions=predictions)
 
     def empty_model(self, config: dict[str, Any]) -> tuple[nn.Module, Preprocessing]:
         plan = config.get("plan") or {}

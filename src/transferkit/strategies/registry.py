@@ -17,7 +17,9 @@ resolve data -> decode -> ``get_strategy(name).fit(request)``.
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -64,6 +66,38 @@ class FitRequest:
     console: Console
     strata: np.ndarray | None = None
     fingerprint: dict[str, Any] = field(default_factory=dict)
+    validation: tuple[np.ndarray, np.ndarray] | None = None
+    """Held-out (pixels, targets) for early stopping, instead of a split of ``pixels`` (the search
+    passes the fold every candidate is scored on)."""
+    callbacks: tuple[Any, ...] = ()
+    """Extra training callbacks (the search's deadline and learning-curve check)."""
+
+    def subset(self, indices: np.ndarray, **changes: Any) -> "FitRequest":
+        """The same request on ``pixels[indices]`` (strata and targets follow)."""
+        indices = np.sort(np.asarray(indices))
+        return dataclasses.replace(
+            self, pixels=self.pixels[indices], targets=self.targets[indices],
+            strata=None if self.strata is None else np.asarray(self.strata)[indices], **changes,
+        )
+
+
+@dataclass
+class FoldFit:
+    """A strategy's accuracy on one fold's test part after a fit on its training part.
+
+    ``outcome`` is the fitted model where keeping it is worth it (a trained network that may win
+    the search and then needs no second training); ``extract_seconds`` the part of ``seconds``
+    spent computing frozen features, which a later fit reads from the cache.
+    """
+
+    accuracy: float
+    seconds: float
+    predictions: np.ndarray | None = None
+    """Predicted class indices of the test part, in the order of its sorted indices."""
+    extract_seconds: float = 0.0
+    outcome: "FitOutcome | None" = None
+    stopped: str | None = None
+    """Why training ended before its planned epochs (deadline, falling behind), if it did."""
 
 
 @dataclass
@@ -129,6 +163,22 @@ class Strategy:
 
     def fit(self, request: FitRequest) -> FitOutcome:  # pragma: no cover - abstract
         raise NotImplementedError
+
+    def score(self, request: FitRequest, train: np.ndarray, test: np.ndarray) -> FoldFit:
+        """Fit on ``request.pixels[train]`` and return the accuracy on ``[test]``.
+
+        The one evaluation every search schedule (``auto``, ``compare``, ``advise --measure``)
+        runs. This default fits and predicts through the network; strategies override it where
+        something is cheaper (cached features, a kernel machine on pixels).
+        """
+        from transferkit.training.inputs import predict_logits
+
+        started = time.perf_counter()
+        outcome = self.fit(request.subset(train))
+        logits = predict_logits(outcome.model, request.pixels[np.sort(test)], outcome.preprocessing, request.runtime)
+        predictions = logits.argmax(1).numpy()
+        accuracy = float((predictions == request.targets[np.sort(test)]).mean())
+        return FoldFit(accuracy=accuracy, seconds=time.perf_counter() - started, predictions=predictions)
 
     def __repr__(self) -> str:
         return f"<strategy {self.name}>"

@@ -1,15 +1,24 @@
-"""Augmentation presets built from torchvision transforms v2.
+"""Training-time augmentation: presets and explicit compositions of torchvision transforms v2.
 
-The playbook's augmentations are translation, rotation and flipping; ``strong`` adds vertical
-flips, scaling and brightness/contrast jitter. Presets work on uint8 (C, H, W) tensors, one
-sample at a time (v2 transforms draw one set of random parameters per call, so per-sample
-calls give per-sample randomness). Validation and test images are never augmented: only the
-training loop asks for these transforms.
+The playbook's augmentations are translation, rotation and flipping. An augmentation is named
+by a preset (``none``, ``light``, ``standard``, ``strong``) or by an explicit composition, a
+comma-separated list of operations (``"rotate,translate"``: no flips), each at the
+``standard`` magnitude unless a preset says otherwise. From Python, any callable on a uint8
+(C, H, W) tensor works too (e.g. a ``v2.Compose``).
+
+Whether flips belong is measured, not assumed: a flip turns "left of" into "right of", so on
+data whose class a flip changes, ``auto`` trains with :func:`without_flips` of the preset
+(see :mod:`transferkit.search`).
+
+Transforms run one sample at a time (v2 transforms draw one set of random parameters per call,
+so per-sample calls give per-sample randomness); the loop's batches are assembled from uint8
+pixels, so this costs a small share of a training step (``benchmarks/loop_speed.py``).
+Validation and test images are never augmented.
 """
 
 from __future__ import annotations
 
-from typing import Literal, get_args
+from typing import Callable, Literal, get_args
 
 from torchvision.transforms import v2
 
@@ -18,9 +27,89 @@ from transferkit.errors import ConfigError
 AugmentPreset = Literal["none", "light", "standard", "strong"]
 AUGMENT_PRESETS: tuple[str, ...] = get_args(AugmentPreset)
 
+AUGMENT_OPERATIONS: tuple[str, ...] = ("hflip", "vflip", "rotate", "translate", "scale", "color")
+"""Operations an explicit composition may name (``--augment rotate,translate``)."""
 
-def build_augmentation(preset: AugmentPreset) -> v2.Transform | None:
-    """The training-time transform of ``preset``, or None for ``"none"``.
+FLIPS = frozenset({"hflip", "vflip"})
+DEFAULT_AUGMENT = "standard"
+"""What ``"auto"`` means where nothing measured the data's symmetries (an explicit network strategy)."""
+
+_PRESET_OPERATIONS: dict[str, tuple[str, ...]] = {
+    "none": (),
+    "light": ("hflip", "rotate", "translate"),
+    "standard": ("hflip", "rotate", "translate"),
+    "strong": ("hflip", "vflip", "rotate", "translate", "scale", "color"),
+}
+_MAGNITUDES: dict[str, dict[str, float]] = {
+    "light": {"rotate": 5, "translate": 0.05},
+    "standard": {"rotate": 10, "translate": 0.1},
+    "strong": {"rotate": 15, "translate": 0.1, "scale": 0.1, "color": 0.2},
+}
+_DEFAULT_MAGNITUDES = {"rotate": 10, "translate": 0.1, "scale": 0.1, "color": 0.2}
+
+
+def augmentation_operations(spec: str) -> tuple[tuple[str, ...], dict[str, float]]:
+    """The operations of a preset or composition and their magnitudes.
+
+    Raises
+    ------
+    ConfigError
+        ``spec`` is neither a preset nor a comma-separated list of :data:`AUGMENT_OPERATIONS`.
+    """
+    if not isinstance(spec, str):
+        raise ConfigError(f"augment expected a preset name or a composition string. Received: augment={spec!r}")
+    spec = DEFAULT_AUGMENT if spec == "auto" else spec
+    if spec in _PRESET_OPERATIONS:
+        return _PRESET_OPERATIONS[spec], {**_DEFAULT_MAGNITUDES, **_MAGNITUDES.get(spec, {})}
+    operations = tuple(dict.fromkeys(part.strip() for part in spec.split(",") if part.strip()))
+    unknown = [op for op in operations if op not in AUGMENT_OPERATIONS]
+    if unknown or not operations:
+        raise ConfigError(
+            f"augment expected a preset ({', '.join(AUGMENT_PRESETS)}) or a comma-separated composition of "
+            f"{', '.join(AUGMENT_OPERATIONS)} (e.g. 'rotate,translate'). Received: augment={spec!r}"
+        )
+    return operations, dict(_DEFAULT_MAGNITUDES)
+
+
+def is_augmentation(spec: object) -> bool:
+    """Whether ``spec`` names a preset or a valid composition, or is a callable transform."""
+    if callable(spec):
+        return True
+    try:
+        augmentation_operations(spec)  # type: ignore[arg-type]
+    except ConfigError:
+        return False
+    return True
+
+
+def without_flips(spec: str) -> str:
+    """The same augmentation without horizontal or vertical flips, as a composition string
+    (``"standard"`` -> ``"rotate,translate"``; ``"none"`` stays ``"none"``)."""
+    operations, _ = augmentation_operations(spec)
+    kept = [op for op in operations if op not in FLIPS]
+    if list(kept) == list(operations):
+        return spec
+    return ",".join(kept) if kept else "none"
+
+
+def describe_augmentation(spec: str | Callable) -> str:
+    """One line naming what ``spec`` does (for the README, ``fit`` and the model card)."""
+    if callable(spec):
+        return f"a custom transform ({type(spec).__name__})"
+    operations, magnitude = augmentation_operations(spec)
+    words = {
+        "hflip": "horizontal flip", "vflip": "vertical flip",
+        "rotate": f"rotation up to {magnitude['rotate']:g} degrees",
+        "translate": f"translation up to {magnitude['translate']:.0%}",
+        "scale": f"scale {1 - magnitude['scale']:g}-{1 + magnitude['scale']:g}",
+        "color": f"brightness and contrast jitter of {magnitude['color']:.0%}",
+    }
+    return "; ".join(words[op] for op in operations) or "nothing"
+
+
+def build_augmentation(spec: str | Callable | None) -> Callable | None:
+    """The training-time transform of a preset, a composition or a callable (returned as is);
+    None for ``"none"``; ``"auto"`` is :data:`DEFAULT_AUGMENT`.
 
     ========  ===========================================================================
     preset    transforms
@@ -32,19 +121,28 @@ def build_augmentation(preset: AugmentPreset) -> v2.Transform | None:
               10%; scale 0.9-1.1; brightness and contrast jitter of 20%
     ========  ===========================================================================
     """
-    if preset == "none":
+    if spec is None:
         return None
-    if preset == "light":
-        return v2.Compose([v2.RandomHorizontalFlip(), v2.RandomAffine(degrees=5, translate=(0.05, 0.05))])
-    if preset == "standard":
-        return v2.Compose([v2.RandomHorizontalFlip(), v2.RandomAffine(degrees=10, translate=(0.1, 0.1))])
-    if preset == "strong":
-        return v2.Compose(
-            [
-                v2.RandomHorizontalFlip(),
-                v2.RandomVerticalFlip(),
-                v2.RandomAffine(degrees=15, translate=(0.1, 0.1), scale=(0.9, 1.1)),
-                v2.ColorJitter(brightness=0.2, contrast=0.2),
-            ]
+    if callable(spec):
+        return spec
+    operations, magnitude = augmentation_operations(spec)
+    if not operations:
+        return None
+    transforms: list[v2.Transform] = []
+    if "hflip" in operations:
+        transforms.append(v2.RandomHorizontalFlip())
+    if "vflip" in operations:
+        transforms.append(v2.RandomVerticalFlip())
+    if {"rotate", "translate", "scale"} & set(operations):
+        shift = magnitude["translate"] if "translate" in operations else 0.0
+        scale = magnitude["scale"] if "scale" in operations else 0.0
+        transforms.append(
+            v2.RandomAffine(
+                degrees=magnitude["rotate"] if "rotate" in operations else 0,
+                translate=(shift, shift) if shift else None,
+                scale=(1 - scale, 1 + scale) if scale else None,
+            )
         )
-    raise ConfigError(f"unknown augmentation preset; expected one of {', '.join(AUGMENT_PRESETS)}. Received: augment={preset!r}")
+    if "color" in operations:
+        transforms.append(v2.ColorJitter(brightness=magnitude["color"], contrast=magnitude["color"]))
+    return v2.Compose(transforms)

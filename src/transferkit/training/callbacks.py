@@ -105,6 +105,57 @@ class EarlyStopping(Callback):
         self.best_weights = saved.get("best_weights") or None
 
 
+class Deadline(Callback):
+    """End the run before ``deadline`` (seconds on ``clock``): stop after an epoch when another
+    epoch as long as the slowest so far would pass it. The best weights are still restored.
+
+    This is what keeps a budgeted fit within its budget whatever the machine; the planner sizes
+    the run to end in time, this catches the estimate being wrong. ``clock`` is injectable so
+    that the mechanism is testable without waiting.
+    """
+
+    def __init__(self, deadline: float, clock=None):
+        import time
+
+        self.deadline = deadline
+        self.clock = clock or time.perf_counter
+        self.stopped, self.reason = False, None
+
+    def on_train_start(self, state: TrainState) -> None:
+        self.started, self.slowest, self.stopped = self.clock(), 0.0, False
+        self.last = self.started
+
+    def on_epoch_end(self, state: TrainState) -> None:
+        now = self.clock()
+        self.slowest, self.last = max(self.slowest, now - self.last), now
+        if now + self.slowest > self.deadline:
+            state.stop = self.stopped = True
+            self.reason = f"stopped after epoch {state.epoch}: another epoch would pass the time budget"
+            state.console.print(self.reason)
+
+
+class FallingBehind(Callback):
+    """Stop a candidate that cannot catch the leader: after ``after`` of its epochs, its best
+    validation accuracy trails ``leader`` by more than ``margin`` (a learning curve check)."""
+
+    def __init__(self, leader: float, *, after: int, margin: float = 0.1):
+        self.leader, self.after, self.margin = leader, after, margin
+        self.stopped, self.reason = False, None
+
+    def on_train_start(self, state: TrainState) -> None:
+        self.stopped = False
+
+    def on_epoch_end(self, state: TrainState) -> None:
+        scores = [r.val_accuracy for r in state.result.history if r.val_accuracy is not None]
+        if len(scores) >= self.after and max(scores) < self.leader - self.margin:
+            state.stop = self.stopped = True
+            self.reason = (
+                f"stopped after epoch {state.epoch}: best validation accuracy {max(scores):.3f} trails the "
+                f"leading candidate's {self.leader:.3f} by more than {self.margin:.2f}"
+            )
+            state.console.print(self.reason)
+
+
 class Checkpoint(Callback):
     """Write the run's state to ``directory`` after every epoch; ``resume=True`` continues from it.
 
