@@ -122,3 +122,14 @@ def test_fit_auto_says_why_exactly_once(image_folder, tiny_weights, tmp_path, qu
     output = " ".join(result.output.split())  # rich may wrap long lines
     for reason in reasons:
         assert output.count(" ".join(reason.split())) == 1, (reason, result.output)
+
+
+def test_budget_minutes_takes_a_number_auto_or_none(image_folder, tiny_weights, tmp_path):
+    from transferkit.cli import _budget_minutes
+
+    assert _budget_minutes("auto") == "auto" and _budget_minutes("none") is None and _budget_minutes("2.5") == 2.5
+    result = invoke("fit", image_folder, "--out", tmp_path / "m", "--budget-minutes", "soon")
+    assert result.exit_code == 2 and "auto or none" in result.output
+    result = invoke("fit", image_folder, "--out", tmp_path / "m", "--strategy", "full", "--augment", "rotate,twirl",
+                    "--backbone", TINY_BACKBONE, "--weights", tiny_weights, "--image-size", 32, "--device", "cpu")
+    assert result.exit_code == 1 and "Received: augment='rotate,twirl'" in " ".join(result.output.split())

@@ -143,9 +143,31 @@ def test_augmentation_presets_keep_shape_and_dtype(preset):
         assert any(not torch.equal(transform(image), image) for _ in range(5))
 
 
+def test_a_composition_without_flips_never_flips_and_presets_name_their_operations():
+    from transferkit.training.augment import augmentation_operations, describe_augmentation, without_flips
+
+    assert without_flips("standard") == "rotate,translate" and without_flips("strong") == "rotate,translate,scale,color"
+    assert without_flips("none") == "none" and without_flips("rotate") == "rotate"
+    assert augmentation_operations("hflip, translate")[0] == ("hflip", "translate")
+    assert describe_augmentation("standard") == "horizontal flip; rotation up to 10 degrees; translation up to 10%"
+    # an image whose two halves differ: a horizontal flip would swap them, translation alone never does
+    image = torch.zeros((3, 16, 16), dtype=torch.uint8)
+    image[:, :, :8] = 200
+    flip_only = build_augmentation("hflip")
+    torch.manual_seed(0)
+    assert any(torch.equal(flip_only(image), image.flip(-1)) for _ in range(10))
+    shift_only = build_augmentation("translate")
+    torch.manual_seed(0)
+    assert not any(torch.equal(shift_only(image), image.flip(-1)) for _ in range(20))
+    custom = build_augmentation(lambda x: x.flip(-2))  # a callable is used as it is
+    assert torch.equal(custom(image), image.flip(-2))
+
+
 def test_unknown_augmentation_preset_is_a_clear_error():
     with pytest.raises(ConfigError, match="none, light, standard, strong"):
         build_augmentation("heavy")
+    with pytest.raises(ConfigError, match="hflip, vflip, rotate, translate, scale, color"):
+        build_augmentation("rotate,twirl")
 
 
 def test_early_stopping_restores_the_best_weights(tiny_weights, monkeypatch):

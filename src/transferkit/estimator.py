@@ -390,12 +390,11 @@ class ImageClassifier(ClassifierMixin, BaseEstimator):
         arena = Arena(pixels_at=pixels_at, targets=np.searchsorted(classes, np.asarray(images.labels)), classes=classes,
                       params=self.get_params(), runtime=runtime, strata=images.strata)
         budget = self._budget_seconds()
-        left = None if budget is None else max(1.0, budget - (time.perf_counter() - started))
         found = search_auto(
             arena, advice.facts, advice.recommendation, backbone_size=spec.preprocessing.input_size,
-            fixed=self._fixed_settings(), speeds=Speeds(self.backbone, self.weights, runtime) if left is not None else None,
-            budget_seconds=left, groups=None if images.groups is None else np.asarray(images.groups),
-            on_event=lambda line: console.print(line, markup=False, highlight=False),
+            fixed=self._fixed_settings(), speeds=Speeds(self.backbone, self.weights, runtime) if budget is not None else None,
+            budget_seconds=budget, groups=None if images.groups is None else np.asarray(images.groups),
+            on_event=lambda line: console.print(line, markup=False, highlight=False), started=started,
         )
         recommendation = advice.recommendation
         chosen = found.chosen.candidate

@@ -178,7 +178,8 @@ class CandidateSearch:
     folds : list of (train, test) index arrays
         The same for every candidate (paired scores).
     budget_seconds : float or None
-        Wall time the whole search may take from construction; None: no bound.
+        Wall time the whole search may take from ``started`` (default: construction; the
+        estimator passes the start of ``fit``, so the probe counts too); None: no bound.
     cost : callable, optional
         ``cost(candidate, n_train, n_test, done) -> seconds``: the estimate that decides whether
         a candidate still fits what is left, given the candidates already scored (whose cached
@@ -202,6 +203,7 @@ class CandidateSearch:
         cost: Callable[[Candidate, int, int, list[Candidate]], float] | None = None, reserve_seconds: float = 0.0, n_jobs: int = 1,
         backend: str | None = None, on_event: Callable[[str], None] | None = None,
         on_fit: Callable[[Trial, int], None] | None = None, clock: Callable[[], float] = time.perf_counter,
+        started: float | None = None,
     ):
         if not folds:
             raise ConfigError("a search needs at least one (train, test) fold")
@@ -210,7 +212,7 @@ class CandidateSearch:
         self.n_jobs, self.backend = n_jobs, backend
         self.on_event, self.clock = on_event or (lambda line: None), clock
         self.on_fit = on_fit or (lambda trial, number: None)
-        self.started = clock()
+        self.started = clock() if started is None else started
         self.trials: dict[Candidate, Trial] = {}
 
     # ----------------------------------------------------------------- time

@@ -180,6 +180,7 @@ def search_auto(
     groups: np.ndarray | None = None,
     on_event: Callable[[str], None] | None = None,
     clock: Callable[[], float] = time.perf_counter,
+    started: float | None = None,
 ) -> AutoSearch:
     """Run ``auto``'s rounds (see the module docstring) and pick the winner.
 
@@ -187,15 +188,18 @@ def search_auto(
     ``class_weight`` ("balanced"/None), ``symmetries``, ``augment``. ``speeds`` (None: no
     estimates, everything runs) prices each candidate against ``budget_seconds``.
     """
-    started = clock()
+    begun = clock()
     seed = int(arena.params.get("seed", 0))
     fold = holdout_fold(arena.targets, groups, seed)
     reserve = 0.0 if budget_seconds is None else FINAL_FIT_SHARE * budget_seconds
-    search = CandidateSearch(arena, [fold], budget_seconds=budget_seconds, cost=_cost(speeds, len(arena.targets)),
-                             reserve_seconds=reserve, on_event=on_event, clock=clock)
+    cost = _cost(speeds, len(arena.targets))
+    search = CandidateSearch(arena, [fold], budget_seconds=budget_seconds, cost=cost, reserve_seconds=reserve,
+                             on_event=on_event, clock=clock, started=begun if started is None else started)
     size = int(fixed.get("image_size") or backbone_size)
     weights = fixed.get("class_weight", None)
     reasons: list[str] = []
+    if on_event is not None:
+        on_event(_plan(search, cost, size, len(fold[0]), len(fold[1])))
 
     # 1. frozen features: the baseline, then the same features under logistic regression
     baseline = Candidate("svm", size, "always: the playbook's bottleneck features + linear SVM", weights)
@@ -206,7 +210,8 @@ def search_auto(
     if search.trials[baseline].accuracy is not None:
         symmetry = measure_symmetry(arena, fold, size, weights)
         reasons.append(symmetry.describe())
-        (on_event or (lambda line: None))(f"{search.stamp()} {symmetry.describe()}")
+        kept = [name for name, flag in (("horizontal", symmetry.horizontal), ("vertical", symmetry.vertical)) if flag]
+        (on_event or (lambda line: None))(f"{search.stamp()} flips that keep the class: {' and '.join(kept) or 'none'}")
 
     # 3. cheap variants the facts call for
     search.evaluate_candidates(_variants(facts, recommendation, size, fixed, symmetry, budget_seconds, speeds, len(arena.targets)))
@@ -223,7 +228,18 @@ def search_auto(
     trials = list(search.trials.values())
     chosen = winner(trials)
     reasons += trial_reasons(trials, chosen, len(fold[1]))
-    return AutoSearch(trials=trials, chosen=chosen, symmetry=symmetry, reasons=reasons, augment=augment, seconds=clock() - started)
+    return AutoSearch(trials=trials, chosen=chosen, symmetry=symmetry, reasons=reasons, augment=augment, seconds=clock() - begun)
+
+
+def _plan(search: CandidateSearch, cost, size: int, n_train: int, n_test: int) -> str:
+    """The plan and its estimate, printed before the long work."""
+    features = "" if cost is None else f" (~{cost(Candidate('svm', size, ''), n_train, n_test, []):.0f} s)"
+    if search.budget_seconds is None:
+        return (f"{search.stamp()} plan: frozen features at {size} px{features}, the symmetry test, cheap variants, then a "
+                "trained network; no time bound")
+    return (f"{search.stamp()} plan: frozen features at {size} px{features}, the symmetry test, cheap variants, then a "
+            f"trained network sized to the rest of the {search.budget_seconds / 60:.0f}-minute budget "
+            "(--budget-minutes M for more, --budget-minutes none for no bound)")
 
 
 def measure_symmetry(arena: Arena, fold, size: int, class_weight: str | None) -> Symmetry:

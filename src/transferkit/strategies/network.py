@@ -250,8 +250,10 @@ def _training_runtime(request: FitRequest, model: nn.Module, preprocessing, data
     inputs = to_model_input(pixels_to_tensor(batch), preprocessing, request.runtime)
     runtime = fastest_training_precision(request.runtime, request.runtime.prepare_model(model), inputs)
     if runtime.measured:
-        seconds = runtime.measured["training_step_seconds"]
+        seconds, n = runtime.measured["training_step_seconds"], runtime.measured["images"]
+        # name the batch: these are a few images, not the training batch, so img/s is the comparable figure
         request.console.print(
-            f"precision for training: {runtime.precision} (one step: fp32 {seconds['fp32']:.2f} s, bf16 {seconds['bf16']:.2f} s)"
+            f"precision for training: {runtime.precision} (forward + backward of {n} images: "
+            f"fp32 {seconds['fp32']:.2f} s = {n / seconds['fp32']:.0f} img/s, bf16 {seconds['bf16']:.2f} s = {n / seconds['bf16']:.0f} img/s)"
         )
     return runtime
