@@ -491,7 +491,9 @@ def _image_size_rule(
     reasons.append(
         f"median image side {side:g} px (< {backbone.input_size}, the backbone's input size): train at "
         f"{size} px (the images' own size, at least {t.min_image_size}), "
-        f"{(backbone.input_size / size) ** 2:.0f}x less compute per image"
+        f"{(backbone.input_size / size) ** 2:.0f}x less compute per image (a rule of thumb, not measured: "
+        "fit --strategy auto measures frozen features at the backbone's size and a trained network at the "
+        "sizes its budget affords)"
     )
     return size
 

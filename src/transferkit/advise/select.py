@@ -304,18 +304,22 @@ def _network_candidate(recommendation: Recommendation, facts: DataFacts, fixed, 
     else:
         largest = min(backbone_size, max(64, 2 * int(facts.median_side or backbone_size)))
         sides = [side for side in NETWORK_SIDES if side <= largest] or [NETWORK_SIDES[-1]]
+    affordable = {}
     for side in sides:
-        epochs = wanted_epochs
+        affordable[side] = wanted_epochs
         if speeds is not None and search.budget_seconds is not None:
             per_epoch = n_train * speeds.train(side) + n_test * speeds.forward(side)
-            epochs = min(wanted_epochs, int(search.left() // per_epoch))
-        if epochs >= MIN_NETWORK_EPOCHS:
-            why = (f"{facts.n_samples:,} images: train the network ({strategy}"
-                   f"{f', freeze {freeze}' if freeze else ''}) at the largest side the budget affords, "
-                   f"{epochs} epochs of ~{steps_per_epoch} steps, augmentation {augment}")
-            params = (("augment", augment), ("epochs", epochs), ("patience", max(3, epochs // 3)))
-            return Candidate(strategy, side, why, fixed.get("class_weight", None), freeze=freeze or None, params=params)
-    return None
+            affordable[side] = min(wanted_epochs, int(search.left() // per_epoch))
+    # the largest side that affords the whole schedule; failing that, the largest that affords the minimum
+    side = next((s for s in sides if affordable[s] >= wanted_epochs), None)
+    side = side or next((s for s in sides if affordable[s] >= MIN_NETWORK_EPOCHS), None)
+    if side is None:
+        return None
+    epochs = affordable[side]
+    why = (f"{facts.n_samples:,} images: train the network ({strategy}{f', freeze {freeze}' if freeze else ''}) at the "
+           f"largest side whose {epochs} epochs of ~{steps_per_epoch} steps the budget affords, augmentation {augment}")
+    params = (("augment", augment), ("epochs", epochs), ("patience", max(3, epochs // 3)))
+    return Candidate(strategy, side, why, fixed.get("class_weight", None), freeze=freeze or None, params=params)
 
 
 def _cost(speeds: Speeds | None, n_images: int):
