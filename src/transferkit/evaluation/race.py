@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from transferkit.data import ImageSet, check_classes, stratified_sample
+from transferkit.data import ImageSet, check_classes, duplicate_groups, stratified_sample
 from transferkit.errors import ConfigError
 from transferkit.estimator import ImageClassifier
 from transferkit.evaluation.compare import decode_for, strategy_params
@@ -145,7 +145,7 @@ def race_strategies(
     sample = stratified_sample(images, max_images, base.get("seed", 0))
     check_classes(sample, min_per_class=cv, purpose=f"a {cv}-fold race")
     labels = np.asarray(sample.labels)
-    folds = make_folds(labels, cv=cv, seed=base.get("seed", 0))
+    folds = make_folds(labels, cv=cv, groups=duplicate_groups(sample), seed=base.get("seed", 0))
 
     estimators: dict[str, ImageClassifier] = {}
     pixels: dict[str, np.ndarray] = {}
