@@ -325,7 +325,7 @@ def _cross_validate_before_fit(classifier, data: str, cv: int, jobs: int = 1, ba
               f"{rate:.4f}, balanced accuracy {balanced:.4f}); refitting on all data")
     report = result.to_dict()
     report["majority_class_rate"] = rate
-    report["duplicate_groups"] = 0 if groups is None else int(len(groups) - len(np.unique(groups)))
+    report["grouped_copies"] = 0 if groups is None else int(len(groups) - len(np.unique(groups)))
     return report
 
 

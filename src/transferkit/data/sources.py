@@ -418,11 +418,13 @@ def _check_layout(root: str, class_dirs: list[str]) -> None:
         return
     shown = ", ".join(sorted(set().union(*inner.values()))[:8])
     if all(_SPLIT_NAME.fullmatch(name) for name in class_dirs):
-        first = os.path.join(root, class_dirs[0])
+        train = next((c for c in class_dirs if c.lower().startswith("train")), class_dirs[0])
+        other = next((c for c in class_dirs if c != train), train)
         raise DataError(
             f"{root} holds the folders {', '.join(class_dirs)}, which look like splits of one data set, each with "
             f"class folders inside ({shown}); training on it would learn the classes {', '.join(repr(c) for c in class_dirs)}. "
-            f"Pass one split as the data, e.g. `transferkit fit {first}`, and evaluate on another."
+            f"Pass one split, e.g. `transferkit fit {os.path.join(root, train)}`, and evaluate on another "
+            f"(`transferkit evaluate MODEL {os.path.join(root, other)}`)."
         )
     sets = {frozenset(folders) for folders in inner.values()}
     if len(class_dirs) >= 2 and len(sets) == 1 and len(next(iter(sets))) >= 2 and not any(_has_loose_images(os.path.join(root, c)) for c in class_dirs):
