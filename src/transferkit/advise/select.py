@@ -32,7 +32,7 @@ import numpy as np
 
 from transferkit.advise.facts import DataFacts
 from transferkit.advise.rules import Recommendation
-from transferkit.data import ImageSet, decode_images
+from transferkit.data import ImageSet, decode_images, pixel_groups
 from transferkit.strategies.features import SYMMETRIES, FeatureExtractor, symmetric_features
 from transferkit.strategies.linear import fit_linear_classifier
 from transferkit.strategies.pixels import DEFAULT_SIDE, fit_pixel_classifier
@@ -144,7 +144,7 @@ def measure(
             extracted_views.update((candidate.image_size, view) for view in SYMMETRIES[candidate.symmetries])
             extracted = clock()
             _, info = fit_linear_classifier(
-                features, targets, np.arange(len(targets)), strategy=candidate.strategy, C=None, seed=seed,
+                features, targets, pixel_groups(pixels), strategy=candidate.strategy, C=None, seed=seed,
                 class_weight=candidate.class_weight,
             )
             scores = info["inner_cv"]

@@ -69,9 +69,21 @@ def duplicate_groups(imageset: ImageSet, digests: Sequence[str] | None = None) -
 
 
 def pixel_groups(pixels: np.ndarray) -> np.ndarray:
-    """Group ids of decoded images: identical pixel rows share one (each other row its own)."""
-    keys = [hashlib.blake2b(np.ascontiguousarray(row).data, digest_size=16).digest() for row in pixels]
+    """Group ids of decoded images: identical pixel rows share one (each other row its own).
+
+    A hash of every 61st byte sorts the rows first; only rows that agree there are hashed whole.
+    """
+    flat = np.asarray(pixels).reshape(len(pixels), -1)
+    keys: list = [_row_hash(row[::61]) for row in flat]
+    counts: dict = defaultdict(int)
+    for key in keys:
+        counts[key] += 1
+    keys = [(key, _row_hash(flat[i])) if counts[key] > 1 else (key, i) for i, key in enumerate(keys)]
     return _union_groups(keys, None)
+
+
+def _row_hash(values: np.ndarray) -> bytes:
+    return hashlib.blake2b(np.ascontiguousarray(values).data, digest_size=16).digest()
 
 
 def label_conflicts(imageset: ImageSet, digests: Sequence[str] | None = None) -> list[list[int]]:
