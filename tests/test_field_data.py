@@ -617,3 +617,20 @@ def test_cv_prints_the_majority_class_rate_and_balanced_accuracy(cli_fit, tmp_pa
     result = invoke("fit", data, "--out", tmp_path / "model", "--strategy", "svm", "--C", 1, "--cv", 3, "--quiet", *cli_fit)
     assert result.exit_code == 0, result.output
     assert "(95% interval" in result.output and "majority-class rate 0.7500, balanced accuracy" in flat(result.output)
+
+
+def test_the_report_shows_the_overlap_and_the_majority_class_rate(field_model, image_folder, tmp_path):
+    result = invoke("report", field_model, image_folder, "--out", tmp_path / "report", "--mistakes", 0)
+    assert result.exit_code == 0, result.output
+    metrics = json.loads((tmp_path / "report" / "report.json").read_text())["metrics"]
+    assert metrics["train_test_overlap"] == 24 and metrics["majority_class_rate"] == pytest.approx(1 / 3)
+    html = (tmp_path / "report" / "report.html").read_text()
+    assert "24 of the 24 test images are byte copies of training images" in html and "majority-class rate" in html
+
+
+def test_compare_prints_the_majority_class_rate_and_notes_imbalance(cli_fit, tmp_path):
+    data = imbalanced_folder(tmp_path / "data", big=12, small=3)
+    result = invoke("compare", data, "--strategies", "svm", "--cv", 3, *cli_fit)
+    assert result.exit_code == 0, result.output
+    output = flat(result.output)
+    assert "majority-class rate 0.8000 (always 'common')" in output and "imbalanced ('common' 12 vs 'rare' 3" in output

@@ -364,6 +364,7 @@ def compare(
     from transferkit.data import resolve_data
     from transferkit.estimator import ImageClassifier
     from transferkit.evaluation.compare import compare_strategies, parse_strategies, strategy_params
+    from transferkit.evaluation.metrics import imbalance_note, majority_class_rate
     from transferkit.persistence import check_output_folder, save_model
     from transferkit.report import plot_comparison
     from transferkit.report.tables import comparison_table
@@ -383,8 +384,14 @@ def compare(
                                         n_jobs=jobs, backend=backend)
         out.print(comparison_table(comparison, data))
         best = comparison.best.strategy
-        out.print(f"best: {best} (* above); {comparison.seconds:.0f} s in all")
+        rate, majority = majority_class_rate(images.labels)
+        out.print(_literal(f"best: {best} (* above); CV accuracies against the majority-class rate {rate:.4f} (always {majority!r}); "
+                           f"{comparison.seconds:.0f} s in all"))
+        note = imbalance_note(images.labels)
+        if note is not None:
+            err.print(_literal(f"note: {note}"))
         report = comparison.to_dict()
+        report["majority_class_rate"] = rate
         plot = plot or (json_path.with_suffix(".png") if json_path else (out_dir / "compare.png" if out_dir else None))
         if out_dir is not None:  # before the plot: the model folder is swapped in whole
             params = strategy_params(best, base, overrides)
@@ -515,7 +522,7 @@ def evaluate(
     """Score a saved model on labelled DATA: accuracy, balanced accuracy, macro-F1, confusion matrix."""
     from collections import Counter
 
-    from transferkit.data import resolve_data
+    from transferkit.data import resolve_data, train_test_overlap
     from transferkit.data.builtin import binary_metrics_if_builtin
     from transferkit.errors import DataError
     from transferkit.evaluation import classification_metrics
@@ -540,7 +547,7 @@ def evaluate(
         classes = [str(c) for c in classifier.classes_] + sorted(unknown)
         metrics = classification_metrics(images.labels, predictions, classes)
         metrics["unknown_classes"] = dict(sorted(unknown.items()))
-        metrics["train_test_overlap"] = _seen_in_training(classifier, images)
+        metrics["train_test_overlap"] = train_test_overlap(classifier.training_digests_, images)
         metrics.update(binary_metrics_if_builtin(data, images.labels, predictions))
         metrics["seconds"] = round(time.perf_counter() - started, 1)
         if unknown:
@@ -555,16 +562,6 @@ def evaluate(
         _write_json(json_path, metrics)
         if report_dir is not None:
             _write_model_report(model_dir, data, report_dir, classifier=classifier, images=images)
-
-
-def _seen_in_training(classifier, images) -> int | None:
-    """How many of ``images`` are byte copies of the model's training images (None: not recorded)."""
-    from transferkit.data import content_digests
-
-    if classifier.training_digests_ is None:
-        return None
-    seen = set(classifier.training_digests_)
-    return sum(digest in seen for digest in content_digests(images))
 
 
 def _warn_about_test_data(metrics: dict[str, Any]) -> None:

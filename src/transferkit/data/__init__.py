@@ -14,7 +14,9 @@ Examples
 
 from transferkit.data.builtin import BUILTIN_DATASETS, elpv_defective, load_elpv
 from transferkit.data.decode import ALPHA_BACKGROUND, DecodedImages, decode_images, default_cache_dir, read_image
-from transferkit.data.duplicates import content_digests, describe_conflicts, duplicate_groups, label_conflicts, pixel_groups
+from transferkit.data.duplicates import (
+    content_digests, describe_conflicts, duplicate_groups, label_conflicts, pixel_groups, train_test_overlap,
+)
 from transferkit.data.export import export_image_folders
 from transferkit.data.pixels import as_unlabelled, is_decoded, load_pixels
 from transferkit.data.sources import (
@@ -54,4 +56,5 @@ __all__ = [
     "register_dataset",
     "resolve_data",
     "stratified_sample",
+    "train_test_overlap",
 ]

@@ -107,3 +107,15 @@ def describe_conflicts(imageset: ImageSet, conflicts: list[list[int]]) -> str:
         f"{len(conflicts)} picture(s) appear with different labels (identical files in two classes): {shown}{more}. "
         "A model cannot get both right; check the labels and keep each picture in one class."
     )
+
+
+def train_test_overlap(known: Sequence[str] | None, imageset: ImageSet) -> int | None:
+    """How many images of ``imageset`` are byte copies of the images hashed in ``known``.
+
+    ``known`` is a model's ``training_digests_``; None (a model saved before they were kept)
+    gives None.
+    """
+    if known is None:
+        return None
+    seen = set(known)
+    return sum(digest in seen for digest in content_digests(imageset))
