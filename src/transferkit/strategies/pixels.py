@@ -113,14 +113,15 @@ def fit_pixel_classifier(pixels: np.ndarray, targets: np.ndarray, *, seed: int, 
     grey = bool(np.all(pixels[..., :1] == pixels))
     inputs = _inputs(pixels, grey)
     smallest = int(np.bincount(targets).min())
-    groups = pixel_groups(pixels)  # copies of one picture stay in one inner fold
-    splitter = StratifiedGroupKFold if groups.max() + 1 < len(groups) else StratifiedKFold
+    groups = pixel_groups(pixels)  # copies of one picture stay in one inner fold (folds unchanged without copies)
+    copies = groups.max() + 1 < len(groups)
+    splitter = StratifiedGroupKFold if copies else StratifiedKFold
     search = GridSearchCV(
         SVC(kernel="rbf", gamma="scale", class_weight=class_weight), {"C": list(C_GRID)},
         cv=splitter(n_splits=max(2, min(inner_folds, smallest)), shuffle=True, random_state=seed),
         scoring="accuracy", n_jobs=min(2, os.cpu_count() or 1),
     )
-    search.fit(inputs, targets, groups=groups)
+    search.fit(inputs, targets, groups=groups if copies else None)
     scores = {str(c): float(s) for c, s in zip(C_GRID, search.cv_results_["mean_test_score"])}
     return search.best_estimator_, grey, scores
 
