@@ -361,7 +361,7 @@ def compare(
     report_dir: Annotated[Optional[Path], typer.Option("--report", help="Also write report.html (CV table, bar chart with error bars) to this folder.")] = None,
 ) -> None:
     """Cross-validate several strategies on the same folds and rank them."""
-    from transferkit.data import resolve_data
+    from transferkit.data import describe_conflicts, label_conflicts, resolve_data
     from transferkit.estimator import ImageClassifier
     from transferkit.evaluation.compare import compare_strategies, parse_strategies, strategy_params
     from transferkit.evaluation.metrics import imbalance_note, majority_class_rate
@@ -380,6 +380,9 @@ def compare(
                 "cache_dir": str(cache_dir) if cache_dir else None, "device": device, "precision": precision}
         overrides = {k: v for k, v in {"image_size": image_size, "epochs": epochs}.items() if v is not None}
         err.print(_literal(f"comparing {', '.join(names)} with {cv}-fold CV x {repeats} on {images.describe()}"))
+        conflicts = label_conflicts(images)
+        if conflicts:
+            warnings.warn(describe_conflicts(images, conflicts), stacklevel=1)
         comparison = compare_strategies(images, names, cv=cv, repeats=repeats, base=base, overrides=overrides, on_fold=_print_fold,
                                         n_jobs=jobs, backend=backend)
         out.print(comparison_table(comparison, data))
