@@ -634,3 +634,17 @@ def test_compare_prints_the_majority_class_rate_and_notes_imbalance(cli_fit, tmp
     assert result.exit_code == 0, result.output
     output = flat(result.output)
     assert "majority-class rate 0.8000 (always 'common')" in output and "imbalanced ('common' 12 vs 'rare' 3" in output
+
+
+def test_the_held_out_split_of_the_network_strategies_holds_no_copy_of_a_training_image():
+    from transferkit.strategies.network import _copies_together, _split
+
+    rng = np.random.default_rng(0)
+    unique = rng.integers(0, 256, (20, 8, 8, 3), dtype=np.uint8)
+    pixels = np.concatenate([unique, unique])  # every picture twice
+    targets = np.tile(np.arange(2), 20)
+    train, val = _split(None, targets, 0.3, seed=0)
+    train, val = _copies_together(pixel_groups(pixels), train, val)
+    digests = [row.tobytes() for row in pixels]
+    assert len(val) > 0 and not {digests[i] for i in train} & {digests[i] for i in val}
+    assert sorted(np.concatenate([train, val]).tolist()) == list(range(40))

@@ -25,6 +25,7 @@ from sklearn.utils.class_weight import compute_class_weight
 from torch import nn
 
 from transferkit.backbones import backbone_stages, create_backbone
+from transferkit.data import pixel_groups
 from transferkit.errors import ConfigError, DataError
 from transferkit.strategies.features import FeatureExtractor
 from transferkit.training.freezing import freeze, trainable_parameter_count
@@ -74,6 +75,7 @@ class NetworkStrategy(Strategy):
     def fit(self, request: FitRequest) -> FitOutcome:
         params, targets, classes = request.params, request.targets, request.classes
         train_idx, val_idx = _split(request.strata, targets, params["val_fraction"], params["seed"])
+        train_idx, val_idx = _copies_together(pixel_groups(request.pixels), train_idx, val_idx)
         request.console.print(f"training on {len(train_idx)}, validating on {len(val_idx)}")
         model, preprocessing = create_backbone(
             params["backbone"], num_classes=len(classes), pretrained=self.pretrained,
@@ -218,6 +220,15 @@ def _split(strata: np.ndarray | None, targets: np.ndarray, val_fraction: float, 
             f"({exc}); add images, lower val_fraction, or set val_fraction=0."
         ) from exc
     return np.sort(train), np.sort(val)
+
+
+def _copies_together(groups: np.ndarray, train: np.ndarray, val: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Move the training copies of validation images into the validation part: a copy the model
+    trains on is no validation (the held-out accuracy and early stopping would see it)."""
+    copied = np.isin(groups[train], groups[val])
+    if not copied.any() or copied.all():
+        return train, val
+    return train[~copied], np.sort(np.concatenate([val, train[copied]]))
 
 
 def _training_runtime(request: FitRequest, model: nn.Module, preprocessing, data: TrainData):
