@@ -143,21 +143,23 @@ def test_two_classes_that_differ_only_in_brightness_are_told_apart_at_fit_and_pr
 # 2. Transparency: a black shape on a transparent background, in every alpha encoding
 
 
-def shape_mask(size: int = 16) -> np.ndarray:
-    mask = np.zeros((size, size), bool)
-    mask[4:12, 3:10] = True
-    return mask
+def drawing(size: int = 16) -> np.ndarray:
+    """0 transparent background, 1 a black shape, 2 a gray stripe across it."""
+    levels = np.zeros((size, size), np.uint8)
+    levels[4:12, 3:10] = 1
+    levels[7:9, 3:10] = 2
+    return levels
 
 
 def transparent_icon(encoding: str, folder: Path) -> Path | Image.Image | np.ndarray:
-    """The same drawing (black shape, transparent elsewhere) in ``encoding``."""
-    mask = shape_mask()
-    alpha = np.where(mask, 255, 0).astype(np.uint8)
-    black = np.zeros(mask.shape, np.uint8)
-    key = np.where(mask, 0, 9).astype(np.uint8)  # colour-key encodings: background 9 is transparent
-    rgba = Image.fromarray(np.stack([black, black, black, alpha], axis=-1))
-    palette = Image.fromarray(np.where(mask, 0, 1).astype(np.uint8), mode="P")
-    palette.putpalette([0, 0, 0, 9, 9, 9] + [0] * 762)
+    """The same drawing (a black shape with a gray stripe, transparent elsewhere) in ``encoding``."""
+    levels = drawing()
+    alpha = np.where(levels > 0, 255, 0).astype(np.uint8)
+    gray = np.where(levels == 2, 128, 0).astype(np.uint8)
+    key = np.where(levels == 0, 9, gray).astype(np.uint8)  # colour-key encodings: background 9 is transparent
+    rgba = Image.fromarray(np.stack([gray, gray, gray, alpha], axis=-1))
+    palette = Image.fromarray(np.array([1, 0, 2], np.uint8)[levels], mode="P")  # index 1 (9, 9, 9) is transparent
+    palette.putpalette([0, 0, 0, 9, 9, 9, 128, 128, 128] + [0] * 759)
     path = folder / encoding.replace(" ", "_").replace("/", "_").replace("+", "")
     if encoding == "RGBA png":
         rgba.save(path.with_suffix(".png"))
@@ -201,7 +203,7 @@ ALPHA = ["RGBA png", "LA png", "P + transparent index png", "P + transparent ind
 
 
 def on_white() -> np.ndarray:
-    return np.where(shape_mask()[..., None], 0, 255).repeat(3, axis=-1).astype(np.uint8)
+    return np.array([255, 0, 128], np.uint8)[drawing()][..., None].repeat(3, axis=-1)
 
 
 @pytest.mark.parametrize("encoding", ALPHA)
