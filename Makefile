@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 OUT    ?= runs/elpv
 
-.PHONY: run test slow soak bench bench-auto onnx-bench docs-figures install install-dev clean
+.PHONY: run test slow soak bench bench-auto bench-decode onnx-bench docs-figures install install-dev clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -61,6 +61,10 @@ bench-auto: install-dev
 	$(BIN)/python benchmarks/datasets.py --root runs/bench/data
 	$(BIN)/python benchmarks/auto_vs_baselines.py --sets lfw digits animals spatial elpv \
 		--json runs/bench/auto_vs_baselines.json
+
+## Decoding elpv:train before and after issue 20's decoding rules, in one run (1.5-3 min).
+bench-decode: install-dev
+	cd benchmarks && ../$(BIN)/python decode_speed.py --json ../runs/bench/decode.json
 
 ## ONNX Runtime vs PyTorch (fp32, int8) on elpv:test, with the cheap svm model it needs (~3 min).
 runs/onnx_model/config.json:

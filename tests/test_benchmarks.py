@@ -73,3 +73,9 @@ def test_auto_vs_baselines_smoke(tmp_path):
     assert entry["results"]["auto"]["strategy"]
     assert entry["results"]["svm"]["strategy"] == "svm" and entry["results"]["logistic"]["strategy"] == "logistic"
     assert entry["verdict"]["pass"] in (True, False) and entry["verdict"]["best_baseline"] in ("svm", "logistic", "pixels")
+
+
+def test_decode_speed_smoke(tmp_path):
+    report = run_script("decode_speed.py", "--subset", 40, "--rounds", 1, "--image-size", 32, tmp_path=tmp_path)
+    assert report["images"] == 40 and report["same_pixels"] is True
+    assert report["after_over_before"] > 0 and report["conversion_after_ns"] > 0

@@ -212,6 +212,7 @@ def fit(
 ) -> None:
     """Fit a classifier on DATA and save it to --out."""
     from transferkit.estimator import ImageClassifier
+    from transferkit.evaluation.metrics import imbalance_note
     from transferkit.persistence import check_output_folder, save_model
 
     _check_fit_options(strategy, freeze, batch_size, c)
@@ -249,7 +250,7 @@ def fit(
         cv_report = _cross_validate_before_fit(classifier, data, cv, jobs, backend) if cv else None
         classifier.fit(data)
         history = classifier.history_["history"]
-        metrics = {"validation_accuracy": classifier.validation_score_}
+        metrics = {"validation_accuracy": classifier.validation_score_, "validation": classifier.validation_}
         save_model(classifier, out_dir, metrics=metrics)
         report = {
             "model": str(out_dir),
@@ -269,15 +270,18 @@ def fit(
             "peak_memory_mb": round(_peak_memory_mb(), 1),
             "skipped": [vars(s) for s in classifier.skipped_],
             "cv": cv_report,
+            "class_counts": classifier.class_counts_,
+            "imbalance_note": imbalance_note(classifier.class_counts_),
             "history": history,
         }
-        score = classifier.validation_score_
-        val = f"validation accuracy {score:.4f}" if score is not None else "no validation split"
+        val = _describe_validation(classifier.validation_)
         if classifier.advice_ is not None and quiet:
             # Without --quiet the estimator has already printed the choice and its reasons.
             out.print(f"strategy auto chose {report['strategy']}:")
             for reason in classifier.advice_.recommendation.reasons:
                 out.print(f"  - {reason}", markup=False, highlight=False)
+        if quiet and report["imbalance_note"]:
+            err.print(_literal(f"note: {report['imbalance_note']}"))  # without --quiet the estimator printed it
         if quiet and classifier.skipped_:
             # Without --quiet the estimator has listed them; with it, still never drop a file unmentioned.
             err.print(_literal(f"skipped {len(classifier.skipped_)} file(s):"))
@@ -290,27 +294,43 @@ def fit(
         _write_json(json_path, report)
 
 
+def _describe_validation(validation: dict[str, Any] | None) -> str:
+    """The fit's own score, named by what it is, next to the majority-class rate."""
+    if validation is None:
+        return "no validation score (C given, or --val-fraction 0)"
+    balanced = "" if validation["balanced_accuracy"] is None else f", balanced accuracy {validation['balanced_accuracy']:.4f}"
+    what = "inner-CV accuracy of the chosen C" if validation["kind"] == "inner CV" else "held-out split accuracy"
+    return f"{what} {validation['accuracy']:.4f} (majority-class rate {validation['majority_class_rate']:.4f}{balanced})"
+
+
 def _cross_validate_before_fit(classifier, data: str, cv: int, jobs: int = 1, backend: str | None = None) -> dict[str, Any]:
     from sklearn.base import clone
 
-    from transferkit.data import decode_images, resolve_data
+    from transferkit.data import decode_images, duplicate_groups, resolve_data
     from transferkit.evaluation.cv import cross_validate, make_folds
+    from transferkit.evaluation.metrics import majority_class_rate
 
     images = resolve_data(data, skip_bad=classifier.skip_bad)
     size = classifier.image_size if classifier.image_size != "auto" else _default_size(classifier.backbone)
     decoded = decode_images(images, size, skip_bad=classifier.skip_bad, cache_dir=classifier.cache_dir, progress=classifier.verbose)
     images = images.subset(decoded.indices)
-    groups = None if images.groups is None else np.asarray(images.groups)
+    groups = duplicate_groups(images)  # exact copies of one picture stay in one fold
     folds = make_folds(np.asarray(images.labels), cv=cv, groups=groups, seed=classifier.seed)
     quiet = clone(classifier).set_params(verbose=False, checkpoint_dir=None, resume=False)
     result = cross_validate(quiet, decoded.pixels, np.asarray(images.labels), folds, on_fold=_print_fold, n_jobs=jobs, backend=backend)
     low, high = result.ci95
-    out.print(f"{cv}-fold CV accuracy {result.mean:.4f} ± {result.std:.4f} (95% interval {low:.4f}-{high:.4f}); refitting on all data")
-    return result.to_dict()
+    rate, _ = majority_class_rate(images.labels)
+    balanced = float(np.mean([fold.balanced_accuracy for fold in result.folds]))
+    out.print(f"{cv}-fold CV accuracy {result.mean:.4f} ± {result.std:.4f} (95% interval {low:.4f}-{high:.4f}; majority-class rate "
+              f"{rate:.4f}, balanced accuracy {balanced:.4f}); refitting on all data")
+    report = result.to_dict()
+    report["majority_class_rate"] = rate
+    report["grouped_copies"] = 0 if groups is None else int(len(groups) - len(np.unique(groups)))
+    return report
 
 
 def _print_fold(strategy: str, score) -> None:
-    err.print(f"  {strategy} fold {score.fold}: accuracy {score.accuracy:.4f}  ({score.fit_seconds:.0f} s)")
+    err.print(f"  {strategy} fold {score.fold}: accuracy {score.accuracy:.4f}, balanced {score.balanced_accuracy:.4f}  ({score.fit_seconds:.0f} s)")
 
 
 def _default_size(backbone: str) -> int:
@@ -341,9 +361,10 @@ def compare(
     report_dir: Annotated[Optional[Path], typer.Option("--report", help="Also write report.html (CV table, bar chart with error bars) to this folder.")] = None,
 ) -> None:
     """Cross-validate several strategies on the same folds and rank them."""
-    from transferkit.data import resolve_data
+    from transferkit.data import describe_conflicts, label_conflicts, resolve_data
     from transferkit.estimator import ImageClassifier
     from transferkit.evaluation.compare import compare_strategies, parse_strategies, strategy_params
+    from transferkit.evaluation.metrics import imbalance_note, majority_class_rate
     from transferkit.persistence import check_output_folder, save_model
     from transferkit.report import plot_comparison
     from transferkit.report.tables import comparison_table
@@ -359,12 +380,21 @@ def compare(
                 "cache_dir": str(cache_dir) if cache_dir else None, "device": device, "precision": precision}
         overrides = {k: v for k, v in {"image_size": image_size, "epochs": epochs}.items() if v is not None}
         err.print(_literal(f"comparing {', '.join(names)} with {cv}-fold CV x {repeats} on {images.describe()}"))
+        conflicts = label_conflicts(images)
+        if conflicts:
+            warnings.warn(describe_conflicts(images, conflicts), stacklevel=1)
         comparison = compare_strategies(images, names, cv=cv, repeats=repeats, base=base, overrides=overrides, on_fold=_print_fold,
                                         n_jobs=jobs, backend=backend)
         out.print(comparison_table(comparison, data))
         best = comparison.best.strategy
-        out.print(f"best: {best} (* above); {comparison.seconds:.0f} s in all")
+        rate, majority = majority_class_rate(images.labels)
+        out.print(_literal(f"best: {best} (* above); CV accuracies against the majority-class rate {rate:.4f} (always {majority!r}); "
+                           f"{comparison.seconds:.0f} s in all"))
+        note = imbalance_note(images.labels)
+        if note is not None:
+            err.print(_literal(f"note: {note}"))
         report = comparison.to_dict()
+        report["majority_class_rate"] = rate
         plot = plot or (json_path.with_suffix(".png") if json_path else (out_dir / "compare.png" if out_dir else None))
         if out_dir is not None:  # before the plot: the model folder is swapped in whole
             params = strategy_params(best, base, overrides)
@@ -508,7 +538,7 @@ def evaluate(
     """Score a saved model on labelled DATA: accuracy, balanced accuracy, macro-F1, confusion matrix."""
     from collections import Counter
 
-    from transferkit.data import resolve_data
+    from transferkit.data import resolve_data, train_test_overlap
     from transferkit.data.builtin import binary_metrics_if_builtin
     from transferkit.errors import DataError
     from transferkit.evaluation import classification_metrics
@@ -533,18 +563,33 @@ def evaluate(
         classes = [str(c) for c in classifier.classes_] + sorted(unknown)
         metrics = classification_metrics(images.labels, predictions, classes)
         metrics["unknown_classes"] = dict(sorted(unknown.items()))
+        metrics["train_test_overlap"] = train_test_overlap(classifier.training_digests_, images)
         metrics.update(binary_metrics_if_builtin(data, images.labels, predictions))
         metrics["seconds"] = round(time.perf_counter() - started, 1)
         if unknown:
             err.print(_literal(f"scoring {sum(unknown.values())} image(s) of unknown classes ({', '.join(sorted(unknown))}) as errors"))
+        _warn_about_test_data(metrics)
         out.print(metrics_table(metrics, title=f"{model_dir} on {data} (n={metrics['n']})"))
-        summary = f"accuracy {metrics['accuracy']:.4f}  balanced accuracy {metrics['balanced_accuracy']:.4f}  macro-F1 {metrics['macro_f1']:.4f}"
+        summary = (f"test accuracy {metrics['accuracy']:.4f} (majority-class rate {metrics['majority_class_rate']:.4f})  "
+                   f"balanced accuracy {metrics['balanced_accuracy']:.4f}  macro-F1 {metrics['macro_f1']:.4f}")
         if "binary_accuracy" in metrics:
             summary += f"  binary accuracy {metrics['binary_accuracy']:.4f}"
         out.print(summary)
         _write_json(json_path, metrics)
         if report_dir is not None:
             _write_model_report(model_dir, data, report_dir, classifier=classifier, images=images)
+
+
+def _warn_about_test_data(metrics: dict[str, Any]) -> None:
+    overlap, absent = metrics.get("train_test_overlap"), metrics.get("absent_classes") or []
+    if overlap:
+        err.print(Text("warning: ", style="yellow") + _literal(
+            f"{overlap} of the {metrics['n']} test images are byte copies of training images: the model has seen "
+            "them, so these scores overstate what it does on new images. Remove the copies from the test data."))
+    if absent:
+        err.print(Text("note: ", style="yellow") + _literal(
+            f"no test images of {', '.join(repr(c) for c in absent)}: balanced accuracy and macro-F1 average over the "
+            f"{len(metrics['classes']) - len(absent)} classes present."))
 
 
 @app.command()

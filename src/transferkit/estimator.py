@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+import warnings
 from typing import Any, Callable, Literal
 
 import numpy as np
@@ -21,8 +22,12 @@ from transferkit.advise import Advice, advise
 from transferkit.advise.select import Speeds, search_auto
 from transferkit.backbones import Preprocessing, get_backbone_spec
 from transferkit.constraints import AUTO, InstanceOf, Interval, Options, Registered, Satisfies, validate_params
-from transferkit.data import ImageSet, check_classes, decode_images, is_decoded, load_pixels, resolve_data
+from transferkit.data import (
+    ImageSet, check_classes, content_digests, decode_images, describe_conflicts, duplicate_groups, is_decoded, label_conflicts,
+    load_pixels, resolve_data,
+)
 from transferkit.errors import ConfigError, DataError, NotFittedError
+from transferkit.evaluation.metrics import imbalance_note, majority_class_rate
 from transferkit.strategies import FitRequest, Settings, get_strategy, list_strategies
 from transferkit.strategies.features import SYMMETRIES, FeatureExtractor, symmetric_features
 from transferkit.search import Arena
@@ -143,6 +148,15 @@ class ImageClassifier(ClassifierMixin, BaseEstimator):
     skipped_ : list of SkippedFile
         Images left out by ``skip_bad``.
     fit_seconds_ : float
+    validation_ : dict or None
+        What ``validation_score_`` is (``"inner CV"`` of the chosen C, or the ``"held-out
+        split"`` of early stopping), with its balanced accuracy where measured and the
+        majority-class rate of the training data (:func:`validation_summary`).
+    class_counts_ : dict of str to int
+        Training images per class (after ``skip_bad``).
+    training_digests_ : list of str or None
+        Content hashes of the training images (``transferkit.data.content_digests``), saved
+        with the model so that ``evaluate`` counts the test images it was trained on.
 
     Examples
     --------
@@ -278,10 +292,17 @@ class ImageClassifier(ClassifierMixin, BaseEstimator):
         check_classes(images, min_per_class=2 if needs_split else 1, purpose="a stratified split")
         for item in skipped:
             console.print(f"skipped {item.path}: {item.reason}")
+        digests = content_digests(images)  # kept with the model: evaluate says which test images it has seen
+        conflicts = label_conflicts(images, digests)
+        if conflicts:
+            warnings.warn(describe_conflicts(images, conflicts), stacklevel=2)
 
         classes = np.array(images.classes)
         targets = np.searchsorted(classes, np.asarray(images.labels))
         console.print(f"data: {len(images)} images, {len(classes)} classes; {settings.image_size}x{settings.image_size} px; {runtime.describe()}")
+        note = imbalance_note(images.labels)  # for every strategy: accuracy alone misleads here
+        if note is not None:
+            console.print(f"note: {note}")
         torch.manual_seed(self.seed)  # the new head's (and scratch's) initial weights
         request = FitRequest(
             pixels=pixels, targets=targets, classes=classes, settings=settings, params=self.get_params(),
@@ -294,14 +315,16 @@ class ImageClassifier(ClassifierMixin, BaseEstimator):
         self._set_fitted(
             classes=classes, model=outcome.model, preprocessing=outcome.preprocessing, image_size=settings.image_size,
             settings=settings.to_dict(), history=outcome.history, plan=outcome.plan, advice=advice, skipped=skipped,
-            n_train=len(targets), fit_seconds=time.perf_counter() - started,
+            n_train=len(targets), fit_seconds=time.perf_counter() - started, training_digests=digests,
         )
+        self.class_counts_ = {str(c): int(n) for c, n in zip(classes, np.bincount(targets, minlength=len(classes)))}
+        self.validation_ = validation_summary(self.history_, self.class_counts_)
         return self
 
     def _set_fitted(
         self, *, classes, model, preprocessing: Preprocessing, image_size: int, settings: dict[str, Any],
         history: dict[str, Any], plan=None, advice: Advice | None = None, skipped=(), n_train: int | None = None,
-        fit_seconds: float | None = None, metrics: dict[str, Any] | None = None,
+        fit_seconds: float | None = None, metrics: dict[str, Any] | None = None, training_digests=None,
     ) -> None:
         """Set every fitted attribute; ``fit`` and :func:`transferkit.load` both come through here."""
         self.classes_ = np.asarray(classes)
@@ -315,9 +338,11 @@ class ImageClassifier(ClassifierMixin, BaseEstimator):
         self.skipped_ = list(skipped)
         self.n_train_ = n_train
         self.validation_score_ = validation_score(history)
+        self.validation_ = None  # fit labels it (validation_summary); a loaded model keeps metrics_
         self.fit_seconds_ = fit_seconds
         self.estimated_fit_seconds_ = estimated_fit_seconds(advice)
         self.metrics_ = dict(metrics or {})
+        self.training_digests_ = None if training_digests is None else list(training_digests)
 
     # ------------------------------------------------------------ predict
     def predict_proba(self, X: Any) -> np.ndarray:
@@ -393,7 +418,7 @@ class ImageClassifier(ClassifierMixin, BaseEstimator):
         found = search_auto(
             arena, advice.facts, advice.recommendation, backbone_size=spec.preprocessing.input_size,
             fixed=self._fixed_settings(), speeds=Speeds(self.backbone, self.weights, runtime) if budget is not None else None,
-            budget_seconds=budget, groups=None if images.groups is None else np.asarray(images.groups),
+            budget_seconds=budget, groups=duplicate_groups(images),
             on_event=lambda line: console.print(line, markup=False, highlight=False), started=started,
         )
         recommendation = advice.recommendation
@@ -485,6 +510,26 @@ def estimated_fit_seconds(advice: Advice | None) -> float | None:
     chosen = advice.search.chosen
     refit = 0.0 if chosen.outcome is not None else chosen.seconds - chosen.extract_seconds
     return advice.seconds + advice.search.seconds + refit
+
+
+def validation_summary(history: dict[str, Any], labels) -> dict[str, Any] | None:
+    """``validation_score`` labelled by what it is, next to the majority-class rate of ``labels``.
+
+    ``{"kind": "inner CV" | "held-out split", "accuracy", "balanced_accuracy" (None where not
+    measured), "majority_class_rate", "majority_class"}``; None when there was no validation.
+    """
+    score = validation_score(history)
+    if score is None:
+        return None
+    rate, majority = majority_class_rate(labels)
+    linear = history.get("linear") or {}
+    if linear.get("inner_cv"):
+        best = max(linear["inner_cv"], key=linear["inner_cv"].get)
+        balanced = (linear.get("inner_cv_balanced") or {}).get(best)
+        kind = "inner CV"
+    else:
+        balanced, kind = None, "held-out split"
+    return {"kind": kind, "accuracy": score, "balanced_accuracy": balanced, "majority_class_rate": rate, "majority_class": majority}
 
 
 def validation_score(history: dict[str, Any]) -> float | None:

@@ -161,7 +161,23 @@ def _config(classifier, metrics: dict[str, Any] | None, weights_sha256: str) -> 
         "history": classifier.history_,
         "metrics": metrics or {},
         "weights_sha256": weights_sha256,
+        # One content hash per training image (transferkit.data.content_digests): `evaluate`
+        # counts the test images the model was trained on (a copied file is no test).
+        "training_images": _training_images(classifier),
     }
+
+
+def _training_images(classifier) -> dict[str, Any] | None:
+    digests = getattr(classifier, "training_digests_", None)
+    return None if digests is None else {"hash": "sha256-128", "digests": list(digests)}
+
+
+def training_digests(config: dict[str, Any]) -> list[str] | None:
+    """The training images' content hashes a model folder's config holds (None: an older model)."""
+    record = config.get("training_images")
+    if not isinstance(record, dict) or record.get("hash") != "sha256-128" or not isinstance(record.get("digests"), list):
+        return None
+    return [str(d) for d in record["digests"]]
 
 
 def _step(name: str) -> None:
@@ -413,6 +429,7 @@ def _load(folder: Path, *, device: str, precision: str, cache_dir: str | bool | 
         classes=config["classes"], model=model, preprocessing=Preprocessing.from_dict(config["preprocessing"]),
         image_size=config["image_size"], settings=config.get("settings") or {"strategy": config.get("strategy")},
         history=config.get("history") or {}, metrics=config.get("metrics"),
+        training_digests=training_digests(config),
         # the advisor's measurements stay readable in config.json["advice"]
     )
     return classifier

@@ -37,6 +37,7 @@ import numpy as np
 
 from transferkit.advise.facts import DataFacts
 from transferkit.advise.rules import Recommendation
+from transferkit.data import pixel_groups
 from transferkit.search import Arena, Candidate, CandidateSearch, Trial, winner
 from transferkit.strategies import get_strategy
 from transferkit.strategies.features import SYMMETRIES, FeatureExtractor, symmetric_features
@@ -250,7 +251,7 @@ def measure_symmetry(arena: Arena, fold, size: int, class_weight: str | None) ->
     pixels = arena.pixels_at(size)
     train, test = np.sort(fold[0]), np.sort(fold[1])
     features = symmetric_features(extractor, pixels[train])
-    pipeline, _ = fit_linear_classifier(features, arena.targets[train], np.arange(len(train)), strategy="svm", C=None,
+    pipeline, _ = fit_linear_classifier(features, arena.targets[train], pixel_groups(pixels[train]), strategy="svm", C=None,
                                         seed=int(params.get("seed", 0)), class_weight=class_weight)
     views = {"none": pixels[test], "horizontal": pixels[test][:, :, ::-1], "vertical": pixels[test][:, ::-1]}
     accuracy = {name: float(pipeline.score(extractor.transform(np.ascontiguousarray(view)), arena.targets[test]))

@@ -13,7 +13,10 @@ Examples
 """
 
 from transferkit.data.builtin import BUILTIN_DATASETS, elpv_defective, load_elpv
-from transferkit.data.decode import DecodedImages, decode_images, default_cache_dir, read_image
+from transferkit.data.decode import ALPHA_BACKGROUND, DecodedImages, decode_images, default_cache_dir, read_image
+from transferkit.data.duplicates import (
+    content_digests, describe_conflicts, duplicate_groups, label_conflicts, pixel_groups, train_test_overlap,
+)
 from transferkit.data.export import export_image_folders
 from transferkit.data.pixels import as_unlabelled, is_decoded, load_pixels
 from transferkit.data.sources import (
@@ -28,6 +31,7 @@ from transferkit.data.sources import (
 )
 
 __all__ = [
+    "ALPHA_BACKGROUND",
     "BUILTIN_DATASETS",
     "IMAGE_EXTENSIONS",
     "DecodedImages",
@@ -35,16 +39,22 @@ __all__ = [
     "SkippedFile",
     "as_unlabelled",
     "check_classes",
+    "content_digests",
     "decode_images",
     "default_cache_dir",
+    "describe_conflicts",
+    "duplicate_groups",
     "elpv_defective",
     "export_image_folders",
     "find_images",
     "is_decoded",
+    "label_conflicts",
     "load_pixels",
     "load_elpv",
+    "pixel_groups",
     "read_image",
     "register_dataset",
     "resolve_data",
     "stratified_sample",
+    "train_test_overlap",
 ]

@@ -24,7 +24,7 @@ import PIL
 from PIL import Image, ImageOps
 
 from transferkit.data.sources import ImageSet, SkippedFile, _list_bad
-from transferkit.data.validate import file_problem
+from transferkit.data.validate import file_problem, unreadable_format
 from transferkit.errors import ConfigError, DataError
 
 Interpolation = Literal["nearest", "bilinear", "bicubic", "lanczos", "box", "hamming"]
@@ -38,7 +38,10 @@ _RESAMPLE = {
     "hamming": Image.Resampling.HAMMING,
 }
 #: Bump when the decoded pixels would change for the same inputs (conversion, resize, layout).
-CACHE_FORMAT_VERSION = 2  # 2: the entry's JSON holds the SHA-256 of the pixels, checked on load
+CACHE_FORMAT_VERSION = 3  # 2: the entry's JSON holds the SHA-256 of the pixels; 3: bit-depth scale, white alpha background
+ALPHA_BACKGROUND = 255
+"""The background every transparent pixel is composited onto: white (255 in each channel),
+as an image viewer or a web page shows a transparent icon."""
 _PROGRESS_MIN_IMAGES = 200  # below this a progress bar is only flicker
 _MAX_WORKERS = 8  # threads: PIL releases the GIL while decoding and resizing
 _HASH_CHUNK = 1 << 20
@@ -79,16 +82,22 @@ def default_cache_dir() -> Path:
 def read_image(source: str | os.PathLike | np.ndarray | Image.Image) -> Image.Image:
     """Read one image as an RGB :class:`PIL.Image.Image`, whatever its mode.
 
+    The decoding rules (README, "Data"), the same at fit, predict, in the ONNX predictor and
+    in the server, since all of them come through here:
+
     - grayscale ``L`` and ``1`` are replicated to the 3 channels;
-    - 16-bit (``I;16*``), 32-bit integer (``I``) and float (``F``) images are scaled to 0-255
-      by their actual range (min to max), not clipped, so a 12-bit sensor image keeps its
-      contrast; a constant image maps to its value relative to the format's full range;
-    - palette images (``P``, ``PA``) are expanded, honouring a transparent colour;
-    - images with alpha (``RGBA``, ``LA``, ``PA``, ...) are composited **on black**:
-      transparent pixels become black, half-transparent ones are darkened;
+    - high bit depths get **one scale from the bit depth**, never the image's own range, so
+      a dark and a bright copy of a picture stay different: 16-bit (``I;16``, ``I;16B`` ...,
+      16-bit PNG and TIFF) and 32-bit integer (``I``, read as 16-bit values) map 0-65535 to
+      0-255 (``v / 257``, values outside clipped); float (``F``) maps 0.0-1.0 to 0-255
+      (outside clipped, NaN 0); 48-bit RGB keeps Pillow's 8 high bits per channel;
+    - every kind of transparency (``RGBA``, ``LA``, ``PA``, ``La``, ``RGBa``, a palette with
+      a transparent index, an ``L``/``RGB``/16-bit image with a tRNS colour key) is
+      composited the same way onto one background, :data:`ALPHA_BACKGROUND` (white):
+      ``colour * alpha + white * (1 - alpha)``;
     - ``CMYK``, ``YCbCr`` and other colour modes use PIL's conversion;
     - the EXIF orientation tag is applied (a phone photo comes out upright);
-    - multi-frame files (GIF, TIFF) give their first frame.
+    - multi-frame files (GIF, TIFF, animated WebP) give their first frame.
 
     Parameters
     ----------
@@ -225,7 +234,7 @@ def _open(source: Any) -> Image.Image:
     except FileNotFoundError as error:
         raise _UnreadableImage("file not found") from error
     except Image.UnidentifiedImageError as error:
-        raise _UnreadableImage("not an image file Pillow can read") from error
+        raise _UnreadableImage(unreadable_format(path) or "not an image file Pillow can read") from error
     except Exception as error:  # noqa: BLE001
         # Truncated files raise OSError ("image file is truncated"), but malformed headers can
         # make a Pillow plugin raise almost anything (SyntaxError, struct.error, IndexError...):
@@ -247,50 +256,43 @@ def _image_from_array(array: np.ndarray) -> Image.Image:
 
 def _to_gray_or_rgb(image: Image.Image) -> Image.Image:
     mode = image.mode
-    if mode in ("L", "RGB"):
-        return image
+    if mode in ("L", "RGB") and "transparency" not in image.info:
+        return image  # the common case (ELPV, photos): nothing to do
+    if mode.startswith("I") or mode == "F":
+        return _high_bit_depth(image)
+    if image.has_transparency_data:
+        gray = mode in ("1", "L", "LA", "La")
+        return _composite(np.asarray(image.convert("LA" if gray else "RGBA")))
     if mode == "1":
         return image.convert("L")
-    if mode == "P":
-        if "transparency" not in image.info:
-            return image.convert("RGB")
-        image, mode = image.convert("RGBA"), "RGBA"
-    if mode in ("PA", "RGBa", "La"):
-        image, mode = image.convert("RGBA"), "RGBA"
-    if mode in ("RGBA", "LA"):
-        return _composite_on_black(np.asarray(image))
-    if mode.startswith("I") or mode == "F":
-        return _scale_to_8bit(image)
     return image.convert("RGB")
 
 
-def _composite_on_black(pixels: np.ndarray) -> Image.Image:
-    """``LA``/``RGBA`` pixels over a black background: colour * alpha / 255, rounded."""
+def _composite(pixels: np.ndarray) -> Image.Image:
+    """``LA``/``RGBA`` pixels over :data:`ALPHA_BACKGROUND`: ``(c * a + bg * (255 - a)) / 255``, rounded."""
     alpha = pixels[..., -1:].astype(np.uint16)
-    out = ((pixels[..., :-1].astype(np.uint16) * alpha + 127) // 255).astype(np.uint8)
-    if out.shape[-1] == 1:
-        return Image.fromarray(out[..., 0])
-    return Image.fromarray(out)
+    colour = pixels[..., :-1].astype(np.uint16)
+    out = ((colour * alpha + ALPHA_BACKGROUND * (255 - alpha) + 127) // 255).astype(np.uint8)
+    return Image.fromarray(out[..., 0] if out.shape[-1] == 1 else out)
 
 
-def _scale_to_8bit(image: Image.Image) -> Image.Image:
-    """16-bit, 32-bit and float gray to 8 bit by the image's own min-max range."""
-    values = np.asarray(image).astype(np.float64)
-    finite = np.isfinite(values)
-    if not finite.any():
-        return Image.new("L", image.size, 0)
-    lo, hi = float(values[finite].min()), float(values[finite].max())
-    if hi > lo:
-        scaled = (np.where(finite, values, lo) - lo) * (255.0 / (hi - lo))
-    else:  # constant image: keep its brightness relative to the format's full range
-        if image.mode == "F":
-            full = 1.0 if 0.0 <= lo <= 1.0 else 255.0
-        elif image.mode.startswith("I;16") or lo > 255:
-            full = 65535.0
-        else:
-            full = 255.0
-        scaled = np.full(values.shape, min(max(lo / full, 0.0), 1.0) * 255.0)
-    return Image.fromarray(np.rint(scaled).astype(np.uint8))
+def _high_bit_depth(image: Image.Image) -> Image.Image:
+    """16-bit, 32-bit and float gray to 8 bit by one scale fixed by the mode (never per image).
+
+    Integer modes: 0-65535 -> 0-255 (``I`` is read as 16-bit values; outside clipped).
+    ``F``: 0.0-1.0 -> 0-255 (outside clipped, NaN -> 0). A tRNS colour key is honoured.
+    """
+    values = np.asarray(image)
+    if image.mode == "F":
+        scaled = np.rint(np.clip(np.nan_to_num(values, nan=0.0), 0.0, 1.0) * 255.0).astype(np.uint8)
+    else:
+        wide = np.clip(values, 0, 65535).astype(np.uint32) if image.mode == "I" else values.astype(np.uint32)
+        scaled = ((wide + 128) // 257).astype(np.uint8)
+    key = image.info.get("transparency")
+    if isinstance(key, (int, float)) and not isinstance(key, bool):
+        alpha = np.where(values == key, 0, 255).astype(np.uint8)
+        return _composite(np.stack([scaled, alpha], axis=-1))
+    return Image.fromarray(scaled)
 
 
 def _name_of(source: Any) -> str:

@@ -10,6 +10,8 @@ from __future__ import annotations
 import csv
 import io
 import os
+import re
+import warnings
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -24,7 +26,9 @@ from transferkit.data.validate import (
     image_extensions,
     is_inside,
     read_text,
+    clutter_reason,
     sniff_image,
+    unreadable_format,
     walk_images,
 )
 from transferkit.errors import DataError
@@ -268,6 +272,8 @@ def find_images(inputs: Sequence[str | os.PathLike]) -> list[str]:
         if problem is not None:
             raise DataError(f"cannot read image {path}: {problem}.")
         if not (_is_image_name(path) or sniff_image(path)):
+            if (unknown := unreadable_format(path)) is not None:
+                raise DataError(f"cannot read image {path}: {unknown}.")
             raise DataError(f"expected an image file ({_extensions_hint()}) or a folder. Received: {path}")
         found.add(path)
     if not found:
@@ -345,7 +351,15 @@ def _resolve_path(path: str, labels: Any, *, skip_bad: bool) -> ImageSet:
 
 def _from_folder(root: str, *, skip_bad: bool = False) -> ImageSet:
     entries = sorted(os.scandir(root), key=lambda e: e.name)
-    class_dirs = [e.name for e in entries if not e.name.startswith(".") and _is_dir(e)]
+    ignored: list[SkippedFile] = []
+    class_dirs = []
+    for entry in entries:
+        clutter = clutter_reason(entry.name, folder=_is_dir(entry))
+        if clutter is not None:
+            ignored.append(SkippedFile(entry.path, clutter))
+        elif not entry.name.startswith(".") and _is_dir(entry):
+            class_dirs.append(entry.name)
+    _check_layout(root, class_dirs)
     if not class_dirs:
         loose = any(_is_image_name(e.name) for e in entries if e.is_file())
         hint = (
@@ -358,7 +372,6 @@ def _from_folder(root: str, *, skip_bad: bool = False) -> ImageSet:
     sources: list[str] = []
     labels: list[str] = []
     problems: list[SkippedFile] = []
-    ignored: list[SkippedFile] = []
     visited: set[str] = set()
     for name in class_dirs:
         folder = os.path.join(root, name)
@@ -390,11 +403,77 @@ def _from_folder(root: str, *, skip_bad: bool = False) -> ImageSet:
     return imageset
 
 
+_SPLIT_NAME = re.compile(r"(train|training|test|testing|val|valid|validation|dev|eval|evaluation|holdout)([ _-]?(set|data|images|split))?", re.I)
+
+
+def _check_layout(root: str, class_dirs: list[str]) -> None:
+    """Stop (or warn) when ``root`` is one level too high: its "classes" hold the classes.
+
+    ``DATA/{train,test}/{a,b}`` given as ``DATA`` would train the classes "train" and "test".
+    Split-like names holding sub-folders stop with a hint; other class folders that all hold
+    the same 2+ sub-folders and no image of their own get a warning (nested folders are allowed).
+    """
+    inner = {name: _sub_folders(os.path.join(root, name)) for name in class_dirs}
+    if not class_dirs or not all(inner.values()):
+        return
+    shown = ", ".join(sorted(set().union(*inner.values()))[:8])
+    if all(_SPLIT_NAME.fullmatch(name) for name in class_dirs):
+        train = next((c for c in class_dirs if c.lower().startswith("train")), class_dirs[0])
+        other = next((c for c in class_dirs if c != train), train)
+        raise DataError(
+            f"{root} holds the folders {', '.join(class_dirs)}, which look like splits of one data set, each with "
+            f"class folders inside ({shown}); training on it would learn the classes {', '.join(repr(c) for c in class_dirs)}. "
+            f"Pass one split, e.g. `transferkit fit {os.path.join(root, train)}`, and evaluate on another "
+            f"(`transferkit evaluate MODEL {os.path.join(root, other)}`)."
+        )
+    sets = {frozenset(folders) for folders in inner.values()}
+    if len(class_dirs) >= 2 and len(sets) == 1 and len(next(iter(sets))) >= 2 and not any(_has_loose_images(os.path.join(root, c)) for c in class_dirs):
+        warnings.warn(
+            f"every class folder of {root} ({', '.join(class_dirs)}) holds the same sub-folders ({shown}) and no image of its "
+            f"own: if those sub-folders are the classes, pass each of {', '.join(class_dirs)} as its own data set.",
+            stacklevel=4,
+        )
+
+
+def _sub_folders(folder: str) -> set[str]:
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return set()
+    return {e.name for e in entries if not e.name.startswith(".") and clutter_reason(e.name, folder=True) is None and _is_dir(e)}
+
+
+def _has_loose_images(folder: str) -> bool:
+    try:
+        return any(_is_image_name(e.name) for e in os.scandir(folder) if not e.name.startswith("."))
+    except OSError:
+        return False
+
+
 def _is_dir(entry: os.DirEntry) -> bool:
     try:
         return entry.is_dir(follow_symlinks=True)
     except OSError:
         return False
+
+
+def _csv_path(base: str, cell: str) -> tuple[str, str | None]:
+    """The absolute file a CSV cell names and :func:`file_problem`'s verdict on it.
+
+    A path written on Windows (``images\\a\\x.png``) is read with ``/`` when it does not exist
+    as written; a Windows drive path (``C:\\...``) is named as the cause when it is not found.
+    """
+    file = os.path.abspath(os.path.join(base, os.path.expanduser(cell)))
+    problem = file_problem(file)
+    if problem != "file not found" or "\\" not in cell or os.sep == "\\":
+        return file, problem
+    if re.match(r"[A-Za-z]:\\", cell):
+        return file, "file not found: a Windows path with a drive letter; write the paths relative to the CSV's folder"
+    unix = os.path.abspath(os.path.join(base, cell.replace("\\", "/")))
+    unix_problem = file_problem(unix)
+    if unix_problem is None:
+        return unix, None
+    return file, f"{unix_problem} (the path's Windows backslashes were also read as /: {unix})"
 
 
 def _from_csv(csv_path: str, *, skip_bad: bool) -> ImageSet:
@@ -431,8 +510,7 @@ def _from_csv(csv_path: str, *, skip_bad: bool) -> ImageSet:
             if len(cells) <= max(needed) or not cells[i_path]:
                 raise DataError(f"line {line} of {csv_path}: expected a path and a label. Received: {row}")
             label = check_label(cells[i_label], f"line {line} of {csv_path} ({cells[i_path]})")
-            file = os.path.abspath(os.path.join(base, os.path.expanduser(cells[i_path])))
-            problem = file_problem(file)
+            file, problem = _csv_path(base, cells[i_path])
             if problem is not None:
                 bad.append(SkippedFile(file, f"{where}: {problem}"))
                 continue

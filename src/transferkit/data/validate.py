@@ -11,6 +11,11 @@
   UTF-8; anything else is refused with the line and byte that do not decode.
 - :func:`check_label`: one label, refused when missing (empty, ``NaN``, ``None``) or not a
   scalar (a list, an array row), with where it came from.
+- :func:`unreadable_format`: names a format Pillow cannot read without a plugin (HEIC/HEIF
+  phone photos) and how to read it; :func:`register_optional_openers` reads them when
+  ``pillow-heif`` is installed.
+- OS clutter (:func:`clutter_reason`): ``__MACOSX/`` folders and AppleDouble ``._*`` files of a
+  Mac zip, ``Thumbs.db``, ``desktop.ini`` ... are left out of every folder and listed.
 """
 
 from __future__ import annotations
@@ -30,6 +35,64 @@ from transferkit.errors import DataError
 MISSING_LABELS: frozenset[str] = frozenset({"", "nan", "-nan", "none", "null", "<na>", "n/a", "#n/a"})
 
 _SNIFF_MAX_BYTES = 1 << 30  # header sniffing of files bigger than this is not worth it
+_HEIF_BRANDS = frozenset({b"heic", b"heix", b"hevc", b"hevx", b"heim", b"heis", b"hevm", b"hevs", b"mif1", b"msf1"})
+HEIF_HINT = "a HEIC/HEIF image (the phone photo format): Pillow reads it only with the pillow-heif plugin (pip install pillow-heif)"
+_CLUTTER_FOLDERS = {
+    "__MACOSX": "macOS zip metadata folder, not a class",
+    "$RECYCLE.BIN": "Windows recycle bin",
+    "System Volume Information": "Windows system folder",
+    "@eaDir": "Synology thumbnail folder",
+}
+_CLUTTER_FILES = {"thumbs.db": "Windows thumbnail cache", "desktop.ini": "Windows folder settings"}
+
+
+def clutter_reason(name: str, *, folder: bool) -> str | None:
+    """Why an entry called ``name`` is operating-system clutter (left out and listed), or None.
+
+    Other hidden entries (``.DS_Store``, ``.ipynb_checkpoints``) are skipped without a word.
+    """
+    if folder:
+        reason = _CLUTTER_FOLDERS.get(name)
+    elif name.startswith("._"):
+        reason = "AppleDouble file (macOS metadata of a zip), not an image"
+    else:
+        reason = _CLUTTER_FILES.get(name.lower())
+    return None if reason is None else f"{reason}: left out"
+
+
+def register_optional_openers() -> None:
+    """Let Pillow open HEIC/HEIF files when the optional ``pillow-heif`` plugin is installed."""
+    try:
+        import pillow_heif
+    except ImportError:
+        return
+    pillow_heif.register_heif_opener()
+
+
+def unreadable_format(source: str | bytes) -> str | None:
+    """A known format Pillow cannot read here, named with how to read it; None otherwise.
+
+    ``source`` is a file path or the file's first bytes. Recognises HEIC/HEIF by its ISO-BMFF
+    ``ftyp`` box (AVIF, the same container, is left to Pillow).
+    """
+    head = source[:64] if isinstance(source, bytes) else _head(source)
+    if len(head) < 12 or head[4:8] != b"ftyp":
+        return None
+    size = int.from_bytes(head[:4], "big")
+    brands = {head[8:12]} | {head[i : i + 4] for i in range(16, min(size, len(head)) - 3, 4)}
+    if b"avif" in brands or b"avis" in brands or not brands & _HEIF_BRANDS:
+        return None
+    return HEIF_HINT
+
+
+def _head(path: str) -> bytes:
+    if file_problem(path) is not None:
+        return b""
+    try:
+        with open(path, "rb") as handle:
+            return handle.read(64)
+    except OSError:
+        return b""
 
 
 def file_problem(path: str) -> str | None:
@@ -72,6 +135,7 @@ def image_extensions() -> frozenset[str]:
     """Every file extension Pillow can open (lower case, with the dot), e.g. ``.png``, ``.jfif``."""
     from PIL import Image
 
+    register_optional_openers()
     Image.init()
     return frozenset(ext.lower() for ext, fmt in Image.registered_extensions().items() if fmt in Image.OPEN)
 
@@ -108,7 +172,9 @@ def walk_images(folder: str, extensions: Iterable[str], *, visited: set[str] | N
     listed in ``ignored``. ``visited`` is shared between calls so that one class folder linking
     to another, or to the data root, is caught too. Files with an image extension are kept
     after :func:`file_problem` (special files go to ``problems``); other files are kept when
-    :func:`sniff_image` recognises them, else listed in ``ignored``.
+    :func:`sniff_image` recognises them, go to ``problems`` when they are images of a format
+    Pillow needs a plugin for (HEIC), else are listed in ``ignored``. OS clutter
+    (:func:`clutter_reason`) is listed in ``ignored``.
     """
     extensions = frozenset(extensions)
     visited = set() if visited is None else visited
@@ -127,13 +193,17 @@ def walk_images(folder: str, extensions: Iterable[str], *, visited: set[str] | N
             walk.problems.append((current, f"cannot list folder ({error.strerror or error})"))
             continue
         for entry in entries:
-            if entry.name.startswith("."):
-                continue
             path = os.path.join(current, entry.name)
             try:
                 is_dir = entry.is_dir(follow_symlinks=True)
             except OSError:
                 is_dir = False
+            clutter = clutter_reason(entry.name, folder=is_dir)
+            if clutter is not None:
+                walk.ignored.append((path, clutter))
+                continue
+            if entry.name.startswith("."):
+                continue
             if is_dir:
                 stack.append(path)
                 continue
@@ -142,6 +212,8 @@ def walk_images(folder: str, extensions: Iterable[str], *, visited: set[str] | N
                 walk.problems.append((path, problem))
             elif os.path.splitext(entry.name)[1].lower() in extensions or sniff_image(path):
                 walk.images.append(path)
+            elif (unknown := unreadable_format(path)) is not None:
+                walk.problems.append((path, unknown))
             else:
                 walk.ignored.append((path, "not an image file Pillow can read: left out"))
     walk.images.sort()

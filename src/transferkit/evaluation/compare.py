@@ -20,7 +20,7 @@ import numpy as np
 
 from transferkit.backbones import get_backbone_spec
 from transferkit.constraints import validate_params
-from transferkit.data import ImageSet, check_classes, decode_images
+from transferkit.data import ImageSet, check_classes, decode_images, duplicate_groups
 from transferkit.errors import ConfigError
 from transferkit.estimator import ImageClassifier
 from transferkit.evaluation.cv import CVResult, FoldScore, make_folds
@@ -165,7 +165,7 @@ def compare_strategies(
     base, overrides = dict(base or {}), dict(overrides or {})
     check_classes(images, min_per_class=cv, purpose=f"{cv}-fold cross-validation")
     labels = np.asarray(images.labels)
-    folds = make_folds(labels, cv=cv, repeats=repeats, groups=None if images.groups is None else np.asarray(images.groups), seed=base.get("seed", 0))
+    folds = make_folds(labels, cv=cv, repeats=repeats, groups=duplicate_groups(images), seed=base.get("seed", 0))
     decoded: dict[int, np.ndarray] = {}
     arena, candidates = candidates_for(images, strategies, base, overrides, decoded)
     params = {c.strategy: {**{k: v for k, v in arena.params.items() if isinstance(v, (str, int, float, bool, type(None)))},

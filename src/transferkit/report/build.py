@@ -90,7 +90,7 @@ def write_report(
         The written ``report.html``.
     """
     from transferkit.data.builtin import binary_metrics_if_builtin
-    from transferkit.data import load_pixels
+    from transferkit.data import load_pixels, train_test_overlap
     from transferkit.evaluation import classification_metrics
     if images.labels is None:
         raise ConfigError("a report needs labelled images (a class folder, a CSV with labels, or a built-in name).")
@@ -116,6 +116,7 @@ def write_report(
         unknown = Counter(label for label in labels if label not in set(classes))  # scored as errors, as evaluate does
         metrics = classification_metrics(labels, predictions, classes + sorted(unknown))
         metrics["unknown_classes"] = dict(sorted(unknown.items()))
+        metrics["train_test_overlap"] = train_test_overlap(getattr(classifier, "training_digests_", None), images)
         metrics.update(binary_metrics_if_builtin(data_name, labels, predictions))
         if positive:
             metrics.update(binary_metrics(labels, predictions, positive))

@@ -115,7 +115,9 @@ def recommendation_table(rec: Recommendation) -> Table:
 
 def metrics_table(metrics: Mapping[str, Any], title: str) -> Table:
     """``transferkit evaluate``: precision, recall, F1 and support per class."""
-    rows = [[str(label), f"{s['precision']:.3f}", f"{s['recall']:.3f}", f"{s['f1']:.3f}", str(s["support"])]
+    absent = set(metrics.get("absent_classes") or ())
+    rows = [[str(label), "-", "-", "-", "0 (absent)"] if label in absent else
+            [str(label), f"{s['precision']:.3f}", f"{s['recall']:.3f}", f"{s['f1']:.3f}", str(s["support"])]
             for label, s in metrics["per_class"].items()]
     return fold_table(["class", "precision", "recall", "f1", "support"], rows, title=title,
                       right=("precision", "recall", "f1", "support"))

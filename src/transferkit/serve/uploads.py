@@ -12,6 +12,8 @@ from dataclasses import dataclass
 
 from PIL import Image
 
+from transferkit.data.validate import unreadable_format
+
 
 @dataclass(frozen=True)
 class UploadLimits:
@@ -50,6 +52,9 @@ def open_upload(data: bytes, name: str, limits: UploadLimits) -> Image.Image:
     try:
         image = Image.open(io.BytesIO(data))
     except Image.UnidentifiedImageError:
+        known = unreadable_format(data)
+        if known is not None:
+            raise UploadError(415, f"{name}: {known}.") from None
         raise UploadError(415, f"{name}: not an image file that Pillow can read (PNG, JPEG, TIFF, BMP, WebP, ...).") from None
     except Exception as exc:  # noqa: BLE001 - a malformed header can make a Pillow plugin raise anything
         raise UploadError(400, f"{name}: cannot read the image header ({type(exc).__name__}: {exc}).") from None

@@ -26,6 +26,7 @@ from sklearn.preprocessing import StandardScaler
 from sklearn.svm import LinearSVC
 from torch import nn
 
+from transferkit.data import pixel_groups
 from transferkit.errors import ConfigError
 from transferkit.strategies.features import FeatureExtractor, symmetric_features
 from transferkit.strategies.registry import FitOutcome, FitRequest, FoldFit, Strategy, register_strategy
@@ -76,14 +77,15 @@ def fit_linear_classifier(
         make_linear_pipeline(strategy, 1.0, seed, class_weight),
         {f"{pipeline_step(strategy)}__C": list(C_GRID)},
         cv=StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed),
-        scoring="accuracy",
-        refit=True,
+        scoring={"accuracy": "accuracy", "balanced_accuracy": "balanced_accuracy"},
+        refit="accuracy",
         n_jobs=min(2, os.cpu_count() or 1),
     )
     search.fit(features, targets, groups=groups)
-    scores = {str(c): float(s) for c, s in zip(C_GRID, search.cv_results_["mean_test_score"])}
+    scores = {str(c): float(s) for c, s in zip(C_GRID, search.cv_results_["mean_test_accuracy"])}
+    balanced = {str(c): float(s) for c, s in zip(C_GRID, search.cv_results_["mean_test_balanced_accuracy"])}
     best_C = search.best_params_[f"{pipeline_step(strategy)}__C"]
-    return search.best_estimator_, {"C": best_C, "inner_cv": scores, "inner_folds": n_splits}
+    return search.best_estimator_, {"C": best_C, "inner_cv": scores, "inner_cv_balanced": balanced, "inner_folds": n_splits}
 
 
 def pipeline_step(strategy: str) -> str:
@@ -177,7 +179,7 @@ class FeatureStrategy(Strategy):
         extracted = time.perf_counter()
         train, test = np.sort(train), np.sort(test)
         pipeline, _ = fit_linear_classifier(
-            features[train], request.targets[train], np.arange(len(train)), strategy=self.name,
+            features[train], request.targets[train], pixel_groups(request.pixels[train]), strategy=self.name,
             C=None if params["C"] == "auto" else params["C"], seed=params["seed"], class_weight=request.settings.class_weight,
         )
         predictions = pipeline.predict(features[test])
@@ -190,16 +192,17 @@ def _augmented_features(
     extractor: FeatureExtractor, pixels: np.ndarray, targets: np.ndarray, params, symmetries: str
 ) -> tuple[np.ndarray, ...]:
     """Features of the images and of ``feature_views`` augmented views of each; the groups keep
-    an image's views together in the inner CV."""
+    an image's views, and identical copies of one picture, together in the inner CV."""
     features = [symmetric_features(extractor, pixels, symmetries)]
-    labels, groups = [targets], [np.arange(len(targets))]
+    same = pixel_groups(pixels)
+    labels, groups = [targets], [same]
     augment = build_augmentation(params["augment"])
     for view in range(params["feature_views"] if augment is not None else 0):
         torch.manual_seed(params["seed"] * 1000 + view)
         views = np.stack([augment(torch.from_numpy(np.array(image)).permute(2, 0, 1)).permute(1, 2, 0).numpy() for image in pixels])
         features.append(extractor.transform(views))
         labels.append(targets)
-        groups.append(np.arange(len(targets)))
+        groups.append(same)
     return np.concatenate(features), np.concatenate(labels), np.concatenate(groups)
 
 

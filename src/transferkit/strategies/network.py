@@ -26,6 +26,7 @@ from sklearn.utils.class_weight import compute_class_weight
 from torch import nn
 
 from transferkit.backbones import backbone_stages, create_backbone
+from transferkit.data import pixel_groups
 from transferkit.errors import ConfigError, DataError
 from transferkit.strategies.features import FeatureExtractor
 from transferkit.training.freezing import freeze, trainable_parameter_count
@@ -78,6 +79,7 @@ class NetworkStrategy(Strategy):
             train_idx, val_idx = np.arange(len(targets)), np.arange(0)
         else:
             train_idx, val_idx = _split(request.strata, targets, params["val_fraction"], params["seed"])
+            train_idx, val_idx = _copies_together(pixel_groups(request.pixels), train_idx, val_idx)
         n_val = len(val_idx) if request.validation is None else len(request.validation[1])
         request.console.print(f"training on {len(train_idx)}, validating on {n_val}")
         model, preprocessing = create_backbone(
@@ -242,6 +244,15 @@ def _split(strata: np.ndarray | None, targets: np.ndarray, val_fraction: float, 
             f"({exc}); add images, lower val_fraction, or set val_fraction=0."
         ) from exc
     return np.sort(train), np.sort(val)
+
+
+def _copies_together(groups: np.ndarray, train: np.ndarray, val: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Move the training copies of validation images into the validation part: a copy the model
+    trains on is no validation (the held-out accuracy and early stopping would see it)."""
+    copied = np.isin(groups[train], groups[val])
+    if not copied.any() or copied.all():
+        return train, val
+    return train[~copied], np.sort(np.concatenate([val, train[copied]]))
 
 
 def _training_runtime(request: FitRequest, model: nn.Module, preprocessing, data: TrainData):

@@ -27,11 +27,12 @@ from typing import Any
 
 import numpy as np
 import torch
-from sklearn.model_selection import GridSearchCV, StratifiedKFold
+from sklearn.model_selection import GridSearchCV, StratifiedGroupKFold, StratifiedKFold
 from sklearn.svm import SVC
 from torch import nn
 
 from transferkit.backbones import Preprocessing, get_backbone_spec
+from transferkit.data import pixel_groups
 from transferkit.strategies.registry import FitOutcome, FitRequest, FoldFit, Strategy, register_strategy
 
 C_GRID: tuple[float, ...] = (1.0, 10.0, 100.0)
@@ -112,12 +113,15 @@ def fit_pixel_classifier(pixels: np.ndarray, targets: np.ndarray, *, seed: int, 
     grey = bool(np.all(pixels[..., :1] == pixels))
     inputs = _inputs(pixels, grey)
     smallest = int(np.bincount(targets).min())
+    groups = pixel_groups(pixels)  # copies of one picture stay in one inner fold (folds unchanged without copies)
+    copies = groups.max() + 1 < len(groups)
+    splitter = StratifiedGroupKFold if copies else StratifiedKFold
     search = GridSearchCV(
         SVC(kernel="rbf", gamma="scale", class_weight=class_weight), {"C": list(C_GRID)},
-        cv=StratifiedKFold(n_splits=max(2, min(inner_folds, smallest)), shuffle=True, random_state=seed),
+        cv=splitter(n_splits=max(2, min(inner_folds, smallest)), shuffle=True, random_state=seed),
         scoring="accuracy", n_jobs=min(2, os.cpu_count() or 1),
     )
-    search.fit(inputs, targets)
+    search.fit(inputs, targets, groups=groups if copies else None)
     scores = {str(c): float(s) for c, s in zip(C_GRID, search.cv_results_["mean_test_score"])}
     return search.best_estimator_, grey, scores
 

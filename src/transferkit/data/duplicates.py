@@ -1,0 +1,121 @@
+"""Exact duplicates: content hashes, CV groups that keep copies together, conflicting labels.
+
+A picture saved twice (``x.png`` and ``x (1).png``) must never sit on both sides of a split:
+the copy in the test part is then an answer the model has already seen. Two kinds of identity:
+
+- :func:`content_digests`: the SHA-256 of each file's bytes (or of an array's bytes and
+  shape), the same hash the decode cache is keyed by; a saved model keeps those of its
+  training images, so ``evaluate`` can say how many test images it has seen.
+- :func:`pixel_groups`: identical decoded pixel rows, for code that only has pixels (the
+  inner CV of the feature strategies).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import defaultdict
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+
+from transferkit.data.decode import _content_digest, _worker_count
+from transferkit.data.sources import ImageSet
+
+DIGEST_CHARS = 32
+"""Hex characters kept of each SHA-256 (128 bits): a model folder stores one per training image."""
+_MAX_LISTED = 5
+
+
+def content_digests(imageset: ImageSet) -> list[str]:
+    """One hex digest per image of ``imageset``, in order: identical bytes, identical digest."""
+    with ThreadPoolExecutor(max_workers=_worker_count()) as pool:
+        return [digest.hex()[:DIGEST_CHARS] for digest in pool.map(_content_digest, imageset.sources)]
+
+
+def _union_groups(keys: Sequence, groups: Sequence[str] | None) -> np.ndarray:
+    """Group ids (int) joining images that share a key or an existing group id (union-find)."""
+    parent = list(range(len(keys)))
+
+    def find(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    for values in (keys, groups):
+        if values is None:
+            continue
+        first: dict = {}
+        for i, value in enumerate(values):
+            j = first.setdefault(value, i)
+            if j != i:
+                parent[find(i)] = find(j)
+    roots = [find(i) for i in range(len(keys))]
+    _, ids = np.unique(roots, return_inverse=True)
+    return ids.astype(np.int64)
+
+
+def duplicate_groups(imageset: ImageSet, digests: Sequence[str] | None = None) -> np.ndarray | None:
+    """CV groups in which exact copies share a group (joined with ``imageset.groups``, if any).
+
+    ``None`` when there is nothing to group (no copies, no groups given): plain stratified
+    folds then stay exactly what they were.
+    """
+    digests = content_digests(imageset) if digests is None else digests
+    if imageset.groups is None and len(set(digests)) == len(digests):
+        return None
+    return _union_groups(digests, imageset.groups)
+
+
+def pixel_groups(pixels: np.ndarray) -> np.ndarray:
+    """Group ids of decoded images: identical pixel rows share one (each other row its own).
+
+    A hash of every 61st byte sorts the rows first; only rows that agree there are hashed whole.
+    """
+    flat = np.asarray(pixels).reshape(len(pixels), -1)
+    keys: list = [_row_hash(row[::61]) for row in flat]
+    counts: dict = defaultdict(int)
+    for key in keys:
+        counts[key] += 1
+    keys = [(key, _row_hash(flat[i])) if counts[key] > 1 else (key, i) for i, key in enumerate(keys)]
+    return _union_groups(keys, None)
+
+
+def _row_hash(values: np.ndarray) -> bytes:
+    return hashlib.blake2b(np.ascontiguousarray(values).data, digest_size=16).digest()
+
+
+def label_conflicts(imageset: ImageSet, digests: Sequence[str] | None = None) -> list[list[int]]:
+    """The groups of identical images that carry more than one label (positions in ``imageset``)."""
+    if imageset.labels is None:
+        return []
+    digests = content_digests(imageset) if digests is None else digests
+    members: dict[str, list[int]] = defaultdict(list)
+    for i, digest in enumerate(digests):
+        members[digest].append(i)
+    return [group for group in members.values() if len({imageset.labels[i] for i in group}) > 1]
+
+
+def describe_conflicts(imageset: ImageSet, conflicts: list[list[int]]) -> str:
+    """One message naming the pictures that are in two classes at once (first few shown)."""
+    shown = "; ".join(
+        " = ".join(f"{imageset.source_name(i)} ({imageset.labels[i]})" for i in group[:3]) for group in conflicts[:_MAX_LISTED]
+    )
+    more = f"; and {len(conflicts) - _MAX_LISTED} more" if len(conflicts) > _MAX_LISTED else ""
+    return (
+        f"{len(conflicts)} picture(s) appear with different labels (identical files in two classes): {shown}{more}. "
+        "A model cannot get both right; check the labels and keep each picture in one class."
+    )
+
+
+def train_test_overlap(known: Sequence[str] | None, imageset: ImageSet) -> int | None:
+    """How many images of ``imageset`` are byte copies of the images hashed in ``known``.
+
+    ``known`` is a model's ``training_digests_``; None (a model saved before they were kept)
+    gives None.
+    """
+    if known is None:
+        return None
+    seen = set(known)
+    return sum(digest in seen for digest in content_digests(imageset))
