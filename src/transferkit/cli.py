@@ -314,7 +314,7 @@ def _cross_validate_before_fit(classifier, data: str, cv: int, jobs: int = 1, ba
     quiet = clone(classifier).set_params(verbose=False, checkpoint_dir=None, resume=False)
     result = cross_validate(quiet, decoded.pixels, np.asarray(images.labels), folds, on_fold=_print_fold, n_jobs=jobs, backend=backend)
     low, high = result.ci95
-    out.print(f"{cv}-fold CV accuracy {result.mean:.4f} ± {result.std:.4f} (95% interval {low:.4f}-{high:.4f}); refitting on all data")
+    out.print(f"{cv}-fold CV accuracy {result.mean:.4f} ± {result.std:.4f} (95% Wilson interval {low:.4f}-{high:.4f}); refitting on all data")
     return result.to_dict()
 
 
