@@ -16,7 +16,7 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 
 LAYERS: list[tuple[str, ...]] = [
     ("transferkit._version", "transferkit.errors"),
-    ("transferkit.constraints", "transferkit.evaluation.metrics"),
+    ("transferkit.constraints", "transferkit.evaluation.metrics", "transferkit.lines"),
     ("transferkit.data", "transferkit.backbones"),
     ("transferkit.training",),
     ("transferkit.strategies",),

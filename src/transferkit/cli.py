@@ -30,6 +30,7 @@ from rich.console import Console
 from rich.text import Text
 
 from transferkit.errors import ConfigError, TransferkitError
+from transferkit.lines import Wrapped
 
 app = typer.Typer(
     add_completion=False,
@@ -286,7 +287,7 @@ def fit(
             # Without --quiet the estimator has already printed the choice and its reasons.
             out.print(f"strategy auto chose {report['strategy']}:")
             for reason in classifier.advice_.recommendation.reasons:
-                out.print(f"  - {reason}", markup=False, highlight=False)
+                out.print(Wrapped.prose(reason, first="  - "))
         if quiet and classifier.skipped_:
             # Without --quiet the estimator has listed them; with it, still never drop a file unmentioned.
             err.print(_literal(f"skipped {len(classifier.skipped_)} file(s):"))
@@ -439,7 +440,7 @@ def advise(
                 on_fold=_print_fold, n_jobs=jobs, backend=backend,
             )
             out.print(race_table(race))
-            out.print(race.verdict(), markup=False, highlight=False)
+            out.print(Wrapped.prose(race.verdict()))
             report["race"] = race.to_dict()
         _write_json(json_path, report)
 
@@ -471,22 +472,21 @@ def _print_advice(advice) -> None:
     out.print(recommendation_table(rec))
     out.print("why:")
     for reason in rec.reasons:
-        out.print(f"  - {reason}", markup=False, highlight=False)
+        out.print(Wrapped.prose(reason, first="  - "))
     for warning in rec.warnings:
-        out.print(Text("  warning: ", style="yellow") + _literal(warning))
+        out.print(Wrapped.prose(_literal(warning).plain, first="  warning: "))
     counts = ", ".join(f"{name} {count}" for name, count in facts.class_counts.items())
-    out.print(f"data: {facts.n_samples} images, {facts.n_classes} classes ({counts}); imbalance {facts.imbalance:.1f}; "
-              f"median size {facts.height[1]:.0f}x{facts.width[1]:.0f} px; grayscale {facts.grayscale_fraction:.0%}; "
-              f"{facts.duplicates} duplicates", markup=False, highlight=False)
+    out.print(Wrapped.prose(f"data: {facts.n_samples} images, {facts.n_classes} classes ({counts}); imbalance {facts.imbalance:.1f}; "
+                            f"median size {facts.height[1]:.0f}x{facts.width[1]:.0f} px; grayscale {facts.grayscale_fraction:.0%}; "
+                            f"{facts.duplicates} duplicates", indent="  "))
     stages = ", ".join(f"{name} {value:.2f}" for name, value in shift.stage_shift.items())
     entropy = "-" if shift.imagenet_entropy is None else f"{shift.imagenet_entropy:.3f}"
     score = "-" if shift.score is None else f"{shift.score:.3f}"
-    out.print(f"domain shift {score} (per stage: {stages or '-'}); ImageNet prediction entropy {entropy}",
-              markup=False, highlight=False)
+    out.print(Wrapped.prose(f"domain shift {score} (per stage: {stages or '-'}); ImageNet prediction entropy {entropy}", indent="  "))
     for name, scores in advice.transferability.items():
         per_stage = ", ".join(f"{stage} {value:.2f}" for stage, value in scores["stages"].items())
-        out.print(f"transferability (LogME) of {name}: bottleneck {scores['bottleneck']:.3f}; per stage: {per_stage}",
-                  markup=False, highlight=False)
+        out.print(Wrapped.prose(f"transferability (LogME) of {name}: bottleneck {scores['bottleneck']:.3f}; per stage: {per_stage}",
+                                indent="  "))
     out.print(f"measured on {advice.probed_images} images in {advice.seconds:.1f} s", markup=False, highlight=False)
 
 

@@ -22,6 +22,7 @@ from transferkit.backbones import Preprocessing, get_backbone_spec
 from transferkit.constraints import AUTO, InstanceOf, Interval, Options, Registered, validate_params
 from transferkit.data import ImageSet, check_classes, decode_images, is_decoded, load_pixels, resolve_data
 from transferkit.errors import ConfigError, DataError, NotFittedError
+from transferkit.lines import Wrapped
 from transferkit.strategies import FitRequest, Settings, get_strategy, list_strategies
 from transferkit.strategies.features import SYMMETRIES, FeatureExtractor, symmetric_features
 from transferkit.training.augment import AUGMENT_PRESETS
@@ -353,9 +354,9 @@ class ImageClassifier(ClassifierMixin, BaseEstimator):
         recommendation = advice.recommendation
         console.print(f"strategy auto -> {recommendation.strategy}, because:", markup=False, highlight=False)
         for reason in recommendation.reasons:
-            console.print(f"  - {reason}", markup=False, highlight=False)
+            console.print(Wrapped.prose(reason, first="  - "))
         for warning in recommendation.warnings:
-            console.print(f"  warning: {warning}")
+            console.print(Wrapped.prose(warning, first="  warning: "))
         return advice
 
     def _settings(self, spec, advice: Advice | None) -> Settings:
