@@ -27,6 +27,7 @@ import click
 import numpy as np
 import typer
 from rich.console import Console
+from typer.core import TyperCommand
 from rich.text import Text
 
 from transferkit.errors import ConfigError, TransferkitError
@@ -38,6 +39,26 @@ app = typer.Typer(
     help="Turn a folder of labelled images into the best classifier a pretrained network allows.",
     pretty_exceptions_enable=False,
 )
+class _RegistryHelp(TyperCommand):
+    """A command whose help names the registered strategies, read from the registry when the
+    help is shown (``{strategies}``: "svm | logistic | ..."; ``{strategy_list}``: "svm,logistic,...").
+
+    Read then, not when this module is imported: the registry imports torch, and a command's
+    start must not wait for it (``transferkit info``). A new strategy is listed without an edit here.
+    """
+
+    def format_help(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        from transferkit.strategies import list_strategies
+
+        names = list_strategies()
+        fill = {"strategies": " | ".join(names), "strategy_list": ",".join(names)}
+        for item in [self, *self.params]:
+            template = item.__dict__.setdefault("_help_template", item.help)
+            if template:
+                item.help = template.format(**fill)
+        super().format_help(ctx, formatter)
+
+
 out = Console(emoji=False, markup=False, highlight=False)
 err = Console(stderr=True, emoji=False, markup=False, highlight=False)
 _debug = False  # --debug: let tracebacks through
@@ -186,12 +207,12 @@ JsonOutOpt = Annotated[Optional[Path], typer.Option("--json", allow_dash=True, h
 
 
 # long: typer declares each of its ~30 options as a parameter, one line each
-@app.command()
+@app.command(cls=_RegistryHelp)
 def fit(
     data: DataArg,
     out_dir: Annotated[Path, typer.Option("--out", help="Model folder to write (model.safetensors + config.json + checkpoint).")],
     backbone: Annotated[str, typer.Option(help="Registered backbone (see `transferkit models`) or any timm model name.")] = "efficientnet_lite0",
-    strategy: Annotated[str, typer.Option(help="auto (measure the data, follow the playbook) | svm | logistic | head | finetune | full | scratch.")] = "auto",
+    strategy: Annotated[str, typer.Option(help="auto (measure the data, follow the playbook) | {strategies}.")] = "auto",
     freeze: Annotated[Optional[int], typer.Option(help="finetune: freeze the stem and the first N stages (default 3).")] = None,
     epochs: Annotated[int, typer.Option(help="Maximum epochs; early stopping may end sooner.")] = 10,
     lr: Annotated[float, typer.Option(help="Learning rate of the new head (pretrained layers: lr x backbone-lr-factor).")] = 1e-3,
@@ -329,10 +350,10 @@ def _default_size(backbone: str) -> int:
     return get_backbone_spec(backbone).preprocessing.input_size
 
 
-@app.command()
+@app.command(cls=_RegistryHelp)
 def compare(
     data: DataArg,
-    strategies: Annotated[str, typer.Option(help="Comma-separated: svm,logistic,head,finetune,full,scratch.")] = "svm,head,finetune,full,scratch",
+    strategies: Annotated[str, typer.Option(help="Comma-separated, any of: {strategy_list}.")] = "svm,head,finetune,full,scratch",
     cv: Annotated[int, typer.Option("--cv", help="Stratified K-fold cross-validation (grouped when the CSV has a group column).")] = 5,
     repeats: Annotated[int, typer.Option(help="Repeat the K folds with new shuffles.")] = 1,
     jobs: JobsOpt = 1,
@@ -430,7 +451,8 @@ def advise(
         _print_advice(advice)
         if measure:
             rec = advice.recommendation
-            err.print(f"racing strategies on about {race_images} images, {race_cv} folds (successive halving)")
+            err.print(f"racing strategies on about {min(race_images, len(images))} of the {len(images)} images, "
+                      f"{race_cv} folds (successive halving)")
             base = {"backbone": rec.backbone, "seed": seed, "weights": str(weights) if weights else None,
                     "cache_dir": str(cache_dir) if cache_dir else None, "device": device, "class_weight": rec.class_weight or "none"}
             race = race_strategies(
@@ -509,7 +531,7 @@ def evaluate(
     from transferkit.errors import DataError
     from transferkit.evaluation import classification_metrics
     from transferkit.persistence import load_model
-    from transferkit.report.tables import metrics_table
+    from transferkit.report.tables import confusion_table, metrics_table
 
     _check_output_file(json_path, "--json")
     with _user_errors():
@@ -534,6 +556,7 @@ def evaluate(
         if unknown:
             err.print(_literal(f"scoring {sum(unknown.values())} image(s) of unknown classes ({', '.join(sorted(unknown))}) as errors"))
         out.print(metrics_table(metrics, title=f"{model_dir} on {data} (n={metrics['n']})"))
+        out.print(confusion_table(metrics))
         summary = f"accuracy {metrics['accuracy']:.4f}  balanced accuracy {metrics['balanced_accuracy']:.4f}  macro-F1 {metrics['macro_f1']:.4f}"
         if "binary_accuracy" in metrics:
             summary += f"  binary accuracy {metrics['binary_accuracy']:.4f}"
@@ -602,8 +625,10 @@ def predict(
             written = write_explanations(classifier, paths, explain, probabilities=probabilities)
             err.print(f"wrote {len(written)} heatmaps to {explain}")
         if csv_path is None and json_path is None:
-            for record in rows:
-                out.print(_literal(f"{record['path']}\t{record['label']}\t{record['probability']:.4f}"))
+            for record in rows:  # path, then each of the k labels with its probability
+                ranked = [f"{record['label']}\t{record['probability']:.4f}"]
+                ranked += [f"{record[f'label_{rank}']}\t{record[f'probability_{rank}']:.4f}" for rank in range(2, k + 1)]
+                out.print(_literal("\t".join([record["path"], *ranked])))
 
 
 @app.command()
@@ -741,6 +766,7 @@ def export(
     out_path: Annotated[Path, typer.Option("--out", help="The .onnx file to write.")],
     export_format: Annotated[str, typer.Option("--format", help="onnx (the only format so far).")] = "onnx",
     check: Annotated[Optional[str], typer.Option(help="Images (folder, CSV, built-in name) to check onnxruntime against PyTorch on (default: a few random images).")] = None,
+    check_images: Annotated[int, typer.Option(help="--check: compare on at most this many of its images.")] = 32,
     quantize: Annotated[Optional[list[str]], typer.Option(help="Also write an int8 model: dynamic | static (repeatable); needs --check (static calibrates on it).")] = None,
     test: Annotated[Optional[str], typer.Option(help="Labelled images to measure accuracy and speed of fp32 and int8 on (default: --check).")] = None,
     json_path: JsonOpt = None,
@@ -755,9 +781,17 @@ def export(
     from transferkit.export.onnx import PARITY_TOLERANCE, export_onnx
 
     with _user_errors():
-        result = export_onnx(model_dir, out_path, check_images=check)
+        result = export_onnx(model_dir, out_path, check_images=check, max_check_images=check_images)
         report = result.to_dict()
-        checked = f"{result.checked_images} images" if check else f"{result.checked_images} random-noise images (--check DATA uses real ones)"
+        if check:
+            from transferkit.data import resolve_data
+
+            total = len(resolve_data(check))
+            checked = f"{result.checked_images} of the {total} images of {check}"
+            if result.checked_images < total:
+                checked += " (--check-images N for more)"
+        else:
+            checked = f"{result.checked_images} random-noise images (--check DATA uses real ones)"
         out.print(f"wrote {out_path} ({result.size_mb} MB, opset {result.opset}); ONNX checker passed; "
                   f"max |logit difference| vs PyTorch on {checked}: {result.max_abs_diff:.2e}")
         if result.max_abs_diff > PARITY_TOLERANCE:

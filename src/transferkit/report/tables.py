@@ -178,6 +178,14 @@ def metrics_table(metrics: Mapping[str, Any], title: str) -> Table:
                       right=("precision", "recall", "f1", "support"))
 
 
+def confusion_table(metrics: Mapping[str, Any]) -> Table:
+    """``transferkit evaluate``: the confusion matrix, one row per true class, one column per predicted one."""
+    classes = [str(c) for c in metrics["classes"]]
+    rows = [[label, *(str(count) for count in counts)] for label, counts in zip(classes, metrics["confusion_matrix"])]
+    return fold_table(["true \\ predicted", *classes], rows, title="confusion matrix (rows: true class; columns: predicted)",
+                      right=classes)
+
+
 def info_table(info: Mapping[str, Any]) -> Table:
     """``transferkit info``: one row per fact of :func:`transferkit.info.system_info`."""
     return fold_table(["", ""], info_rows(info), title="transferkit info", show_header=False)
