@@ -21,7 +21,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("transferkit.training",),
     ("transferkit.strategies",),
     ("transferkit.advise",),
-    ("transferkit.estimator",),
+    ("transferkit.estimator", "transferkit.card"),
     ("transferkit.persistence",),
     ("transferkit.evaluation",),
     ("transferkit.report", "transferkit.export", "transferkit.info"),

@@ -242,6 +242,7 @@ def fit(
     quiet: Annotated[bool, typer.Option("--quiet", help="No progress output.")] = False,
 ) -> None:
     """Fit a classifier on DATA and save it to --out."""
+    from transferkit.card import CARD_NAME, probability_note
     from transferkit.estimator import ImageClassifier
     from transferkit.persistence import check_output_folder, save_model
 
@@ -281,7 +282,9 @@ def fit(
         classifier.fit(data)
         history = classifier.history_["history"]
         metrics = {"validation_accuracy": classifier.validation_score_}
-        save_model(classifier, out_dir, metrics=metrics)
+        if cv_report is not None:
+            metrics["cv"] = cv_report
+        save_model(classifier, out_dir, metrics=metrics, data=data)
         report = {
             "model": str(out_dir),
             "data": data,
@@ -298,6 +301,8 @@ def fit(
             "fit_seconds": round(classifier.fit_seconds_, 1),
             "estimated_fit_seconds": None if classifier.estimated_fit_seconds_ is None else round(classifier.estimated_fit_seconds_, 1),
             "peak_memory_mb": round(_peak_memory_mb(), 1),
+            "probabilities": probability_note(classifier.history_),
+            "model_card": str(out_dir / CARD_NAME),
             "skipped": [vars(s) for s in classifier.skipped_],
             "cv": cv_report,
             "history": history,
@@ -317,7 +322,7 @@ def fit(
             if len(classifier.skipped_) > 20:
                 err.print(_literal(f"  ... and {len(classifier.skipped_) - 20} more (all in --json)"))
         out.print(_literal(f"fitted {report['strategy']} on {data}: {val}; {report['fit_seconds']} s; peak memory {report['peak_memory_mb']:.0f} MB"))
-        out.print(_literal(f"model written to {out_dir}"))
+        out.print(_literal(f"model written to {out_dir} (model card: {out_dir / CARD_NAME})"))
         _write_json(json_path, report)
 
 
@@ -400,7 +405,7 @@ def compare(
         if out_dir is not None:  # before the plot: the model folder is swapped in whole
             params = strategy_params(best, base, overrides)
             classifier = ImageClassifier(**params, verbose=True).fit(images)
-            save_model(classifier, out_dir, metrics={"cv": comparison.best.to_dict()})
+            save_model(classifier, out_dir, metrics={"cv": comparison.best.to_dict()}, data=data)
             out.print(_literal(f"best model ({best}) refitted on all data and written to {out_dir}"))
             report["model"] = str(out_dir)
         if plot is not None:
@@ -616,7 +621,10 @@ def predict(
             csv_path.parent.mkdir(parents=True, exist_ok=True)
             atomic_write(csv_path, write_csv)  # all rows or no file: never a CSV cut short
             err.print(_literal(f"wrote {csv_path}"))
-        _write_json(json_path, {"predictions": rows, "classes": [str(c) for c in classifier.classes_]})
+        note = _probability_note(classifier)
+        _write_json(json_path, {"predictions": rows, "classes": [str(c) for c in classifier.classes_], "probabilities": note})
+        if note is not None:
+            err.print(Wrapped.prose(f"probabilities: {note['description']}", indent="  "))
         if explain is not None:
             if model_dir.suffix == ".onnx":
                 raise TransferkitError("--explain needs the model folder (heatmaps need the network's gradients), not an .onnx file.")
@@ -647,6 +655,7 @@ def report(
 
 def _write_model_report(model_dir: Path, data: str, out_dir: Path, *, classifier=None, images=None, advice_path: Path | None = None,
                         positive: list[str] | None = None, mistakes: int = 12) -> None:
+    from transferkit.card import CARD_NAME
     from transferkit.data import resolve_data
     from transferkit.persistence import load_model, read_config
     from transferkit.report.build import write_report
@@ -660,6 +669,7 @@ def _write_model_report(model_dir: Path, data: str, out_dir: Path, *, classifier
     path = write_report(
         load_model(model_dir) if classifier is None else classifier, resolve_data(data) if images is None else images, out_dir, data_name=data, model_name=str(model_dir),
         config=read_config(model_dir), advice=advice, positive=positive, top_mistakes=mistakes, progress=True,
+        card=model_dir / CARD_NAME if (model_dir / CARD_NAME).is_file() else None,
     )
     out.print(f"wrote {path}")
 
@@ -837,6 +847,16 @@ def _measure_exports(model_dir: Path, fp32: Path, modes: list[str], calibration:
 def _spread(pixels: np.ndarray, n: int) -> np.ndarray:
     """At most n images taken evenly across ``pixels`` (folders list one class after another)."""
     return np.asarray(pixels[:: max(1, len(pixels) // n)][:n])
+
+
+def _probability_note(classifier) -> dict[str, Any] | None:
+    """Whether the model's probabilities are calibrated (None for an .onnx file: not recorded there)."""
+    history = getattr(classifier, "history_", None)
+    if history is None:
+        return None
+    from transferkit.card import probability_note
+
+    return probability_note(history)
 
 
 def _onnx_classifier(path: Path):

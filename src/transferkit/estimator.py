@@ -279,13 +279,14 @@ class ImageClassifier(ClassifierMixin, BaseEstimator):
             classes=classes, model=outcome.model, preprocessing=outcome.preprocessing, image_size=settings.image_size,
             settings=settings.to_dict(), history=outcome.history, plan=outcome.plan, advice=advice, skipped=skipped,
             n_train=len(targets), fit_seconds=time.perf_counter() - started,
+            class_counts={str(c): int(n) for c, n in zip(classes, np.bincount(targets, minlength=len(classes)))},
         )
         return self
 
     def _set_fitted(
         self, *, classes, model, preprocessing: Preprocessing, image_size: int, settings: dict[str, Any],
         history: dict[str, Any], plan=None, advice: Advice | None = None, skipped=(), n_train: int | None = None,
-        fit_seconds: float | None = None, metrics: dict[str, Any] | None = None,
+        fit_seconds: float | None = None, metrics: dict[str, Any] | None = None, class_counts: dict[str, int] | None = None,
     ) -> None:
         """Set every fitted attribute; ``fit`` and :func:`transferkit.load` both come through here."""
         self.classes_ = np.asarray(classes)
@@ -298,6 +299,7 @@ class ImageClassifier(ClassifierMixin, BaseEstimator):
         self.advice_ = advice
         self.skipped_ = list(skipped)
         self.n_train_ = n_train
+        self.class_counts_ = class_counts
         self.validation_score_ = validation_score(history)
         self.fit_seconds_ = fit_seconds
         self.estimated_fit_seconds_ = estimated_fit_seconds(advice)

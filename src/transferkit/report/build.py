@@ -65,6 +65,7 @@ def write_report(
     positive: Sequence[str] | None = None,
     top_mistakes: int = TOP_MISTAKES,
     progress: bool = True,
+    card: str | os.PathLike | None = None,
 ) -> Path:
     """Score ``classifier`` on labelled ``images`` and write ``report.html`` with its figures to ``out_dir``.
 
@@ -85,12 +86,15 @@ def write_report(
         Classes that form the positive side of a binary view (the rest are negative).
     top_mistakes : int
         How many of the most confident mistakes to show, each with a heatmap.
+    card : path, optional
+        The model's ``MODEL_CARD.md``, linked from the page.
 
     Returns
     -------
     Path
         The written ``report.html``.
     """
+    from transferkit.card import probability_note
     from transferkit.data.builtin import binary_metrics_if_builtin
     from transferkit.data import load_pixels
     from transferkit.evaluation import classification_metrics
@@ -136,6 +140,8 @@ def write_report(
             "mistakes": [{"rank": m.rank, "source": m.source, "true": m.true_label, "predicted": m.predicted,
                           "probability": m.probability, "heatmap": m.note} for m in mistakes],
             "advice": advice or None,
+            "probabilities": probability_note(getattr(classifier, "history_", None) or config.get("history")),
+            "model_card": None if card is None else os.path.relpath(Path(card).absolute(), Path(out_dir).absolute()),
         }
         scale = colour_scale_figure()
         all_figures = figures + [scale] + [f for m in mistakes for f in (m.thumbnail, m.heatmap)]

@@ -12,6 +12,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from transferkit.card import probability_note
 from transferkit.data import ImageSet
 from transferkit.estimator import load_pixels
 from transferkit.persistence import load_model, read_config
@@ -45,6 +46,7 @@ class ServedModel:
             "image_size": int(self.classifier.image_size_),
             "preprocessing": self.config["preprocessing"],
             "metrics": self.config.get("metrics") or {},
+            "probabilities": probability_note(self.config.get("history")),
         }
 
     def predict(self, images: Sequence[Image.Image], *, top_k: int = 3, explain: bool = False) -> list[dict[str, Any]]:
