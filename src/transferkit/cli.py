@@ -707,6 +707,28 @@ def models(json_path: JsonOutOpt = None) -> None:
         _write_json(json_path, {"backbones": details})
 
 
+@app.command("augment-preview")
+def augment_preview(
+    data: DataArg,
+    out_dir: Annotated[Path, typer.Option("--out", help="Folder for augment_<preset>.png, one per preset.")],
+    presets: Annotated[str, typer.Option(help="Comma-separated presets to show: none, light, standard, strong.")] = "light,standard,strong",
+    per_class: Annotated[int, typer.Option(help="Sample images of each class (one row each).")] = 2,
+    views: Annotated[int, typer.Option(help="Augmented views per image.")] = 5,
+    image_size: Annotated[int, typer.Option(help="Side the images are decoded at, as training would.")] = 128,
+    seed: Annotated[int, typer.Option(help="Seed of the sample and the views.")] = 0,
+) -> None:
+    """Show what each --augment preset does to a few images of DATA (PNG grids), before training with it."""
+    from transferkit.data import resolve_data
+    from transferkit.report.augment_preview import write_augment_preview
+
+    with _user_errors():
+        names = [name.strip() for name in presets.split(",") if name.strip()]
+        written = write_augment_preview(resolve_data(data), out_dir, presets=names, per_class=per_class, views=views,
+                                        image_size=image_size, seed=seed)
+        for path in written:
+            out.print(_literal(f"wrote {path}"))
+
+
 @app.command("export-data")
 def export_data(
     data: DataArg,
