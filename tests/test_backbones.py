@@ -171,6 +171,7 @@ def test_every_registered_backbone_builds_and_splits_into_stages(spec):
     assert feature_dim(model) == 1280
     names = [name for name, _ in backbone_stages(model)]
     assert names == ["stem", *(f"stage{i}" for i in range(1, 8)), "neck"]
+    assert spec.stages is None or list(spec.stages) == names  # `transferkit models` lists the declared ones
     with torch.no_grad():
         assert model.eval()(torch.randn(1, 3, 64, 64)).shape == (1, 3)
 

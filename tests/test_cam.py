@@ -10,7 +10,17 @@ from PIL import Image
 
 from fitted_models import fit_tiny_model, single_threaded_torch  # noqa: F401 - autouse: one torch thread in this module
 from transferkit.backbones import Preprocessing
-from transferkit.report.cam import activation_maps, last_stage_layer, overlay
+from transferkit.report.cam import (
+    FLAT,
+    MIN_GRID,
+    activation_maps,
+    cam_stages,
+    explanation_panel,
+    heatmaps,
+    last_stage_layer,
+    overlay,
+    stage_grids,
+)
 
 SIZE, PATCH = 96, 24  # 96 px: a 3 x 3 grid at the last stage (stride 32), so "where" means something
 
@@ -97,3 +107,46 @@ def test_heatmaps_of_a_frozen_backbone_model(image_folder, tiny_weights, tmp_pat
     pixels = np.stack([np.asarray(Image.open(p)) for p in images])
     maps = activation_maps(classifier.model_, pixels, classifier.preprocessing_)
     assert maps.shape == (3, 24, 24)
+
+
+@pytest.mark.parametrize("size, layer", [(32, "stage2"), (64, "stage3"), (224, "neck")])
+def test_small_inputs_take_the_map_from_a_stage_fine_enough_to_show_where(defect_model, size, layer):
+    # issue 21: at 32 px the last stage is 1 x 1 and every map was one flat tint
+    model, preprocessing = defect_model
+    images, _, _ = patch_images(8, seed=3)
+    images = np.stack([np.asarray(Image.fromarray(image).resize((size, size))) for image in images])
+    grids = {name: side for name, _, side in stage_grids(model, size)}
+    assert grids["neck"] == size // 32  # 1 x 1 at 32 px
+    result = heatmaps(model, images, preprocessing, targets=np.ones(len(images), int))
+    assert result.maps.shape == (8, size, size)
+    for index, heatmap in enumerate(result.maps):
+        if result.useful[index]:
+            assert np.ptp(heatmap) >= FLAT and result.grids[index] >= MIN_GRID - 1
+            assert "grid" in result.describe(index)
+        else:  # never a tint passed off as a map
+            assert not heatmap.any() and "no useful heatmap" in result.describe(index)
+    assert result.useful.mean() >= 0.5, result.useful
+    assert cam_stages(model, size)[0][0] == layer  # the deepest stage with a grid of MIN_GRID or more
+
+
+def test_a_map_that_stays_flat_is_reported_as_none(defect_model, monkeypatch):
+    from transferkit.report import cam
+
+    model, preprocessing = defect_model
+    images, _, _ = patch_images(2, seed=4)
+    monkeypatch.setattr(cam, "_grad_cam", lambda *args: np.full((len(args[2]), SIZE, SIZE), 0.0, np.float32))
+    result = heatmaps(model, images, preprocessing)
+    assert not result.useful.any() and "no useful heatmap" in result.describe(0)
+
+
+def test_the_explanation_shows_the_image_the_overlay_and_a_colour_scale():
+    image = np.full((32, 32, 3), 90, np.uint8)
+    heatmap = np.tile(np.linspace(0, 1, 32, dtype=np.float32), (32, 1))
+    panel = explanation_panel(image, heatmap, size=160)
+    assert panel.shape[0] >= 160 and panel.shape[1] > 2 * 160
+    assert np.array_equal(panel[:160, :160], np.full((160, 160, 3), 90, np.uint8))  # the original, enlarged
+    assert len(np.unique(panel[:160, 168:328].reshape(-1, 3), axis=0)) > 10  # the overlay varies
+    scale = panel[20:140, 2 * 160 + 16 : 2 * 160 + 30]
+    assert scale[0, 0, 0] > scale[0, 0, 2] and scale[-1, 0, 2] > scale[-1, 0, 0]  # red (high) on top, blue at the bottom
+    flat = explanation_panel(image, None, size=160)
+    assert flat.shape == panel.shape

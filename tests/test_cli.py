@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 
 import pytest
 from typer.testing import CliRunner
@@ -55,6 +56,21 @@ def test_fit_evaluate_predict_end_to_end(image_folder, tiny_weights, tmp_path):
 
     result = invoke("predict", model_dir, image_folder / "blue" / "016.png")
     assert result.exit_code == 0 and "016.png" in result.output
+    assert len(result.output.split()) == 3  # path, label, probability
+
+    # --top-k shows in the terminal too, not only in the CSV/JSON (issue 21)
+    result = invoke("predict", model_dir, image_folder / "blue" / "016.png", "--top-k", 3)
+    fields = result.output.split()
+    assert result.exit_code == 0 and len(fields) == 1 + 2 * 3, result.output
+    assert sorted(fields[1::2]) == ["blue", "green", "red"]
+
+    # evaluate's help promises a confusion matrix: the terminal shows it
+    result = invoke("evaluate", model_dir, image_folder)
+    assert result.exit_code == 0 and "confusion matrix" in result.output, result.output
+    for label, counts in zip(metrics["classes"], metrics["confusion_matrix"]):
+        after = result.output[result.output.index("true \\ predicted"):]
+        row = next(line for line in after.splitlines() if line.startswith(f"│ {label} "))
+        assert [int(cell) for cell in row.split("│")[2:-1]] == counts, row
 
 
 def test_user_errors_exit_1_without_traceback(tmp_path):
@@ -104,6 +120,7 @@ def test_advise_measure_races_the_candidates_and_gives_a_verdict(image_folder, t
     assert race["rounds"][0] == ["svm", "head", "finetune"] and len(race["rounds"]) == 2
     assert " ".join(race["verdict"].split()) in " ".join(result.output.split())
     assert race["agrees"] == (race["winner"] == "svm")
+    assert "about 24 of the 24 images" in " ".join(result.output.split())  # not "about 600"
 
 
 def test_advise_rejects_an_unknown_threshold(image_folder):
@@ -133,3 +150,40 @@ def test_budget_minutes_takes_a_number_auto_or_none(image_folder, tiny_weights, 
     result = invoke("fit", image_folder, "--out", tmp_path / "m", "--strategy", "full", "--augment", "rotate,twirl",
                     "--backbone", TINY_BACKBONE, "--weights", tiny_weights, "--image-size", 32, "--device", "cpu")
     assert result.exit_code == 2 and "Received: augment='rotate,twirl'" in " ".join(result.output.split())
+def strategies_named_in(text: str) -> list[str]:
+    from transferkit.strategies import list_strategies
+
+    return [name for name in list_strategies() if re.search(rf"(?<![\w-]){name}(?![\w-])", text)]
+
+
+@pytest.mark.parametrize("command, option", [("fit", "--strategy"), ("compare", "--strategies")])
+def test_help_lists_exactly_the_registered_strategies(command, option):
+    from transferkit.strategies import list_strategies
+
+    result = invoke(command, "--help")
+    assert result.exit_code == 0, result.output
+    text = " ".join(result.output.replace("│", " ").split())
+    start = text.index(option)
+    described = text[start: start + 400]
+    assert strategies_named_in(described) == list(list_strategies()), described
+    assert "{strateg" not in result.output
+
+
+def test_readme_lists_exactly_the_registered_strategies():
+    from pathlib import Path
+
+    from transferkit.strategies import list_strategies
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    synopsis = next(line for line in readme.splitlines() if line.startswith("transferkit compare DATA [--strategies"))
+    listed = re.search(r"--strategies ([\w,]+)\]", synopsis).group(1).split(",")
+    assert listed == list(list_strategies())
+    table = [re.match(r"\| `(\w+)` +\|", line).group(1) for line in readme.splitlines() if re.match(r"\| `\w+` +\|", line)]
+    assert [name for name in table if name != "auto"] == list(list_strategies())
+
+
+def test_a_new_strategy_appears_in_the_help(monkeypatch):
+    from transferkit.strategies import registry
+
+    monkeypatch.setitem(registry._REGISTRY, "brand_new", registry._REGISTRY["svm"])
+    assert "brand_new" in invoke("compare", "--help").output

@@ -12,7 +12,7 @@ from transferkit import ConfigError, DataError, ImageClassifier
 from transferkit.data import ImageSet
 from transferkit.evaluation import compare as compare_module
 from transferkit.evaluation.compare import compare_strategies, parse_strategies
-from transferkit.evaluation.cv import cross_validate, make_folds
+from transferkit.evaluation.cv import CVResult, FoldScore, cross_validate, make_folds, wilson_interval
 
 
 def test_folds_are_stratified_deterministic_and_cover_every_image_once():
@@ -164,3 +164,20 @@ def test_run_jobs_checks_its_options():
         list(run_jobs([], n_jobs=0))
     with pytest.raises(ConfigError, match="unknown joblib backend"):
         list(run_jobs([], n_jobs=2, backend="magic"))
+
+
+def test_the_interval_stays_inside_0_and_1_and_says_how_it_was_made():
+    # issue 21: five folds of 0.96-1.0 gave a Student-t interval of 0.9646-1.0220
+    folds = [FoldScore(fold=i, accuracy=a, balanced_accuracy=a, macro_f1=a, fit_seconds=1.0, n_train=120, n_test=30)
+             for i, a in enumerate([1.0, 1.0, 0.9667, 1.0, 0.9667], start=1)]
+    result = CVResult("svm", {}, folds)
+    low, high = result.ci95
+    assert 0.0 <= low < result.mean < high <= 1.0
+    assert result.n_tested == 150
+    assert result.to_dict()["ci95_method"].startswith("Wilson")
+    perfect = CVResult("svm", {}, [FoldScore(i, 1.0, 1.0, 1.0, 1.0, 120, 30) for i in range(1, 6)])
+    assert perfect.ci95[1] == 1.0 and perfect.ci95[0] < 1.0  # all right is still a finite sample
+    # repeats test every image again: the interval counts images, not predictions
+    repeated = CVResult("svm", {}, [FoldScore(i, 0.9, 0.9, 0.9, 1.0, 120, 30) for i in range(1, 11)])
+    assert repeated.n_tested == 150
+    assert wilson_interval(0.0, 10)[0] == 0.0 and wilson_interval(0.5, 0) == (0.0, 1.0)

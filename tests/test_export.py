@@ -79,6 +79,7 @@ def test_cli_export_then_predict_with_the_onnx_file(tiny_onnx, image_folder, tmp
     assert report["max_abs_diff"] < PARITY_TOLERANCE and "max |logit difference|" in result.output
     assert {m["name"] for m in report["measurements"]} == {"onnxruntime fp32", "onnxruntime int8 dynamic"}
     assert (tmp_path / "cli.int8.dynamic.onnx").is_file()
+    assert f"24 of the 24 images of {image_folder}" in " ".join(result.output.split())
 
     for model in (model_dir, out):
         result = runner.invoke(app, ["predict", str(model), str(image_folder), "--json", str(tmp_path / f"{model.name}.json")])
@@ -87,6 +88,13 @@ def test_cli_export_then_predict_with_the_onnx_file(tiny_onnx, image_folder, tmp
     onnx_rows = json.loads((tmp_path / "cli.onnx.json").read_text())["predictions"]
     assert [r["label"] for r in onnx_rows] == [r["label"] for r in torch_rows]
 
+
+def test_cli_export_says_how_many_of_the_check_images_it_used(tiny_onnx, image_folder, tmp_path):
+    model_dir, _ = tiny_onnx
+    result = runner.invoke(app, ["export", str(model_dir), "--out", str(tmp_path / "m.onnx"), "--check", str(image_folder),
+                                 "--check-images", "5"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    assert "on 5 of the 24 images" in " ".join(result.output.split()) and "--check-images" in result.output
 
 def test_export_data_keeps_the_old_export(tmp_path, image_folder):
     result = runner.invoke(app, ["export-data", str(image_folder), str(tmp_path / "copy")])

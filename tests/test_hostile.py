@@ -641,7 +641,7 @@ def test_4_a_checkpoint_is_removed_after_a_successful_fit(tiny_weights, tmp_path
     result = invoke("fit", data, "--out", tmp_path / "m", "--strategy", "finetune", "--epochs", 1, "--backbone", TINY_BACKBONE,
                     "--weights", tiny_weights, "--image-size", 16, "--batch-size", 4, "--device", "cpu", "--quiet")
     assert result.exit_code == 0, result.output
-    assert sorted(p.name for p in (tmp_path / "m").iterdir()) == ["config.json", "model.safetensors"]
+    assert sorted(p.name for p in (tmp_path / "m").iterdir()) == ["MODEL_CARD.md", "config.json", "model.safetensors"]
 
 
 # ---------------------------------------------------------------------------------------------

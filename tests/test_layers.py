@@ -16,14 +16,14 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 
 LAYERS: list[tuple[str, ...]] = [
     ("transferkit._version", "transferkit.errors"),
-    ("transferkit.constraints", "transferkit.evaluation.metrics", "transferkit.evaluation.jobs"),
+    ("transferkit.constraints", "transferkit.evaluation.metrics", "transferkit.evaluation.jobs", "transferkit.lines"),
     ("transferkit.evaluation.cv",),
     ("transferkit.data", "transferkit.backbones"),
     ("transferkit.training",),
     ("transferkit.strategies",),
     ("transferkit.search",),
     ("transferkit.advise",),
-    ("transferkit.estimator",),
+    ("transferkit.estimator", "transferkit.card"),
     ("transferkit.persistence",),
     ("transferkit.evaluation",),
     ("transferkit.report", "transferkit.export", "transferkit.info"),

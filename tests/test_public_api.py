@@ -54,3 +54,43 @@ def test_the_architecture_doc_public_api_line_is_true():
 @pytest.mark.parametrize("name", transferkit.__all__)
 def test_every_public_name_exists(name):
     assert getattr(transferkit, name) is not None
+
+
+def test_dir_lists_the_whole_public_api_before_first_use():
+    import subprocess
+    import sys
+
+    # A fresh interpreter: nothing loaded yet, so dir() must list the lazy names itself.
+    code = "import transferkit, sys; print(sorted(set(transferkit.__all__) - set(dir(transferkit))))"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize("argv, absent", [
+    (["--version"], ("torch", "sklearn", "timm")),
+    (["cache", "info"], ("torch", "sklearn", "timm")),
+    (["info"], ("sklearn", "timm", "matplotlib")),
+    (["models"], ("sklearn", "timm", "matplotlib")),
+])
+def test_light_commands_import_only_what_they_need(argv, absent, tmp_path):
+    # What makes `transferkit info` take as long as `import torch` and no longer (issue 21; the
+    # time itself is measured by benchmarks/info_speed.py, not here).
+    import subprocess
+    import sys
+
+    code = ("import sys\nfrom transferkit import cli\nsys.argv = ['transferkit', *sys.argv[1:]]\ntry:\n    cli.main()\n"
+            "except SystemExit:\n    pass\nprint('LOADED', sorted(m for m in sys.modules if '.' not in m))")
+    env = {**__import__("os").environ, "TRANSFERKIT_CACHE": str(tmp_path)}
+    result = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True, env=env)
+    assert "LOADED" in result.stdout, result.stderr
+    loaded = result.stdout.rsplit("LOADED", 1)[1]
+    assert not [name for name in absent if f"'{name}'" in loaded], loaded
+
+
+def test_version_option_prints_the_version():
+    from typer.testing import CliRunner
+
+    from transferkit.cli import app
+
+    result = CliRunner().invoke(app, ["--version"])
+    assert result.exit_code == 0 and result.output.strip() == f"transferkit {transferkit.__version__}"

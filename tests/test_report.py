@@ -121,7 +121,8 @@ def test_evaluate_report_and_predict_explain(hostile_model, hostile_folder, tmp_
     assert result.exit_code == 0, result.output
     written = sorted((tmp_path / "heatmaps").iterdir())
     assert len(written) == 4 and all(p.name.endswith(".heatmap.png") for p in written)
-    assert Image.open(written[0]).size == (32, 32)
+    panel = np.asarray(Image.open(written[0]).convert("RGB"))
+    assert panel.shape[0] >= 160 and panel.shape[1] > 2 * 160  # the image, the overlay and the colour scale, enlarged
 
 
 def test_compare_report_has_the_cv_table_and_chart(image_folder, tiny_weights, tmp_path):
@@ -155,4 +156,20 @@ def test_a_pixels_model_reports_without_heatmaps(tmp_path):
     labels = labels[::-1]  # some mistakes to show
     clf = transferkit.ImageClassifier(strategy="pixels", image_size=16, device="cpu", precision="fp32", cache_dir=False).fit(images, labels)
     path = write_report(clf, ImageSet(sources=list(images), labels=list(reversed(labels))), tmp_path / "r", data_name="x", top_mistakes=3, progress=False)
-    assert "no heatmap (no stages)" in path.read_text()
+    assert "no heatmap: this model has no convolutional stages" in path.read_text()
+
+
+def test_augment_preview_writes_one_grid_per_preset(image_folder, tmp_path):
+    result = invoke("augment-preview", image_folder, "--out", tmp_path / "aug", "--presets", "none,strong", "--views", 3,
+                    "--image-size", 32)
+    assert result.exit_code == 0, result.output
+    grids = {p.name: np.asarray(Image.open(p).convert("RGB")) for p in (tmp_path / "aug").iterdir()}
+    assert set(grids) == {"augment_none.png", "augment_strong.png"}
+    none, strong = grids["augment_none.png"], grids["augment_strong.png"]
+    assert none.shape == strong.shape and none.shape[0] >= 6 * 32  # 2 images of each of 3 classes, one row each
+    first_row = slice(20, 52)
+    image = none[first_row, 96:128]
+    assert all(np.array_equal(image, none[first_row, 96 + k * 36 : 128 + k * 36]) for k in range(1, 4))  # none: unchanged
+    assert not all(np.array_equal(image, strong[first_row, 96 + k * 36 : 128 + k * 36]) for k in range(1, 4))
+    bad = invoke("augment-preview", image_folder, "--out", tmp_path / "x", "--presets", "wild")
+    assert bad.exit_code == 2 and "wild" in bad.output

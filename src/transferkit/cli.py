@@ -27,9 +27,11 @@ import click
 import numpy as np
 import typer
 from rich.console import Console
+from typer.core import TyperCommand
 from rich.text import Text
 
 from transferkit.errors import ConfigError, TransferkitError
+from transferkit.lines import Wrapped
 
 app = typer.Typer(
     add_completion=False,
@@ -37,14 +39,43 @@ app = typer.Typer(
     help="Turn a folder of labelled images into the best classifier a pretrained network allows.",
     pretty_exceptions_enable=False,
 )
+class _RegistryHelp(TyperCommand):
+    """A command whose help names the registered strategies, read from the registry when the
+    help is shown (``{strategies}``: "svm | logistic | ..."; ``{strategy_list}``: "svm,logistic,...").
+
+    Read then, not when this module is imported: the registry imports torch, and a command's
+    start must not wait for it (``transferkit info``). A new strategy is listed without an edit here.
+    """
+
+    def format_help(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        from transferkit.strategies import list_strategies
+
+        names = list_strategies()
+        fill = {"strategies": " | ".join(names), "strategy_list": ",".join(names)}
+        for item in [self, *self.params]:
+            template = item.__dict__.setdefault("_help_template", item.help)
+            if template:
+                item.help = template.format(**fill)
+        super().format_help(ctx, formatter)
+
+
 out = Console(emoji=False, markup=False, highlight=False)
 err = Console(stderr=True, emoji=False, markup=False, highlight=False)
 _debug = False  # --debug: let tracebacks through
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        from transferkit._version import __version__
+
+        out.print(f"transferkit {__version__}")
+        raise typer.Exit()
+
+
 @app.callback()
 def _main(
     debug: Annotated[bool, typer.Option("--debug", help="Show the full traceback of an error (for a bug report, with `transferkit info`).")] = False,
+    version: Annotated[bool, typer.Option("--version", callback=_print_version, is_eager=True, help="Print the version and exit.")] = False,
 ) -> None:
     """Turn a folder of labelled images into the best classifier a pretrained network allows."""
     global _debug
@@ -113,13 +144,13 @@ def _or_auto(value: Any) -> Any:
 
 
 def _write_json(path: Path | None, payload: dict[str, Any]) -> None:
-    from transferkit.persistence import atomic_write
-
     if path is None:
         return
     if path == STDOUT:
         sys.stdout.write(json.dumps(payload, indent=2) + "\n")
         return
+    from transferkit.persistence import atomic_write
+
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(payload, indent=2)))
     err.print(_literal(f"wrote {path}"))
@@ -176,12 +207,12 @@ JsonOutOpt = Annotated[Optional[Path], typer.Option("--json", allow_dash=True, h
 
 
 # long: typer declares each of its ~30 options as a parameter, one line each
-@app.command()
+@app.command(cls=_RegistryHelp)
 def fit(
     data: DataArg,
     out_dir: Annotated[Path, typer.Option("--out", help="Model folder to write (model.safetensors + config.json + checkpoint).")],
     backbone: Annotated[str, typer.Option(help="Registered backbone (see `transferkit models`) or any timm model name.")] = "efficientnet_lite0",
-    strategy: Annotated[str, typer.Option(help="auto (measure the data, follow the playbook) | svm | logistic | head | finetune | full | scratch.")] = "auto",
+    strategy: Annotated[str, typer.Option(help="auto (measure the data, follow the playbook) | {strategies}.")] = "auto",
     freeze: Annotated[Optional[int], typer.Option(help="finetune: freeze the stem and the first N stages (default 3).")] = None,
     epochs: Annotated[int, typer.Option(help="Maximum epochs; early stopping may end sooner.")] = 10,
     lr: Annotated[float, typer.Option(help="Learning rate of the new head (pretrained layers: lr x backbone-lr-factor).")] = 1e-3,
@@ -211,6 +242,7 @@ def fit(
     quiet: Annotated[bool, typer.Option("--quiet", help="No progress output.")] = False,
 ) -> None:
     """Fit a classifier on DATA and save it to --out."""
+    from transferkit.card import CARD_NAME, probability_note
     from transferkit.estimator import ImageClassifier
     from transferkit.evaluation.metrics import imbalance_note
     from transferkit.persistence import check_output_folder, save_model
@@ -251,7 +283,9 @@ def fit(
         classifier.fit(data)
         history = classifier.history_["history"]
         metrics = {"validation_accuracy": classifier.validation_score_, "validation": classifier.validation_}
-        save_model(classifier, out_dir, metrics=metrics)
+        if cv_report is not None:
+            metrics["cv"] = cv_report
+        save_model(classifier, out_dir, metrics=metrics, data=data)
         report = {
             "model": str(out_dir),
             "data": data,
@@ -268,6 +302,8 @@ def fit(
             "fit_seconds": round(classifier.fit_seconds_, 1),
             "estimated_fit_seconds": None if classifier.estimated_fit_seconds_ is None else round(classifier.estimated_fit_seconds_, 1),
             "peak_memory_mb": round(_peak_memory_mb(), 1),
+            "probabilities": probability_note(classifier.history_),
+            "model_card": str(out_dir / CARD_NAME),
             "skipped": [vars(s) for s in classifier.skipped_],
             "cv": cv_report,
             "class_counts": classifier.class_counts_,
@@ -279,7 +315,7 @@ def fit(
             # Without --quiet the estimator has already printed the choice and its reasons.
             out.print(f"strategy auto chose {report['strategy']}:")
             for reason in classifier.advice_.recommendation.reasons:
-                out.print(f"  - {reason}", markup=False, highlight=False)
+                out.print(Wrapped.prose(reason, first="  - "))
         if quiet and report["imbalance_note"]:
             err.print(_literal(f"note: {report['imbalance_note']}"))  # without --quiet the estimator printed it
         if quiet and classifier.skipped_:
@@ -290,7 +326,7 @@ def fit(
             if len(classifier.skipped_) > 20:
                 err.print(_literal(f"  ... and {len(classifier.skipped_) - 20} more (all in --json)"))
         out.print(_literal(f"fitted {report['strategy']} on {data}: {val}; {report['fit_seconds']} s; peak memory {report['peak_memory_mb']:.0f} MB"))
-        out.print(_literal(f"model written to {out_dir}"))
+        out.print(_literal(f"model written to {out_dir} (model card: {out_dir / CARD_NAME})"))
         _write_json(json_path, report)
 
 
@@ -321,8 +357,8 @@ def _cross_validate_before_fit(classifier, data: str, cv: int, jobs: int = 1, ba
     low, high = result.ci95
     rate, _ = majority_class_rate(images.labels)
     balanced = float(np.mean([fold.balanced_accuracy for fold in result.folds]))
-    out.print(f"{cv}-fold CV accuracy {result.mean:.4f} ± {result.std:.4f} (95% interval {low:.4f}-{high:.4f}; majority-class rate "
-              f"{rate:.4f}, balanced accuracy {balanced:.4f}); refitting on all data")
+    out.print(f"{cv}-fold CV accuracy {result.mean:.4f} ± {result.std:.4f} (95% Wilson interval {low:.4f}-{high:.4f}; "
+              f"majority-class rate {rate:.4f}, balanced accuracy {balanced:.4f}); refitting on all data")
     report = result.to_dict()
     report["majority_class_rate"] = rate
     report["grouped_copies"] = 0 if groups is None else int(len(groups) - len(np.unique(groups)))
@@ -339,10 +375,10 @@ def _default_size(backbone: str) -> int:
     return get_backbone_spec(backbone).preprocessing.input_size
 
 
-@app.command()
+@app.command(cls=_RegistryHelp)
 def compare(
     data: DataArg,
-    strategies: Annotated[str, typer.Option(help="Comma-separated: svm,logistic,head,finetune,full,scratch.")] = "svm,head,finetune,full,scratch",
+    strategies: Annotated[str, typer.Option(help="Comma-separated, any of: {strategy_list}.")] = "svm,head,finetune,full,scratch",
     cv: Annotated[int, typer.Option("--cv", help="Stratified K-fold cross-validation (grouped when the CSV has a group column).")] = 5,
     repeats: Annotated[int, typer.Option(help="Repeat the K folds with new shuffles.")] = 1,
     jobs: JobsOpt = 1,
@@ -399,7 +435,7 @@ def compare(
         if out_dir is not None:  # before the plot: the model folder is swapped in whole
             params = strategy_params(best, base, overrides)
             classifier = ImageClassifier(**params, verbose=True).fit(images)
-            save_model(classifier, out_dir, metrics={"cv": comparison.best.to_dict()})
+            save_model(classifier, out_dir, metrics={"cv": comparison.best.to_dict()}, data=data)
             out.print(_literal(f"best model ({best}) refitted on all data and written to {out_dir}"))
             report["model"] = str(out_dir)
         if plot is not None:
@@ -450,7 +486,8 @@ def advise(
         _print_advice(advice)
         if measure:
             rec = advice.recommendation
-            err.print(f"racing strategies on about {race_images} images, {race_cv} folds (successive halving)")
+            err.print(f"racing strategies on about {min(race_images, len(images))} of the {len(images)} images, "
+                      f"{race_cv} folds (successive halving)")
             base = {"backbone": rec.backbone, "seed": seed, "weights": str(weights) if weights else None,
                     "cache_dir": str(cache_dir) if cache_dir else None, "device": device, "class_weight": rec.class_weight or "none"}
             race = race_strategies(
@@ -460,7 +497,7 @@ def advise(
                 on_fold=_print_fold, n_jobs=jobs, backend=backend,
             )
             out.print(race_table(race))
-            out.print(race.verdict(), markup=False, highlight=False)
+            out.print(Wrapped.prose(race.verdict()))
             report["race"] = race.to_dict()
         _write_json(json_path, report)
 
@@ -505,22 +542,21 @@ def _print_advice(advice) -> None:
     out.print(recommendation_table(rec))
     out.print("why:")
     for reason in rec.reasons:
-        out.print(f"  - {reason}", markup=False, highlight=False)
+        out.print(Wrapped.prose(reason, first="  - "))
     for warning in rec.warnings:
-        out.print(Text("  warning: ", style="yellow") + _literal(warning))
+        out.print(Wrapped.prose(_literal(warning).plain, first="  warning: "))
     counts = ", ".join(f"{name} {count}" for name, count in facts.class_counts.items())
-    out.print(f"data: {facts.n_samples} images, {facts.n_classes} classes ({counts}); imbalance {facts.imbalance:.1f}; "
-              f"median size {facts.height[1]:.0f}x{facts.width[1]:.0f} px; grayscale {facts.grayscale_fraction:.0%}; "
-              f"{facts.duplicates} duplicates", markup=False, highlight=False)
+    out.print(Wrapped.prose(f"data: {facts.n_samples} images, {facts.n_classes} classes ({counts}); imbalance {facts.imbalance:.1f}; "
+                            f"median size {facts.height[1]:.0f}x{facts.width[1]:.0f} px; grayscale {facts.grayscale_fraction:.0%}; "
+                            f"{facts.duplicates} duplicates", indent="  "))
     stages = ", ".join(f"{name} {value:.2f}" for name, value in shift.stage_shift.items())
     entropy = "-" if shift.imagenet_entropy is None else f"{shift.imagenet_entropy:.3f}"
     score = "-" if shift.score is None else f"{shift.score:.3f}"
-    out.print(f"domain shift {score} (per stage: {stages or '-'}); ImageNet prediction entropy {entropy}",
-              markup=False, highlight=False)
+    out.print(Wrapped.prose(f"domain shift {score} (per stage: {stages or '-'}); ImageNet prediction entropy {entropy}", indent="  "))
     for name, scores in advice.transferability.items():
         per_stage = ", ".join(f"{stage} {value:.2f}" for stage, value in scores["stages"].items())
-        out.print(f"transferability (LogME) of {name}: bottleneck {scores['bottleneck']:.3f}; per stage: {per_stage}",
-                  markup=False, highlight=False)
+        out.print(Wrapped.prose(f"transferability (LogME) of {name}: bottleneck {scores['bottleneck']:.3f}; per stage: {per_stage}",
+                                indent="  "))
     out.print(f"measured on {advice.probed_images} images in {advice.seconds:.1f} s", markup=False, highlight=False)
 
 
@@ -543,7 +579,7 @@ def evaluate(
     from transferkit.errors import DataError
     from transferkit.evaluation import classification_metrics
     from transferkit.persistence import load_model
-    from transferkit.report.tables import metrics_table
+    from transferkit.report.tables import confusion_table, metrics_table
 
     _check_output_file(json_path, "--json")
     with _user_errors():
@@ -570,6 +606,7 @@ def evaluate(
             err.print(_literal(f"scoring {sum(unknown.values())} image(s) of unknown classes ({', '.join(sorted(unknown))}) as errors"))
         _warn_about_test_data(metrics)
         out.print(metrics_table(metrics, title=f"{model_dir} on {data} (n={metrics['n']})"))
+        out.print(confusion_table(metrics))
         summary = (f"test accuracy {metrics['accuracy']:.4f} (majority-class rate {metrics['majority_class_rate']:.4f})  "
                    f"balanced accuracy {metrics['balanced_accuracy']:.4f}  macro-F1 {metrics['macro_f1']:.4f}")
         if "binary_accuracy" in metrics:
@@ -642,7 +679,10 @@ def predict(
             csv_path.parent.mkdir(parents=True, exist_ok=True)
             atomic_write(csv_path, write_csv)  # all rows or no file: never a CSV cut short
             err.print(_literal(f"wrote {csv_path}"))
-        _write_json(json_path, {"predictions": rows, "classes": [str(c) for c in classifier.classes_]})
+        note = _probability_note(classifier)
+        _write_json(json_path, {"predictions": rows, "classes": [str(c) for c in classifier.classes_], "probabilities": note})
+        if note is not None:
+            err.print(Wrapped.prose(f"probabilities: {note['description']}", indent="  "))
         if explain is not None:
             if model_dir.suffix == ".onnx":
                 raise TransferkitError("--explain needs the model folder (heatmaps need the network's gradients), not an .onnx file.")
@@ -651,8 +691,10 @@ def predict(
             written = write_explanations(classifier, paths, explain, probabilities=probabilities)
             err.print(f"wrote {len(written)} heatmaps to {explain}")
         if csv_path is None and json_path is None:
-            for record in rows:
-                out.print(_literal(f"{record['path']}\t{record['label']}\t{record['probability']:.4f}"))
+            for record in rows:  # path, then each of the k labels with its probability
+                ranked = [f"{record['label']}\t{record['probability']:.4f}"]
+                ranked += [f"{record[f'label_{rank}']}\t{record[f'probability_{rank}']:.4f}" for rank in range(2, k + 1)]
+                out.print(_literal("\t".join([record["path"], *ranked])))
 
 
 @app.command()
@@ -671,6 +713,7 @@ def report(
 
 def _write_model_report(model_dir: Path, data: str, out_dir: Path, *, classifier=None, images=None, advice_path: Path | None = None,
                         positive: list[str] | None = None, mistakes: int = 12) -> None:
+    from transferkit.card import CARD_NAME
     from transferkit.data import resolve_data
     from transferkit.persistence import load_model, read_config
     from transferkit.report.build import write_report
@@ -684,6 +727,7 @@ def _write_model_report(model_dir: Path, data: str, out_dir: Path, *, classifier
     path = write_report(
         load_model(model_dir) if classifier is None else classifier, resolve_data(data) if images is None else images, out_dir, data_name=data, model_name=str(model_dir),
         config=read_config(model_dir), advice=advice, positive=positive, top_mistakes=mistakes, progress=True,
+        card=model_dir / CARD_NAME if (model_dir / CARD_NAME).is_file() else None,
     )
     out.print(f"wrote {path}")
 
@@ -719,6 +763,28 @@ def models(json_path: JsonOutOpt = None) -> None:
             out.print(backbones_table(details))
             out.print("Any timm model name also works as --backbone when its weights can be downloaded, or with --weights FILE.")
         _write_json(json_path, {"backbones": details})
+
+
+@app.command("augment-preview")
+def augment_preview(
+    data: DataArg,
+    out_dir: Annotated[Path, typer.Option("--out", help="Folder for augment_<preset>.png, one per preset.")],
+    presets: Annotated[str, typer.Option(help="Comma-separated presets to show: none, light, standard, strong.")] = "light,standard,strong",
+    per_class: Annotated[int, typer.Option(help="Sample images of each class (one row each).")] = 2,
+    views: Annotated[int, typer.Option(help="Augmented views per image.")] = 5,
+    image_size: Annotated[int, typer.Option(help="Side the images are decoded at, as training would.")] = 128,
+    seed: Annotated[int, typer.Option(help="Seed of the sample and the views.")] = 0,
+) -> None:
+    """Show what each --augment preset does to a few images of DATA (PNG grids), before training with it."""
+    from transferkit.data import resolve_data
+    from transferkit.report.augment_preview import write_augment_preview
+
+    with _user_errors():
+        names = [name.strip() for name in presets.split(",") if name.strip()]
+        written = write_augment_preview(resolve_data(data), out_dir, presets=names, per_class=per_class, views=views,
+                                        image_size=image_size, seed=seed)
+        for path in written:
+            out.print(_literal(f"wrote {path}"))
 
 
 @app.command("export-data")
@@ -790,6 +856,7 @@ def export(
     out_path: Annotated[Path, typer.Option("--out", help="The .onnx file to write.")],
     export_format: Annotated[str, typer.Option("--format", help="onnx (the only format so far).")] = "onnx",
     check: Annotated[Optional[str], typer.Option(help="Images (folder, CSV, built-in name) to check onnxruntime against PyTorch on (default: a few random images).")] = None,
+    check_images: Annotated[int, typer.Option(help="--check: compare on at most this many of its images.")] = 32,
     quantize: Annotated[Optional[list[str]], typer.Option(help="Also write an int8 model: dynamic | static (repeatable); needs --check (static calibrates on it).")] = None,
     test: Annotated[Optional[str], typer.Option(help="Labelled images to measure accuracy and speed of fp32 and int8 on (default: --check).")] = None,
     json_path: JsonOpt = None,
@@ -804,9 +871,17 @@ def export(
     from transferkit.export.onnx import PARITY_TOLERANCE, export_onnx
 
     with _user_errors():
-        result = export_onnx(model_dir, out_path, check_images=check)
+        result = export_onnx(model_dir, out_path, check_images=check, max_check_images=check_images)
         report = result.to_dict()
-        checked = f"{result.checked_images} images" if check else f"{result.checked_images} random-noise images (--check DATA uses real ones)"
+        if check:
+            from transferkit.data import resolve_data
+
+            total = len(resolve_data(check))
+            checked = f"{result.checked_images} of the {total} images of {check}"
+            if result.checked_images < total:
+                checked += " (--check-images N for more)"
+        else:
+            checked = f"{result.checked_images} random-noise images (--check DATA uses real ones)"
         out.print(f"wrote {out_path} ({result.size_mb} MB, opset {result.opset}); ONNX checker passed; "
                   f"max |logit difference| vs PyTorch on {checked}: {result.max_abs_diff:.2e}")
         if result.max_abs_diff > PARITY_TOLERANCE:
@@ -854,6 +929,16 @@ def _spread(pixels: np.ndarray, n: int) -> np.ndarray:
     return np.asarray(pixels[:: max(1, len(pixels) // n)][:n])
 
 
+def _probability_note(classifier) -> dict[str, Any] | None:
+    """Whether the model's probabilities are calibrated (None for an .onnx file: not recorded there)."""
+    history = getattr(classifier, "history_", None)
+    if history is None:
+        return None
+    from transferkit.card import probability_note
+
+    return probability_note(history)
+
+
 def _onnx_classifier(path: Path):
     from transferkit.export import OnnxClassifier
 
@@ -862,7 +947,7 @@ def _onnx_classifier(path: Path):
 
 def main() -> None:
     """Console-script entry point: the process-wide settings live here, not in the library."""
-    from transferkit.training.runtime import keep_freed_memory
+    from transferkit.training.allocator import keep_freed_memory  # no torch: `info` and `--help` start fast
 
     keep_freed_memory()  # measured 1.75-2.6x on CPU; the library never changes the allocator itself
     app()

@@ -6,7 +6,7 @@ at the edge and prints the message without a traceback (exit code 1).
 
 from __future__ import annotations
 
-from sklearn.exceptions import NotFittedError as _SklearnNotFittedError
+from typing import Any
 
 
 class TransferkitError(Exception):
@@ -29,5 +29,17 @@ class ModelFileError(TransferkitError, OSError):
     """A saved model folder is missing, incomplete or was written by an incompatible version."""
 
 
-class NotFittedError(TransferkitError, _SklearnNotFittedError):
-    """A method that needs a fitted model was called before ``fit``."""
+def __getattr__(name: str) -> Any:
+    # NotFittedError also subclasses scikit-learn's, and importing scikit-learn costs more than
+    # a second (scipy.stats): it is made on first use, so that `transferkit info` and an
+    # exported model's predictor start without it (PEP 562).
+    if name == "NotFittedError":
+        from sklearn.exceptions import NotFittedError as SklearnNotFittedError
+
+        class NotFittedError(TransferkitError, SklearnNotFittedError):
+            """A method that needs a fitted model was called before ``fit``."""
+
+        NotFittedError.__qualname__ = "NotFittedError"  # pickles as transferkit.errors.NotFittedError
+        globals()["NotFittedError"] = NotFittedError
+        return NotFittedError
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -28,6 +28,7 @@ from transferkit.data import (
 )
 from transferkit.errors import ConfigError, DataError, NotFittedError
 from transferkit.evaluation.metrics import imbalance_note, majority_class_rate
+from transferkit.lines import Wrapped
 from transferkit.strategies import FitRequest, Settings, get_strategy, list_strategies
 from transferkit.strategies.features import SYMMETRIES, FeatureExtractor, symmetric_features
 from transferkit.search import Arena
@@ -316,8 +317,8 @@ class ImageClassifier(ClassifierMixin, BaseEstimator):
             classes=classes, model=outcome.model, preprocessing=outcome.preprocessing, image_size=settings.image_size,
             settings=settings.to_dict(), history=outcome.history, plan=outcome.plan, advice=advice, skipped=skipped,
             n_train=len(targets), fit_seconds=time.perf_counter() - started, training_digests=digests,
+            class_counts={str(c): int(n) for c, n in zip(classes, np.bincount(targets, minlength=len(classes)))},
         )
-        self.class_counts_ = {str(c): int(n) for c, n in zip(classes, np.bincount(targets, minlength=len(classes)))}
         self.validation_ = validation_summary(self.history_, self.class_counts_)
         return self
 
@@ -325,6 +326,7 @@ class ImageClassifier(ClassifierMixin, BaseEstimator):
         self, *, classes, model, preprocessing: Preprocessing, image_size: int, settings: dict[str, Any],
         history: dict[str, Any], plan=None, advice: Advice | None = None, skipped=(), n_train: int | None = None,
         fit_seconds: float | None = None, metrics: dict[str, Any] | None = None, training_digests=None,
+        class_counts: dict[str, int] | None = None,
     ) -> None:
         """Set every fitted attribute; ``fit`` and :func:`transferkit.load` both come through here."""
         self.classes_ = np.asarray(classes)
@@ -337,6 +339,7 @@ class ImageClassifier(ClassifierMixin, BaseEstimator):
         self.advice_ = advice
         self.skipped_ = list(skipped)
         self.n_train_ = n_train
+        self.class_counts_ = class_counts
         self.validation_score_ = validation_score(history)
         self.validation_ = None  # fit labels it (validation_summary); a loaded model keeps metrics_
         self.fit_seconds_ = fit_seconds
@@ -433,9 +436,9 @@ class ImageClassifier(ClassifierMixin, BaseEstimator):
         )
         console.print(f"strategy auto -> {chosen.label}, because:", markup=False, highlight=False)
         for reason in decided.reasons:
-            console.print(f"  - {reason}", markup=False, highlight=False)
+            console.print(Wrapped.prose(reason, first="  - "))
         for warning in decided.warnings:
-            console.print(f"  warning: {warning}")
+            console.print(Wrapped.prose(warning, first="  warning: "))
         return dataclasses.replace(advice, recommendation=decided, search=found)
 
     def _fixed_settings(self) -> dict[str, Any]:

@@ -19,9 +19,13 @@ from typing import Any
 import torch
 
 from transferkit._version import __version__
-from transferkit.backbones import backbone_stages, create_backbone, list_backbones, weights_available
+from transferkit.backbones import list_backbones, weights_available
 from transferkit.data.cache_admin import cache_summary
 from transferkit.training.runtime import ALLOCATOR_ENV, cpu_supports_bf16
+
+# Imports only what it reports on (torch, the backbone registry, the cache): no timm, no
+# scikit-learn, so `transferkit info` takes about as long as `import torch`
+# (benchmarks/info_speed.py).
 
 PACKAGES = ("torch", "torchvision", "timm", "scikit-learn", "numpy", "pillow", "safetensors", "rich", "typer")
 """Distributions whose versions :func:`system_info` reports (besides transferkit itself)."""
@@ -160,18 +164,26 @@ def installed_weights() -> list[dict[str, Any]]:
 def backbone_details() -> list[dict[str, Any]]:
     """For each registered backbone: timm model, input size, stages and offline weights.
 
-    Builds each network without weights to name its stages (a second or two in all).
+    The stages are those the spec declares (no timm needed); a backbone that declares none is
+    built without weights to name them (timm's import and a second or two).
     """
     details = []
     for spec in list_backbones():
-        model, _ = create_backbone(spec.name, num_classes=2, pretrained=False)
         details.append({
             "name": spec.name,
             "timm_model": spec.timm_name,
             "input_size": spec.preprocessing.input_size,
-            "stages": [name for name, _ in backbone_stages(model)],
+            "stages": list(spec.stages) if spec.stages is not None else built_stages(spec.name),
             "offline_weights": weights_available(spec.name),
             "package": spec.package,
             "description": spec.description,
         })
     return details
+
+
+def built_stages(name: str) -> list[str]:
+    """The stage names of backbone ``name``, from its network built without weights."""
+    from transferkit.backbones import backbone_stages, create_backbone
+
+    model, _ = create_backbone(name, num_classes=2, pretrained=False)
+    return [stage for stage, _ in backbone_stages(model)]

@@ -33,6 +33,7 @@ from safetensors.torch import load_file, save_file
 
 from transferkit._version import __version__
 from transferkit.backbones import Preprocessing, create_backbone
+from transferkit.card import CARD_NAME, model_card
 from transferkit.errors import ModelFileError
 from transferkit.estimator import RUNTIME_PARAMS, ImageClassifier
 from transferkit.strategies import get_strategy, list_strategies
@@ -80,11 +81,13 @@ def check_output_folder(out_dir: str | os.PathLike) -> Path:
     return out
 
 
-def save_model(classifier, out_dir: str | os.PathLike, *, metrics: dict[str, Any] | None = None) -> Path:
+def save_model(classifier, out_dir: str | os.PathLike, *, metrics: dict[str, Any] | None = None, data: str | None = None) -> Path:
     """Write a fitted :class:`~transferkit.ImageClassifier` to ``out_dir``, replacing it atomically.
 
     See the module docstring: the new folder is written beside ``out_dir`` and swapped in; files
-    other than the model's own that the old folder held are kept; a checkpoint is not.
+    other than the model's own that the old folder held are kept; a checkpoint is not. The
+    folder also gets ``MODEL_CARD.md`` (:func:`transferkit.card.model_card`); ``data`` names the
+    training data in it (e.g. the folder or ``elpv:train``).
     """
     classifier._check_fitted()
     out = Path(out_dir).absolute()
@@ -108,8 +111,11 @@ def save_model(classifier, out_dir: str | os.PathLike, *, metrics: dict[str, Any
         _fsync(weights_path)
         _step("weights-written")
         config = _config(classifier, metrics, _sha256(weights_path))
+        if data is not None:
+            config["data"] = str(data)
         (new / CONFIG_NAME).write_text(json.dumps(config, indent=2))
         _fsync(new / CONFIG_NAME)
+        (new / CARD_NAME).write_text(model_card(config), encoding="utf-8")
         _step("config-written")
         if out.is_dir():
             _link_extras(out, new)
@@ -159,6 +165,7 @@ def _config(classifier, metrics: dict[str, Any] | None, weights_sha256: str) -> 
         "params": _jsonable({k: v for k, v in classifier.get_params().items() if k not in RUNTIME_PARAMS}),
         "plan": _jsonable(vars(classifier.plan_)) if getattr(classifier, "plan_", None) is not None else None,
         "history": classifier.history_,
+        "class_counts": getattr(classifier, "class_counts_", None),
         "metrics": metrics or {},
         "weights_sha256": weights_sha256,
         # One content hash per training image (transferkit.data.content_digests): `evaluate`
@@ -199,7 +206,7 @@ def _fsync(path: Path) -> None:
 def _link_extras(old: Path, new: Path) -> None:
     """Hard-link (or copy) the files the user keeps in the old folder into the new one."""
     for entry in old.iterdir():
-        if entry.name in (WEIGHTS_NAME, CONFIG_NAME, CHECKPOINT_NAME) or entry.name.endswith(".tmp"):
+        if entry.name in (WEIGHTS_NAME, CONFIG_NAME, CHECKPOINT_NAME, CARD_NAME) or entry.name.endswith(".tmp"):
             continue
         target = new / entry.name
         if entry.is_dir() and not entry.is_symlink():
@@ -430,6 +437,7 @@ def _load(folder: Path, *, device: str, precision: str, cache_dir: str | bool | 
         image_size=config["image_size"], settings=config.get("settings") or {"strategy": config.get("strategy")},
         history=config.get("history") or {}, metrics=config.get("metrics"),
         training_digests=training_digests(config),
+        class_counts=config.get("class_counts") if isinstance(config.get("class_counts"), dict) else None,
         # the advisor's measurements stay readable in config.json["advice"]
     )
     return classifier

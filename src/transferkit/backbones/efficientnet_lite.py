@@ -150,6 +150,7 @@ def _lite_spec(size: int, input_size: int, params: str, top1: str, extra: str) -
             class_name=f"EfficientnetLite{size}ModelFile",
             extra=extra,
         ),
+        stages=("stem", *(f"stage{i}" for i in range(1, 8)), "neck"),
     )
 
 

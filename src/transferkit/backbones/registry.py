@@ -12,10 +12,7 @@ import os
 from pathlib import Path
 from urllib.parse import urlparse
 
-import timm
 import torch
-from timm.data import resolve_data_config
-from timm.models import get_pretrained_cfg
 from torch import nn
 
 from transferkit.backbones import efficientnet_lite
@@ -35,6 +32,8 @@ def register_backbone(spec: BackboneSpec) -> BackboneSpec:
     """
     if not isinstance(spec, BackboneSpec):
         raise BackboneError(f"register_backbone expected a BackboneSpec. Received: {type(spec).__name__}")
+    import timm  # here, not at the top: listing the registered backbones needs no timm (`transferkit info`)
+
     if not timm.is_model(spec.timm_name):
         raise BackboneError(f"expected a timm model name for timm_name. Received: timm_name={spec.timm_name!r}")
     if _REGISTRY.get(spec.name, spec) != spec:
@@ -73,6 +72,8 @@ def get_backbone_spec(name: str) -> BackboneSpec:
         raise BackboneError(f"expected a backbone name (str). Received: {type(name).__name__}")
     if name in _REGISTRY:
         return _REGISTRY[name]
+    import timm
+
     if timm.is_model(name):
         return _timm_spec(name)
     close = difflib.get_close_matches(name, [*_REGISTRY, *timm.list_models()], n=3)
@@ -84,6 +85,9 @@ def get_backbone_spec(name: str) -> BackboneSpec:
 
 
 def _timm_spec(name: str) -> BackboneSpec:
+    from timm.data import resolve_data_config
+    from timm.models import get_pretrained_cfg
+
     cfg = get_pretrained_cfg(name)
     data = resolve_data_config(pretrained_cfg=cfg.to_dict() if cfg is not None else {"input_size": (3, 224, 224)})
     _, height, width = data["input_size"]
@@ -112,6 +116,7 @@ def weights_available(name: str) -> bool:
 
 def _in_timm_cache(timm_name: str) -> bool:
     from huggingface_hub import try_to_load_from_cache
+    from timm.models import get_pretrained_cfg
 
     cfg = get_pretrained_cfg(timm_name)
     if cfg is None:
@@ -180,6 +185,8 @@ def create_backbone(
     >>> model.get_classifier().out_features, preprocessing.input_size
     (3, 224)
     """
+    import timm
+
     spec = get_backbone_spec(name)
     _check_options(num_classes, drop_rate, pretrained, weights_path)
     if not pretrained:
@@ -219,6 +226,9 @@ def _check_options(
 
 
 def _create_timm_pretrained(spec: BackboneSpec, num_classes: int, drop_rate: float) -> nn.Module:
+    import timm
+    from timm.models import get_pretrained_cfg
+
     cfg = get_pretrained_cfg(spec.timm_name)
     if cfg is None or not (cfg.hf_hub_id or cfg.url or cfg.file):
         # timm would silently fall back to a random initialisation
@@ -245,5 +255,7 @@ def feature_dim(model: nn.Module) -> int:
     return int(getattr(model, "head_hidden_size", None) or model.num_features)
 
 
+# The built-in specs go in without register_backbone's timm check (tests/test_backbones.py makes
+# it once): `transferkit info` and `models` list them without importing timm.
 for _spec in efficientnet_lite.SPECS:
-    register_backbone(_spec)
+    _REGISTRY[_spec.name] = _spec

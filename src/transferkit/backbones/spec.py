@@ -107,6 +107,10 @@ class BackboneSpec:
         from timm's own pretrained loading (the network, or its local cache).
     weights : WeightsSource or None
         Where offline weights are loaded from; None means timm's pretrained loading.
+    stages : tuple of str or None
+        The stage names :func:`~transferkit.backbones.backbone_stages` gives its network,
+        declared so that ``transferkit models`` lists them without importing timm (a test
+        checks them against the built network); None: build the network to find out.
     """
 
     name: str
@@ -115,3 +119,4 @@ class BackboneSpec:
     preprocessing: Preprocessing
     package: str | None = None
     weights: WeightsSource | None = None
+    stages: tuple[str, ...] | None = None

@@ -20,7 +20,6 @@ from collections import defaultdict
 from collections.abc import Callable
 
 import torch
-from timm.models.efficientnet import EfficientNet
 from torch import nn
 
 from transferkit.backbones.weights import classifier_prefixes
@@ -192,6 +191,8 @@ def frozen_prefix_depth(model: nn.Module) -> int | None:
     ``-1`` when every stage (neck included) is frozen, so only the head trains; None when
     the model cannot be split (not an EfficientNet, or its stem trains).
     """
+    from timm.models.efficientnet import EfficientNet  # timm is loaded by whoever built the model
+
     if not isinstance(model, EfficientNet):
         return None
     depth = 0

@@ -5,13 +5,16 @@
 compare bar chart as a file).
 """
 
-from transferkit.report.plots import plot_comparison
-
 __all__ = ["activation_maps", "overlay", "plot_comparison", "write_comparison_report", "write_explanations", "write_report"]
 
 
 def __getattr__(name: str):
-    # The report and heatmaps need torch, Jinja2 and pytorch-grad-cam: loaded on first use only.
+    # The report and heatmaps need torch, Jinja2 and pytorch-grad-cam, the plots matplotlib:
+    # loaded on first use only, so the terminal tables (report.tables) import none of them.
+    if name == "plot_comparison":
+        from transferkit.report.plots import plot_comparison
+
+        return plot_comparison
     if name in ("write_report", "write_comparison_report"):
         from transferkit.report import build
 

@@ -49,6 +49,8 @@ class Mistake:
     probability: float
     thumbnail: Figure
     heatmap: Figure
+    note: str = ""
+    """Where the heatmap comes from (stage and grid), or why there is none."""
 
 
 def write_report(
@@ -63,6 +65,7 @@ def write_report(
     positive: Sequence[str] | None = None,
     top_mistakes: int = TOP_MISTAKES,
     progress: bool = True,
+    card: str | os.PathLike | None = None,
 ) -> Path:
     """Score ``classifier`` on labelled ``images`` and write ``report.html`` with its figures to ``out_dir``.
 
@@ -83,12 +86,15 @@ def write_report(
         Classes that form the positive side of a binary view (the rest are negative).
     top_mistakes : int
         How many of the most confident mistakes to show, each with a heatmap.
+    card : path, optional
+        The model's ``MODEL_CARD.md``, linked from the page.
 
     Returns
     -------
     Path
         The written ``report.html``.
     """
+    from transferkit.card import probability_note
     from transferkit.data.builtin import binary_metrics_if_builtin
     from transferkit.data import load_pixels, train_test_overlap
     from transferkit.evaluation import classification_metrics
@@ -133,13 +139,16 @@ def write_report(
             "strategy": (getattr(classifier, "settings_", None) or {}).get("strategy"),
             "image_size": int(classifier.image_size_), "metrics": metrics,
             "mistakes": [{"rank": m.rank, "source": m.source, "true": m.true_label, "predicted": m.predicted,
-                          "probability": m.probability} for m in mistakes],
+                          "probability": m.probability, "heatmap": m.note} for m in mistakes],
             "advice": advice or None,
+            "probabilities": probability_note(getattr(classifier, "history_", None) or config.get("history")),
+            "model_card": None if card is None else os.path.relpath(Path(card).absolute(), Path(out_dir).absolute()),
         }
-        all_figures = figures + [f for m in mistakes for f in (m.thumbnail, m.heatmap)]
+        scale = colour_scale_figure()
+        all_figures = figures + [scale] + [f for m in mistakes for f in (m.thumbnail, m.heatmap)]
         return _write(out, "model.html.j2", all_figures, summary,
                       {"summary": summary, "metrics": metrics, "figures": figures, "mistakes": mistakes, "advice": advice,
-                       "history": history, "positive": list(positive or [])})
+                       "history": history, "positive": list(positive or []), "scale": scale})
 
 
 def _figures(metrics: dict[str, Any], classes: list[str], history: list, advice: dict[str, Any]) -> list[Figure]:
@@ -162,7 +171,7 @@ def _figures(metrics: dict[str, Any], classes: list[str], history: list, advice:
 
 def _confident_mistakes(classifier, images, pixels, probabilities, labels, top_mistakes: int, steps) -> list[Mistake]:
     """The ``top_mistakes`` wrong predictions made with the highest probability, each with a heatmap."""
-    from transferkit.report.cam import activation_maps, overlay
+    from transferkit.report.cam import heatmaps, overlay
     from transferkit.report.figures import image_png
 
     predicted_index = probabilities.argmax(axis=1)
@@ -174,9 +183,11 @@ def _confident_mistakes(classifier, images, pixels, probabilities, labels, top_m
     steps.next(f"heatmaps of {len(chosen)} mistakes")
     chosen_pixels = np.asarray(pixels[chosen])
     try:
-        heatmaps = activation_maps(classifier.model_, chosen_pixels, classifier.preprocessing_, predicted_index[chosen])
+        found = heatmaps(classifier.model_, chosen_pixels, classifier.preprocessing_, predicted_index[chosen])
+        maps = [heatmap if useful else None for heatmap, useful in zip(found.maps, found.useful)]
+        notes = [found.describe(i) for i in range(len(chosen))]
     except ConfigError:  # no convolutional stages (strategy pixels): the thumbnail stands alone
-        heatmaps = [None] * len(chosen)
+        maps, notes = [None] * len(chosen), ["no heatmap: this model has no convolutional stages"] * len(chosen)
     mistakes = [
         Mistake(
             rank=rank,
@@ -185,12 +196,28 @@ def _confident_mistakes(classifier, images, pixels, probabilities, labels, top_m
             predicted=str(predictions[index]),
             probability=float(probabilities[index, predicted_index[index]]),
             thumbnail=Figure(f"mistake_{rank:02d}.png", "image", image_png(image, size=THUMBNAIL_PX)),
-            heatmap=Figure(f"mistake_{rank:02d}_heatmap.png", "heatmap" if heatmap is not None else "no heatmap (no stages)",
-                           image_png(image if heatmap is None else overlay(image, heatmap), size=THUMBNAIL_PX)),
+            heatmap=Figure(f"mistake_{rank:02d}_heatmap.png", "heatmap" if heatmap is not None else "no useful heatmap",
+                           image_png(_no_map(image) if heatmap is None else overlay(image, heatmap), size=THUMBNAIL_PX)),
+            note=note,
         )
-        for rank, (index, image, heatmap) in enumerate(zip(chosen, chosen_pixels, heatmaps), start=1)
+        for rank, (index, image, heatmap, note) in enumerate(zip(chosen, chosen_pixels, maps, notes), start=1)
     ]
     return mistakes
+
+
+def _no_map(image: np.ndarray) -> np.ndarray:
+    """The image greyed out: the place of a heatmap that shows nothing (never a flat tint)."""
+    grey = image.astype(np.float32).mean(axis=2, keepdims=True).repeat(3, axis=2)
+    return (grey * 0.5 + 64).astype(np.uint8)
+
+
+def colour_scale_figure() -> Figure:
+    """The heatmaps' colour scale, high evidence at the top."""
+    from transferkit.report.cam import colour_scale
+    from transferkit.report.figures import image_png
+
+    return Figure("heatmap_scale.png", "heatmap colour scale: red = strong evidence for the predicted class, blue = none",
+                  image_png(colour_scale(120, 14)))
 
 
 def write_comparison_report(comparison: dict[str, Any], out_dir: str | os.PathLike, *, data_name: str) -> Path:

@@ -1,4 +1,4 @@
-"""``predict --explain DIR``: one heatmap overlay PNG per image, for the predicted class."""
+"""``predict --explain DIR``: one PNG per image: the image, its heatmap overlay and the colour scale."""
 
 from __future__ import annotations
 
@@ -9,14 +9,17 @@ from typing import Sequence
 import numpy as np
 from PIL import Image
 
-from transferkit.report.cam import activation_maps, overlay
+from transferkit.report.cam import explanation_panel, heatmaps
 
 
 def write_explanations(classifier, paths: Sequence[str], out_dir: str | os.PathLike, *, probabilities: np.ndarray | None = None) -> list[Path]:
-    """Write ``<name>.heatmap.png`` (the image at the model's size, Grad-CAM of its predicted class on top) per image.
+    """Write ``<name>.heatmap.png`` per image: the image at the model's size, the Grad-CAM map of
+    its predicted class on top of it, and the colour scale, side by side (small images enlarged).
 
-    Two inputs with the same file name get the position in ``paths`` as a prefix, so none is
-    overwritten. Returns the written files in the order of ``paths``.
+    Where Grad-CAM finds no evidence anywhere the middle panel says "no useful map" instead of
+    showing a flat tint. Two inputs with the same file name get their position in ``paths`` as a
+    prefix (``0003_<name>.heatmap.png``), so none is overwritten. Returns the written files in
+    the order of ``paths``.
     """
     from transferkit.estimator import load_pixels
 
@@ -24,11 +27,12 @@ def write_explanations(classifier, paths: Sequence[str], out_dir: str | os.PathL
     out.mkdir(parents=True, exist_ok=True)
     pixels = np.asarray(load_pixels(list(paths), classifier.image_size_, cache_dir=classifier.cache_dir))
     targets = None if probabilities is None else probabilities.argmax(axis=1)
-    heatmaps = activation_maps(classifier.model_, pixels, classifier.preprocessing_, targets)
+    found = heatmaps(classifier.model_, pixels, classifier.preprocessing_, targets)
     stems = [Path(p).stem for p in paths]
     written = []
-    for index, (stem, image, heatmap) in enumerate(zip(stems, pixels, heatmaps)):
+    for index, (stem, image, heatmap) in enumerate(zip(stems, pixels, found.maps)):
         name = f"{stem}.heatmap.png" if stems.count(stem) == 1 else f"{index:04d}_{stem}.heatmap.png"
-        Image.fromarray(overlay(image, heatmap)).save(out / name)
+        panel = explanation_panel(image, heatmap if found.useful[index] else None, note=found.describe(index))
+        Image.fromarray(panel).save(out / name)
         written.append(out / name)
     return written

@@ -1,23 +1,29 @@
-"""Terminal tables that fold long cells instead of cutting them.
+"""Terminal tables that never cut a cell and never split a word, a number or a ``key=value``.
 
 rich's default shrinks a column that does not fit and ends its cells with "…": on an
-80-column terminal that hid the very backbone names ``transferkit models`` is for. Every
-table of the command line is built by :func:`fold_table`, whose columns fold (wrap at spaces,
-and inside a word where they must), so every character of every cell reaches the terminal,
-the CI log or the notebook, whatever its width. Cells are plain text, never rich markup, so a
-class name or path with brackets in it prints as it is.
+80-column terminal that hid the very backbone names ``transferkit models`` is for; folding
+instead split them mid-token ("efficientne" / "t_lite0", "image_size=2" / "24", read as 2 px).
+Every table of the command line is built by :func:`fold_table`, a :class:`TokenTable`: at print
+time each column gets at least the width of its longest word, and cells wrap only at spaces.
+When even that is wider than the terminal, the table prints as records instead, one block per
+row ("header: value" lines with a hanging indent), so every character of every cell reaches
+the terminal, the CI log or the notebook whole, whatever its width. Cells are plain text, never
+rich markup, so a class name or path with brackets in it prints as it is.
 
     Console(width=14).print(fold_table(["backbone"], [["efficientnet_lite0"]]))
 
-prints the name on two lines of the cell (``efficientn`` / ``et_lite0``), never ``efficientn…``.
+prints ``efficientnet_lite0`` whole, never ``efficientn…`` nor ``efficientn`` / ``et_lite0``.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Collection, Iterable, Mapping, Sequence
 
+from rich.console import Console, ConsoleOptions, Group, RenderResult
 from rich.table import Table
 from rich.text import Text
+
+from transferkit.lines import Wrapped
 
 if TYPE_CHECKING:
     from transferkit.evaluation.race import Race
@@ -50,12 +56,63 @@ def fold_table(
     right : collection of str
         Names of the columns to right-align (numbers).
     """
-    table = Table(title=None if title is None else Text(title), show_header=show_header)
+    table = TokenTable(title=None if title is None else Text(title), show_header=show_header)
     for name in columns:
         table.add_column(name, overflow="fold", no_wrap=False, justify="right" if name in right else "left")
     for row in rows:
         table.add_row(*(cell if isinstance(cell, Text) else Text(str(cell)) for cell in row))
     return table
+
+
+class TokenTable(Table):
+    """A rich Table whose columns are never narrower than their longest word (see the module).
+
+    The widths are chosen when it is printed, for that console's width: every column starts
+    at its widest cell and the widest columns give way first, down to their longest word.
+    """
+
+    def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
+        columns = self.columns
+        padding = 2  # rich's default cell padding: one space either side
+        borders = len(columns) + 1
+        cells = [[column.header, *column.cells] if self.show_header else list(column.cells) for column in columns]
+        longest_word = [max((len(word) for cell in column for word in _plain(cell).split()), default=1) for column in cells]
+        widest = [max((max((len(line) for line in _plain(cell).splitlines()), default=0) for cell in column), default=1) for column in cells]
+        room = options.max_width - borders - padding * len(columns)
+        if sum(longest_word) > room:
+            yield self.as_records(options.max_width)
+            return
+        widths = [max(w, 1) for w in widest]
+        while sum(widths) > room:  # the widest column that can still give way gives one character
+            index = max((i for i in range(len(widths)) if widths[i] > longest_word[i]), key=lambda i: widths[i])
+            widths[index] -= 1
+        for column, width in zip(columns, widths):
+            column.width = width
+        try:
+            yield from super().__rich_console__(console, options)
+        finally:
+            for column in columns:
+                column.width = None
+
+    def as_records(self, width: int) -> Group:
+        """The table as one block per row: its first cell, then "header: value" lines."""
+        headers = [_plain(column.header) for column in self.columns]
+        rows = list(zip(*(column.cells for column in self.columns)))
+        parts: list = [Text(_plain(self.title))] if self.title is not None else []
+        for row in rows:
+            values = [_plain(cell) for cell in row]
+            if self.show_header:
+                parts.append(Wrapped(values[0].split(), style="bold"))
+                for header, value in zip(headers[1:], values[1:]):
+                    if value:
+                        parts.append(Wrapped(value.split(), first=f"  {header}: ", indent="    "))
+            else:
+                parts.append(Wrapped(" ".join(values[1:]).split(), first=f"{values[0]}: ", indent="  "))
+        return Group(*parts)
+
+
+def _plain(cell: Any) -> str:
+    return cell.plain if isinstance(cell, Text) else str(cell)
 
 
 def backbones_table(backbones: Sequence[Mapping[str, Any]]) -> Table:
@@ -121,6 +178,14 @@ def metrics_table(metrics: Mapping[str, Any], title: str) -> Table:
             for label, s in metrics["per_class"].items()]
     return fold_table(["class", "precision", "recall", "f1", "support"], rows, title=title,
                       right=("precision", "recall", "f1", "support"))
+
+
+def confusion_table(metrics: Mapping[str, Any]) -> Table:
+    """``transferkit evaluate``: the confusion matrix, one row per true class, one column per predicted one."""
+    classes = [str(c) for c in metrics["classes"]]
+    rows = [[label, *(str(count) for count in counts)] for label, counts in zip(classes, metrics["confusion_matrix"])]
+    return fold_table(["true \\ predicted", *classes], rows, title="confusion matrix (rows: true class; columns: predicted)",
+                      right=classes)
 
 
 def info_table(info: Mapping[str, Any]) -> Table:

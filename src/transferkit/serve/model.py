@@ -12,6 +12,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from transferkit.card import probability_note
 from transferkit.data import ImageSet
 from transferkit.estimator import load_pixels
 from transferkit.persistence import load_model, read_config
@@ -45,6 +46,7 @@ class ServedModel:
             "image_size": int(self.classifier.image_size_),
             "preprocessing": self.config["preprocessing"],
             "metrics": self.config.get("metrics") or {},
+            "probabilities": probability_note(self.config.get("history")),
         }
 
     def predict(self, images: Sequence[Image.Image], *, top_k: int = 3, explain: bool = False) -> list[dict[str, Any]]:
@@ -63,15 +65,19 @@ class ServedModel:
             top = [{"label": str(classifier.classes_[i]), "probability": round(float(row[i]), 6)} for i in order]
             answer: dict[str, Any] = {"label": top[0]["label"], "probability": top[0]["probability"], "top_k": top}
             if heatmap is not None:
-                answer["heatmap"] = _data_uri(heatmap)
+                picture, note = heatmap
+                answer["heatmap"] = None if picture is None else _data_uri(picture)  # None: Grad-CAM found no evidence anywhere
+                answer["heatmap_note"] = note
             answers.append(answer)
         return answers
 
-    def _heatmaps(self, pixels: np.ndarray, logits: torch.Tensor) -> list[np.ndarray]:
-        from transferkit.report.cam import activation_maps, overlay
+    def _heatmaps(self, pixels: np.ndarray, logits: torch.Tensor) -> list[tuple[np.ndarray | None, str]]:
+        """Per image: the overlay (None when the map would be a flat tint) and where it comes from."""
+        from transferkit.report.cam import heatmaps, overlay
 
-        maps = activation_maps(self.model, pixels, self.classifier.preprocessing_, logits.argmax(dim=1).numpy())
-        return [overlay(image, heatmap) for image, heatmap in zip(pixels, maps)]
+        found = heatmaps(self.model, pixels, self.classifier.preprocessing_, logits.argmax(dim=1).numpy())
+        return [(overlay(image, heatmap) if found.useful[i] else None, found.describe(i))
+                for i, (image, heatmap) in enumerate(zip(pixels, found.maps))]
 
 
 def _data_uri(pixels: np.ndarray) -> str:

@@ -5,6 +5,11 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from transferkit.lines import Wrapped
+
+BEST_EPOCH_NOTE = "* marks the best epoch so far (lowest validation loss): its weights are the ones kept."
+"""Printed once before the epoch lines that carry the mark."""
+
 
 @dataclass
 class EpochRecord:
@@ -21,11 +26,14 @@ class EpochRecord:
     images: int = 0
     """Training images seen in the epoch, summed over processes (0 in older checkpoints)."""
 
-    def describe(self, best: bool) -> str:
-        text = f"epoch {self.epoch:>3}  train loss {self.train_loss:.4f} acc {self.train_accuracy:.3f}"
+    def describe(self, best: bool) -> Wrapped:
+        """The epoch's line; on a narrow terminal it wraps between its fields (each kept whole:
+        "val loss 0.5123 acc 0.636 *", "18.3 img/s"), continuing under the first field's text."""
+        units = [f"epoch {self.epoch:>3}", f"train loss {self.train_loss:.4f} acc {self.train_accuracy:.3f}"]
         if self.val_loss is not None:
-            text += f"  val loss {self.val_loss:.4f} acc {self.val_accuracy:.3f}{' *' if best else '  '}"
-        return text + f"  {self.images_per_second:6.1f} img/s  {self.seconds:5.1f}s"
+            units.append(f"val loss {self.val_loss:.4f} acc {self.val_accuracy:.3f}{' *' if best else ''}")
+        units += [f"{self.images_per_second:.1f} img/s", f"{self.seconds:.1f} s"]
+        return Wrapped(units, separator="  ", indent=" " * 11)
 
 
 @dataclass

@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from transferkit.training.freezing import train_mode
 from transferkit.training.callbacks import Callback, EarlyStopping, TrainState
-from transferkit.training.history import EpochRecord, TrainResult
+from transferkit.training.history import BEST_EPOCH_NOTE, EpochRecord, TrainResult
 from transferkit.training.inputs import LoopInputs, TrainData, pixel_inputs, pixels_to_tensor
 from transferkit.training.optim import build_optimizer, build_scheduler
 from transferkit.training.prefix import prefix_inputs
@@ -95,6 +95,8 @@ def train_model(
     )
     for callback in state.callbacks:
         callback.on_train_start(state)
+    if data.val is not None and len(data.val[0]):
+        console.print(BEST_EPOCH_NOTE)
 
     for epoch in range(state.epoch, config.epochs):
         if state.stop:

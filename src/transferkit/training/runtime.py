@@ -9,9 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import ctypes
-import ctypes.util
-import functools
 import os
 import sys
 import time
@@ -22,6 +19,7 @@ import torch
 from torch import nn
 
 from transferkit.errors import ConfigError
+from transferkit.training.allocator import ALLOCATOR_ENV, freed_memory_kept, keep_freed_memory  # noqa: F401 - re-exported
 
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
 
@@ -38,58 +36,6 @@ def cpu_supports_bf16() -> bool:
         return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
     except (AttributeError, RuntimeError):
         return False
-
-
-# glibc's mallopt() parameters (malloc.h).
-_M_TRIM_THRESHOLD = -1
-_M_MMAP_MAX = -4
-
-ALLOCATOR_ENV = "TRANSFERKIT_ALLOCATOR"
-
-
-@functools.cache
-def keep_freed_memory() -> bool:
-    """Make glibc's malloc keep freed memory for reuse instead of returning it to the kernel.
-
-    By default glibc serves every allocation over its mmap threshold (128 KB, growing to at
-    most 32 MB; a batch of 32 activations at 112 x 112 px is 154 MB) with a fresh ``mmap`` and
-    unmaps it on free, so each layer of each batch page-faults its output in again: measured
-    here, that was more than half the time of a CPU forward pass at 224 px. With mmap off and
-    trimming off, freed chunks are reused, as a caching allocator does on GPUs. Measured on 2 cores (EfficientNet-Lite0, 224 px, batch 32): forward 20.7 ->
-    54.7 images/s; training all layers 7.6 -> 13.3 images/s.
-
-    PyTorch's CPU tuning guide gets the same effect by preloading jemalloc or tcmalloc
-    (``LD_PRELOAD``); that needs a system package and a restart, whereas ``mallopt`` works from
-    inside the running process. The cost: the process keeps its peak heap until it exits.
-
-    It changes the allocator of the whole process for its lifetime, so the library never calls
-    it on its own: the ``transferkit`` command does, at start-up (its entry point), and a
-    script or notebook may call it once itself (``transferkit.keep_freed_memory()``); a web
-    server embedding transferkit keeps its own allocator. :class:`Runtime` only reports it.
-
-    Applied once per process, on Linux with glibc only; ``TRANSFERKIT_ALLOCATOR=system`` turns
-    it off. Returns whether it is in effect.
-    """
-    global _FREED_MEMORY_KEPT
-    if os.environ.get(ALLOCATOR_ENV, "").lower() == "system" or not sys.platform.startswith("linux"):
-        return False
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        mallopt = libc.mallopt
-        libc.gnu_get_libc_version  # noqa: B018 - raises AttributeError on musl and other libcs
-    except (OSError, AttributeError):
-        return False
-    mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
-    _FREED_MEMORY_KEPT = bool(mallopt(_M_MMAP_MAX, 0)) and bool(mallopt(_M_TRIM_THRESHOLD, 2**31 - 1))
-    return _FREED_MEMORY_KEPT
-
-
-_FREED_MEMORY_KEPT = False
-
-
-def freed_memory_kept() -> bool:
-    """Whether :func:`keep_freed_memory` is in effect in this process (it changes nothing)."""
-    return _FREED_MEMORY_KEPT
 
 
 @dataclass(frozen=True)
