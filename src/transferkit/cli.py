@@ -267,6 +267,8 @@ def fit(
             "fit_seconds": round(classifier.fit_seconds_, 1),
             "estimated_fit_seconds": None if classifier.estimated_fit_seconds_ is None else round(classifier.estimated_fit_seconds_, 1),
             "peak_memory_mb": round(_peak_memory_mb(), 1),
+            "precision": {key: classifier.history_.get(f"precision{suffix}") for key, suffix in
+                          (("chosen", ""), ("why", "_why"), ("measured", "_measured"))},
             "skipped": [vars(s) for s in classifier.skipped_],
             "cv": cv_report,
             "history": history,

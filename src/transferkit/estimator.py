@@ -7,7 +7,9 @@ validates them and returns ``self``, and every learned attribute ends in ``_``. 
 
 from __future__ import annotations
 
+import hashlib
 import time
+from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
@@ -20,13 +22,13 @@ from transferkit.advise import Advice, advise
 from transferkit.advise.select import winner
 from transferkit.backbones import Preprocessing, get_backbone_spec
 from transferkit.constraints import AUTO, InstanceOf, Interval, Options, Registered, validate_params
-from transferkit.data import ImageSet, check_classes, decode_images, is_decoded, load_pixels, resolve_data
+from transferkit.data import ImageSet, check_classes, decode_images, default_cache_dir, is_decoded, load_pixels, resolve_data
 from transferkit.errors import ConfigError, DataError, NotFittedError
 from transferkit.strategies import FitRequest, Settings, get_strategy, list_strategies
 from transferkit.strategies.features import SYMMETRIES, FeatureExtractor, symmetric_features
 from transferkit.training.augment import AUGMENT_PRESETS
-from transferkit.training.inputs import predict_logits
-from transferkit.training.runtime import resolve_runtime
+from transferkit.training.inputs import pixels_to_tensor, predict_logits, to_model_input
+from transferkit.training.runtime import measured_inference_precision, resolve_runtime
 
 Strategy = Literal["auto", "svm", "logistic", "head", "finetune", "full", "scratch", "pixels"]
 AUTO_PROBE_IMAGES = 512
@@ -319,6 +321,7 @@ class ImageClassifier(ClassifierMixin, BaseEstimator):
             self.model_ = extractor.model.cpu()
         else:
             model = runtime.prepare_model(self.model_)
+            runtime = self._inference_runtime(runtime, model, pixels)
             logits = predict_logits(model, pixels, self.preprocessing_, runtime, batch_size=self.batch_size * 2)
             self.model_ = model.cpu()
         return torch.softmax(logits, dim=1).numpy()
@@ -336,6 +339,22 @@ class ImageClassifier(ClassifierMixin, BaseEstimator):
         return super().score(X, np.asarray(y).astype(str), sample_weight=sample_weight)
 
     # ------------------------------------------------------------ helpers
+    def _inference_runtime(self, runtime, model, pixels: np.ndarray):
+        """fp32, or a native bf16 where measured faster and giving the same predictions on ``pixels``."""
+        if not (runtime.auto_precision and runtime.precision == "bf16" and runtime.device.type == "cpu" and len(pixels)):
+            return runtime
+
+        def forward(candidate, batch):
+            with candidate.autocast():
+                return model.eval()(to_model_input(batch, self.preprocessing_, candidate))
+
+        root = None if self.cache_dir is False else (default_cache_dir() if self.cache_dir in (None, True) else Path(self.cache_dir))
+        digest = hashlib.sha256()
+        for tensor in model.state_dict().values():  # any network (PixelKernel has no timm classifier)
+            digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+        key = f"predict|{digest.hexdigest()}|{self.image_size_}"
+        return measured_inference_precision(runtime, forward, pixels_to_tensor(pixels[:32]), key=key, check="predictions", cache_root=root)
+
     def _decode(self, X: Any, images: ImageSet, size: int) -> tuple[np.ndarray, ImageSet, list]:
         """Pixels at ``size``, the images kept, and the files skipped (``skip_bad``)."""
         if is_decoded(X, size) and len(X) == len(images):

@@ -164,7 +164,9 @@ class FeatureStrategy(Strategy):
             feature_dim=extractor.dim, extract_seconds=extract_seconds,
         )
         request.console.print(plan.describe())
-        history = {"history": [], "best_epoch": 0, "stopped_early": False, "resumed_from_epoch": 0, "linear": info}
+        history = {"history": [], "best_epoch": 0, "stopped_early": False, "resumed_from_epoch": 0, "linear": info,
+                   "precision": extractor.runtime.precision, "precision_why": extractor.runtime.precision_reason,
+                   "precision_measured": extractor.runtime.measured}
         return FitOutcome(model=model, preprocessing=extractor.preprocessing, history=history, plan=plan)
 
 
