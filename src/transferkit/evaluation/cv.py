@@ -164,7 +164,13 @@ def run_jobs(jobs: list[FoldJob], *, n_jobs: int = 1, backend: str | None = None
         yield from (score_fold(job) for job in jobs)
         return
     with parallel_backend(backend, n_jobs):
-        yield from Parallel(return_as="generator")(delayed(score_fold)(job) for job in jobs)
+        try:
+            results = Parallel(return_as="generator")(delayed(score_fold)(job) for job in jobs)
+        except ValueError as exc:  # Ray's joblib backend returns lists only
+            if "return_as=generator" not in str(exc):
+                raise
+            results = Parallel()(delayed(score_fold)(job) for job in jobs)
+        yield from results
 
 
 def cross_validate(
