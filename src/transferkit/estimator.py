@@ -28,7 +28,7 @@ from transferkit.strategies import FitRequest, Settings, get_strategy, list_stra
 from transferkit.strategies.features import SYMMETRIES, FeatureExtractor, symmetric_features
 from transferkit.training.augment import AUGMENT_PRESETS
 from transferkit.training.inputs import pixels_to_tensor, predict_logits, to_model_input
-from transferkit.training.runtime import measured_inference_precision, resolve_runtime
+from transferkit.training.runtime import is_main_process, measured_inference_precision, resolve_runtime
 
 Strategy = Literal["auto", "svm", "logistic", "head", "finetune", "full", "scratch", "pixels"]
 AUTO_PROBE_IMAGES = 512
@@ -255,7 +255,7 @@ class ImageClassifier(ClassifierMixin, BaseEstimator):
         if self.strategy == AUTO:
             # Bad files are dropped (or reported) before the advisor measures anything.
             pixels, images, skipped = self._decode(X, images, spec.preprocessing.input_size)
-            advice = self._advise(images, console)
+            advice = runtime.run_on_main(lambda: self._advise(images, console))  # torchrun: one decision, rank 0's
         settings = self._settings(spec, advice)
         strategy = get_strategy(settings.strategy)
         if pixels is None or pixels.shape[1] != settings.image_size:
@@ -416,7 +416,8 @@ class ImageClassifier(ClassifierMixin, BaseEstimator):
             ) from exc
 
     def _console(self) -> Console:
-        return Console(stderr=True, emoji=False, markup=False, highlight=False, quiet=not self.verbose)  # user text printed literally
+        quiet = not self.verbose or not is_main_process()  # under torchrun, rank 0 speaks
+        return Console(stderr=True, emoji=False, markup=False, highlight=False, quiet=quiet)  # user text printed literally
 
     def _fingerprint(self, n_images: int, classes: np.ndarray, settings: Settings) -> dict[str, Any]:
         """Settings that must not change between a run and its resume."""

@@ -455,8 +455,19 @@ def measured_inference_precision(
 
 
 def is_main_process() -> bool:
-    """Whether this process may write files: always outside torchrun, rank 0 under it."""
-    return not (torch.distributed.is_available() and torch.distributed.is_initialized()) or torch.distributed.get_rank() == 0
+    """Whether this process may write files and print summaries: always outside torchrun, rank 0 under it.
+
+    Before the process group exists (a command that has not built its runtime yet), the rank
+    comes from torchrun's environment (``RANK`` with ``WORLD_SIZE`` > 1).
+    """
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank() == 0
+    return int(os.environ.get("WORLD_SIZE", "1") or 1) <= 1 or int(os.environ.get("RANK", "0") or 0) == 0
+
+
+def under_torchrun() -> bool:
+    """Whether this process is one of several started by ``torchrun``."""
+    return int(os.environ.get("WORLD_SIZE", "1") or 1) > 1
 
 
 def unwrap(model: nn.Module) -> nn.Module:
