@@ -195,3 +195,18 @@ def test_a_fold_job_trains_the_same_model_whatever_threads_its_worker_had(tiny_p
     finally:
         torch.set_num_threads(outside)
     np.testing.assert_array_equal(probabilities[0], probabilities[1])
+
+
+def test_info_shows_the_rule_and_what_was_measured_here(bf16_native, tiny_weights, tmp_path):
+    from transferkit.info import system_info
+    from transferkit.report.tables import info_rows
+
+    images, _ = make_images(2, 32)
+    _extractor(tiny_weights, tmp_path).transform(images)  # measures and keeps the speeds
+    precision = system_info(tmp_path)["precision"]
+    (measured,) = precision["inference_measurements"]
+    assert measured["what"] == "features" and measured["image_size"] == "32"
+    assert measured["fp32_images_per_second"] > 0 and measured["bf16_images_per_second"] > 0
+    assert "agreement with fp32" in precision["auto_cpu"] and precision["job_threads"] >= 1
+    rows = dict(info_rows(system_info(tmp_path)))
+    assert any(key.startswith("measured features") for key in rows) and "threads per cv job" in rows

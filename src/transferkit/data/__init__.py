@@ -13,9 +13,9 @@ Examples
 """
 
 from transferkit.data.builtin import BUILTIN_DATASETS, elpv_defective, load_elpv
-from transferkit.data.decode import DecodedImages, decode_images, default_cache_dir, read_image
+from transferkit.data.decode import DecodedImages, decode_images, default_cache_dir, read_image, release_pages
 from transferkit.data.export import export_image_folders
-from transferkit.data.pixels import as_unlabelled, is_decoded, load_pixels, release_pages
+from transferkit.data.pixels import as_unlabelled, is_decoded, load_pixels
 from transferkit.data.sources import (
     IMAGE_EXTENSIONS,
     ImageSet,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import mmap
 from typing import Any
 
 import numpy as np
@@ -33,20 +32,3 @@ def load_pixels(X: Any, size: int, *, cache_dir: str | bool | None = None, progr
         return X
     return decode_images(as_unlabelled(X), size, skip_bad=False, cache_dir=cache_dir, progress=progress).pixels
 
-
-def release_pages(pixels: np.ndarray) -> None:
-    """Drop the pages of a memory-mapped ``pixels`` (the decode cache) from this process's memory.
-
-    Pages of a mapped file that were read stay in the process's resident memory until the
-    kernel needs them back, so reading a whole 50,000-image cache once would make the peak
-    memory grow with the data. Streaming readers (feature extraction) call this after each
-    chunk: the data stays in the file (and the page cache), and a later read maps it in
-    again. A no-op for in-memory arrays and where ``madvise`` is unavailable.
-    """
-    mapping = getattr(pixels, "_mmap", None)
-    if mapping is None or not hasattr(mmap, "MADV_DONTNEED"):
-        return
-    try:
-        mapping.madvise(mmap.MADV_DONTNEED)
-    except (OSError, ValueError):
-        pass  # a closed or foreign mapping: nothing to release
