@@ -223,6 +223,8 @@ class FeatureExtractor:
         if self._precision_settled:
             return
         self._precision_settled = True
+        if not (self.runtime.auto_precision and self.runtime.precision == "bf16"):
+            return  # fp32, an explicit choice or a GPU: nothing to measure
         model_key = model_digest(self.model, f"v{FEATURE_CACHE_VERSION}")
         chosen = measured_inference_precision(
             self.runtime, self._forward, pixels_to_tensor(pixels), key=f"features|{model_key}|{pixels.shape[1]}",
@@ -272,7 +274,7 @@ class FeatureExtractor:
             digests += chunk_digests
             # De-duplicate identical images inside this chunk too.
             first = {d: i for i, d in reversed(list(enumerate(chunk_digests)))}
-            unique = [d for d in dict.fromkeys(chunk_digests[i] for i in cache.missing(chunk_digests))]
+            unique = list(dict.fromkeys(chunk_digests[i] for i in cache.missing(chunk_digests)))
             computed = []
             for batch_start in range(0, len(unique), self.batch_size):
                 index = [first[d] for d in unique[batch_start : batch_start + self.batch_size]]
