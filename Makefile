@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 OUT    ?= runs/elpv
 
-.PHONY: run test slow soak bench bench-auto onnx-bench docs-figures install install-dev clean
+.PHONY: run test slow soak bench bench-auto bench-scale onnx-bench docs-figures install install-dev clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -59,6 +59,10 @@ bench-auto: install-dev
 	$(BIN)/python benchmarks/datasets.py --root runs/bench/data
 	$(BIN)/python benchmarks/auto_vs_baselines.py --sets lfw digits animals elpv --budget-minutes 5 \
 		--json runs/bench/auto_vs_baselines.json
+
+## How time and peak memory grow with N: `fit` svm and head on 1k, 10k, 50k synthetic images (hours).
+bench-scale: install-dev
+	$(BIN)/python benchmarks/scale.py --json runs/bench/scale.json
 
 ## ONNX Runtime vs PyTorch (fp32, int8) on elpv:test, with the cheap svm model it needs (~3 min).
 runs/onnx_model/config.json:

@@ -73,3 +73,13 @@ def test_auto_vs_baselines_smoke(tmp_path):
     assert entry["results"]["auto"]["strategy"]
     assert entry["results"]["svm"]["strategy"] == "svm" and entry["results"]["logistic"]["strategy"] == "logistic"
     assert entry["verdict"]["pass"] in (True, False) and entry["verdict"]["best_baseline"] in ("svm", "logistic", "pixels")
+
+
+def test_scale_smoke(tmp_path):
+    report = run_script("scale.py", "--n", 20, 40, "--strategies", "logistic", "--root", tmp_path / "scale", tmp_path=tmp_path)
+    rows = report["rows"]
+    assert [(r["strategy"], r["n"]) for r in rows] == [("logistic", 20), ("logistic", 40)]
+    assert rows[0]["per_image_ratio"] == 1.0 and rows[1]["per_image_ratio"] > 0
+    for row in rows:
+        assert row["peak_rss_mb"] > 100 and row["wall_seconds"] > 0
+        assert row["cache_bytes_per_image"] > 224 * 224 * 3  # the decode cache at 224 px, plus features
