@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 OUT    ?= runs/elpv
 
-.PHONY: run test slow soak bench bench-auto bench-decode onnx-bench docs-figures install install-dev clean
+.PHONY: run test slow soak bench bench-auto bench-decode bench-scale onnx-bench docs-figures install install-dev clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -65,6 +65,10 @@ bench-auto: install-dev
 ## Decoding elpv:train before and after issue 20's decoding rules, in one run (1.5-3 min).
 bench-decode: install-dev
 	cd benchmarks && ../$(BIN)/python decode_speed.py --json ../runs/bench/decode.json
+
+## How time and peak memory grow with N: `fit` svm and head on 1k, 10k, 50k synthetic images (hours).
+bench-scale: install-dev
+	$(BIN)/python benchmarks/scale.py --json runs/bench/scale.json
 
 ## ONNX Runtime vs PyTorch (fp32, int8) on elpv:test, with the cheap svm model it needs (~3 min).
 runs/onnx_model/config.json:

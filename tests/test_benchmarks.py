@@ -79,3 +79,12 @@ def test_decode_speed_smoke(tmp_path):
     report = run_script("decode_speed.py", "--subset", 40, "--rounds", 1, "--image-size", 32, tmp_path=tmp_path)
     assert report["images"] == 40 and report["same_pixels"] is True
     assert report["after_over_before"] > 0 and report["conversion_after_ns"] > 0
+
+def test_scale_smoke(tmp_path):
+    report = run_script("scale.py", "--n", 20, 40, "--strategies", "logistic", "--root", tmp_path / "scale", tmp_path=tmp_path)
+    rows = report["rows"]
+    assert [(r["strategy"], r["n"]) for r in rows] == [("logistic", 20), ("logistic", 40)]
+    assert rows[0]["per_image_ratio"] == 1.0 and rows[1]["per_image_ratio"] > 0
+    for row in rows:
+        assert row["peak_rss_mb"] > 100 and row["wall_seconds"] > 0
+        assert row["cache_bytes_per_image"] > 224 * 224 * 3  # the decode cache at 224 px, plus features

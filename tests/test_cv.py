@@ -57,9 +57,9 @@ def test_compare_gives_every_strategy_identical_folds_and_the_documented_json(ti
     seen = {}
     real = search_module.score_candidate
 
-    def spy(arena, candidate, fold, callbacks=()):
+    def spy(arena, candidate, fold, callbacks=(), **options):
         seen.setdefault(candidate.strategy, []).append(sorted(fold[1].tolist()))
-        return real(arena, candidate, fold, callbacks)
+        return real(arena, candidate, fold, callbacks, **options)
 
     monkeypatch.setattr(search_module, "score_candidate", spy)
     images, labels = make_images(6, 32)

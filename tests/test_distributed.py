@@ -77,3 +77,44 @@ def test_two_processes_predict_like_one(ranks, strategy, tiny_weights):
     assert (single.classes_[expected.argmax(1)] == np.array(labels)).mean() == 1.0
     assert (distributed.argmax(1) == expected.argmax(1)).mean() >= 0.95
     assert np.abs(distributed - expected).mean() < 0.15
+
+
+@pytest.fixture(scope="module")
+def cli_ranks(tiny_weights, image_folder, tmp_path_factory):
+    """The CLI under torchrun (tests/distributed_cli.py): fit, predict, fit auto, compare."""
+    out = tmp_path_factory.mktemp("ddp-cli")
+    env = dict(os.environ, OMP_NUM_THREADS="1", COLUMNS="200",
+               PYTHONPATH=os.pathsep.join([str(SRC), str(HERE), os.environ.get("PYTHONPATH", "")]))
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+               str(HERE / "distributed_cli.py"), str(out), str(image_folder), str(tiny_weights)]
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    writes = [json.loads(line) for rank in (0, 1) if (out / f"writes-rank{rank}.jsonl").exists()
+              for line in (out / f"writes-rank{rank}.jsonl").read_text().splitlines()]
+    return out, writes, done.stdout
+
+
+def test_under_torchrun_the_cli_writes_each_file_once_from_rank_0(cli_ranks):
+    out, writes, _ = cli_ranks
+    paths = [Path(w["path"]).name for w in writes if w["kind"] != "weights"]
+    for name in ("finetune.json", "predictions.csv", "predictions.json", "auto.json", "compare.json"):
+        assert paths.count(name) == 1, (name, writes)
+    assert [w for w in writes if w["kind"] == "plot"] and all(w["rank"] == 0 for w in writes)
+    weights = [w for w in writes if w["kind"] == "weights"]
+    assert len(weights) == 2  # the finetune and the auto model, each once
+    assert (out / "finetune" / "model.safetensors").is_file() and (out / "auto" / "model.safetensors").is_file()
+    fit = json.loads((out / "finetune.json").read_text())
+    assert fit["strategy"] == "finetune" and fit["epochs_run"] == 2
+
+
+def test_under_torchrun_the_summaries_are_printed_once(cli_ranks):
+    _, _, stdout = cli_ranks
+    assert stdout.count("model written to") == 2  # the two fits
+    assert stdout.count("best:") == 1  # compare's table and verdict
+
+
+def test_auto_under_torchrun_is_one_decision(cli_ranks):
+    out, _, _ = cli_ranks
+    report = json.loads((out / "auto.json").read_text())
+    assert report["advice"] is not None and report["strategy"] in ("svm", "logistic", "pixels", "head", "finetune", "full")
+    transferkit.load(out / "auto")

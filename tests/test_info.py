@@ -42,7 +42,8 @@ def test_new_commands_have_help(command):
 def test_info_json_has_what_a_bug_report_needs():
     report = invoke_json("info")
     assert set(report) == {"transferkit", "location", "python", "platform", "packages", "cpu", "threads",
-                           "bf16_native", "allocator", "cuda", "cache", "weights"}
+                           "bf16_native", "precision", "allocator", "cuda", "cache", "weights"}
+    assert set(report["precision"]) == {"auto_cpu", "job_threads", "job_threads_variable", "inference_measurements"}
     assert {"torch", "torchvision", "timm", "scikit-learn"} <= set(report["packages"])
     assert report["packages"]["torch"] is not None
     assert set(report["cpu"]) == {"model", "flags", "capability", "logical_cores", "usable_cores"}

@@ -80,6 +80,8 @@ def _main(
     """Turn a folder of labelled images into the best classifier a pretrained network allows."""
     global _debug
     _debug = debug or os.environ.get("TRANSFERKIT_DEBUG") == "1"
+    if not _main_rank():
+        out.quiet = True  # under torchrun every rank runs the command; rank 0 prints the results
     warnings.showwarning = _show_warning  # the program's own entry point: one line per warning
 
 
@@ -138,13 +140,30 @@ def _user_errors(*, resume_hint: Path | None = None) -> Iterator[None]:
         raise typer.Exit(1) from None
 
 
+def _main_rank() -> bool:
+    """Whether this process writes files and prints results: always, except on ranks 1+ under torchrun.
+
+    Read from torchrun's environment (as :func:`transferkit.training.runtime.is_main_process`
+    does before the process group exists), so that no command imports torch for it.
+    """
+    return int(os.environ.get("WORLD_SIZE", "1") or 1) <= 1 or int(os.environ.get("RANK", "0") or 0) == 0
+
+
+def _check_jobs(jobs: int) -> None:
+    if jobs != 1 and not (int(os.environ.get("WORLD_SIZE", "1") or 1) <= 1):
+        raise typer.BadParameter(
+            f"under torchrun the ranks already share the work; joblib workers would each join the process group. "
+            f"Use --jobs 1. Received: --jobs {jobs}", param_hint="--jobs",
+        )
+
+
 def _or_auto(value: Any) -> Any:
     """An option left unset on the command line means "auto": let the advisor or a default decide."""
     return "auto" if value is None else value
 
 
 def _write_json(path: Path | None, payload: dict[str, Any]) -> None:
-    if path is None:
+    if path is None or not _main_rank():
         return
     if path == STDOUT:
         sys.stdout.write(json.dumps(payload, indent=2) + "\n")
@@ -199,8 +218,8 @@ PrecisionOpt = Annotated[str, typer.Option(help="auto | fp32 | bf16 | fp16.")]
 CacheOpt = Annotated[Optional[Path], typer.Option(help="Cache folder for decoded images and features (default ~/.cache/transferkit or $TRANSFERKIT_CACHE).")]
 ModelArg = Annotated[Path, typer.Argument(help="Model folder written by `transferkit fit --out`.")]
 ReportOpt = Annotated[Optional[Path], typer.Option("--report", help="Also write report.html with plots and heatmaps to this folder.")]
-JobsOpt = Annotated[int, typer.Option("--jobs", help="Run independent (strategy, fold) jobs in parallel through joblib; -1: one per core.")]
-BackendOpt = Annotated[Optional[str], typer.Option(help="joblib backend for --jobs: loky (this machine, default), threading, dask or ray (a cluster).")]
+JobsOpt = Annotated[int, typer.Option("--jobs", help="Run independent (strategy, fold) jobs in parallel through joblib; -1: one per core. Each job uses $TRANSFERKIT_JOB_THREADS torch threads (default 1), so any N gives the same table.")]
+BackendOpt = Annotated[Optional[str], typer.Option(help="joblib backend for --jobs: loky (this machine, default), threading, dask (the scheduler in $DASK_SCHEDULER_ADDRESS) or ray ($RAY_ADDRESS).")]
 JsonOpt = Annotated[Optional[Path], typer.Option("--json", help="Also write the results as JSON to this file.")]
 STDOUT = Path("-")
 JsonOutOpt = Annotated[Optional[Path], typer.Option("--json", allow_dash=True, help="Write the table's content as JSON to this file; '-' prints it instead of the table.")]
@@ -248,6 +267,7 @@ def fit(
     from transferkit.persistence import check_output_folder, save_model
 
     _check_fit_options(strategy, freeze, batch_size, c)
+    _check_jobs(jobs)
     _check_output_file(json_path, "--json")
     with _user_errors(resume_hint=out_dir):
         check_output_folder(out_dir)  # before any work: a bad --out must not cost a whole fit
@@ -304,6 +324,8 @@ def fit(
             "peak_memory_mb": round(_peak_memory_mb(), 1),
             "probabilities": probability_note(classifier.history_),
             "model_card": str(out_dir / CARD_NAME),
+            "precision": {key: classifier.history_.get(f"precision{suffix}") for key, suffix in
+                          (("chosen", ""), ("why", "_why"), ("measured", "_measured"))},
             "skipped": [vars(s) for s in classifier.skipped_],
             "cv": cv_report,
             "class_counts": classifier.class_counts_,
@@ -405,6 +427,7 @@ def compare(
     from transferkit.report import plot_comparison
     from transferkit.report.tables import comparison_table
 
+    _check_jobs(jobs)
     _check_output_file(json_path, "--json")
     _check_output_file(plot, "--plot")
     with _user_errors():
@@ -438,11 +461,11 @@ def compare(
             save_model(classifier, out_dir, metrics={"cv": comparison.best.to_dict()}, data=data)
             out.print(_literal(f"best model ({best}) refitted on all data and written to {out_dir}"))
             report["model"] = str(out_dir)
-        if plot is not None:
+        if plot is not None and _main_rank():
             plot_comparison(comparison, plot)
             err.print(_literal(f"wrote {plot}"))
             report["plot"] = str(plot)
-        if report_dir is not None:
+        if report_dir is not None and _main_rank():
             from transferkit.report.build import write_comparison_report
 
             out.print(f"wrote {write_comparison_report(comparison.to_dict(), report_dir, data_name=data)}")
@@ -476,6 +499,7 @@ def advise(
     from transferkit.data import resolve_data
     from transferkit.report.tables import race_table
 
+    _check_jobs(jobs)
     with _user_errors():
         images = resolve_data(data)
         err.print(_literal(f"measuring {images.describe()}"))
@@ -666,7 +690,7 @@ def predict(
                 record[f"label_{rank}"] = str(classifier.classes_[index])
                 record[f"probability_{rank}"] = round(float(row[index]), 6)
             rows.append(record)
-        if csv_path is not None:
+        if csv_path is not None and _main_rank():
             from transferkit.persistence import atomic_write
 
             def write_csv(tmp: str) -> None:
@@ -681,9 +705,9 @@ def predict(
             err.print(_literal(f"wrote {csv_path}"))
         note = _probability_note(classifier)
         _write_json(json_path, {"predictions": rows, "classes": [str(c) for c in classifier.classes_], "probabilities": note})
-        if note is not None:
+        if note is not None and _main_rank():
             err.print(Wrapped.prose(f"probabilities: {note['description']}", indent="  "))
-        if explain is not None:
+        if explain is not None and _main_rank():
             if model_dir.suffix == ".onnx":
                 raise TransferkitError("--explain needs the model folder (heatmaps need the network's gradients), not an .onnx file.")
             from transferkit.report.explain import write_explanations
@@ -718,6 +742,8 @@ def _write_model_report(model_dir: Path, data: str, out_dir: Path, *, classifier
     from transferkit.persistence import load_model, read_config
     from transferkit.report.build import write_report
 
+    if not _main_rank():
+        return
     advice = None
     if advice_path is not None:
         try:

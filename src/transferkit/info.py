@@ -9,6 +9,7 @@ changed, no network is built.
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import sys
@@ -19,9 +20,20 @@ from typing import Any
 import torch
 
 from transferkit._version import __version__
-from transferkit.backbones import list_backbones, weights_available
+from transferkit.backbones import backbone_stages, create_backbone, list_backbones, weights_available
+from transferkit.data import default_cache_dir
 from transferkit.data.cache_admin import cache_summary
-from transferkit.training.runtime import ALLOCATOR_ENV, cpu_supports_bf16
+from transferkit.errors import ConfigError
+from transferkit.training.runtime import (
+    ALLOCATOR_ENV,
+    FEATURE_TOLERANCE,
+    JOB_THREADS_ENV,
+    MIN_SPEEDUP,
+    SPEED_FOLDER,
+    cpu_supports_bf16,
+    job_threads,
+    machine_key,
+)
 
 # Imports only what it reports on (torch, the backbone registry, the cache): no timm, no
 # scikit-learn, so `transferkit info` takes about as long as `import torch`
@@ -48,7 +60,7 @@ def system_info(cache_dir: str | os.PathLike | None = None) -> dict[str, Any]:
     -------
     dict
         Keys ``transferkit``, ``location``, ``python``, ``platform``, ``packages``, ``cpu``,
-        ``threads``, ``bf16_native``, ``allocator``, ``cuda``, ``cache``, ``weights``.
+        ``threads``, ``bf16_native``, ``precision``, ``allocator``, ``cuda``, ``cache``, ``weights``.
     """
     return {
         "transferkit": __version__,
@@ -59,6 +71,7 @@ def system_info(cache_dir: str | os.PathLike | None = None) -> dict[str, Any]:
         "cpu": cpu_info(),
         "threads": thread_info(),
         "bf16_native": cpu_supports_bf16(),
+        "precision": precision_info(cache_dir),
         "allocator": allocator_setting(),
         "cuda": cuda_info(),
         "cache": cache_summary(cache_dir).to_dict(),
@@ -117,6 +130,40 @@ def thread_info() -> dict[str, Any]:
         "interop": torch.get_num_interop_threads(),
         "environment": {name: os.environ.get(name, "unset") for name in THREAD_VARIABLES},
     }
+
+
+def precision_info(cache_dir: str | os.PathLike | None = None) -> dict[str, Any]:
+    """How ``precision="auto"`` decides on this machine, and what it measured so far.
+
+    ``inference_measurements``: the bf16-vs-fp32 speeds kept under ``<cache>/precision/`` by
+    :func:`transferkit.training.runtime.measured_inference_precision`, for this machine only
+    (one per network and image size; features and predictions).
+    """
+    native = cpu_supports_bf16()
+    if native:
+        rule = (f"bf16 where measured at least {MIN_SPEEDUP:g}x faster than fp32 (once per machine and network) and in "
+                f"agreement with fp32 on the data (features within {FEATURE_TOLERANCE:g} relative, predictions identical); "
+                "training: the faster of one timed step in each; cross-validation jobs: fp32")
+    else:
+        rule = "fp32 (no native bf16 on this CPU); cross-validation jobs: fp32"
+    try:
+        threads: int | str = job_threads()
+    except ConfigError as exc:
+        threads = str(exc)
+    root = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
+    here = machine_key()
+    measurements = []
+    for path in sorted((root / SPEED_FOLDER).glob("*.json")) if (root / SPEED_FOLDER).is_dir() else []:
+        try:
+            record = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        if isinstance(record, dict) and record.get("machine") == here:
+            kind, _, rest = str(record.get("key", "")).partition("|")
+            measurements.append({"what": kind, "network": rest.rpartition("|")[0][:12], "image_size": rest.rpartition("|")[2],
+                                 "fp32_images_per_second": record.get("fp32"), "bf16_images_per_second": record.get("bf16")})
+    return {"auto_cpu": rule, "job_threads": threads, "job_threads_variable": JOB_THREADS_ENV,
+            "inference_measurements": measurements}
 
 
 def allocator_setting() -> dict[str, Any]:

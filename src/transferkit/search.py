@@ -35,7 +35,7 @@ from rich.console import Console
 from transferkit.errors import ConfigError
 from transferkit.strategies import FitOutcome, FitRequest, FoldFit, Settings, get_strategy
 from transferkit.training.callbacks import Deadline, FallingBehind
-from transferkit.training.runtime import Runtime, resolve_runtime
+from transferkit.training.runtime import Runtime, reproducible_job, resolve_runtime
 
 Fold = tuple[np.ndarray, np.ndarray]
 TIE = 0.002
@@ -149,12 +149,21 @@ class Arena:
         )
 
 
-def score_candidate(arena: Arena, candidate: Candidate, fold: Fold, callbacks: Sequence[Any] = ()) -> FoldFit:
-    """Fit ``candidate`` on the fold's training part and score its test part (any process)."""
+def score_candidate(arena: Arena, candidate: Candidate, fold: Fold, callbacks: Sequence[Any] = (), *,
+                    reproducible: bool = False) -> FoldFit:
+    """Fit ``candidate`` on the fold's training part and score its test part (any process).
+
+    ``reproducible``: inside :func:`~transferkit.training.runtime.reproducible_job` (fixed torch
+    threads, fp32 for ``precision="auto"``), so the score does not depend on ``--jobs``, the
+    backend or the machine's thread count.
+    """
+    import contextlib
+
     import torch
 
-    torch.manual_seed(int(arena.params.get("seed", 0)))  # a new head's initial weights
-    return get_strategy(candidate.strategy).score(arena.request(candidate, callbacks), *fold)
+    with reproducible_job() if reproducible else contextlib.nullcontext():
+        torch.manual_seed(int(arena.params.get("seed", 0)))  # a new head's initial weights
+        return get_strategy(candidate.strategy).score(arena.request(candidate, callbacks), *fold)
 
 
 def _score_job(arena_state: dict[str, Any], pixels: np.ndarray, candidate: Candidate, fold: Fold) -> FoldFit:
@@ -164,7 +173,7 @@ def _score_job(arena_state: dict[str, Any], pixels: np.ndarray, candidate: Candi
         params=arena_state["params"], strata=arena_state["strata"],
         runtime=resolve_runtime(arena_state["params"].get("device", "auto"), arena_state["params"].get("precision", "auto")),
     )
-    fitted = score_candidate(arena, candidate, fold)
+    fitted = score_candidate(arena, candidate, fold, reproducible=arena_state["reproducible"])
     fitted.outcome = None  # models stay in the worker: only scores travel back
     return fitted
 
@@ -196,6 +205,9 @@ class CandidateSearch:
         Called with (trial, fold number) after each fold is scored.
     clock : callable
         Injectable, so that the budget mechanism is testable without waiting.
+    reproducible : bool
+        Score every job inside ``reproducible_job()`` (``compare`` and the race: their tables
+        must not depend on ``--jobs``); ``auto`` keeps every thread, for speed.
     """
 
     def __init__(
@@ -203,7 +215,7 @@ class CandidateSearch:
         cost: Callable[[Candidate, int, int, list[Candidate]], float] | None = None, reserve_seconds: float = 0.0, n_jobs: int = 1,
         backend: str | None = None, on_event: Callable[[str], None] | None = None,
         on_fit: Callable[[Trial, int], None] | None = None, clock: Callable[[], float] = time.perf_counter,
-        started: float | None = None,
+        started: float | None = None, reproducible: bool = False,
     ):
         if not folds:
             raise ConfigError("a search needs at least one (train, test) fold")
@@ -213,6 +225,7 @@ class CandidateSearch:
         self.on_event, self.clock = on_event or (lambda line: None), clock
         self.on_fit = on_fit or (lambda trial, number: None)
         self.started = clock() if started is None else started
+        self.reproducible = reproducible
         self.trials: dict[Candidate, Trial] = {}
 
     # ----------------------------------------------------------------- time
@@ -261,7 +274,7 @@ class CandidateSearch:
                 return
         estimate = f" (~{trial.estimate:.0f} s)" if trial.estimate is not None else ""
         self.on_event(f"{self.stamp()} measuring {candidate.label}{estimate}: {candidate.proposed_by}")
-        fitted = score_candidate(self.arena, candidate, (train, test), self._callbacks(candidate))
+        fitted = score_candidate(self.arena, candidate, (train, test), self._callbacks(candidate), reproducible=self.reproducible)
         self._record(trial, number, fitted)
         self.on_event(f"{self.stamp()} {candidate.label}: {fitted.accuracy:.3f} held-out accuracy in {fitted.seconds:.0f} s"
                       + (f" ({fitted.stopped})" if fitted.stopped else ""))
@@ -296,7 +309,7 @@ class CandidateSearch:
         from transferkit.evaluation.jobs import parallel_backend
 
         state = {"targets": self.arena.targets, "classes": self.arena.classes, "params": dict(self.arena.params),
-                 "strata": self.arena.strata}
+                 "strata": self.arena.strata, "reproducible": self.reproducible}
         jobs = [(trial, number) for trial in trials for number in numbers if number not in trial.folds]
         # every (candidate, fold) is independent: joblib runs them here or on a cluster (--jobs, --backend)
         with parallel_backend(self.backend, self.n_jobs):

@@ -220,7 +220,11 @@ def search_auto(
     # 4. a trained network with what is left
     augment = _network_augment(fixed, symmetry)
     network = _network_candidate(recommendation, facts, fixed, search, speeds, len(fold[0]), len(fold[1]), backbone_size, augment)
-    if network is not None:
+    if arena.runtime.distributed:
+        # under torchrun the search runs on rank 0 alone, and a network there would wait for the other ranks
+        reasons.append("no trained network was measured: under torchrun the search runs on rank 0 alone; "
+                       "fit --strategy finetune or full trains a network on every rank")
+    elif network is not None:
         search.evaluate_candidates([network])
     elif get_strategy(recommendation.strategy).trains_network or not facts.n_samples < 1000:
         reasons.append("no trained network was measured: the budget left too little time for "

@@ -13,7 +13,7 @@ Examples
 """
 
 from transferkit.data.builtin import BUILTIN_DATASETS, elpv_defective, load_elpv
-from transferkit.data.decode import ALPHA_BACKGROUND, DecodedImages, decode_images, default_cache_dir, read_image
+from transferkit.data.decode import ALPHA_BACKGROUND, DecodedImages, decode_images, default_cache_dir, read_image, release_pages
 from transferkit.data.duplicates import (
     content_digests, describe_conflicts, duplicate_groups, label_conflicts, pixel_groups, train_test_overlap,
 )
@@ -54,6 +54,7 @@ __all__ = [
     "pixel_groups",
     "read_image",
     "register_dataset",
+    "release_pages",
     "resolve_data",
     "stratified_sample",
     "train_test_overlap",

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import mmap
 import os
 import tempfile
 import warnings
@@ -44,6 +45,9 @@ ALPHA_BACKGROUND = 255
 as an image viewer or a web page shows a transparent icon."""
 _PROGRESS_MIN_IMAGES = 200  # below this a progress bar is only flicker
 _MAX_WORKERS = 8  # threads: PIL releases the GIL while decoding and resizing
+DECODE_CHUNK = 256
+"""Images decoded into the cache file per step; the step's pages are then released, so the
+memory a decode holds does not grow with the number of images (see :func:`release_pages`)."""
 _HASH_CHUNK = 1 << 20
 
 
@@ -339,7 +343,7 @@ def _decode_into(
 
     try:
         show = progress and n > _PROGRESS_MIN_IMAGES
-        reasons = list(_with_progress(pool.map(decode_one, range(n)), n, show))
+        reasons = list(_with_progress(_in_chunks(pool, decode_one, n, pixels), n, show))
         skipped = [SkippedFile(imageset.source_name(i), r) for i, r in enumerate(reasons) if r is not None]
         _raise_if_bad(skipped, skip_bad, imageset)
         if len(skipped) == n:
@@ -359,6 +363,33 @@ def _decode_into(
     finally:
         if target is not None and os.path.exists(target[0]):
             os.remove(target[0])  # an open memmap keeps its pages; only the name goes
+
+
+def _in_chunks(pool: ThreadPoolExecutor, decode_one, n: int, pixels: np.ndarray) -> Iterator:
+    """``decode_one(i)`` for every image, :data:`DECODE_CHUNK` at a time; after each chunk the
+    pages written to a memory-mapped ``pixels`` are released (they stay in the file)."""
+    for start in range(0, n, DECODE_CHUNK):
+        yield from pool.map(decode_one, range(start, min(n, start + DECODE_CHUNK)))
+        release_pages(pixels)
+
+
+def release_pages(pixels: np.ndarray) -> None:
+    """Drop the pages of a memory-mapped ``pixels`` (the decode cache) from this process's memory.
+
+    Pages of a mapped file that were read or written stay in the process's resident memory
+    until the kernel wants them back, so touching a 50,000-image cache once would make the peak
+    memory grow with the data. Streaming readers and writers (the decode above, the checksum,
+    feature extraction) call this after each chunk: the data stays in the file (a shared
+    mapping's writes are the file's pages), and a later access maps it in again. A no-op for
+    in-memory arrays and where ``madvise`` is unavailable.
+    """
+    mapping = getattr(pixels, "_mmap", None)
+    if mapping is None or not hasattr(mmap, "MADV_DONTNEED"):
+        return
+    try:
+        mapping.madvise(mmap.MADV_DONTNEED)
+    except (OSError, ValueError):
+        pass  # a closed or foreign mapping: nothing to release
 
 
 def _worker_count() -> int:
@@ -448,6 +479,7 @@ def pixels_digest(pixels: np.ndarray) -> str:
     rows = max(1, _HASH_CHUNK * 16 // max(1, flat.shape[1] * flat.itemsize))
     for start in range(0, len(flat), rows):
         digest.update(np.ascontiguousarray(flat[start : start + rows]).data)
+        release_pages(pixels)  # a memory map is read once: its pages need not stay
     return digest.hexdigest()
 
 

@@ -175,7 +175,7 @@ def compare_strategies(
         if on_fold is not None:
             on_fold(trial.candidate.strategy, cv_result(trial, search, {}).folds[trial.folds.index(number)])
 
-    search = CandidateSearch(arena, folds, n_jobs=n_jobs, backend=backend, on_fit=report)
+    search = CandidateSearch(arena, folds, n_jobs=n_jobs, backend=backend, on_fit=report, reproducible=True)
     trials = every_fold(search, candidates)
     return Comparison(
         results=[cv_result(t, search, params[t.candidate.strategy]) for t in trials], cv=cv, repeats=repeats, n=len(images),

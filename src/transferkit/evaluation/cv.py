@@ -20,6 +20,7 @@ from sklearn.model_selection import RepeatedStratifiedKFold, StratifiedGroupKFol
 
 from transferkit.errors import ConfigError, DataError
 from transferkit.evaluation.metrics import classification_metrics
+from transferkit.training.runtime import reproducible_job
 
 Fold = tuple[np.ndarray, np.ndarray]
 
@@ -157,16 +158,21 @@ class FoldJob:
 
 
 def score_fold(job: FoldJob) -> FoldScore:
-    """Run one :class:`FoldJob` (in this process or in a joblib worker)."""
+    """Run one :class:`FoldJob` (in this process or in a joblib worker).
+
+    Inside :func:`~transferkit.training.runtime.reproducible_job`: a fixed number of torch
+    threads and fp32 for ``precision="auto"`` on a CPU, so the score is the same whichever
+    worker, backend or ``--jobs`` ran it.
+    """
     labels = np.asarray(job.labels).astype(str)
     model = clone(job.estimator)
-    started = time.perf_counter()
-    with warnings.catch_warnings():
+    with reproducible_job(), warnings.catch_warnings():
         # One picture in two classes is reported once, for the whole data, not by every fold's fit.
         warnings.filterwarnings("ignore", message=".*appear with different labels")
+        started = time.perf_counter()
         model.fit(job.pixels[np.sort(job.train)], labels[np.sort(job.train)])
-    fit_seconds = time.perf_counter() - started
-    predictions = model.predict(job.pixels[job.test])
+        fit_seconds = time.perf_counter() - started
+        predictions = model.predict(job.pixels[job.test])
     metrics = classification_metrics(labels[job.test], predictions, sorted(set(labels)))
     return FoldScore(
         fold=job.number, accuracy=metrics["accuracy"], balanced_accuracy=metrics["balanced_accuracy"],
@@ -180,7 +186,9 @@ def run_jobs(jobs: list[FoldJob], *, n_jobs: int = 1, backend: str | None = None
     ``n_jobs=1`` runs them one after the other in this process. ``backend`` names any joblib
     backend (``loky``, the default for ``n_jobs > 1``, ``threading``, or ``dask`` / ``ray`` on a
     cluster once registered: see :func:`transferkit.evaluation.jobs.parallel_backend`); folds,
-    seeds and therefore scores do not depend on it. Each worker gets ``cores / n_jobs`` threads.
+    seeds and therefore scores do not depend on it: every job runs with the same fixed number
+    of torch threads (:func:`~transferkit.training.runtime.reproducible_job`), with ``n_jobs=1``
+    too.
     """
     from transferkit.evaluation.jobs import parallel_backend
 
@@ -190,7 +198,13 @@ def run_jobs(jobs: list[FoldJob], *, n_jobs: int = 1, backend: str | None = None
         yield from (score_fold(job) for job in jobs)
         return
     with parallel_backend(backend, n_jobs):
-        yield from Parallel(return_as="generator")(delayed(score_fold)(job) for job in jobs)
+        try:
+            results = Parallel(return_as="generator")(delayed(score_fold)(job) for job in jobs)
+        except ValueError as exc:  # Ray's joblib backend returns lists only
+            if "return_as=generator" not in str(exc):
+                raise
+            results = Parallel()(delayed(score_fold)(job) for job in jobs)
+        yield from results
 
 
 def cross_validate(

@@ -8,6 +8,11 @@ jobs to joblib, and ``--backend`` picks any backend joblib knows by name:
 - ``dask``: the workers of a Dask cluster (``pip install distributed``; the scheduler's
   address comes from ``DASK_SCHEDULER_ADDRESS``, e.g. ``tcp://head:8786``);
 - ``ray``: a Ray cluster (``pip install ray``; ``RAY_ADDRESS`` names it).
+
+Whichever runs them, every job computes with the same fixed number of torch threads and, under
+``precision="auto"`` on a CPU, in fp32 (:func:`transferkit.training.runtime.reproducible_job`),
+so the table is the same for any ``--jobs`` and backend: ``tests/test_cluster.py`` checks loky,
+a Dask ``LocalCluster`` of two worker processes, and Ray where it is installed.
 """
 
 from __future__ import annotations
@@ -45,7 +50,8 @@ def parallel_backend(backend: str | None, n_jobs: int) -> Iterator[None]:
         return
     elif name not in ("loky", "threading", "multiprocessing", "sequential"):
         raise ConfigError(f"unknown joblib backend; expected loky, threading, dask or ray. Received: backend={name!r}")
-    # Each loky worker gets its share of the cores (joblib sets its OMP/MKL threads).
+    # Each loky worker gets its share of the cores for OpenMP/BLAS code outside torch (joblib
+    # sets OMP_NUM_THREADS); torch's own threads are fixed per job by reproducible_job().
     threads = {"inner_max_num_threads": max(1, (os.cpu_count() or 1) // max(1, n_jobs))} if name == "loky" else {}
     with parallel_config(backend=name, n_jobs=n_jobs, **threads):
         yield

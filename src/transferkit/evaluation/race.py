@@ -156,7 +156,7 @@ def race_strategies(
         if on_fold is not None:
             on_fold(trial.candidate.strategy, cv_result(trial, search, {}).folds[trial.folds.index(number)])
 
-    search = CandidateSearch(arena, folds, n_jobs=n_jobs, backend=backend, on_fit=report)
+    search = CandidateSearch(arena, folds, n_jobs=n_jobs, backend=backend, on_fit=report, reproducible=True)
     trials, rounds = successive_halving(search, proposed)
     plain = {k: v for k, v in arena.params.items() if isinstance(v, (str, int, float, bool, type(None)))}
     results = [cv_result(t, search, {**plain, **dict(t.candidate.params), "strategy": t.candidate.strategy,

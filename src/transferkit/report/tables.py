@@ -208,8 +208,15 @@ def info_rows(info: Mapping[str, Any]) -> list[list[str]]:
         ["threads", f"{threads['torch']} (interop {threads['interop']}); "
                     + ", ".join(f"{key}={value}" for key, value in threads["environment"].items())],
         ["bf16 native on cpu", "yes" if info["bf16_native"] else "no (auto precision uses fp32)"],
-        ["allocator", allocator["description"]],
     ]
+    precision = info.get("precision")
+    if precision:
+        rows.append(["precision auto (cpu)", precision["auto_cpu"]])
+        rows.append(["threads per cv job", f"{precision['job_threads']} ({precision['job_threads_variable']})"])
+        rows += [[f"measured {m['what']} {m['network']} {m['image_size']} px",
+                  f"fp32 {m['fp32_images_per_second']:.0f} images/s, bf16 {m['bf16_images_per_second']:.0f} images/s"]
+                 for m in precision["inference_measurements"]]
+    rows.append(["allocator", allocator["description"]])
     if cuda["available"]:
         rows.append(["cuda", f"{cuda['version']} (cudnn {cuda['cudnn']})"])
         rows += [[f"cuda:{d['index']}", f"{d['name']}, {d['memory_gib']:.1f} GiB, capability {d['capability']}, "

@@ -31,9 +31,10 @@ class ServedModel:
     def __init__(self, model_dir: str | os.PathLike) -> None:
         self.classifier = load_model(model_dir)
         self.config = read_config(model_dir)
-        # The model's own precision setting on the CPU, as `transferkit predict` uses it (bf16
-        # autocast where the CPU runs it natively, else fp32): the same answers as predict.
+        # The model's own precision setting on the CPU, as `transferkit predict` uses it: fp32,
+        # or a native bf16 that the first request measures faster and in agreement with fp32.
         self.runtime = resolve_runtime("cpu", self.classifier.precision)
+        self._precision_settled = False
         self.model = self.classifier.model_.cpu().float().eval()
         self._lock = threading.Lock()
 
@@ -55,6 +56,9 @@ class ServedModel:
         # Same decoding as `transferkit predict`: the same pixels give the same answer.
         pixels = np.asarray(load_pixels(ImageSet(sources=list(images), labels=None), classifier.image_size_, cache_dir=False))
         with self._lock:
+            if not self._precision_settled:
+                self.runtime = classifier._inference_runtime(self.runtime, self.model, pixels)
+                self._precision_settled = True
             logits = predict_logits(self.model, pixels, classifier.preprocessing_, self.runtime)
             heatmaps = self._heatmaps(pixels, logits) if explain else [None] * len(pixels)
         probabilities = torch.softmax(logits, dim=1).numpy()

@@ -30,11 +30,11 @@ from sklearn.base import BaseEstimator, TransformerMixin
 from torch import nn
 
 from transferkit.backbones import Preprocessing, create_backbone, get_backbone_spec
-from transferkit.data import default_cache_dir, load_pixels
+from transferkit.data import default_cache_dir, load_pixels, release_pages
 from transferkit.data.decode import pixels_digest
 from transferkit.errors import ConfigError
 from transferkit.training.inputs import pixels_to_tensor, to_model_input
-from transferkit.training.runtime import Runtime, resolve_runtime
+from transferkit.training.runtime import Runtime, measured_inference_precision, resolve_runtime
 
 SYMMETRIES: dict[str, tuple[str, ...]] = {
     "none": ("identity",),
@@ -56,12 +56,24 @@ _VIEWS = {
 
 
 def symmetric_features(extractor: "FeatureExtractor", pixels: np.ndarray, symmetries: str = "none") -> np.ndarray:
-    """The extractor's features of ``pixels``, averaged over the views of ``symmetries``."""
+    """The extractor's features of ``pixels``, averaged over the views of ``symmetries``.
+
+    Each view is made chunk by chunk inside :meth:`FeatureExtractor.transform`: a flipped copy
+    of the whole array is never held in memory.
+    """
     if symmetries not in SYMMETRIES:
         raise ConfigError(f"symmetries expected one of {', '.join(SYMMETRIES)}. Received: symmetries={symmetries!r}")
-    views = [extractor.transform(np.ascontiguousarray(_VIEWS[name](pixels))) for name in SYMMETRIES[symmetries]]
+    views = [extractor.transform(pixels, view=name) for name in SYMMETRIES[symmetries]]
     return np.mean(views, axis=0, dtype=np.float64).astype(np.float32) if len(views) > 1 else views[0]
 
+
+EXTRACT_CHUNK = 512
+"""Images hashed and extracted per step of :meth:`FeatureExtractor.transform`: the pixels it holds
+at once, whatever the data's size (a memory-mapped cache is read chunk by chunk and its pages
+released, so peak memory does not grow with the number of images beyond the features)."""
+
+INFERENCE_SAMPLE_IMAGES = 32
+"""The first images of a call that the bf16-vs-fp32 check runs on (``measured_inference_precision``)."""
 
 FEATURE_CACHE_VERSION = 2  # 2: each shard's JSON holds the SHA-256 of its values, checked on load
 
@@ -202,6 +214,35 @@ class FeatureExtractor:
         self._root = root
         self._base_key = model_digest(model, f"v{FEATURE_CACHE_VERSION}|{runtime.precision}")
         self._caches: dict[int, FeatureCache] = {}
+        self._precision_settled = False
+
+    def _settle_precision(self, pixels: np.ndarray) -> None:
+        """Once per extractor, before its first features: keep the runtime's precision, or let
+        :func:`~transferkit.training.runtime.measured_inference_precision` choose between fp32
+        and a native bf16 on the first images of the data at hand."""
+        if self._precision_settled:
+            return
+        self._precision_settled = True
+        if not (self.runtime.auto_precision and self.runtime.precision == "bf16"):
+            return  # fp32, an explicit choice or a GPU: nothing to measure
+        model_key = model_digest(self.model, f"v{FEATURE_CACHE_VERSION}")
+        chosen = measured_inference_precision(
+            self.runtime, self._forward, pixels_to_tensor(pixels), key=f"features|{model_key}|{pixels.shape[1]}",
+            check="features", cache_root=self._root,
+        )
+        if chosen is not self.runtime:
+            self.runtime = chosen
+            self._base_key = model_digest(self.model, f"v{FEATURE_CACHE_VERSION}|{chosen.precision}")
+            self._caches.clear()
+
+    def _forward(self, runtime: Runtime, batch: torch.Tensor) -> torch.Tensor:
+        with runtime.autocast():
+            return pooled_features(self.model, to_model_input(batch, self.preprocessing, runtime))
+
+    @property
+    def precision_record(self) -> dict:
+        """The precision features were computed in, why, and what was measured."""
+        return self.runtime.precision_record()
 
     @property
     def dim(self) -> int:
@@ -214,25 +255,34 @@ class FeatureExtractor:
         return self._caches[image_size]
 
     @torch.no_grad()
-    def transform(self, pixels: np.ndarray) -> np.ndarray:
-        """Features (N, D) float32 of uint8 (N, S, S, 3) pixels; only cache misses are computed."""
+    def transform(self, pixels: np.ndarray, view: str = "identity") -> np.ndarray:
+        """Features (N, D) float32 of uint8 (N, S, S, 3) pixels; only cache misses are computed.
+
+        ``view`` (a name of :data:`SYMMETRIES`' views) flips each image first. The pixels are
+        read :data:`EXTRACT_CHUNK` images at a time: each chunk is viewed, hashed, its misses
+        computed and written to the cache as one shard, and the pages of a memory-mapped
+        ``pixels`` released, so the memory held is a chunk's pixels plus the features.
+        """
         if len(pixels) == 0:
             return np.zeros((0, self.dim), np.float32)
+        self._settle_precision(np.ascontiguousarray(_VIEWS[view](pixels[:INFERENCE_SAMPLE_IMAGES])))
         cache = self.cache_for(int(pixels.shape[1]))
-        digests = image_digests(pixels)
-        todo = cache.missing(digests)
-        if todo:
-            # De-duplicate identical images inside this call too.
-            unique = list(dict.fromkeys(digests[i] for i in todo))
-            first = {d: i for i, d in reversed(list(enumerate(digests)))}
-            index = np.array([first[d] for d in unique])
+        digests: list[str] = []
+        for start in range(0, len(pixels), EXTRACT_CHUNK):
+            chunk = np.ascontiguousarray(_VIEWS[view](pixels[start : start + EXTRACT_CHUNK]))
+            chunk_digests = image_digests(chunk)
+            digests += chunk_digests
+            # De-duplicate identical images inside this chunk too.
+            first = {d: i for i, d in reversed(list(enumerate(chunk_digests)))}
+            unique = list(dict.fromkeys(chunk_digests[i] for i in cache.missing(chunk_digests)))
             computed = []
-            for start in range(0, len(index), self.batch_size):
-                batch = pixels_to_tensor(pixels[index[start : start + self.batch_size]])
-                with self.runtime.autocast():
-                    out = pooled_features(self.model, to_model_input(batch, self.preprocessing, self.runtime))
-                computed.append(out.float().cpu().numpy())
-            cache.put(unique, np.concatenate(computed))
+            for batch_start in range(0, len(unique), self.batch_size):
+                index = [first[d] for d in unique[batch_start : batch_start + self.batch_size]]
+                computed.append(self._forward(self.runtime, pixels_to_tensor(chunk[index])).float().cpu().numpy())
+            if unique:
+                cache.put(unique, np.concatenate(computed))
+            del chunk
+            release_pages(pixels)
         return cache.get(digests)
 
 

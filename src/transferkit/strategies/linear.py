@@ -234,7 +234,9 @@ class FeatureStrategy(Strategy):
         )
         request.console.print(plan.describe())
         request.console.print(f"probabilities: {calibration_text(info['calibration'])}")
-        history = {"history": [], "best_epoch": 0, "stopped_early": False, "resumed_from_epoch": 0, "linear": info}
+        history = {"history": [], "best_epoch": 0, "stopped_early": False, "resumed_from_epoch": 0, "linear": info,
+                   "precision": extractor.runtime.precision, "precision_why": extractor.runtime.precision_reason,
+                   "precision_measured": extractor.runtime.measured}
         return FitOutcome(model=model, preprocessing=extractor.preprocessing, history=history, plan=plan)
 
     def score(self, request: FitRequest, train: np.ndarray, test: np.ndarray) -> FoldFit:

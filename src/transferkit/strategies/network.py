@@ -113,7 +113,8 @@ class NetworkStrategy(Strategy):
             callbacks.append(Checkpoint(params["checkpoint_dir"], resume=params["resume"], fingerprint=request.fingerprint))
         runtime = _training_runtime(request, model, preprocessing, data)
         result = train_model(model, (head, backbone), data, config=config, runtime=runtime, callbacks=callbacks, verbose=params["verbose"])
-        history = {**result.to_dict(), "precision": runtime.precision, "precision_measured": runtime.measured}
+        history = {**result.to_dict(), "precision": runtime.precision, "precision_why": runtime.precision_reason,
+                   "precision_measured": runtime.measured}
         return FitOutcome(model=model, preprocessing=preprocessing, history=history, plan=plan)
 
     def shared_features(self, request: FitRequest):

@@ -8,12 +8,21 @@ training loop run on a laptop CPU, one GPU, or many machines under ``torchrun`` 
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import dataclasses
+import ctypes
+import ctypes.util
+import functools
+import hashlib
+import json
 import os
+import platform
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
-from typing import Iterator, Literal
+from pathlib import Path
+from typing import Callable, Iterator, Literal
 
 import torch
 from torch import nn
@@ -67,7 +76,9 @@ class Runtime:
     auto_precision: bool = False
     """Whether ``precision`` was chosen by ``"auto"`` (so a measurement may change it)."""
     measured: dict | None = None
-    """What :func:`fastest_training_precision` timed, when it ran."""
+    """What :func:`fastest_training_precision` or :func:`measured_inference_precision` timed, when it ran."""
+    precision_reason: str = ""
+    """Why ``precision`` is what it is, in words (``fit --json`` and the fitted history record it)."""
 
     @property
     def distributed(self) -> bool:
@@ -153,6 +164,33 @@ class Runtime:
             "world_size": self.world_size,
         }
 
+    def precision_record(self) -> dict:
+        """The precision, why it was chosen and what was measured: what ``fit --json`` shows."""
+        return {"precision": self.precision, "why": self.precision_reason, "measured": self.measured}
+
+    def run_on_main(self, compute: Callable[[], object]) -> object:
+        """``compute()`` on rank 0 only; every rank returns rank 0's result (the identity outside torchrun).
+
+        For decisions that must be one decision under torchrun (``auto``'s measured search):
+        timings differ between processes, and two ranks that chose different strategies would
+        wait for each other's collectives for ever.
+        """
+        if not self.distributed:
+            return compute()
+        box: list = [None]
+        if self.is_main:
+            try:
+                box[0] = ("done", compute())
+            except Exception as exc:  # noqa: BLE001 - the other ranks must not wait for ever
+                box[0] = ("failed", exc)
+                torch.distributed.broadcast_object_list(box, src=0)
+                raise
+        torch.distributed.broadcast_object_list(box, src=0)
+        outcome, value = box[0]
+        if outcome == "failed":
+            raise RuntimeError(f"rank 0 failed: {value}")
+        return value
+
 
 def fastest_training_precision(runtime: Runtime, model: nn.Module, batch: torch.Tensor) -> Runtime:
     """The runtime with the precision that trains ``model`` faster here, by measurement.
@@ -179,12 +217,207 @@ def fastest_training_precision(runtime: Runtime, model: nn.Module, batch: torch.
                 timings[precision] = time.perf_counter() - started
     model.zero_grad(set_to_none=True)
     chosen = min(timings, key=timings.get)
-    return dataclasses.replace(runtime, precision=chosen, measured={"training_step_seconds": timings, "images": len(batch)})
+    reason = f"measured: a training step took {timings['bf16']:.2f} s in bf16 and {timings['fp32']:.2f} s in fp32"
+    return dataclasses.replace(runtime, precision=chosen, measured={"training_step_seconds": timings, "images": len(batch)},
+                               precision_reason=reason)
+
+
+# ---------------------------------------------------------------------------------------------
+# Reproducible jobs: the same table for any --jobs, backend and thread count
+
+JOB_THREADS_ENV = "TRANSFERKIT_JOB_THREADS"
+DEFAULT_JOB_THREADS = 1
+_IN_JOB: contextvars.ContextVar[bool] = contextvars.ContextVar("transferkit_reproducible_job", default=False)
+
+
+def job_threads() -> int:
+    """Torch threads of every (strategy, fold) job: ``$TRANSFERKIT_JOB_THREADS``, default 1."""
+    text = os.environ.get(JOB_THREADS_ENV, str(DEFAULT_JOB_THREADS))
+    try:
+        threads = int(text)
+    except ValueError:
+        threads = 0
+    if threads < 1:
+        raise ConfigError(f"{JOB_THREADS_ENV} expected a positive integer. Received: {JOB_THREADS_ENV}={text!r}")
+    return threads
+
+
+@contextlib.contextmanager
+def reproducible_job() -> Iterator[int]:
+    """Run one cross-validation job so that its result does not depend on how it was scheduled.
+
+    Measured on CPUs: PyTorch's backward kernels (fp32 too) and oneDNN's native bf16 kernels
+    give different bits with a different number of threads (a training step of
+    EfficientNet-Lite0 at 1 vs 2 threads differs by 3 % of the largest gradient; ``head`` fold 2
+    of a compare scored 0.250 with ``--jobs 2`` and 0.167 with ``--jobs 1`` on an AMX Xeon in
+    bf16), while each is bit-exact at a fixed thread count. So inside this block:
+
+    - torch uses a fixed number of threads, :func:`job_threads` (``$TRANSFERKIT_JOB_THREADS``,
+      default 1), whatever ``--jobs`` or the backend (loky, threading, Dask, Ray) gave the
+      worker -- also with ``--jobs 1``, which is why ``--jobs`` equal to the cores is the fast
+      setting of ``compare`` and the race;
+    - ``precision="auto"`` means fp32 on a CPU (no timing decides it: timings vary from run to
+      run). An explicit ``bf16`` is kept, and is reproducible through the fixed threads.
+
+    The thread count is restored on exit.
+    """
+    threads = job_threads()
+    previous = torch.get_num_threads()
+    token = _IN_JOB.set(True)
+    torch.set_num_threads(threads)
+    try:
+        yield threads
+    finally:
+        torch.set_num_threads(previous)
+        _IN_JOB.reset(token)
+
+
+def in_reproducible_job() -> bool:
+    """Whether this code runs inside :func:`reproducible_job`."""
+    return _IN_JOB.get()
+
+
+# ---------------------------------------------------------------------------------------------
+# Inference precision by measurement
+
+INFERENCE_SAMPLE = 32
+"""Images of the data at hand that the bf16-vs-fp32 accuracy check runs on (at most)."""
+FEATURE_TOLERANCE = 0.02
+"""bf16 features are accepted when, for every sampled image, ``|bf16 - fp32| / |fp32|`` (L2
+norms of the feature vectors) is at most this."""
+MIN_SPEEDUP = 1.1
+"""bf16 must run at least this much faster than fp32 (images/s) to be chosen."""
+SPEED_FOLDER = "precision"
+"""Under the cache root: one JSON per (machine, network, image size) with the timed images/s."""
+
+
+def machine_key() -> str:
+    """What makes a speed measurement valid elsewhere: CPU model, kernels, torch, threads."""
+    model = platform.processor()
+    try:
+        with open("/proc/cpuinfo") as handle:
+            model = next((line.split(":", 1)[1].strip() for line in handle if line.startswith("model name")), model)
+    except OSError:
+        pass
+    return f"{model}|{torch.backends.cpu.get_cpu_capability()}|torch {torch.__version__}|{torch.get_num_threads()} threads"
+
+
+def speed_file(cache_root: Path, key: str) -> Path:
+    name = hashlib.sha256(f"{machine_key()}|{key}".encode()).hexdigest()[:32]
+    return Path(cache_root) / SPEED_FOLDER / f"{name}.json"
+
+
+def _read_speed(path: Path | None) -> dict | None:
+    try:
+        record = json.loads(path.read_text()) if path is not None else None
+    except (OSError, ValueError):
+        return None
+    if not isinstance(record, dict) or not all(isinstance(record.get(k), (int, float)) for k in ("fp32", "bf16")):
+        return None
+    return record
+
+
+def _write_speed(path: Path | None, record: dict) -> None:
+    if path is None:
+        return
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=".", suffix=".tmp")
+        with os.fdopen(handle, "w") as out:
+            out.write(json.dumps(record))
+        os.replace(tmp, path)
+    except OSError:
+        pass  # a read-only cache only means measuring again next time
+
+
+def _disagreement(check: str, fp32: torch.Tensor, bf16: torch.Tensor) -> tuple[bool, dict]:
+    """Whether bf16's outputs are acceptable against fp32's, and the figures that decided it."""
+    if check == "features":
+        error = (bf16 - fp32).norm(dim=1) / fp32.norm(dim=1).clamp_min(1e-12)
+        worst = float(error.max()) if len(error) else 0.0
+        return worst <= FEATURE_TOLERANCE, {"max_relative_error": worst, "tolerance": FEATURE_TOLERANCE}
+    agreement = float((bf16.argmax(1) == fp32.argmax(1)).float().mean()) if len(fp32) else 1.0
+    return agreement == 1.0, {"prediction_agreement": agreement, "required": 1.0}
+
+
+SPEED_BATCH = 32
+"""Images per timed forward pass of the speed measurement (the sample, repeated)."""
+
+
+def measured_inference_precision(
+    runtime: Runtime,
+    forward: Callable[[Runtime, torch.Tensor], torch.Tensor],
+    sample: torch.Tensor,
+    *,
+    key: str,
+    check: Literal["features", "predictions"],
+    cache_root: Path | None,
+) -> Runtime:
+    """The runtime whose precision runs ``forward`` here: fp32, or bf16 where measured faster and as accurate.
+
+    ``forward(runtime, batch)`` runs the network on a uint8 (N, C, H, W) batch in that
+    runtime's precision; ``sample`` is a few images of the data at hand (at most
+    :data:`INFERENCE_SAMPLE` are used). Only where ``precision="auto"`` tentatively picked
+    native bf16 on a CPU; explicit choices, GPUs and fp32 are returned unchanged. Two
+    measurements decide:
+
+    - **speed**, once per machine and network (``key``: its weights' digest and image size):
+      a batch of :data:`SPEED_BATCH` images is warmed and timed in fp32 and in bf16, and the
+      images/s are kept under ``<cache>/precision/`` (:func:`speed_file`) for later runs; bf16
+      must be :data:`MIN_SPEEDUP` times faster;
+    - **accuracy**, on the data at hand, every time: the sample's outputs in both precisions
+      must agree -- features within :data:`FEATURE_TOLERANCE` (relative L2, every image),
+      predictions identical for every sampled image.
+
+    The returned runtime says which won and why (``precision_reason``, ``measured``).
+    """
+    if runtime.device.type != "cpu" or runtime.precision != "bf16" or not runtime.auto_precision:
+        return runtime
+    sample = sample[:INFERENCE_SAMPLE]
+    path = speed_file(cache_root, key) if cache_root is not None else None
+    speed = _read_speed(path)
+    candidates = {p: dataclasses.replace(runtime, precision=p) for p in ("fp32", "bf16")}
+    with torch.no_grad():
+        if speed is None:
+            batch = sample.repeat((SPEED_BATCH + len(sample) - 1) // len(sample), 1, 1, 1)[:SPEED_BATCH]
+            speed = {}
+            for precision, candidate in candidates.items():
+                forward(candidate, batch)  # warm: oneDNN picks and caches its kernels
+                started = time.perf_counter()
+                forward(candidate, batch)
+                speed[precision] = SPEED_BATCH / max(time.perf_counter() - started, 1e-9)
+            _write_speed(path, {**speed, "key": key, "machine": machine_key(), "batch": SPEED_BATCH})
+        outputs = {p: forward(candidate, sample).float().cpu() for p, candidate in candidates.items()}
+    agrees, figures = _disagreement(check, outputs["fp32"], outputs["bf16"])
+    faster = speed["bf16"] >= MIN_SPEEDUP * speed["fp32"]
+    chosen = "bf16" if faster and agrees else "fp32"
+    rate = f"bf16 {speed['bf16']:.0f} vs fp32 {speed['fp32']:.0f} images/s"
+    if not faster:
+        reason = f"measured: bf16 is not {MIN_SPEEDUP:g}x faster than fp32 here ({rate})"
+    elif not agrees:
+        reason = f"measured: bf16 is faster ({rate}) but does not agree with fp32 on this data ({figures})"
+    else:
+        reason = f"measured: bf16 is faster ({rate}) and agrees with fp32 on {len(sample)} images of this data ({figures})"
+    measured = {"images_per_second": {"fp32": speed["fp32"], "bf16": speed["bf16"]}, "check": check,
+                "sample": len(sample), **figures, "agrees": agrees, "faster": faster}
+    return dataclasses.replace(runtime, precision=chosen, auto_precision=False, measured={"inference": measured},
+                               precision_reason=reason)
 
 
 def is_main_process() -> bool:
-    """Whether this process may write files: always outside torchrun, rank 0 under it."""
-    return not (torch.distributed.is_available() and torch.distributed.is_initialized()) or torch.distributed.get_rank() == 0
+    """Whether this process may write files and print summaries: always outside torchrun, rank 0 under it.
+
+    Before the process group exists (a command that has not built its runtime yet), the rank
+    comes from torchrun's environment (``RANK`` with ``WORLD_SIZE`` > 1).
+    """
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank() == 0
+    return int(os.environ.get("WORLD_SIZE", "1") or 1) <= 1 or int(os.environ.get("RANK", "0") or 0) == 0
+
+
+def under_torchrun() -> bool:
+    """Whether this process is one of several started by ``torchrun``."""
+    return int(os.environ.get("WORLD_SIZE", "1") or 1) > 1
 
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -205,12 +438,16 @@ def resolve_runtime(
         ``"auto"`` (CUDA when available, else CPU), ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
     precision : {"auto", "fp32", "bf16", "fp16"}
         ``"auto"`` picks bf16 where the hardware runs it natively (recent GPUs, CPUs with
-        AVX-512 BF16/AMX) and fp32 elsewhere. An explicit ``"bf16"`` on a CPU without
-        native support still works, emulated and slower.
+        AVX-512 BF16/AMX) and fp32 elsewhere; on a CPU that bf16 is only a candidate, which
+        :func:`fastest_training_precision` (training) and :func:`measured_inference_precision`
+        (features, predictions) keep or replace by fp32 by measurement. Inside
+        :func:`reproducible_job` ``"auto"`` is fp32 on a CPU. An explicit ``"bf16"`` on a CPU
+        without native support still works, emulated and slower.
     channels_last : bool or None
         ``None`` uses NHWC, which was faster on every device we measured.
 
-    Threads are PyTorch's default: one per physical core. The allocator setting
+    Threads are PyTorch's default (one per physical core), except in cross-validation jobs
+    (:func:`reproducible_job`: a fixed count). The allocator setting
     (:func:`keep_freed_memory`) is the entry point's choice; the runtime only reports it.
 
     Under ``torchrun`` (``WORLD_SIZE`` > 1 in the environment) the process group is
@@ -234,11 +471,20 @@ def resolve_runtime(
         torch.cuda.set_device(torch_device)
 
     auto_precision = precision == "auto"
+    reason = f"asked for: precision={precision}"
     if precision == "auto":
         if torch_device.type == "cuda":
             precision = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+            reason = f"auto: {precision}, the GPU's native reduced precision"
+        elif in_reproducible_job():
+            precision, auto_precision = "fp32", False
+            reason = "auto: fp32 in a cross-validation job, so the table does not depend on --jobs or threads"
+        elif cpu_supports_bf16():
+            precision = "bf16"
+            reason = "auto: this CPU runs bf16 natively (training and inference each measure it against fp32)"
         else:
-            precision = "bf16" if cpu_supports_bf16() else "fp32"
+            precision = "fp32"
+            reason = "auto: fp32, this CPU has no native bf16 (emulated bf16 is slower)"
     if precision not in ("fp32", "bf16", "fp16"):
         raise ConfigError(f"unknown precision; expected one of auto, fp32, bf16, fp16. Received: precision={precision!r}")
     if precision == "fp16" and torch_device.type == "cpu":
@@ -257,4 +503,5 @@ def resolve_runtime(
         local_rank=local_rank,
         kept_memory=torch_device.type == "cpu" and freed_memory_kept(),
         auto_precision=auto_precision,
+        precision_reason=reason,
     )

@@ -1,0 +1,212 @@
+"""Precision by measurement, and the same table for any --jobs, backend and thread count.
+
+This suite runs on CPUs without native bf16 too: there, ``cpu_supports_bf16`` is patched to
+say yes, so ``precision="auto"`` takes the bf16 path, whose kernels are then emulated. The
+mechanism under test (timing once per machine and network, checking against fp32 on the data,
+fixed threads and fp32 in CV jobs) is the real one; only the CPU flag is faked.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from conftest import TINY_BACKBONE, make_images
+from transferkit import ImageClassifier
+from transferkit.cli import app
+from transferkit.strategies.features import FeatureExtractor, model_digest
+from transferkit.training import runtime as runtime_module
+from transferkit.training.runtime import (
+    FEATURE_TOLERANCE,
+    job_threads,
+    measured_inference_precision,
+    reproducible_job,
+    resolve_runtime,
+    speed_file,
+)
+
+
+@pytest.fixture
+def bf16_native(monkeypatch):
+    """A CPU that reports native bf16 (AVX-512 BF16 / AMX), whatever this one has."""
+    monkeypatch.setattr(runtime_module, "cpu_supports_bf16", lambda: True)
+
+
+def _extractor(tiny_weights, cache, precision="auto"):
+    return FeatureExtractor(TINY_BACKBONE, weights=str(tiny_weights), runtime=resolve_runtime("cpu", precision), cache_dir=cache)
+
+
+def _write_speed(cache, tiny_weights, size, fp32, bf16):
+    """What a first run measured on this machine (the file measured_inference_precision keeps)."""
+    extractor = _extractor(tiny_weights, False, "fp32")
+    key = f"features|{model_digest(extractor.model, 'v2')}|{size}"
+    path = speed_file(cache, key)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"fp32": fp32, "bf16": bf16, "key": key}))
+    return path
+
+
+def test_auto_without_native_bf16_is_fp32_and_says_why(monkeypatch):
+    monkeypatch.setattr(runtime_module, "cpu_supports_bf16", lambda: False)
+    runtime = resolve_runtime("cpu", "auto")
+    assert runtime.precision == "fp32" and "no native bf16" in runtime.precision_reason
+
+
+def test_the_speed_is_measured_once_per_machine_and_network(bf16_native, tiny_weights, tmp_path, monkeypatch):
+    images, _ = make_images(4, 32)
+    forwards = []
+    real = FeatureExtractor._forward
+    monkeypatch.setattr(FeatureExtractor, "_forward", lambda self, rt, batch: forwards.append((rt.precision, len(batch))) or real(self, rt, batch))
+    first = _extractor(tiny_weights, tmp_path)
+    first.transform(images)
+    files = list((tmp_path / "precision").glob("*.json"))
+    assert len(files) == 1
+    record = json.loads(files[0].read_text())
+    assert record["fp32"] > 0 and record["bf16"] > 0 and "threads" in record["machine"]
+    timed = [call for call in forwards if call[1] == runtime_module.SPEED_BATCH]
+    assert sorted(p for p, _ in timed) == ["bf16", "bf16", "fp32", "fp32"]  # warm + timed, each
+    assert first.runtime.precision in ("fp32", "bf16") and first.runtime.precision_reason.startswith("measured")
+
+    forwards.clear()  # a second run (another extractor, same machine and network) reads the timing
+    second = _extractor(tiny_weights, tmp_path)
+    second.transform(images[:5])
+    assert not [call for call in forwards if call[1] == runtime_module.SPEED_BATCH]
+    assert second.runtime.measured["inference"]["images_per_second"]["fp32"] == pytest.approx(record["fp32"])
+
+
+def test_faster_bf16_is_used_only_when_its_features_agree_with_fp32(bf16_native, tiny_weights, tmp_path, monkeypatch):
+    images, _ = make_images(4, 32)
+    _write_speed(tmp_path, tiny_weights, 32, fp32=100.0, bf16=300.0)
+    reference = _extractor(tiny_weights, False, "fp32").transform(images)
+
+    monkeypatch.setattr(runtime_module, "FEATURE_TOLERANCE", 1.0)  # accept what bf16 gives
+    chosen = _extractor(tiny_weights, tmp_path)
+    features = chosen.transform(images)
+    record = chosen.precision_record
+    assert record["precision"] == "bf16" and "agrees with fp32" in record["why"]
+    error = record["measured"]["inference"]["max_relative_error"]
+    # The check's figure is the truth on the sample: bf16 features are that close to fp32's.
+    relative = np.linalg.norm(features - reference, axis=1) / np.linalg.norm(reference, axis=1)
+    assert 0 < relative[:32].max() <= error * 1.01 + 1e-6
+
+    monkeypatch.setattr(runtime_module, "FEATURE_TOLERANCE", error / 2)  # stricter than bf16 can do
+    refused = _extractor(tiny_weights, tmp_path)
+    np.testing.assert_array_equal(refused.transform(images), reference)
+    assert refused.runtime.precision == "fp32" and "does not agree" in refused.runtime.precision_reason
+
+
+def test_slower_bf16_is_not_used(bf16_native, tiny_weights, tmp_path):
+    images, _ = make_images(3, 32)
+    _write_speed(tmp_path, tiny_weights, 32, fp32=300.0, bf16=100.0)
+    extractor = _extractor(tiny_weights, tmp_path)
+    np.testing.assert_array_equal(extractor.transform(images), _extractor(tiny_weights, False, "fp32").transform(images))
+    assert extractor.runtime.precision == "fp32" and "not 1.1x faster" in extractor.runtime.precision_reason
+
+
+def test_network_predictions_check_agreement_on_the_data(bf16_native, tiny_params, tmp_path, monkeypatch):
+    images, labels = make_images(6, 32)
+    classifier = ImageClassifier(**dict(tiny_params, epochs=1, cache_dir=str(tmp_path))).fit(images, labels)
+    seen = []
+    real = measured_inference_precision
+    monkeypatch.setattr("transferkit.estimator.measured_inference_precision", lambda *a, **k: seen.append(real(*a, **k)) or seen[-1])
+    reference = classifier.predict_proba(images)
+    classifier.set_params(precision="auto")
+    proba = classifier.predict_proba(images)
+    (runtime,) = seen
+    inference = runtime.measured["inference"]
+    assert inference["check"] == "predictions" and inference["sample"] == 18
+    if runtime.precision == "bf16":
+        assert inference["prediction_agreement"] == 1.0
+        np.testing.assert_array_equal(proba.argmax(1)[:32], reference.argmax(1)[:32])
+    else:
+        np.testing.assert_array_equal(proba, reference)
+
+
+def test_fit_json_records_the_inference_precision_and_why(bf16_native, image_folder, tiny_weights, tmp_path):
+    result = CliRunner().invoke(app, [
+        "fit", str(image_folder), "--out", str(tmp_path / "m"), "--strategy", "logistic", "--C", "1", "--backbone", TINY_BACKBONE,
+        "--weights", str(tiny_weights), "--image-size", "32", "--device", "cpu", "--cache-dir", str(tmp_path / "cache"),
+        "--json", str(tmp_path / "fit.json"), "--quiet",
+    ])
+    assert result.exit_code == 0, result.output
+    precision = json.loads((tmp_path / "fit.json").read_text())["precision"]
+    assert precision["chosen"] in ("fp32", "bf16") and precision["why"].startswith("measured")
+    assert set(precision["measured"]["inference"]["images_per_second"]) == {"fp32", "bf16"}
+    assert precision["measured"]["inference"]["tolerance"] == FEATURE_TOLERANCE
+
+
+def test_a_cv_job_uses_fixed_threads_and_fp32_for_auto(bf16_native, monkeypatch):
+    monkeypatch.setenv("TRANSFERKIT_JOB_THREADS", "1")
+    outside = torch.get_num_threads()
+    assert resolve_runtime("cpu", "auto").precision == "bf16"
+    with reproducible_job() as threads:
+        assert threads == 1 and torch.get_num_threads() == 1
+        runtime = resolve_runtime("cpu", "auto")
+        assert runtime.precision == "fp32" and not runtime.auto_precision and "cross-validation job" in runtime.precision_reason
+        assert resolve_runtime("cpu", "bf16").precision == "bf16"  # an explicit choice is kept
+    assert torch.get_num_threads() == outside
+    monkeypatch.setenv("TRANSFERKIT_JOB_THREADS", "0")
+    with pytest.raises(Exception, match="TRANSFERKIT_JOB_THREADS expected a positive integer"):
+        job_threads()
+
+
+def _compare_table(folder, tiny_weights, tmp_path, name, *extra):
+    args = ["compare", str(folder), "--strategies", "svm,finetune", "--cv", "2", "--backbone", TINY_BACKBONE,
+            "--weights", str(tiny_weights), "--image-size", "32", "--epochs", "2", "--device", "cpu",
+            "--cache-dir", str(tmp_path / f"cache-{name}"), "--json", str(tmp_path / f"{name}.json"), *extra]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / f"{name}.json").read_text())
+    return [(r["strategy"], r["fold_scores"], r["balanced_accuracy"], r["macro_f1"]) for r in report["results"]]
+
+
+@pytest.mark.parametrize("precision", [[], ["--precision", "bf16"]], ids=["default", "forced-bf16"])
+def test_compare_jobs_2_equals_jobs_1(precision, image_folder, tiny_weights, tmp_path):
+    """Separate caches: each run computes its own features. Training steps differ in the last bits
+    with the thread count (fp32 too), so without fixed job threads the head/finetune rows drift."""
+    one = _compare_table(image_folder, tiny_weights, tmp_path, "jobs1", "--jobs", "1", *precision)
+    two = _compare_table(image_folder, tiny_weights, tmp_path, "jobs2", "--jobs", "2", *precision)
+    assert one == two
+    assert [name for name, *_ in one] == ["svm", "finetune"]
+
+
+def test_compare_on_a_bf16_native_cpu_is_the_same_with_threads(bf16_native, image_folder, tiny_weights, tmp_path):
+    # threading: the patched CPU flag holds in the workers too
+    one = _compare_table(image_folder, tiny_weights, tmp_path, "jobs1", "--jobs", "1")
+    two = _compare_table(image_folder, tiny_weights, tmp_path, "threads2", "--jobs", "2", "--backend", "threading")
+    assert one == two
+
+
+def test_a_fold_job_trains_the_same_model_whatever_threads_its_worker_had(tiny_params):
+    """The mechanism itself: loky gives a worker cores/jobs threads, --jobs 1 all of them."""
+    images, labels = make_images(6, 32)
+    outside = torch.get_num_threads()
+    probabilities = []
+    try:
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            with reproducible_job():
+                model = ImageClassifier(**dict(tiny_params, strategy="full", epochs=2, cache_dir=False)).fit(images, labels)
+                probabilities.append(model.predict_proba(images))
+    finally:
+        torch.set_num_threads(outside)
+    np.testing.assert_array_equal(probabilities[0], probabilities[1])
+
+
+def test_info_shows_the_rule_and_what_was_measured_here(bf16_native, tiny_weights, tmp_path):
+    from transferkit.info import system_info
+    from transferkit.report.tables import info_rows
+
+    images, _ = make_images(2, 32)
+    _extractor(tiny_weights, tmp_path).transform(images)  # measures and keeps the speeds
+    precision = system_info(tmp_path)["precision"]
+    (measured,) = precision["inference_measurements"]
+    assert measured["what"] == "features" and measured["image_size"] == "32"
+    assert measured["fp32_images_per_second"] > 0 and measured["bf16_images_per_second"] > 0
+    assert "agreement with fp32" in precision["auto_cpu"] and precision["job_threads"] >= 1
+    rows = dict(info_rows(system_info(tmp_path)))
+    assert any(key.startswith("measured features") for key in rows) and "threads per cv job" in rows
