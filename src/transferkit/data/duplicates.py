@@ -73,6 +73,8 @@ def pixel_groups(pixels: np.ndarray) -> np.ndarray:
 
     A hash of every 61st byte sorts the rows first; only rows that agree there are hashed whole.
     """
+    if len(pixels) == 0:
+        return np.zeros(0, np.int64)
     flat = np.asarray(pixels).reshape(len(pixels), -1)
     keys: list = [_row_hash(row[::61]) for row in flat]
     counts: dict = defaultdict(int)
