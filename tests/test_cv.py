@@ -140,12 +140,13 @@ def test_fit_with_cv_reports_scores_then_refits(image_folder, tiny_weights, tmp_
 
 def test_jobs_2_gives_the_same_table_as_jobs_1(tiny_params, image_folder, tmp_path):
     # The (strategy, fold) jobs are independent: joblib's worker processes change only the speed.
+    # Default precision: CV jobs run with fixed threads and fp32 for auto (tests/test_precision.py).
     from typer.testing import CliRunner
 
     from transferkit.cli import app
 
     args = ["compare", str(image_folder), "--strategies", "svm,logistic,head", "--cv", "2", "--backbone", tiny_params["backbone"],
-            "--weights", tiny_params["weights"], "--image-size", "32", "--epochs", "2", "--device", "cpu", "--precision", "fp32",
+            "--weights", tiny_params["weights"], "--image-size", "32", "--epochs", "2", "--device", "cpu",
             "--cache-dir", str(tmp_path / "cache")]
     tables = []
     for jobs in ("1", "2"):

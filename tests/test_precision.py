@@ -197,9 +197,11 @@ def test_a_fold_job_trains_the_same_model_whatever_threads_its_worker_had(tiny_p
     np.testing.assert_array_equal(probabilities[0], probabilities[1])
 
 
-def test_info_shows_the_rule_and_what_was_measured_here(bf16_native, tiny_weights, tmp_path):
+def test_info_shows_the_rule_and_what_was_measured_here(bf16_native, tiny_weights, tmp_path, monkeypatch):
     from transferkit.info import system_info
     from transferkit.report.tables import info_rows
+
+    monkeypatch.setattr("transferkit.info.cpu_supports_bf16", lambda: True)
 
     images, _ = make_images(2, 32)
     _extractor(tiny_weights, tmp_path).transform(images)  # measures and keeps the speeds

@@ -31,4 +31,3 @@ def load_pixels(X: Any, size: int, *, cache_dir: str | bool | None = None, progr
     if is_decoded(X, size):
         return X
     return decode_images(as_unlabelled(X), size, skip_bad=False, cache_dir=cache_dir, progress=progress).pixels
-
