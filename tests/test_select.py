@@ -314,3 +314,23 @@ def test_the_estimate_counts_the_probe_the_search_and_the_winners_refit():
     network = Trial(Candidate("full", 128, ""), [0.9], seconds=100.0, outcome=object())
     search = SimpleNamespace(chosen=network, seconds=130.0)
     assert estimated_fit_seconds(SimpleNamespace(search=search, seconds=5.0)) == 135.0  # kept, not trained again
+
+
+def test_a_network_that_cannot_catch_the_leader_is_stopped_after_two_thirds_of_its_epochs():
+    from types import SimpleNamespace
+
+    from transferkit.training.callbacks import FallingBehind
+
+    check = FallingBehind(0.90, after=4, margin=0.15)
+    state = SimpleNamespace(result=SimpleNamespace(history=[]), stop=False, epoch=0, console=SimpleNamespace(print=lambda *a: None))
+    check.on_train_start(state)
+    for epoch, accuracy in enumerate([0.40, 0.55, 0.70, 0.74], start=1):
+        state.result.history.append(SimpleNamespace(val_accuracy=accuracy))
+        state.epoch = epoch
+        check.on_epoch_end(state)
+        assert state.stop == (epoch == 4)  # not before `after` epochs, and 0.74 < 0.90 - 0.15
+    close = FallingBehind(0.90, after=2, margin=0.15)
+    close.on_train_start(state)
+    state.stop, state.result.history = False, [SimpleNamespace(val_accuracy=0.70), SimpleNamespace(val_accuracy=0.80)]
+    close.on_epoch_end(state)
+    assert not state.stop and not close.stopped

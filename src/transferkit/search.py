@@ -40,6 +40,8 @@ from transferkit.training.runtime import Runtime, reproducible_job, resolve_runt
 Fold = tuple[np.ndarray, np.ndarray]
 TIE = 0.002
 """Accuracies within this of the best are a tie, which the cheaper, earlier candidate wins."""
+BEHIND_MARGIN = 0.15
+"""A network still this far behind the leader after two thirds of its epochs is stopped."""
 NETWORK_MARGIN = 0.01
 """A trained network's score also chose its best epoch (slightly optimistic): it must beat the
 best other candidate by this much on the same held-out images to win."""
@@ -288,7 +290,8 @@ class CandidateSearch:
         leader = self.leader()
         if leader is not None:
             epochs = int(dict(candidate.params).get("epochs", self.arena.params.get("epochs", 10)))
-            callbacks.append(FallingBehind(leader.accuracy, after=max(2, epochs // 2)))
+            # late: a cosine schedule does much of its work in the last third of the epochs
+            callbacks.append(FallingBehind(leader.accuracy, after=max(3, (2 * epochs) // 3), margin=BEHIND_MARGIN))
         return callbacks
 
     def _record(self, trial: Trial, number: int, fitted: FoldFit) -> None:
@@ -304,20 +307,15 @@ class CandidateSearch:
         self.on_fit(trial, number)
 
     def _evaluate_parallel(self, trials: list[Trial], numbers: list[int]) -> None:
-        from joblib import Parallel, delayed
-
-        from transferkit.evaluation.jobs import parallel_backend
+        from transferkit.evaluation.jobs import run_parallel
 
         state = {"targets": self.arena.targets, "classes": self.arena.classes, "params": dict(self.arena.params),
                  "strata": self.arena.strata, "reproducible": self.reproducible}
         jobs = [(trial, number) for trial in trials for number in numbers if number not in trial.folds]
         # every (candidate, fold) is independent: joblib runs them here or on a cluster (--jobs, --backend)
-        with parallel_backend(self.backend, self.n_jobs):
-            results = Parallel(return_as="generator")(
-                delayed(_score_job)(state, self.arena.pixels_at(t.candidate.image_size), t.candidate, self.folds[n]) for t, n in jobs
-            )
-            for (trial, number), fitted in zip(jobs, results):
-                self._record(trial, number, fitted)
+        arguments = [(state, self.arena.pixels_at(t.candidate.image_size), t.candidate, self.folds[n]) for t, n in jobs]
+        for (trial, number), fitted in zip(jobs, run_parallel(_score_job, arguments, backend=self.backend, n_jobs=self.n_jobs)):
+            self._record(trial, number, fitted)
 
     # -------------------------------------------------------------- results
     def leader(self) -> Trial | None:

@@ -310,14 +310,16 @@ def _network_candidate(recommendation: Recommendation, facts: DataFacts, fixed, 
         largest = min(backbone_size, max(64, 2 * int(facts.median_side or backbone_size)))
         sides = [side for side in NETWORK_SIDES if side <= largest] or [NETWORK_SIDES[-1]]
     affordable = {}
-    for side in sides:
+    for side in sides:  # largest first; each side's speed is timed only when it is needed
         affordable[side] = wanted_epochs
         if speeds is not None and search.budget_seconds is not None:
             per_epoch = n_train * speeds.train(side) + n_test * speeds.forward(side)
             affordable[side] = min(wanted_epochs, int(search.left() // per_epoch))
+        if affordable[side] >= wanted_epochs:
+            break
     # the largest side that affords the whole schedule; failing that, the largest that affords the minimum
-    side = next((s for s in sides if affordable[s] >= wanted_epochs), None)
-    side = side or next((s for s in sides if affordable[s] >= MIN_NETWORK_EPOCHS), None)
+    side = next((s for s in affordable if affordable[s] >= wanted_epochs), None)
+    side = side or next((s for s in affordable if affordable[s] >= MIN_NETWORK_EPOCHS), None)
     if side is None:
         return None
     epochs = affordable[side]

@@ -14,7 +14,6 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Iterator
 
 import numpy as np
-from joblib import Parallel, delayed
 from sklearn.base import clone
 from sklearn.model_selection import RepeatedStratifiedKFold, StratifiedGroupKFold
 
@@ -190,21 +189,14 @@ def run_jobs(jobs: list[FoldJob], *, n_jobs: int = 1, backend: str | None = None
     of torch threads (:func:`~transferkit.training.runtime.reproducible_job`), with ``n_jobs=1``
     too.
     """
-    from transferkit.evaluation.jobs import parallel_backend
+    from transferkit.evaluation.jobs import run_parallel
 
     if not isinstance(n_jobs, (int, np.integer)) or n_jobs == 0 or n_jobs < -1:
         raise ConfigError(f"jobs expected a positive integer (or -1 for every core). Received: jobs={n_jobs!r}")
     if n_jobs == 1 and backend is None:
         yield from (score_fold(job) for job in jobs)
         return
-    with parallel_backend(backend, n_jobs):
-        try:
-            results = Parallel(return_as="generator")(delayed(score_fold)(job) for job in jobs)
-        except ValueError as exc:  # Ray's joblib backend returns lists only
-            if "return_as=generator" not in str(exc):
-                raise
-            results = Parallel()(delayed(score_fold)(job) for job in jobs)
-        yield from results
+    yield from run_parallel(score_fold, [(job,) for job in jobs], backend=backend, n_jobs=n_jobs)
 
 
 def cross_validate(

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 
 from joblib import parallel_config
 
@@ -55,3 +55,22 @@ def parallel_backend(backend: str | None, n_jobs: int) -> Iterator[None]:
     threads = {"inner_max_num_threads": max(1, (os.cpu_count() or 1) // max(1, n_jobs))} if name == "loky" else {}
     with parallel_config(backend=name, n_jobs=n_jobs, **threads):
         yield
+
+
+def run_parallel(function, arguments: Iterable[tuple], *, backend: str | None, n_jobs: int) -> Iterator:
+    """``function(*args)`` for each tuple of ``arguments`` through joblib, results in order.
+
+    A generator where the backend can stream results (so progress shows as jobs finish); Ray's
+    joblib backend returns lists only, so there the results come at the end.
+    """
+    from joblib import Parallel, delayed
+
+    calls = [delayed(function)(*args) for args in arguments]
+    with parallel_backend(backend, n_jobs):
+        try:
+            results = Parallel(return_as="generator")(calls)
+        except ValueError as exc:  # Ray's joblib backend returns lists only
+            if "return_as=generator" not in str(exc):
+                raise
+            results = Parallel()(calls)
+        yield from results
