@@ -132,7 +132,7 @@ def _time_training_step(backbone: str, weights, runtime, size: int, batch: int =
     from transferkit.backbones import create_backbone
 
     model, _ = create_backbone(backbone, num_classes=2, weights_path=weights)
-    model = runtime.prepare_model(model, train=True).train()
+    model = runtime.prepare_model(model).train()  # never a DDP wrapper: this times one process alone
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
     inputs = runtime.images_to_device(torch.zeros(batch, 3, size, size)).float()
     targets = runtime.to_device(torch.zeros(batch, dtype=torch.long))
@@ -219,7 +219,9 @@ def search_auto(
 
     # 4. a trained network with what is left
     augment = _network_augment(fixed, symmetry)
-    network = _network_candidate(recommendation, facts, fixed, search, speeds, len(fold[0]), len(fold[1]), backbone_size, augment)
+    network = None
+    if not arena.runtime.distributed:
+        network = _network_candidate(recommendation, facts, fixed, search, speeds, len(fold[0]), len(fold[1]), backbone_size, augment)
     if arena.runtime.distributed:
         # under torchrun the search runs on rank 0 alone, and a network there would wait for the other ranks
         reasons.append("no trained network was measured: under torchrun the search runs on rank 0 alone; "
