@@ -34,7 +34,8 @@ COMMANDS: dict[str, list[str]] = {
 }
 
 
-def time_once(argv: list[str], env: dict[str, str], cores: str | None) -> float:
+def time_once(argv: list[str], env: dict[str, str], cores: str | None) -> float | None:
+    """Wall seconds of one run; None when the command fails (e.g. --version on an older checkout)."""
     command = [sys.executable, *argv]
     if cores:
         command = ["taskset", "-c", cores, *command]
@@ -42,7 +43,8 @@ def time_once(argv: list[str], env: dict[str, str], cores: str | None) -> float:
     result = subprocess.run(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     seconds = time.perf_counter() - started
     if result.returncode != 0:
-        raise SystemExit(f"{' '.join(command)} failed:\n{result.stderr[-2000:]}")
+        print(f"{' '.join(command)} failed: {result.stderr.strip().splitlines()[-1:]}", file=sys.stderr)
+        return None
     return seconds
 
 
@@ -50,12 +52,11 @@ def measure(repeats: int, cores: str | None, src: Path = SRC) -> dict[str, list[
     env = {**os.environ, "PYTHONPATH": f"{src}{os.pathsep}{os.environ.get('PYTHONPATH', '')}", "COLUMNS": "100"}
     cache = tempfile.mkdtemp(prefix="tk-info-speed-")
     env["TRANSFERKIT_CACHE"] = cache  # the same small (empty) cache for every run
-    try:
-        for argv in COMMANDS.values():  # warm the file system cache: the first start reads every .so from disk
-            time_once(argv, env, cores)
-        times: dict[str, list[float]] = {name: [] for name in COMMANDS}
+    try:  # a first run of each warms the file system cache (the first start reads every .so from disk)
+        commands = {name: argv for name, argv in COMMANDS.items() if time_once(argv, env, cores) is not None}
+        times: dict[str, list[float]] = {name: [] for name in commands}
         for _ in range(repeats):  # interleaved, so a burst of load on the machine hits every command alike
-            for name, argv in COMMANDS.items():
+            for name, argv in commands.items():
                 times[name].append(time_once(argv, env, cores))
         return times
     finally:
