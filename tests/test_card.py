@@ -53,3 +53,14 @@ def test_a_saved_model_without_a_data_name_says_so(image_folder, tiny_weights, t
 
     card = (fit_tiny_model(image_folder, tiny_weights, tmp_path / "m", strategy="head", epochs=1) / "MODEL_CARD.md").read_text()
     assert "not recorded" in card and "held-out validation split" in card and "not calibrated" in card
+
+
+def test_the_card_is_written_whatever_the_history_holds():
+    from transferkit.card import model_card
+
+    config = {"classes": ["a", "b"], "strategy": "finetune", "backbone": "x", "image_size": 32,
+              "history": {"history": [{"val_accuracy": None}], "best_epoch": 1},
+              "metrics": {"cv": {"cv_mean": 0.9, "cv_std": None, "ci95": [None, None]}}}
+    card = model_card(config)  # e.g. a distributed run without a validation split: no crash, nothing invented
+    assert "held-out validation split" not in card and "cross-validated accuracy: 0.9000" in card
+    assert "no held-out score" in model_card({**config, "metrics": {}})

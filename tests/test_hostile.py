@@ -282,7 +282,7 @@ def untouched(name: str, text: str):
 
 def previous_model_replaced(tmp, result):
     names = sorted(p.name for p in (tmp / "out").iterdir())
-    assert names == ["config.json", "model.safetensors", "notes.txt"], names  # notes kept, checkpoint gone
+    assert names == ["MODEL_CARD.md", "config.json", "model.safetensors", "notes.txt"], names  # notes kept, checkpoint gone
     assert not [p for p in tmp.iterdir() if p.name.startswith(".out.")]  # no leftovers beside
 
 

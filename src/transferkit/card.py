@@ -44,20 +44,20 @@ def measured_scores(config: dict[str, Any]) -> list[str]:
     history, metrics = config.get("history") or {}, config.get("metrics") or {}
     linear, epochs = history.get("linear") or {}, history.get("history") or []
     lines = []
-    if linear.get("inner_cv"):
+    if linear.get("inner_cv") and _number(linear.get("C")):
         folds = linear.get("inner_folds", "k")
         lines.append(f"inner cross-validation accuracy of the chosen C={linear['C']:g}: {max(linear['inner_cv'].values()):.4f} "
                      f"({folds}-fold, on the training images; it chose C, so it is optimistic)")
-    elif epochs and history.get("best_epoch"):
+    elif epochs and history.get("best_epoch") and _number(epochs[history["best_epoch"] - 1].get("val_accuracy")):
         best = epochs[history["best_epoch"] - 1]
         lines.append(f"accuracy on the held-out validation split at the best epoch ({history['best_epoch']}): "
                      f"{best['val_accuracy']:.4f} (that split chose the epoch, so it is optimistic)")
     cv = metrics.get("cv")
-    if isinstance(cv, dict) and "cv_mean" in cv:
-        low, high = cv.get("ci95", [None, None])
-        interval = f", 95% interval {low:.4f}-{high:.4f}" if low is not None else ""
-        lines.append(f"cross-validated accuracy: {cv['cv_mean']:.4f} ± {cv.get('cv_std', 0):.4f} over {len(cv.get('fold_scores', []))} "
-                     f"folds{interval} (a model per fold; this one is refitted on all data)")
+    if isinstance(cv, dict) and _number(cv.get("cv_mean")):
+        low, high = (list(cv.get("ci95") or []) + [None, None])[:2]
+        interval = f", 95% interval {low:.4f}-{high:.4f}" if _number(low) and _number(high) else ""
+        lines.append(f"cross-validated accuracy: {cv['cv_mean']:.4f} ± {cv.get('cv_std') or 0:.4f} over "
+                     f"{len(cv.get('fold_scores') or [])} folds{interval} (a model per fold; this one is refitted on all data)")
     if not lines:
         lines.append("no held-out score was measured at fit time: score it with `transferkit evaluate MODEL DATA` on images it never saw")
     return lines
@@ -102,6 +102,10 @@ def model_card(config: dict[str, Any], *, written: datetime.datetime | None = No
         "## Versions", "", ", ".join(versions) + ".", "",
     ]
     return "\n".join(front + [""] + body)
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def _plan_text(plan: dict[str, Any]) -> str:

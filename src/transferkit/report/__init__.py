@@ -1,7 +1,7 @@
 """Look at a fitted model: the HTML report, its plots, and class activation heatmaps.
 
 ``write_report`` (model on labelled data), ``write_comparison_report`` (``compare``),
-``activation_maps`` / ``overlay`` (Grad-CAM on the last stage), ``plot_comparison`` (the
+``activation_maps`` / ``overlay`` (Grad-CAM at a stage fine enough for the input size), ``plot_comparison`` (the
 compare bar chart as a file).
 """
 
