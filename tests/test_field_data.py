@@ -618,7 +618,7 @@ def test_cv_prints_the_majority_class_rate_and_balanced_accuracy(cli_fit, tmp_pa
     data = imbalanced_folder(tmp_path / "data", big=12, small=4)
     result = invoke("fit", data, "--out", tmp_path / "model", "--strategy", "svm", "--C", 1, "--cv", 3, "--quiet", *cli_fit)
     assert result.exit_code == 0, result.output
-    assert "(95% interval" in result.output and "majority-class rate 0.7500, balanced accuracy" in flat(result.output)
+    assert "(95% Wilson interval" in result.output and "majority-class rate 0.7500, balanced accuracy" in flat(result.output)
 
 
 def test_the_report_shows_the_overlap_and_the_majority_class_rate(field_model, image_folder, tmp_path):

@@ -17,9 +17,9 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 LAYERS: list[tuple[str, ...]] = [
     ("transferkit._version", "transferkit.errors"),
     ("transferkit.constraints", "transferkit.evaluation.metrics", "transferkit.evaluation.jobs", "transferkit.lines"),
-    ("transferkit.evaluation.cv",),
     ("transferkit.data", "transferkit.backbones"),
     ("transferkit.training",),
+    ("transferkit.evaluation.cv",),
     ("transferkit.strategies",),
     ("transferkit.search",),
     ("transferkit.advise",),

@@ -164,6 +164,8 @@ def score_candidate(arena: Arena, candidate: Candidate, fold: Fold, callbacks: S
     import torch
 
     with reproducible_job() if reproducible else contextlib.nullcontext():
+        if reproducible:  # the precision too is the job's: "auto" is fp32 there
+            arena = replace(arena, runtime=resolve_runtime(arena.params.get("device", "auto"), arena.params.get("precision", "auto")))
         torch.manual_seed(int(arena.params.get("seed", 0)))  # a new head's initial weights
         return get_strategy(candidate.strategy).score(arena.request(candidate, callbacks), *fold)
 
