@@ -10,7 +10,7 @@ Nothing is downloaded: every image comes from a file inside an installed package
 | ``lfw`` | ``skimage.data.lfw_subset()`` | 150 / 50 | 2 (face, nonface) | 25x25 grey | face crops vs other patches of the same photos |
 | ``digits`` | ``sklearn.datasets.load_digits()`` | 1,347 / 450 | 10 | 8x8 grey (16 levels) | handwritten digits, far from ImageNet |
 | ``animals`` | ``animal-mnist`` wheel (bundled pickle) | 2,000 / 600 of 10,000 | 10 animals | 28x28 grey | animal silhouettes (ImageNet classes, drawn) |
-| ``spatial`` | drawn here (numpy, seed 0) | 2,000 / 400 | 4 (left, right, above, below) | 64x64 colour | where a blue square sits relative to a red disc: a spatial task that flips change |
+| ``spatial`` | drawn here (numpy, seed 0) | 2,000 / 400 | 4 (left, right, above, below) | 64x64 colour | where a square sits relative to a disc (random colours, clutter): a spatial task that flips change |
 | ``elpv`` | built in: ``elpv:train`` / ``elpv:test`` | 1,968 / 656 | 4 defect probabilities | 300x300 grey | solar-cell electroluminescence, far from ImageNet |
 
 ELPV is not exported: transferkit reads it by its built-in names. ``animal-mnist`` declares
@@ -120,11 +120,13 @@ SPATIAL_CLASSES = ["above", "below", "left", "right"]
 
 
 def draw_spatial(n: int, side: int = 64, seed: int = SEED) -> tuple[np.ndarray, np.ndarray]:
-    """``n`` colour images: a red disc and a blue square on textured clutter; the class says where the
+    """``n`` colour images: a disc and a square on a cluttered background; the class says where the
     square sits relative to the disc (``SPATIAL_CLASSES``, balanced).
 
-    Both shapes vary in size and place, the background is noise with a few grey distractor blobs, so
-    neither a colour histogram nor one position answers: the relation between two objects does. A
+    Which object is which is told by *shape* only: both take random, different colours in every
+    image, the background is a random colour gradient with noise, and small distractors (bars and
+    rings in random colours) are scattered around. Sizes and places vary, so neither a colour nor
+    one position answers, and raw pixels do not either: the relation between two shapes does. A
     horizontal flip turns ``left`` into ``right`` (and a vertical one ``above`` into ``below``).
     """
     rng = np.random.default_rng(seed)
@@ -133,10 +135,20 @@ def draw_spatial(n: int, side: int = 64, seed: int = SEED) -> tuple[np.ndarray, 
     labels = np.arange(n) % len(SPATIAL_CLASSES)
     rng.shuffle(labels)
     for i, label in enumerate(labels):
-        image = rng.normal(110, 25, size=(side, side, 3))
-        for _ in range(3):  # grey distractors
-            cy, cx, r = rng.integers(0, side, 2).tolist() + [int(rng.integers(3, 7))]
-            image[(yy - cy) ** 2 + (xx - cx) ** 2 <= r * r] = rng.integers(60, 200)
+        corners = rng.integers(40, 200, size=(2, 3)).astype(float)
+        direction = rng.uniform(0, 2 * np.pi)
+        ramp = (np.cos(direction) * xx + np.sin(direction) * yy) / (side * 1.5) + 0.5
+        image = corners[0] * (1 - ramp[..., None]) + corners[1] * ramp[..., None] + rng.normal(0, 12, (side, side, 3))
+        for _ in range(int(rng.integers(2, 5))):  # distractors: thin bars and rings
+            cy, cx = rng.integers(4, side - 4, 2)
+            colour = rng.integers(0, 256, 3)
+            if rng.random() < 0.5:
+                length = int(rng.integers(4, 10))
+                image[cy : cy + 2, max(0, cx - length) : cx + length] = colour
+            else:
+                r = int(rng.integers(3, 6))
+                ring = np.abs(np.hypot(yy - cy, xx - cx) - r) < 0.8
+                image[ring] = colour
         radius, half = int(rng.integers(5, 9)), int(rng.integers(4, 8))
         gap = int(rng.integers(radius + half + 3, side // 2))
         offset = int(rng.integers(-gap // 3, gap // 3 + 1))
@@ -145,11 +157,17 @@ def draw_spatial(n: int, side: int = 64, seed: int = SEED) -> tuple[np.ndarray, 
         low_y, high_y = max(margin, margin - dy), min(side - margin, side - margin - dy)
         low_x, high_x = max(margin, margin - dx), min(side - margin, side - margin - dx)
         cy, cx = int(rng.integers(low_y, high_y)), int(rng.integers(low_x, high_x))
-        image[(yy - cy) ** 2 + (xx - cx) ** 2 <= radius * radius] = (210, 40, 40)
+        disc_colour, square_colour = rng.permutation(_SATURATED)[:2]
+        image[(yy - cy) ** 2 + (xx - cx) ** 2 <= radius * radius] = disc_colour
         sy, sx = cy + dy, cx + dx
-        image[sy - half : sy + half + 1, sx - half : sx + half + 1] = (40, 60, 210)
+        image[sy - half : sy + half + 1, sx - half : sx + half + 1] = square_colour
         images[i] = np.clip(image, 0, 255).astype(np.uint8)
     return images, labels
+
+
+_SATURATED = np.array([(220, 40, 40), (40, 60, 220), (40, 190, 60), (230, 200, 30), (200, 50, 200), (30, 200, 210),
+                       (250, 250, 250), (15, 15, 15)])
+"""Object colours: strong, so the shapes stand out, and drawn anew for each image."""
 
 
 def spatial(root: Path, n_train: int = 2000, n_test: int = 400) -> BenchSet:

@@ -136,6 +136,8 @@ class NetworkStrategy(Strategy):
         logits = predict_logits(outcome.model, validation[0], outcome.preprocessing, request.runtime)
         predictions = logits.argmax(1).numpy()
         stopped = next((getattr(c, "reason", None) for c in request.callbacks if getattr(c, "stopped", False)), None)
+        if len(outcome.history.get("history") or []) >= request.params["epochs"]:
+            stopped = None  # every planned epoch ran: whatever a callback said, nothing was cut short
         return FoldFit(accuracy=float((predictions == validation[1]).mean()), seconds=time.perf_counter() - started,
                        predictions=predictions, outcome=outcome, stopped=stopped)
 
