@@ -112,15 +112,15 @@ def test_the_network_candidate_takes_the_largest_side_the_budget_affords(tiny_pa
     search = CandidateSearch(arena, [fold], budget_seconds=100.0, cost=None, clock=itertools.repeat(0.0).__next__)
     candidate = _network_candidate(recommendation(strategy="full", freeze=0), facts(2000, 300), {}, search, speeds, 1600, 400,
                                    224, "rotate,translate")
-    # an epoch costs (1,600 x 0.01 + 400 x 0.001) x (s/32)^2 = 16.4 s at 32 px: of the 8 epochs wanted
-    # (400 steps of 50) none fits 100 s, and only 32 px affords the minimum of 6
+    # an epoch costs (1,600 x 0.01 + 400 x 0.001) x (s/32)^2 = 16.4 s at 32 px: of the 12 epochs wanted
+    # (600 steps of 50) none fits 100 s, and only 32 px affords the minimum of 6
     assert (candidate.strategy, candidate.image_size, dict(candidate.params)["epochs"]) == ("full", 32, MIN_NETWORK_EPOCHS)
     assert dict(candidate.params)["augment"] == "rotate,translate"
     roomier = CandidateSearch(arena, [fold], budget_seconds=1000.0, cost=None, clock=itertools.repeat(0.0).__next__)
     wide = _network_candidate(recommendation(strategy="full", freeze=0), facts(2000, 300), {}, roomier, speeds, 1600, 400,
                               224, "rotate,translate")
-    # 96 px affords 6 epochs (148 s each), 80 px all 8 (103 s each): the whole schedule at the smaller side wins
-    assert (wide.image_size, dict(wide.params)["epochs"]) == (80, 8)
+    # 80 px affords 9 epochs (103 s each), 64 px all 12 (66 s each): the whole schedule at the smaller side wins
+    assert (wide.image_size, dict(wide.params)["epochs"]) == (64, 12)
     fine = _network_candidate(recommendation(freeze=2), facts(2000, 300), {}, search, None, 1600, 400, 224, "x")
     assert (fine.strategy, fine.freeze, fine.image_size) == ("finetune", 2, 224)
     # small data: a schedule in steps, not epochs: 150 images are 4 steps an epoch -> more epochs

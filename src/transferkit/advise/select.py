@@ -57,9 +57,11 @@ NETWORK_SIDES = (224, 192, 160, 128, 112, 96, 80, 64, 48, 32)
 MIN_NETWORK_EPOCHS = 6
 """A network needs at least this many epochs (and :data:`MIN_STEPS` steps) to be worth measuring."""
 MAX_NETWORK_EPOCHS = 30
-MIN_STEPS = 400
+MIN_STEPS = 600
 """Optimiser steps a trained network gets at least, where the budget allows: with few images an
-epoch is a handful of steps, and schedules counted in epochs undertrain (issue 23)."""
+epoch is a handful of steps, and schedules counted in epochs undertrain (issue 23). The side is
+lowered until the whole schedule fits ("low resolution first"): on the spatial benchmark set,
+7 epochs at 128 px (~350 steps, cut by the budget) reached 0.818 test accuracy."""
 TTA_SHARE = 0.3
 """Flip-averaged features cost 3 more forward passes per image: proposed only when that fits
 in this share of the budget, so that a trained network keeps its chance."""
