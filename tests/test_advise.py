@@ -438,6 +438,9 @@ def test_small_images_train_at_their_own_size_clamped():
     assert fired(below, "small_images") and below.image_size == 63
     digits = recommend(make_facts(side=8), near(), T, backbone=BACKBONE)
     assert digits.image_size == 32 and any("median image side 8 px" in r for r in digits.reasons)
+    # the size the rules name is not measured by advise: it says so, and names what fit measures (issue 21, 3)
+    size_reason = next(r for r in digits.reasons if "median image side 8 px" in r)
+    assert "a rule of thumb, not measured" in size_reason and "fit --strategy auto measures" in size_reason
     tiny_input = BackboneFacts("tiny", input_size=24, stage_names=STAGES, head_parameters=10)
     assert recommend(make_facts(side=8), near(), T, backbone=tiny_input).image_size == 24
 
