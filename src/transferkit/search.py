@@ -252,9 +252,9 @@ class CandidateSearch:
         """Score each candidate on the folds numbered ``folds`` (default all); returns their trials.
 
         A candidate already scored on a fold is not scored again. Under a budget each candidate
-        is first costed and skipped (saying why) when its estimate exceeds what is left; a
-        network also gets a :class:`~transferkit.training.callbacks.Deadline` at the budget's
-        end and a :class:`~transferkit.training.callbacks.FallingBehind` check against the leader.
+        is first costed and skipped (saying why) when its estimate exceeds what is left, and a
+        network gets a :class:`~transferkit.training.callbacks.Deadline` at the budget's end and
+        a :class:`~transferkit.training.callbacks.FallingBehind` check against the leader.
         """
         numbers = list(range(len(self.folds))) if folds is None else list(folds)
         trials = [self.trials.setdefault(c, Trial(c)) for c in candidates]
@@ -284,11 +284,10 @@ class CandidateSearch:
                       + (f" ({fitted.stopped})" if fitted.stopped else ""))
 
     def _callbacks(self, candidate: Candidate) -> list[Any]:
-        if not get_strategy(candidate.strategy).trains_network:
+        # only a budgeted search cuts networks short: compare and the race train every fold in full
+        if not get_strategy(candidate.strategy).trains_network or self.budget_seconds is None:
             return []
-        callbacks: list[Any] = []
-        if self.budget_seconds is not None:
-            callbacks.append(Deadline(self.started + self.budget_seconds - self.reserve, clock=self.clock))
+        callbacks: list[Any] = [Deadline(self.started + self.budget_seconds - self.reserve, clock=self.clock)]
         leader = self.leader()
         if leader is not None:
             epochs = int(dict(candidate.params).get("epochs", self.arena.params.get("epochs", 10)))
