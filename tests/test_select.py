@@ -189,6 +189,9 @@ def test_the_symmetry_test_finds_the_flip_that_changes_the_class(tiny_weights, t
 def test_a_network_is_raced_and_trains_without_the_flip_the_data_rejects(tiny_params, tmp_path, monkeypatch):
     import transferkit.strategies.network as network
 
+    import transferkit.advise.select as select
+
+    monkeypatch.setattr(select, "PERFECT", 1.01)  # the frozen features separate the ramps perfectly: race a network anyway
     augments = []
     real = network.build_augmentation
     monkeypatch.setattr(network, "build_augmentation", lambda spec: augments.append(spec) or real(spec))
@@ -208,6 +211,7 @@ def test_an_auto_fit_keeps_the_network_the_search_trained(tiny_params, tmp_path,
     import transferkit.advise.select as select
     import transferkit.strategies.network as network
 
+    monkeypatch.setattr(select, "PERFECT", 1.01)
     fits = []
     real = network.NetworkStrategy.fit
     monkeypatch.setattr(network.NetworkStrategy, "fit", lambda self, request: fits.append(1) or real(self, request))
@@ -334,3 +338,13 @@ def test_a_network_that_cannot_catch_the_leader_is_stopped_after_two_thirds_of_i
     state.stop, state.result.history = False, [SimpleNamespace(val_accuracy=0.70), SimpleNamespace(val_accuracy=0.80)]
     close.on_epoch_end(state)
     assert not state.stop and not close.stopped
+
+
+def test_no_network_is_trained_when_the_features_are_already_perfect(tiny_params, tmp_path):
+    images, labels = ramps(12)
+    arena = arena_of(images, labels, tiny_params, tmp_path, strategy="auto", image_size="auto")
+    found = search_auto(arena, facts(2000, 32), recommendation(strategy="full", freeze=0), backbone_size=32, fixed={},
+                        speeds=None, budget_seconds=None)
+    assert max(t.accuracy for t in found.trials if t.accuracy is not None) == 1.0
+    assert not any(t.candidate.strategy in ("full", "finetune") for t in found.trials)
+    assert any("already classifies every held-out image correctly" in r for r in found.reasons)

@@ -65,6 +65,8 @@ lowered until the whole schedule fits ("low resolution first"): on the spatial b
 TTA_SHARE = 0.3
 """Flip-averaged features cost 3 more forward passes per image: proposed only when that fits
 in this share of the budget, so that a trained network keeps its chance."""
+PERFECT = 1.0
+"""A leader with this held-out accuracy leaves a network nothing to win: none is trained."""
 FINAL_FIT_SHARE = 0.05
 """Budget kept back for the final fit of a feature winner (its features are cached by then)."""
 
@@ -222,9 +224,14 @@ def search_auto(
     # 4. a trained network with what is left
     augment = _network_augment(fixed, symmetry)
     network = None
-    if not arena.runtime.distributed:
+    leader = search.leader()
+    perfect = leader is not None and leader.accuracy >= PERFECT
+    if not arena.runtime.distributed and not perfect:
         network = _network_candidate(recommendation, facts, fixed, search, speeds, len(fold[0]), len(fold[1]), backbone_size, augment)
-    if arena.runtime.distributed:
+    if perfect:
+        reasons.append(f"no trained network was measured: {leader.candidate.label} already classifies every held-out image "
+                       "correctly, so a network could only tie")
+    elif arena.runtime.distributed:
         # under torchrun the search runs on rank 0 alone, and a network there would wait for the other ranks
         reasons.append("no trained network was measured: under torchrun the search runs on rank 0 alone; "
                        "fit --strategy finetune or full trains a network on every rank")
