@@ -279,13 +279,17 @@ class ImageClassifier(ClassifierMixin, BaseEstimator):
         images = resolve_data(X, y, skip_bad=self.skip_bad)
         if images.labels is None:
             raise DataError("fit needs labelled images; got images without labels. Pass y=labels, or a folder/CSV with labels.")
-        pixels, skipped, advice = None, [], None
+        pixels, skipped, advice, digests = None, [], None, None
         if self.strategy == AUTO:
             # Bad files are dropped (or reported) before the advisor measures anything.
             first_size = spec.preprocessing.input_size if self.image_size == AUTO else self.image_size
             pixels, images, skipped = self._decode(X, images, first_size)
+            digests = content_digests(images)  # groups copies in the search's folds; kept with the model below
+            groups = duplicate_groups(images, digests)
             # torchrun: one decision, rank 0's (the search trains no network there: see select.search_auto)
-            advice = runtime.run_on_main(lambda: self._search(images, pixels, self._advise(images, console), runtime, console, started))
+            advice = runtime.run_on_main(
+                lambda: self._search(images, pixels, self._advise(images, console), runtime, console, started, groups)
+            )
         settings = self._settings(spec, advice)
         strategy = get_strategy(settings.strategy)
         if pixels is None or pixels.shape[1] != settings.image_size:
@@ -295,7 +299,8 @@ class ImageClassifier(ClassifierMixin, BaseEstimator):
         check_classes(images, min_per_class=2 if needs_split else 1, purpose="a stratified split")
         for item in skipped:
             console.print(f"skipped {item.path}: {item.reason}")
-        digests = content_digests(images)  # kept with the model: evaluate says which test images it has seen
+        if digests is None or len(digests) != len(images):  # hashed once, unless files were skipped since
+            digests = content_digests(images)  # kept with the model: evaluate says which test images it has seen
         conflicts = label_conflicts(images, digests)
         if conflicts:
             warnings.warn(describe_conflicts(images, conflicts), stacklevel=2)
@@ -422,7 +427,9 @@ class ImageClassifier(ClassifierMixin, BaseEstimator):
             max_images=AUTO_PROBE_IMAGES, seed=self.seed, epochs=self.epochs, budget_seconds=budget,
         )
 
-    def _search(self, images: ImageSet, pixels: np.ndarray, advice: Advice, runtime, console: Console, started: float) -> Advice:
+    def _search(
+        self, images: ImageSet, pixels: np.ndarray, advice: Advice, runtime, console: Console, started: float, groups: np.ndarray | None,
+    ) -> Advice:
         """Race the candidates the rules propose (:mod:`transferkit.advise.select`) and make the
         winner the recommendation, with every measurement as its reasons."""
         spec = get_backbone_spec(self.backbone)
@@ -440,7 +447,7 @@ class ImageClassifier(ClassifierMixin, BaseEstimator):
         found = search_auto(
             arena, advice.facts, advice.recommendation, backbone_size=spec.preprocessing.input_size,
             fixed=self._fixed_settings(), speeds=Speeds(self.backbone, self.weights, runtime) if budget is not None else None,
-            budget_seconds=budget, groups=duplicate_groups(images),
+            budget_seconds=budget, groups=groups,
             on_event=lambda line: console.print(line, markup=False, highlight=False), started=started,
         )
         recommendation = advice.recommendation

@@ -24,6 +24,7 @@ import numpy as np
 from transferkit.advise.facts import DataFacts, data_facts
 from transferkit.advise.logme import logme_score
 from transferkit.advise.probe import DomainShift, Probe, batchnorm_shift, probe_backbone
+from transferkit.advise.select import forward_speed
 from transferkit.advise.rules import (
     AdviceThresholds,
     BackboneFacts,
@@ -185,7 +186,7 @@ def advise(
         pixels = decode_images(sample, size, interpolation=preprocessing.interpolation, progress=False).pixels
         probe = probe_backbone(model, pixels, preprocessing, runtime=runtime, batch_size=batch_size)
         if budget_seconds is not None:
-            speeds[name] = (_forward_speed(model, pixels, preprocessing, runtime, batch_size), size)
+            speeds[name] = (forward_speed(model, pixels, preprocessing, runtime, batch_size), size)
         transferability[name] = {
             "bottleneck": logme_score(probe.bottleneck, labels),
             "stages": {stage: logme_score(features, labels) for stage, features in probe.stage_features.items()},
@@ -215,21 +216,6 @@ def advise(
         seconds=time.perf_counter() - start,
         forward_images_per_second=speeds[chosen][0] if chosen in speeds else None,
     )
-
-
-def _forward_speed(model, pixels: np.ndarray, preprocessing, runtime, batch_size: int) -> float:
-    """Images per second of a plain forward pass (no probe hooks), after a warm-up batch."""
-    import torch
-
-    from transferkit.training.inputs import predict_logits
-
-    model = runtime.prepare_model(model)
-    sample = pixels[: 2 * batch_size]
-    with torch.no_grad():
-        predict_logits(model, sample[:2], preprocessing, runtime, batch_size)
-        started = time.perf_counter()
-        predict_logits(model, sample, preprocessing, runtime, batch_size)
-    return len(sample) / max(time.perf_counter() - started, 1e-9)
 
 
 def _check_options(

@@ -113,20 +113,31 @@ class Speeds:
     def forward(self, size: int) -> float:
         if size not in self._forward:
             from transferkit.backbones import create_backbone
-            from transferkit.training.inputs import predict_logits
 
             model, preprocessing = create_backbone(self.backbone, num_classes=1, weights_path=self.weights)
-            pixels = np.zeros((16, size, size, 3), np.uint8)
-            predict_logits(model, pixels[:2], preprocessing, self.runtime, 16)
-            started = time.perf_counter()
-            predict_logits(model, pixels, preprocessing, self.runtime, 16)
-            self._forward[size] = (time.perf_counter() - started) / len(pixels)
+            self._forward[size] = 1.0 / forward_speed(model, np.zeros((32, size, size, 3), np.uint8), preprocessing, self.runtime, 16)
         return self._forward[size]
 
     def train(self, size: int) -> float:
         if size not in self._train:
             self._train[size] = _time_training_step(self.backbone, self.weights, self.runtime, size)
         return self._train[size]
+
+
+def forward_speed(model, pixels: np.ndarray, preprocessing, runtime, batch_size: int) -> float:
+    """Images per second of a plain forward pass (no probe hooks) over ``pixels[:2 * batch_size]``,
+    after a warm-up batch."""
+    import torch
+
+    from transferkit.training.inputs import predict_logits
+
+    model = runtime.prepare_model(model)
+    sample = pixels[: 2 * batch_size]
+    with torch.no_grad():
+        predict_logits(model, sample[:2], preprocessing, runtime, batch_size)
+        started = time.perf_counter()
+        predict_logits(model, sample, preprocessing, runtime, batch_size)
+    return len(sample) / max(time.perf_counter() - started, 1e-9)
 
 
 def _time_training_step(backbone: str, weights, runtime, size: int, batch: int = 16) -> float:

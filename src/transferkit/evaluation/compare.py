@@ -23,7 +23,7 @@ from transferkit.constraints import validate_params
 from transferkit.data import ImageSet, check_classes, decode_images, duplicate_groups
 from transferkit.errors import ConfigError
 from transferkit.estimator import ImageClassifier
-from transferkit.evaluation.cv import CVResult, FoldScore, make_folds
+from transferkit.evaluation.cv import CVResult, FoldScore, json_params, make_folds
 from transferkit.evaluation.metrics import classification_metrics
 from transferkit.search import Arena, Candidate, CandidateSearch, Trial, every_fold
 from transferkit.strategies import get_strategy, list_strategies
@@ -115,19 +115,31 @@ def candidates_for(
     return arena, candidates
 
 
-def cv_result(trial: Trial, search: CandidateSearch, params: dict[str, Any]) -> CVResult:
-    """A trial's folds as a :class:`CVResult` (accuracy, balanced accuracy, macro-F1 per fold)."""
-    labels = search.arena.classes[search.arena.targets]
-    result = CVResult(strategy=trial.candidate.strategy, params=params)
-    for number, predictions, seconds in zip(trial.folds, trial.predictions, trial.fold_seconds):
-        train, test = search.folds[number]
-        test = np.sort(test)
-        metrics = classification_metrics(labels[test], search.arena.classes[predictions], list(search.arena.classes))
-        result.folds.append(FoldScore(
-            fold=number + 1, accuracy=metrics["accuracy"], balanced_accuracy=metrics["balanced_accuracy"],
-            macro_f1=metrics["macro_f1"], fit_seconds=seconds, n_train=len(train), n_test=len(test),
-        ))
-    return result
+def fold_score(search: CandidateSearch, trial: Trial, position: int) -> FoldScore:
+    """The metrics of the ``position``-th fold a trial ran (accuracy, balanced accuracy, macro-F1)."""
+    number, classes = trial.folds[position], search.arena.classes
+    train, test = search.folds[number]
+    test = np.sort(test)
+    metrics = classification_metrics(classes[search.arena.targets[test]], classes[trial.predictions[position]], list(classes))
+    return FoldScore(
+        fold=number + 1, accuracy=metrics["accuracy"], balanced_accuracy=metrics["balanced_accuracy"],
+        macro_f1=metrics["macro_f1"], fit_seconds=trial.fold_seconds[position], n_train=len(train), n_test=len(test),
+    )
+
+
+def cv_result(trial: Trial, search: CandidateSearch) -> CVResult:
+    """A trial's folds as a :class:`CVResult`, with the parameters its candidate ran with."""
+    candidate = trial.candidate
+    params = {**json_params(dict(search.arena.params)), **dict(candidate.params), "strategy": candidate.strategy,
+              "image_size": candidate.image_size}
+    return CVResult(strategy=candidate.strategy, params=params,
+                    folds=[fold_score(search, trial, position) for position in range(len(trial.folds))])
+
+
+def report_folds(search: CandidateSearch, on_fold: Callable[[str, FoldScore], None] | None) -> None:
+    """Call ``on_fold(strategy, FoldScore)`` as each of the search's folds is scored."""
+    if on_fold is not None:
+        search.on_fit = lambda trial, number: on_fold(trial.candidate.strategy, fold_score(search, trial, trial.folds.index(number)))
 
 
 def compare_strategies(
@@ -168,16 +180,10 @@ def compare_strategies(
     folds = make_folds(labels, cv=cv, repeats=repeats, groups=duplicate_groups(images), seed=base.get("seed", 0))
     decoded: dict[int, np.ndarray] = {}
     arena, candidates = candidates_for(images, strategies, base, overrides, decoded)
-    params = {c.strategy: {**{k: v for k, v in arena.params.items() if isinstance(v, (str, int, float, bool, type(None)))},
-                           **dict(c.params), "strategy": c.strategy, "image_size": c.image_size} for c in candidates}
-
-    def report(trial: Trial, number: int) -> None:
-        if on_fold is not None:
-            on_fold(trial.candidate.strategy, cv_result(trial, search, {}).folds[trial.folds.index(number)])
-
-    search = CandidateSearch(arena, folds, n_jobs=n_jobs, backend=backend, on_fit=report, reproducible=True)
+    search = CandidateSearch(arena, folds, n_jobs=n_jobs, backend=backend, reproducible=True)
+    report_folds(search, on_fold)
     trials = every_fold(search, candidates)
     return Comparison(
-        results=[cv_result(t, search, params[t.candidate.strategy]) for t in trials], cv=cv, repeats=repeats, n=len(images),
+        results=[cv_result(t, search) for t in trials], cv=cv, repeats=repeats, n=len(images),
         classes=images.classes, seconds=time.perf_counter() - started,
     )

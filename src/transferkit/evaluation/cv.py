@@ -140,7 +140,12 @@ class CVResult:
 
 def plain_params(estimator) -> dict[str, Any]:
     """The estimator's JSON-friendly parameters, as a result records them."""
-    return {k: v for k, v in estimator.get_params().items() if isinstance(v, (str, int, float, bool, type(None)))}
+    return json_params(estimator.get_params())
+
+
+def json_params(params: dict[str, Any]) -> dict[str, Any]:
+    """The JSON-friendly entries of a parameter mapping (callables and objects left out)."""
+    return {k: v for k, v in params.items() if isinstance(v, (str, int, float, bool, type(None)))}
 
 
 @dataclass(frozen=True)

@@ -26,9 +26,9 @@ import numpy as np
 
 from transferkit.data import ImageSet, check_classes, duplicate_groups, stratified_sample
 from transferkit.errors import ConfigError
-from transferkit.evaluation.compare import candidates_for, cv_result
+from transferkit.evaluation.compare import candidates_for, cv_result, report_folds
 from transferkit.evaluation.cv import CVResult, FoldScore, make_folds
-from transferkit.search import CandidateSearch, Trial, successive_halving, with_params
+from transferkit.search import CandidateSearch, successive_halving, with_params
 from transferkit.strategies import get_strategy, list_strategies
 
 RACE_CANDIDATES = ("svm", "head", "finetune")
@@ -152,15 +152,9 @@ def race_strategies(
         freeze = advised_params.get("freeze", first.freeze) if get_strategy(advised).accepts_freeze else first.freeze
         proposed[0] = with_params(replace(first, freeze=freeze), **{k: v for k, v in advised_params.items() if k != "freeze"})
 
-    def report(trial: Trial, number: int) -> None:
-        if on_fold is not None:
-            on_fold(trial.candidate.strategy, cv_result(trial, search, {}).folds[trial.folds.index(number)])
-
-    search = CandidateSearch(arena, folds, n_jobs=n_jobs, backend=backend, on_fit=report, reproducible=True)
+    search = CandidateSearch(arena, folds, n_jobs=n_jobs, backend=backend, reproducible=True)
+    report_folds(search, on_fold)
     trials, rounds = successive_halving(search, proposed)
-    plain = {k: v for k, v in arena.params.items() if isinstance(v, (str, int, float, bool, type(None)))}
-    results = [cv_result(t, search, {**plain, **dict(t.candidate.params), "strategy": t.candidate.strategy,
-                                     "image_size": t.candidate.image_size}) for t in trials]
     return Race(
-        advised=advised, results=results, rounds=rounds, n_images=len(sample), seconds=time.perf_counter() - started,
+        advised=advised, results=[cv_result(t, search) for t in trials], rounds=rounds, n_images=len(sample), seconds=time.perf_counter() - started,
     )
