@@ -832,16 +832,18 @@ def export_data(
 def info(
     cache_dir: Annotated[Optional[Path], typer.Option(help="Cache folder to measure (default ~/.cache/transferkit, or $TRANSFERKIT_CACHE).")] = None,
     json_path: JsonOutOpt = None,
+    torch_view: Annotated[bool, typer.Option("--torch", help="Also import torch (a few seconds) and add its view: CPU kernel level, its thread counts, CUDA availability and devices.")] = False,
 ) -> None:
     """Show what transferkit found on this machine: versions, CPU features, threads, GPUs, cache, offline weights.
 
-    Paste its output (or --json -) into a bug report.
+    Fast by default (no torch import): GPUs as the NVIDIA driver lists them, threads by torch's
+    rule. --torch adds torch's own view. Paste its output (or --json -) into a bug report.
     """
     from transferkit.info import system_info
     from transferkit.report.tables import info_table
 
     with _user_errors():
-        report = system_info(cache_dir)
+        report = system_info(cache_dir, torch_view=torch_view)
         if json_path != STDOUT:
             out.print(info_table(report))
         _write_json(json_path, report)

@@ -1,15 +1,21 @@
 """What transferkit found on this machine: the facts a bug report needs.
 
 :func:`system_info` gathers versions, the CPU and its features, threads, precision, the
-allocator setting, CUDA devices, the cache and the offline weights into one JSON-ready dict;
+allocator setting, GPUs, the cache and the offline weights into one JSON-ready dict;
 ``transferkit info`` prints it (``--json`` for the dict). Like
 ``python -m torch.utils.collect_env``, it only looks: nothing is downloaded, no setting is
 changed, no network is built.
+
+By default it does not import torch (3-5 s on a small machine; ``info`` takes about 1 s
+without it, benchmarks/info_speed.py): versions come from the installed distributions, the CPU
+from ``/proc/cpuinfo``, the threads from the rule torch follows, the GPUs from the NVIDIA
+driver (:mod:`transferkit.training.machine`). ``torch_view=True`` (``info --torch``) imports
+torch and adds what only torch can say: its CPU kernel level, its own thread counts and
+CUDA as torch sees it.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import platform
 import sys
@@ -17,133 +23,164 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from transferkit._version import __version__
-from transferkit.backbones import backbone_stages, create_backbone, list_backbones, weights_available
+from transferkit.backbones import list_backbones, weights_available
 from transferkit.data import default_cache_dir
 from transferkit.data.cache_admin import cache_summary
 from transferkit.errors import ConfigError
-from transferkit.training.runtime import (
-    ALLOCATOR_ENV,
+from transferkit.training.allocator import ALLOCATOR_ENV
+from transferkit.training.machine import (
+    CPU_FLAGS,
     FEATURE_TOLERANCE,
     JOB_THREADS_ENV,
     MIN_SPEEDUP,
-    SPEED_FOLDER,
-    cpu_supports_bf16,
+    THREAD_RULE,
+    THREAD_VARIABLES,
+    cpu_facts,
+    installed_torch,
     job_threads,
-    machine_key,
+    matches_machine,
+    native_bf16,
+    nvidia_gpus,
+    predicted_torch_threads,
+    speed_records,
+    usable_cpus,
 )
-
-# Imports only what it reports on (torch, the backbone registry, the cache): no timm, no
-# scikit-learn, so `transferkit info` takes about as long as `import torch`
-# (benchmarks/info_speed.py).
 
 PACKAGES = ("torch", "torchvision", "timm", "scikit-learn", "numpy", "pillow", "safetensors", "rich", "typer")
 """Distributions whose versions :func:`system_info` reports (besides transferkit itself)."""
 
-CPU_FLAGS = {"AVX2": "avx2", "AVX-512": "avx512f", "AVX-512 BF16": "avx512_bf16", "AMX": "amx_tile", "AMX BF16": "amx_bf16"}
-"""The CPU features that decide PyTorch's speed on a CPU, by the flag Linux reports for each."""
-
-THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
+NOT_CHECKED = "transferkit info --torch"
+"""What to run for a fact only torch can give (shown where such a fact is None)."""
 
 
-def system_info(cache_dir: str | os.PathLike | None = None) -> dict[str, Any]:
+def system_info(cache_dir: str | os.PathLike | None = None, *, torch_view: bool = False) -> dict[str, Any]:
     """Versions, hardware and settings of this machine as transferkit sees them.
 
     Parameters
     ----------
     cache_dir : path, optional
         The cache root to measure (default: ``$TRANSFERKIT_CACHE`` or ``~/.cache/transferkit``).
+    torch_view : bool, default False
+        Import torch (seconds) and add its view: ``cpu.capability``, ``threads`` as torch
+        counts them, ``cuda``'s availability, devices and cuDNN. Without it those are None
+        (not checked) and the threads are predicted by torch's rule.
 
     Returns
     -------
     dict
         Keys ``transferkit``, ``location``, ``python``, ``platform``, ``packages``, ``cpu``,
-        ``threads``, ``bf16_native``, ``precision``, ``allocator``, ``cuda``, ``cache``, ``weights``.
+        ``threads``, ``bf16_native``, ``precision``, ``allocator``, ``gpus`` (the NVIDIA
+        driver's view), ``cuda`` (torch's view), ``torch_view``, ``cache``, ``weights``.
     """
+    torch_facts = torch_runtime_facts() if torch_view else None
     return {
         "transferkit": __version__,
         "location": str(Path(__file__).resolve().parent),
         "python": platform.python_version(),
         "platform": platform.platform(),
         "packages": package_versions(),
-        "cpu": cpu_info(),
-        "threads": thread_info(),
-        "bf16_native": cpu_supports_bf16(),
-        "precision": precision_info(cache_dir),
+        "cpu": cpu_info(torch_facts),
+        "threads": thread_info(torch_facts),
+        "bf16_native": bf16_native(torch_facts),
+        "precision": precision_info(cache_dir, torch_facts),
         "allocator": allocator_setting(),
-        "cuda": cuda_info(),
+        "gpus": nvidia_gpus(),
+        "cuda": torch_facts["cuda"] if torch_facts else cuda_info_unchecked(),
+        "torch_view": torch_view,
         "cache": cache_summary(cache_dir).to_dict(),
         "weights": installed_weights(),
     }
 
 
+def torch_runtime_facts() -> dict[str, Any]:
+    """What only an imported torch can say: its CPU kernel level, threads, bf16 check and CUDA view."""
+    import torch
+
+    from transferkit.training.runtime import cpu_supports_bf16
+
+    return {
+        "capability": torch.backends.cpu.get_cpu_capability(),
+        "threads": torch.get_num_threads(),
+        "interop": torch.get_num_interop_threads(),
+        "version": torch.__version__,
+        "bf16_native": cpu_supports_bf16(),
+        "cuda": cuda_info(),
+    }
+
+
 def package_versions() -> dict[str, str | None]:
-    """Installed version of each of :data:`PACKAGES`; None when one is missing."""
+    """Installed version of each of :data:`PACKAGES`; None when one is missing.
+
+    torch's is ``torch.__version__`` (read from its files, with the build tag such as
+    ``+cu130``), which its distribution's metadata leaves out.
+    """
     versions = {}
     for name in PACKAGES:
         try:
             versions[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
             versions[name] = None
+    torch = installed_torch()
+    if torch is not None and torch["version"]:
+        versions["torch"] = torch["version"]
     return versions
 
 
-def cpu_info() -> dict[str, Any]:
-    """CPU model, the features of :data:`CPU_FLAGS`, PyTorch's kernel level and core counts.
+def cpu_info(torch_facts: dict[str, Any] | None = None) -> dict[str, Any]:
+    """CPU model, the features of :data:`CPU_FLAGS`, core counts, and PyTorch's kernel level.
 
-    ``flags`` is empty where ``/proc/cpuinfo`` does not exist (not Linux).
+    ``flags`` is empty where ``/proc/cpuinfo`` does not exist (not Linux); ``capability``
+    (PyTorch's CPU kernel level, e.g. ``AVX2``) is None unless torch's view was asked for.
     """
-    model, flags = _read_cpuinfo()
+    facts = cpu_facts()
     return {
-        "model": model or platform.processor() or None,
-        "flags": {name: flag in flags for name, flag in CPU_FLAGS.items()} if flags else {},
-        "capability": torch.backends.cpu.get_cpu_capability(),
+        "model": facts.model or platform.processor() or None,
+        "flags": {name: flag in facts.flags for name, flag in CPU_FLAGS.items()} if facts.flags else {},
+        "capability": torch_facts["capability"] if torch_facts else None,
         "logical_cores": os.cpu_count(),
-        "usable_cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+        "usable_cores": usable_cpus(),
+        "physical_cores": facts.physical_cores,
     }
 
 
-def _read_cpuinfo(path: str = "/proc/cpuinfo") -> tuple[str | None, set[str]]:
-    model, flags = None, set()
-    try:
-        with open(path) as handle:
-            for line in handle:
-                key, _, value = line.partition(":")
-                key = key.strip()
-                if key == "model name" and model is None:
-                    model = value.strip()
-                elif key in ("flags", "Features") and not flags:  # x86, ARM
-                    flags = set(value.split())
-                if model is not None and flags:
-                    break
-    except OSError:
-        pass
-    return model, flags
+def thread_info(torch_facts: dict[str, Any] | None = None) -> dict[str, Any]:
+    """PyTorch's intra-op threads in a transferkit command, how they were found, and the variables that set them.
+
+    ``torch``: torch's own count with its view, else :func:`predicted_torch_threads` (None
+    where its rule is not known to hold); ``interop``: torch's inter-op threads, with its view
+    only; ``source``: ``"torch"`` or the rule in words.
+    """
+    environment = {name: os.environ.get(name, "unset") for name in THREAD_VARIABLES}
+    if torch_facts:
+        return {"torch": torch_facts["threads"], "interop": torch_facts["interop"], "source": "torch",
+                "environment": environment}
+    return {"torch": predicted_torch_threads(), "interop": None, "source": f"predicted: {THREAD_RULE}",
+            "environment": environment}
 
 
-def thread_info() -> dict[str, Any]:
-    """PyTorch's intra-op and inter-op threads and the environment variables that set them."""
-    return {
-        "torch": torch.get_num_threads(),
-        "interop": torch.get_num_interop_threads(),
-        "environment": {name: os.environ.get(name, "unset") for name in THREAD_VARIABLES},
-    }
+def bf16_native(torch_facts: dict[str, Any] | None = None) -> bool | None:
+    """Whether ``precision="auto"`` may try bf16 on this CPU: its flags; None where they are unknown
+    (not Linux) and torch's view was not asked for (then torch's oneDNN check decides, as in a fit)."""
+    return torch_facts["bf16_native"] if torch_facts else native_bf16()
 
 
-def precision_info(cache_dir: str | os.PathLike | None = None) -> dict[str, Any]:
+def precision_info(cache_dir: str | os.PathLike | None = None, torch_facts: dict[str, Any] | None = None) -> dict[str, Any]:
     """How ``precision="auto"`` decides on this machine, and what it measured so far.
 
     ``inference_measurements``: the bf16-vs-fp32 speeds kept under ``<cache>/precision/`` by
     :func:`transferkit.training.runtime.measured_inference_precision`, for this machine only
-    (one per network and image size; features and predictions).
+    (one per network and image size; features and predictions). Without torch's view the
+    machine is matched on the CPU model, torch's version and the predicted threads (torch's
+    kernel level, which follows from the first two, is not compared).
     """
-    native = cpu_supports_bf16()
+    native = bf16_native(torch_facts)
     if native:
         rule = (f"bf16 where measured at least {MIN_SPEEDUP:g}x faster than fp32 (once per machine and network) and in "
                 f"agreement with fp32 on the data (features within {FEATURE_TOLERANCE:g} relative, predictions identical); "
                 "training: the faster of one timed step in each; cross-validation jobs: fp32")
+    elif native is None:
+        rule = f"unknown: this CPU's flags cannot be read here ({NOT_CHECKED} asks torch); cross-validation jobs: fp32"
     else:
         rule = "fp32 (no native bf16 on this CPU); cross-validation jobs: fp32"
     try:
@@ -151,14 +188,14 @@ def precision_info(cache_dir: str | os.PathLike | None = None) -> dict[str, Any]
     except ConfigError as exc:
         threads = str(exc)
     root = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
-    here = machine_key()
+    if torch_facts:
+        here = {"capability": torch_facts["capability"], "torch_version": torch_facts["version"], "threads": torch_facts["threads"]}
+    else:
+        torch = installed_torch() or {}
+        here = {"capability": None, "torch_version": torch.get("version"), "threads": predicted_torch_threads()}
     measurements = []
-    for path in sorted((root / SPEED_FOLDER).glob("*.json")) if (root / SPEED_FOLDER).is_dir() else []:
-        try:
-            record = json.loads(path.read_text())
-        except (OSError, ValueError):
-            continue
-        if isinstance(record, dict) and record.get("machine") == here:
+    for record in speed_records(root):
+        if matches_machine(record.get("machine", ""), **here):
             kind, _, rest = str(record.get("key", "")).partition("|")
             measurements.append({"what": kind, "network": rest.rpartition("|")[0][:12], "image_size": rest.rpartition("|")[2],
                                  "fp32_images_per_second": record.get("fp32"), "bf16_images_per_second": record.get("bf16")})
@@ -186,7 +223,12 @@ def allocator_setting() -> dict[str, Any]:
 
 
 def cuda_info() -> dict[str, Any]:
-    """CUDA build and visible devices (name, memory, compute capability, bf16)."""
+    """torch's view of CUDA: its build, whether a GPU is usable, the devices (name, memory, capability, bf16).
+
+    Imports torch (seconds): :func:`system_info` calls it with ``torch_view=True`` only.
+    """
+    import torch
+
     available = torch.cuda.is_available()
     devices = []
     for index in range(torch.cuda.device_count() if available else 0):
@@ -200,6 +242,13 @@ def cuda_info() -> dict[str, Any]:
         })
     cudnn = torch.backends.cudnn.version() if available and torch.backends.cudnn.is_available() else None
     return {"available": available, "version": torch.version.cuda, "cudnn": cudnn, "devices": devices}
+
+
+def cuda_info_unchecked() -> dict[str, Any]:
+    """:func:`cuda_info`'s keys without importing torch: the CUDA build torch was made for (from its
+    files); availability, cuDNN and devices None (not checked: see ``gpus`` for the driver's view)."""
+    torch = installed_torch() or {}
+    return {"available": None, "version": torch.get("cuda"), "cudnn": None, "devices": None}
 
 
 def installed_weights() -> list[dict[str, Any]]:

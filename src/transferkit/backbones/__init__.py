@@ -4,6 +4,10 @@
 >>> model, preprocessing = create_backbone("efficientnet_lite0", num_classes=2, pretrained=False)
 >>> [name for name, _ in backbone_stages(model)][:2]
 ['stem', 'stage1']
+
+The registry and the specs are imported with the package and need no torch, so that
+``transferkit models`` and ``transferkit info`` list the backbones in well under 2 s; the
+stage helpers, which do, load on first use (PEP 562, as the top-level package does).
 """
 
 from transferkit.backbones.registry import (
@@ -16,7 +20,6 @@ from transferkit.backbones.registry import (
     weights_available,
 )
 from transferkit.backbones.spec import BackboneSpec, Preprocessing, WeightsSource
-from transferkit.backbones.stages import Suffix, backbone_stages, frozen_prefix_depth, prefix_forward
 
 __all__ = [
     "DEFAULT_BACKBONE",
@@ -34,3 +37,18 @@ __all__ = [
     "register_backbone",
     "weights_available",
 ]
+
+_LAZY = {"Suffix", "backbone_stages", "frozen_prefix_depth", "prefix_forward"}
+"""Names of :mod:`transferkit.backbones.stages` (torch at import), loaded on first use."""
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        from transferkit.backbones import stages
+
+        return getattr(stages, name)
+    raise AttributeError(f"module 'transferkit.backbones' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

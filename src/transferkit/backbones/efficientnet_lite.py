@@ -19,11 +19,13 @@ import importlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-
-import torch
+from typing import TYPE_CHECKING
 
 from transferkit.backbones.spec import BackboneSpec, Preprocessing
 from transferkit.errors import BackboneError
+
+if TYPE_CHECKING:  # torch is imported when weights are loaded, not when the specs are listed
+    import torch
 
 _PACKAGE_CLASSIFIER = "_fc."
 _TIMM_CLASSIFIER = "classifier."
@@ -74,6 +76,8 @@ class PackagedWeights:
 
     def load(self, target: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Read the package's state dict and lay it out like ``target`` (timm keys)."""
+        import torch
+
         path = self.file_path()
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)

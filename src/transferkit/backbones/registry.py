@@ -10,15 +10,15 @@ from __future__ import annotations
 import difflib
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import urlparse
-
-import torch
-from torch import nn
 
 from transferkit.backbones import efficientnet_lite
 from transferkit.backbones.spec import BackboneSpec, Preprocessing
-from transferkit.backbones.weights import load_backbone_weights, read_weights_file
 from transferkit.errors import BackboneError, ConfigError
+
+if TYPE_CHECKING:  # torch and timm are imported by the functions that build networks, not to list them
+    from torch import nn
 
 DEFAULT_BACKBONE = "efficientnet_lite0"
 
@@ -130,6 +130,8 @@ def _in_timm_cache(timm_name: str) -> bool:
             if isinstance(cached, str) and Path(cached).is_file():
                 return True
     if cfg.url:
+        import torch
+
         filename = os.path.basename(urlparse(cfg.url).path)
         return Path(torch.hub.get_dir(), "checkpoints", filename).is_file()
     return False
@@ -186,6 +188,8 @@ def create_backbone(
     (3, 224)
     """
     import timm
+
+    from transferkit.backbones.weights import load_backbone_weights, read_weights_file
 
     spec = get_backbone_spec(name)
     _check_options(num_classes, drop_rate, pretrained, weights_path)

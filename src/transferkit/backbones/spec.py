@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
-from typing import Any, Literal, Protocol, get_args
-
-import torch
+from typing import TYPE_CHECKING, Any, Literal, Protocol, get_args
 
 from transferkit.errors import ConfigError
+
+if TYPE_CHECKING:  # listing the backbones needs no torch (`transferkit models`, `info`)
+    import torch
 
 Interpolation = Literal["bicubic", "bilinear"]
 

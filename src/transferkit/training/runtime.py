@@ -16,8 +16,6 @@ import functools
 import hashlib
 import json
 import os
-import platform
-import sys
 import tempfile
 import time
 from dataclasses import dataclass
@@ -29,6 +27,16 @@ from torch import nn
 
 from transferkit.errors import ConfigError
 from transferkit.training.allocator import ALLOCATOR_ENV, freed_memory_kept, keep_freed_memory  # noqa: F401 - re-exported
+from transferkit.training.machine import (  # noqa: F401 - re-exported: the runtime's settings, defined without torch
+    DEFAULT_JOB_THREADS,
+    FEATURE_TOLERANCE,
+    JOB_THREADS_ENV,
+    MIN_SPEEDUP,
+    SPEED_FOLDER,
+    job_threads,
+    machine_key_of,
+    native_bf16,
+)
 
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
 
@@ -36,11 +44,17 @@ _DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def cpu_supports_bf16() -> bool:
-    """Whether this CPU runs bfloat16 convolutions natively (oneDNN with AVX-512 BF16 or AMX).
+    """Whether this CPU runs bfloat16 convolutions natively (AVX-512 BF16 or AMX; BF16 on Arm).
 
     Without native support, bf16 autocast on a CPU is emulated and slower than fp32, so the
-    ``auto`` precision only picks it where this returns True.
+    ``auto`` precision only picks it where this returns True. The CPU's flags decide
+    (:func:`~transferkit.training.machine.native_bf16`, what ``transferkit info`` reports);
+    where they cannot be read (not Linux), oneDNN's own check, which also says yes where bf16
+    is merely supported (emulated on plain AVX-512).
     """
+    native = native_bf16()
+    if native is not None:
+        return native
     try:
         return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
     except (AttributeError, RuntimeError):
@@ -225,21 +239,7 @@ def fastest_training_precision(runtime: Runtime, model: nn.Module, batch: torch.
 # ---------------------------------------------------------------------------------------------
 # Reproducible jobs: the same table for any --jobs, backend and thread count
 
-JOB_THREADS_ENV = "TRANSFERKIT_JOB_THREADS"
-DEFAULT_JOB_THREADS = 1
 _IN_JOB: contextvars.ContextVar[bool] = contextvars.ContextVar("transferkit_reproducible_job", default=False)
-
-
-def job_threads() -> int:
-    """Torch threads of every (strategy, fold) job: ``$TRANSFERKIT_JOB_THREADS``, default 1."""
-    text = os.environ.get(JOB_THREADS_ENV, str(DEFAULT_JOB_THREADS))
-    try:
-        threads = int(text)
-    except ValueError:
-        threads = 0
-    if threads < 1:
-        raise ConfigError(f"{JOB_THREADS_ENV} expected a positive integer. Received: {JOB_THREADS_ENV}={text!r}")
-    return threads
 
 
 @contextlib.contextmanager
@@ -282,24 +282,13 @@ def in_reproducible_job() -> bool:
 
 INFERENCE_SAMPLE = 32
 """Images of the data at hand that the bf16-vs-fp32 accuracy check runs on (at most)."""
-FEATURE_TOLERANCE = 0.02
-"""bf16 features are accepted when, for every sampled image, ``|bf16 - fp32| / |fp32|`` (L2
-norms of the feature vectors) is at most this."""
-MIN_SPEEDUP = 1.1
-"""bf16 must run at least this much faster than fp32 (images/s) to be chosen."""
-SPEED_FOLDER = "precision"
-"""Under the cache root: one JSON per (machine, network, image size) with the timed images/s."""
+# FEATURE_TOLERANCE, MIN_SPEEDUP and SPEED_FOLDER live in training/machine.py, where
+# `transferkit info` reads them without torch.
 
 
 def machine_key() -> str:
     """What makes a speed measurement valid elsewhere: CPU model, kernels, torch, threads."""
-    model = platform.processor()
-    try:
-        with open("/proc/cpuinfo") as handle:
-            model = next((line.split(":", 1)[1].strip() for line in handle if line.startswith("model name")), model)
-    except OSError:
-        pass
-    return f"{model}|{torch.backends.cpu.get_cpu_capability()}|torch {torch.__version__}|{torch.get_num_threads()} threads"
+    return machine_key_of(torch.backends.cpu.get_cpu_capability(), torch.__version__, torch.get_num_threads())
 
 
 def speed_file(cache_root: Path, key: str) -> Path:
