@@ -201,7 +201,7 @@ def test_info_shows_the_rule_and_what_was_measured_here(bf16_native, tiny_weight
     from transferkit.info import system_info
     from transferkit.report.tables import info_rows
 
-    monkeypatch.setattr("transferkit.info.cpu_supports_bf16", lambda: True)
+    monkeypatch.setattr("transferkit.info.native_bf16", lambda: True)
 
     images, _ = make_images(2, 32)
     _extractor(tiny_weights, tmp_path).transform(images)  # measures and keeps the speeds
@@ -210,5 +210,6 @@ def test_info_shows_the_rule_and_what_was_measured_here(bf16_native, tiny_weight
     assert measured["what"] == "features" and measured["image_size"] == "32"
     assert measured["fp32_images_per_second"] > 0 and measured["bf16_images_per_second"] > 0
     assert "agreement with fp32" in precision["auto_cpu"] and precision["job_threads"] >= 1
+    assert system_info(tmp_path, torch_view=True)["precision"]["inference_measurements"] == [measured]  # torch's key, in full
     rows = dict(info_rows(system_info(tmp_path)))
     assert any(key.startswith("measured features") for key in rows) and "threads per cv job" in rows
