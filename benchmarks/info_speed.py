@@ -1,5 +1,8 @@
 """How long the light commands take as whole processes: `info`, `models`, `cache info`, `--version`.
 
+(`info --torch`, which imports torch on purpose, is timed too; a checkout without the option
+is left out of that row.)
+
 Each command runs as a fresh process (as a user types it), ``--repeats`` times, interleaved
 with two baselines measured in the same run: ``python -c pass`` (the interpreter's own start)
 and ``python -c "import torch"`` (what a command that reports torch's view of the machine
@@ -31,6 +34,7 @@ COMMANDS: dict[str, list[str]] = {
     "python -c 'import torch'": ["-c", "import torch"],
     "transferkit --version": ["-m", "transferkit.cli", "--version"],
     "transferkit info": ["-m", "transferkit.cli", "info"],
+    "transferkit info --torch": ["-m", "transferkit.cli", "info", "--torch"],
     "transferkit models": ["-m", "transferkit.cli", "models"],
     "transferkit cache info": ["-m", "transferkit.cli", "cache", "info"],
 }
