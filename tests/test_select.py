@@ -16,8 +16,11 @@ from transferkit.advise import DataFacts
 from transferkit.advise.rules import Recommendation
 from transferkit.advise.select import (
     MIN_NETWORK_EPOCHS,
+    PILOT_FACTORS,
+    PILOT_SHARE,
     Speeds,
     Symmetry,
+    _learning_rate_pilot,
     _network_augment,
     _network_candidate,
     _variants,
@@ -215,12 +218,14 @@ def test_an_auto_fit_keeps_the_network_the_search_trained(tiny_params, tmp_path,
     fits = []
     real = network.NetworkStrategy.fit
     monkeypatch.setattr(network.NetworkStrategy, "fit", lambda self, request: fits.append(1) or real(self, request))
-    # make the network win whatever it scores, to see the fit reuse it
-    monkeypatch.setattr(select, "winner", lambda trials: next(t for t in trials if t.candidate.strategy in ("full", "finetune")))
+    # make the network (the last one trained, after the learning-rate pilot) win whatever it scores, to see the fit reuse it
+    monkeypatch.setattr(select, "winner", lambda trials: [t for t in trials if t.candidate.strategy in ("full", "finetune")][-1])
     images, labels = ramps(12)
     clf = transferkit.ImageClassifier(**dict(tiny_params, strategy="auto", image_size=32, cache_dir=str(tmp_path),
                                               budget_minutes=None)).fit(images, labels)
-    assert clf.settings_["strategy"] in ("full", "finetune") and len(fits) == 1  # trained once, in the search
+    # two pilots and the network, all in the search; none after it
+    assert clf.settings_["strategy"] in ("full", "finetune") and len(fits) == len(PILOT_FACTORS) + 1
+    assert clf.model_ is clf.advice_.search.chosen.outcome.model
     assert clf.advice_.recommendation.reasons[-1].endswith("the network trained in the search is the model")
     assert clf.predict(images).shape == (24,)
 
@@ -348,3 +353,45 @@ def test_no_network_is_trained_when_the_features_are_already_perfect(tiny_params
     assert max(t.accuracy for t in found.trials if t.accuracy is not None) == 1.0
     assert not any(t.candidate.strategy in ("full", "finetune") for t in found.trials)
     assert any("already classifies every held-out image correctly" in r for r in found.reasons)
+
+
+class PilotSearch:
+    """A search whose trials score what ``scores`` says for each pretrained-layer lr factor."""
+
+    def __init__(self, scores, budget_seconds=None, cost=None):
+        self.scores, self.budget_seconds, self.cost, self.ran = scores, budget_seconds, cost, []
+
+    def evaluate_candidates(self, candidates):
+        self.ran += candidates
+        trials = [Trial(c) for c in candidates]
+        for trial in trials:
+            trial.scores.append(self.scores[dict(trial.candidate.params)["backbone_lr_factor"]])
+        return trials
+
+
+@pytest.mark.parametrize("scores, expected", [({0.1: 0.31, 1.0: 0.43}, 1.0),  # the spatial set after one epoch
+                                              ({0.1: 0.70, 1.0: 0.72}, 0.1),  # within the noise of 400 images
+                                              ({0.1: 0.80, 1.0: 0.60}, 0.1)])
+def test_the_learning_rate_pilot_keeps_the_playbooks_rate_unless_the_other_wins_beyond_the_noise(scores, expected):
+    network = Candidate("full", 96, "a network", params=(("augment", "rotate"), ("epochs", 12)))
+    search, reasons = PilotSearch(scores), []
+    assert _learning_rate_pilot(network, search, reasons, 1600, 400) == expected
+    assert [dict(c.params)["backbone_lr_factor"] for c in search.ran] == list(PILOT_FACTORS)
+    assert all(c.image_size == 64 and dict(c.params)["epochs"] == 2 and c.strategy == "full" for c in search.ran)
+    assert reasons[-1].startswith("learning-rate pilot (2 epochs at 64 px)") and f"lr x{expected:g}" in reasons[-1]
+
+
+def test_the_learning_rate_pilot_is_skipped_when_it_would_cost_too_much_of_the_networks_time():
+    network = Candidate("full", 64, "a network", params=(("epochs", 6),))
+    per_epoch = lambda candidate, n_train, n_test, done: float(dict(candidate.params)["epochs"])  # noqa: E731
+    search, reasons = PilotSearch({0.1: 0.3, 1.0: 0.9}, budget_seconds=600, cost=per_epoch), []
+    # two pilots of 2 epochs at the network's own side: 4 of its 6 epochs, more than PILOT_SHARE
+    assert 4 / 6 > PILOT_SHARE and _learning_rate_pilot(network, search, reasons, 100, 20) is None
+    assert search.ran == [] and reasons[-1].startswith("no learning-rate pilot")
+
+
+def test_the_pilot_trains_at_the_size_the_user_fixed():
+    network = Candidate("finetune", 160, "a network", freeze=2, params=(("epochs", 6),))
+    search = PilotSearch({0.1: 0.5, 1.0: 0.5})
+    assert _learning_rate_pilot(network, search, [], 100, 20, size_fixed=True) == 0.1
+    assert {c.image_size for c in search.ran} == {160} and {c.freeze for c in search.ran} == {2}

@@ -235,7 +235,7 @@ def fit(
     freeze: Annotated[Optional[int], typer.Option(help="finetune: freeze the stem and the first N stages (default 3).")] = None,
     epochs: Annotated[int, typer.Option(help="Maximum epochs; early stopping may end sooner.")] = 10,
     lr: Annotated[float, typer.Option(help="Learning rate of the new head (pretrained layers: lr x backbone-lr-factor).")] = 1e-3,
-    backbone_lr_factor: Annotated[float, typer.Option(help="Pretrained layers train at lr times this.")] = 0.1,
+    backbone_lr_factor: Annotated[str, typer.Option(help="Pretrained layers train at lr times this. auto: 0.1 (the playbook's 10x smaller), measured against 1 by a short pilot under --strategy auto.")] = "auto",
     image_size: Annotated[Optional[int], typer.Option(help="Square image side in pixels (default: the backbone's).")] = None,
     augment: Annotated[str, typer.Option(help="Network strategies: a preset (none | light | standard | strong) or a composition of hflip, vflip, rotate, translate, scale, color, e.g. 'rotate,translate' (no flips). auto: with --strategy auto, the flips the symmetry test allows; else standard.")] = "auto",
     batch_size: Annotated[int, typer.Option(help="Images per training step.")] = 32,
@@ -277,7 +277,7 @@ def fit(
             freeze=_or_auto(freeze),
             epochs=epochs,
             lr=lr,
-            backbone_lr_factor=backbone_lr_factor,
+            backbone_lr_factor=_positive_or_auto(backbone_lr_factor, "--backbone-lr-factor"),
             image_size=_or_auto(image_size),
             augment=augment,
             batch_size=batch_size,
@@ -536,6 +536,19 @@ def _budget_minutes(text: str) -> float | str | None:
         value = -1.0
     if not value > 0:
         raise typer.BadParameter(f"expected a positive number of minutes, auto or none. Received: {text!r}", param_hint="--budget-minutes")
+    return value
+
+
+def _positive_or_auto(text: str, option: str) -> float | str:
+    """A positive number, or ``auto``."""
+    if text.strip().lower() == "auto":
+        return "auto"
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not value > 0:
+        raise typer.BadParameter(f"expected a positive number or auto. Received: {text!r}", param_hint=option)
     return value
 
 

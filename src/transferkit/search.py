@@ -76,6 +76,8 @@ class Candidate:
             parts.append(self.symmetries)
         if "epochs" in extra and get_strategy(self.strategy).trains_network:
             parts.append(f"{extra['epochs']} epochs")
+        if "backbone_lr_factor" in extra:
+            parts.append(f"pretrained lr x{extra['backbone_lr_factor']:g}")
         return ", ".join(parts)
 
     def settings(self) -> Settings:

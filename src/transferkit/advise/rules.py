@@ -34,13 +34,15 @@ from transferkit.advise.probe import DomainShift
 from transferkit.backbones import Preprocessing, backbone_stages, feature_dim
 from transferkit.errors import ConfigError
 from transferkit.strategies import get_strategy
+from transferkit.strategies.network import PLAYBOOK_LR_FACTOR
 
 AdvisedStrategy = Literal["svm", "head", "finetune", "full", "scratch"]
 
 HEAD_LR = 1e-3
 """Learning rate of the new head (and of every layer when training from scratch)."""
-PRETRAINED_LR_FACTOR = 0.1
-"""Pretrained layers learn this much slower than the head: adjust, do not overwrite."""
+PRETRAINED_LR_FACTOR = PLAYBOOK_LR_FACTOR
+"""Pretrained layers learn this much slower than the head: adjust, do not overwrite (``auto``
+measures this rule against 1 in a pilot before it trains a network)."""
 
 
 @dataclass(frozen=True)

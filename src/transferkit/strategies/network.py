@@ -9,8 +9,9 @@ full       pretrained  nothing                head at lr, the rest at lr * facto
 scratch    random      nothing                everything at lr
 =========  ==========  =====================  ====================================
 
-``factor`` is ``backbone_lr_factor`` (default 0.1: the playbook's "about 10x smaller than
-for scratch training").
+``factor`` is ``backbone_lr_factor``: ``"auto"`` is :data:`PLAYBOOK_LR_FACTOR` (0.1, the
+playbook's "about 10x smaller than for scratch training") for a strategy the user names; under
+strategy ``auto`` a short pilot measures it against 1 (``advise/select.py``).
 """
 
 from __future__ import annotations
@@ -60,6 +61,15 @@ class NetworkPlan:
         )
 
 
+PLAYBOOK_LR_FACTOR = 0.1
+"""Pretrained layers learn this much slower than the new head: adjust them, do not overwrite."""
+
+
+def lr_factor_value(backbone_lr_factor: float | str) -> float:
+    """``backbone_lr_factor`` as a number: ``"auto"`` is :data:`PLAYBOOK_LR_FACTOR`."""
+    return PLAYBOOK_LR_FACTOR if backbone_lr_factor == "auto" else float(backbone_lr_factor)
+
+
 class NetworkStrategy(Strategy):
     """Trains (part of) the network with the epoch loop; subclasses say which stages freeze."""
 
@@ -87,7 +97,8 @@ class NetworkStrategy(Strategy):
             weights_path=params["weights"] if self.pretrained else None, drop_rate=params["dropout"],
         )
         head, backbone, plan = configure_network(
-            model, self.name, freeze_stages=request.settings.freeze, backbone_lr_factor=params["backbone_lr_factor"]
+            model, self.name, freeze_stages=request.settings.freeze,
+            backbone_lr_factor=lr_factor_value(params["backbone_lr_factor"]),
         )
         request.console.print(plan.describe())
         class_weights = None
