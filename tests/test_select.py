@@ -382,7 +382,7 @@ def test_the_learning_rate_pilot_keeps_the_playbooks_rate_unless_the_other_wins_
 
 
 def test_the_learning_rate_pilot_is_skipped_when_it_would_cost_too_much_of_the_networks_time():
-    network = Candidate("full", 64, "a network", params=(("epochs", 6),))
+    network = Candidate("full", 32, "a network", params=(("epochs", 6),))
     per_epoch = lambda candidate, n_train, n_test, done: float(dict(candidate.params)["epochs"])  # noqa: E731
     search, reasons = PilotSearch({0.1: 0.3, 1.0: 0.9}, budget_seconds=600, cost=per_epoch), []
     # two pilots of 2 epochs at the network's own side: 4 of its 6 epochs, more than PILOT_SHARE
@@ -395,3 +395,10 @@ def test_the_pilot_trains_at_the_size_the_user_fixed():
     search = PilotSearch({0.1: 0.5, 1.0: 0.5})
     assert _learning_rate_pilot(network, search, [], 100, 20, size_fixed=True) == 0.1
     assert {c.image_size for c in search.ran} == {160} and {c.freeze for c in search.ran} == {2}
+
+
+@pytest.mark.parametrize("network_side, pilot_side", [(224, 64), (80, 48), (64, 48), (48, 32), (32, 32), (24, 24)])
+def test_the_pilot_trains_below_the_networks_side(network_side, pilot_side):
+    search = PilotSearch({0.1: 0.5, 1.0: 0.5})
+    _learning_rate_pilot(Candidate("full", network_side, "a network", params=(("epochs", 6),)), search, [], 100, 20)
+    assert {c.image_size for c in search.ran} == {pilot_side}

@@ -75,7 +75,10 @@ in this share of the budget, so that a trained network keeps its chance."""
 PILOT_FACTORS = (PLAYBOOK_LR_FACTOR, 1.0)
 """Learning-rate multipliers of the pretrained layers that the pilot compares, the playbook's first."""
 PILOT_SIDE = 64
-"""The pilot trains at this side (or the network's own, when smaller): it compares rates, cheaply."""
+PILOT_SCALE = 0.75
+"""The pilot trains at the largest side of :data:`NETWORK_SIDES` up to :data:`PILOT_SIDE` and
+this share of the network's own side (the network's side when none is smaller): it compares
+learning rates, cheaply."""
 PILOT_EPOCHS = 2
 PILOT_SHARE = 0.3
 """The pilot runs only when it costs at most this share of the network's own estimate."""
@@ -377,8 +380,9 @@ def _learning_rate_pilot(network: Candidate, search: CandidateSearch, reasons: l
     briefly with each of :data:`PILOT_FACTORS` on the held-out fold. Returns the factor the
     network should use (the playbook's unless another wins beyond the fold's noise), or None when
     the pilot was not run (too costly next to the network, or a pilot failed to fit the budget)."""
-    side = network.image_size if size_fixed else next(s for s in (*NETWORK_SIDES, network.image_size)
-                                                      if s <= min(PILOT_SIDE, network.image_size))
+    # at most PILOT_SIDE, and below the network's own side where there is one: it compares rates, cheaply
+    smaller = [s for s in NETWORK_SIDES if s <= min(PILOT_SIDE, network.image_size * PILOT_SCALE)]
+    side = network.image_size if size_fixed or not smaller else smaller[0]
     pilots = [with_params(replace(network, image_size=side, proposed_by=why), epochs=PILOT_EPOCHS, patience=PILOT_EPOCHS,
                           backbone_lr_factor=factor)
               for factor, why in zip(PILOT_FACTORS, ("pilot: the playbook's rule, pretrained layers 10x slower than the head",
