@@ -124,6 +124,10 @@ def test_the_network_candidate_takes_the_largest_side_the_budget_affords(tiny_pa
                               224, "rotate,translate")
     # 80 px affords 9 epochs (103 s each), 64 px all 12 (66 s each): the whole schedule at the smaller side wins
     assert (wide.image_size, dict(wide.params)["epochs"]) == (64, 12)
+    # after a pilot that chose lr x1, 300 steps (6 epochs) suffice: 96 px affords them (6 x 148 s), 112 px does not
+    fast = _network_candidate(recommendation(strategy="full", freeze=0), facts(2000, 300), {}, roomier, speeds, 1600, 400,
+                              224, "rotate,translate", min_steps=300)
+    assert (fast.image_size, dict(fast.params)["epochs"]) == (96, 6)
     fine = _network_candidate(recommendation(freeze=2), facts(2000, 300), {}, search, None, 1600, 400, 224, "x")
     assert (fine.strategy, fine.freeze, fine.image_size) == ("finetune", 2, 224)
     # small data: a schedule in steps, not epochs: 150 images are 4 steps an epoch -> more epochs
