@@ -14,11 +14,13 @@ cheapest first, each proposed in view of what the earlier ones measured:
    pixels (small data sets), flip-averaged features (when flips keep the class and the budget
    allows), a smaller input for large images.
 4. A learning-rate pilot: the playbook trains pretrained layers 10x slower than the new head;
-   two short trainings (:data:`PILOT_EPOCHS` epochs at :data:`PILOT_SIDE` px) measure that rule
-   against training every layer at the head's rate, and the network keeps the playbook's unless
-   the other wins beyond the fold's noise (far domains: on the spatial set 0.31 -> 0.43 after
-   one epoch, and 0.82 -> 1.00 validation accuracy after 8). Skipped when it would take more than
-   :data:`PILOT_SHARE` of the network's own estimate, or when the user fixed the factor.
+   two short trainings (:data:`PILOT_EPOCHS` epochs at a smaller side than the network's, at most
+   :data:`PILOT_SIDE` px) measure that rule against training every layer at the head's rate, and
+   the network keeps the playbook's unless the other wins beyond the fold's noise (far domains:
+   on the spatial set 0.31 -> 0.43 after one epoch, and 0.82 -> 1.00 validation accuracy after
+   8). Skipped when it would take more than :data:`PILOT_SHARE` of the network's own estimate, or
+   when the user fixed the factor. At ``lr x 1`` the network needs fewer steps
+   (:data:`MIN_STEPS_FAST`), so it is sized again, larger, with what is left.
 5. A trained network (``finetune`` at the advised freeze depth, or ``full``), at the largest
    image side and the most epochs that the rest of the budget affords on this machine (a
    training step is timed), with the augmentation the symmetry test allows. Its schedule counts
