@@ -473,7 +473,7 @@ def _learning_rate(strategy: str, reasons: list[str]) -> tuple[float | None, flo
     reasons.append(
         f"learning rate {HEAD_LR:g} for the new head and {HEAD_LR * PRETRAINED_LR_FACTOR:g} "
         f"(x{PRETRAINED_LR_FACTOR:g}) for the pretrained layers, so fine-tuning adjusts them rather than "
-        "overwriting them"
+        "overwriting them (the playbook's rule: fit --strategy auto measures it against x1 in a short pilot)"
     )
     return HEAD_LR, PRETRAINED_LR_FACTOR
 
