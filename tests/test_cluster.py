@@ -10,6 +10,7 @@ Ray is optional: the same check runs when it is installed.
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 from typer.testing import CliRunner
@@ -24,8 +25,20 @@ def dask_scheduler():
     pytest.importorskip("distributed")
     from distributed import LocalCluster
 
-    with LocalCluster(n_workers=2, processes=True, threads_per_worker=1, dashboard_address=None) as cluster:
-        yield cluster.scheduler_address
+    environment = dict(os.environ)
+    # distributed's nannies set OMP_NUM_THREADS=1, MKL_NUM_THREADS=1 ... in *this* process's environment for the
+    # workers they spawn, and leave them: later tests (transferkit info's thread rule) would read them
+    try:
+        with LocalCluster(n_workers=2, processes=True, threads_per_worker=1, dashboard_address=None) as cluster:
+            _restore(environment)
+            yield cluster.scheduler_address
+    finally:
+        _restore(environment)
+
+
+def _restore(environment: dict[str, str]) -> None:
+    os.environ.clear()
+    os.environ.update(environment)
 
 
 def _run(args: list[str], json_path) -> dict:
