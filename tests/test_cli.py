@@ -141,6 +141,16 @@ def test_fit_auto_says_why_exactly_once(image_folder, tiny_weights, tmp_path, qu
         assert output.count(" ".join(reason.split())) == 1, (reason, result.output)
 
 
+@pytest.mark.parametrize("text", ["0", "-1", "fast"])
+def test_backbone_lr_factor_takes_a_positive_number_or_auto(image_folder, tmp_path, text):
+    from transferkit.cli import _positive_or_auto
+
+    assert _positive_or_auto("auto", "--x") == "auto" and _positive_or_auto("0.3", "--x") == 0.3
+    result = invoke("fit", image_folder, "--out", tmp_path / "m", "--backbone-lr-factor", text)
+    assert result.exit_code == 2 and "expected a positive number or auto" in " ".join(result.output.split())
+    assert not (tmp_path / "m").exists()
+
+
 def test_budget_minutes_takes_a_number_auto_or_none(image_folder, tiny_weights, tmp_path):
     from transferkit.cli import _budget_minutes
 

@@ -406,3 +406,11 @@ def test_the_pilot_trains_below_the_networks_side(network_side, pilot_side):
     search = PilotSearch({0.1: 0.5, 1.0: 0.5})
     _learning_rate_pilot(Candidate("full", network_side, "a network", params=(("epochs", 6),)), search, [], 100, 20)
     assert {c.image_size for c in search.ran} == {pilot_side}
+
+
+def test_a_factor_the_user_sets_skips_the_pilot_and_auto_means_the_playbooks_elsewhere():
+    from transferkit.strategies.network import lr_factor_value
+
+    assert lr_factor_value("auto") == PILOT_FACTORS[0] == 0.1 and lr_factor_value(0.3) == 0.3
+    assert transferkit.ImageClassifier(backbone_lr_factor=0.3)._fixed_settings() == {"backbone_lr_factor": 0.3}
+    assert "backbone_lr_factor" not in transferkit.ImageClassifier()._fixed_settings()

@@ -528,18 +528,12 @@ def advise(
 
 def _budget_minutes(text: str) -> float | str | None:
     """``--budget-minutes``: a positive number, ``auto`` (the default budget) or ``none`` (no bound)."""
-    if text.strip().lower() in ("auto", "none"):
-        return None if text.strip().lower() == "none" else "auto"
-    try:
-        value = float(text)
-    except ValueError:
-        value = -1.0
-    if not value > 0:
-        raise typer.BadParameter(f"expected a positive number of minutes, auto or none. Received: {text!r}", param_hint="--budget-minutes")
-    return value
+    if text.strip().lower() == "none":
+        return None
+    return _positive_or_auto(text, "--budget-minutes", "a positive number of minutes, auto or none")
 
 
-def _positive_or_auto(text: str, option: str) -> float | str:
+def _positive_or_auto(text: str, option: str, expected: str = "a positive number or auto") -> float | str:
     """A positive number, or ``auto``."""
     if text.strip().lower() == "auto":
         return "auto"
@@ -548,7 +542,7 @@ def _positive_or_auto(text: str, option: str) -> float | str:
     except ValueError:
         value = -1.0
     if not value > 0:
-        raise typer.BadParameter(f"expected a positive number or auto. Received: {text!r}", param_hint=option)
+        raise typer.BadParameter(f"expected {expected}. Received: {text!r}", param_hint=option)
     return value
 
 
