@@ -10,9 +10,6 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import dataclasses
-import ctypes
-import ctypes.util
-import functools
 import hashlib
 import json
 import os
