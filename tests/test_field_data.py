@@ -650,3 +650,20 @@ def test_the_held_out_split_of_the_network_strategies_holds_no_copy_of_a_trainin
     digests = [row.tobytes() for row in pixels]
     assert len(val) > 0 and not {digests[i] for i in train} & {digests[i] for i in val}
     assert sorted(np.concatenate([train, val]).tolist()) == list(range(40))
+
+
+def test_pixel_groups_of_selected_rows_equal_those_of_the_copy_and_read_a_mapped_cache_in_chunks(tmp_path, monkeypatch):
+    import transferkit.data.duplicates as duplicates
+
+    rng = np.random.default_rng(0)
+    pixels = np.lib.format.open_memmap(tmp_path / "p.npy", mode="w+", dtype=np.uint8, shape=(12, 8, 8, 3))
+    pixels[:] = rng.integers(0, 256, (12, 8, 8, 3), dtype=np.uint8)
+    pixels[5] = pixels[2]  # one pair of copies
+    monkeypatch.setattr(duplicates, "GROUP_CHUNK", 5)
+    released = []
+    monkeypatch.setattr(duplicates, "release_pages", lambda array: released.append(array is pixels))
+    rows = np.array([0, 2, 3, 5, 9, 11])
+    grouped = pixel_groups(pixels, rows)
+    assert len(released) >= 2 and all(released)  # after each chunk of 5 rows, on the mapped array itself
+    assert (grouped == pixel_groups(np.array(pixels[rows]))).all()
+    assert grouped[1] == grouped[3] and len(np.unique(grouped)) == 5

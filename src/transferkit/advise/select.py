@@ -308,8 +308,8 @@ def measure_symmetry(arena: Arena, fold, size: int, class_weight: str | None) ->
     extractor = FeatureExtractor(params["backbone"], weights=params["weights"], runtime=arena.runtime, cache_dir=params["cache_dir"])
     pixels = arena.pixels_at(size)
     train, test = np.sort(fold[0]), np.sort(fold[1])
-    features = symmetric_features(extractor, pixels[train])
-    pipeline, _ = fit_linear_classifier(features, arena.targets[train], pixel_groups(pixels[train]), strategy="svm", C=None,
+    features = symmetric_features(extractor, pixels)[train]  # cached by round 1; no copy of the training pixels
+    pipeline, _ = fit_linear_classifier(features, arena.targets[train], pixel_groups(pixels, train), strategy="svm", C=None,
                                         seed=int(params.get("seed", 0)), class_weight=class_weight)
     views = {"none": pixels[test], "horizontal": pixels[test][:, :, ::-1], "vertical": pixels[test][:, ::-1]}
     accuracy = {name: float(pipeline.score(extractor.transform(np.ascontiguousarray(view)), arena.targets[test]))

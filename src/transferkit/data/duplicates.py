@@ -19,7 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from transferkit.data.decode import _content_digest, _worker_count
+from transferkit.data.decode import _content_digest, _worker_count, release_pages
 from transferkit.data.sources import ImageSet
 
 DIGEST_CHARS = 32
@@ -68,19 +68,32 @@ def duplicate_groups(imageset: ImageSet, digests: Sequence[str] | None = None) -
     return _union_groups(digests, imageset.groups)
 
 
-def pixel_groups(pixels: np.ndarray) -> np.ndarray:
+GROUP_CHUNK = 512
+"""Images :func:`pixel_groups` reads at once: a memory-mapped decode cache is read chunk by chunk
+and its pages released, so grouping 50,000 images does not make them all resident."""
+
+
+def pixel_groups(pixels: np.ndarray, indices: np.ndarray | None = None) -> np.ndarray:
     """Group ids of decoded images: identical pixel rows share one (each other row its own).
 
-    A hash of every 61st byte sorts the rows first; only rows that agree there are hashed whole.
+    ``indices`` selects the rows (default all) without copying them all: ``pixel_groups(pixels,
+    train)`` equals ``pixel_groups(pixels[train])``. A hash of every 61st byte sorts the rows
+    first, :data:`GROUP_CHUNK` rows at a time; only rows that agree there are hashed whole.
     """
-    if len(pixels) == 0:
+    rows = np.arange(len(pixels)) if indices is None else np.asarray(indices)
+    if len(rows) == 0:
         return np.zeros(0, np.int64)
-    flat = np.asarray(pixels).reshape(len(pixels), -1)
-    keys: list = [_row_hash(row[::61]) for row in flat]
+    keys: list = []
+    for start in range(0, len(rows), GROUP_CHUNK):
+        block = np.asarray(pixels[rows[start : start + GROUP_CHUNK]])
+        keys += [_row_hash(row[::61]) for row in block.reshape(len(block), -1)]
+        release_pages(pixels)
     counts: dict = defaultdict(int)
     for key in keys:
         counts[key] += 1
-    keys = [(key, _row_hash(flat[i])) if counts[key] > 1 else (key, i) for i, key in enumerate(keys)]
+    keys = [(key, _row_hash(np.asarray(pixels[rows[i]]).reshape(-1))) if counts[key] > 1 else (key, i)
+            for i, key in enumerate(keys)]
+    release_pages(pixels)
     return _union_groups(keys, None)
 
 

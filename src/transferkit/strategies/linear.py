@@ -249,7 +249,7 @@ class FeatureStrategy(Strategy):
         extracted = time.perf_counter()
         train, test = np.sort(train), np.sort(test)
         pipeline, _ = fit_linear_classifier(
-            features[train], request.targets[train], pixel_groups(request.pixels[train]), strategy=self.name,
+            features[train], request.targets[train], pixel_groups(request.pixels, train), strategy=self.name,
             C=None if params["C"] == "auto" else params["C"], seed=params["seed"], class_weight=request.settings.class_weight,
         )
         predictions = pipeline.predict(features[test])
