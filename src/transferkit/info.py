@@ -37,6 +37,7 @@ from transferkit.training.machine import (
     THREAD_RULE,
     THREAD_VARIABLES,
     cpu_facts,
+    cpu_model,
     installed_torch,
     job_threads,
     matches_machine,
@@ -135,7 +136,7 @@ def cpu_info(torch_facts: dict[str, Any] | None = None) -> dict[str, Any]:
     """
     facts = cpu_facts()
     return {
-        "model": facts.model or platform.processor() or None,
+        "model": cpu_model() or None,
         "flags": {name: flag in facts.flags for name, flag in CPU_FLAGS.items()} if facts.flags else {},
         "capability": torch_facts["capability"] if torch_facts else None,
         "logical_cores": os.cpu_count(),

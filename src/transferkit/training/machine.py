@@ -157,11 +157,13 @@ def job_threads() -> int:
 # ---------------------------------------------------------------------------------------------
 # The installed torch, from its files
 
+@functools.cache
 def installed_torch() -> dict[str, str | None] | None:
     """``torch.__version__`` and ``torch.version.cuda`` read from torch's ``version.py``, not imported.
 
     The distribution's metadata version lacks the build tag (``2.14.1`` for ``2.14.1+cu130``);
-    ``version.py`` holds exactly what torch reports. None when torch is not installed.
+    ``version.py`` holds exactly what torch reports. None when torch is not installed. Read once
+    per process (``info`` asks for it in three places); do not modify the returned dict.
     """
     try:
         text = Path(metadata.distribution("torch").locate_file("torch/version.py")).read_text()

@@ -25,9 +25,7 @@ from torch import nn
 from transferkit.errors import ConfigError
 from transferkit.training.allocator import ALLOCATOR_ENV, freed_memory_kept, keep_freed_memory  # noqa: F401 - re-exported
 from transferkit.training.machine import (  # noqa: F401 - re-exported: the runtime's settings, defined without torch
-    DEFAULT_JOB_THREADS,
     FEATURE_TOLERANCE,
-    JOB_THREADS_ENV,
     MIN_SPEEDUP,
     SPEED_FOLDER,
     job_threads,
