@@ -414,3 +414,16 @@ def test_a_factor_the_user_sets_skips_the_pilot_and_auto_means_the_playbooks_els
     assert lr_factor_value("auto") == PILOT_FACTORS[0] == 0.1 and lr_factor_value(0.3) == 0.3
     assert transferkit.ImageClassifier(backbone_lr_factor=0.3)._fixed_settings() == {"backbone_lr_factor": 0.3}
     assert "backbone_lr_factor" not in transferkit.ImageClassifier()._fixed_settings()
+
+
+def test_a_network_trains_at_the_rate_the_user_fixed_without_a_pilot(tiny_params, tmp_path, monkeypatch):
+    import transferkit.advise.select as select
+
+    monkeypatch.setattr(select, "PERFECT", 1.01)
+    images, labels = ramps(8)
+    arena = arena_of(images, labels, tiny_params, tmp_path, strategy="auto", image_size="auto", backbone_lr_factor=0.3)
+    found = search_auto(arena, facts(2000, 32), recommendation(strategy="full", freeze=0), backbone_size=32,
+                        fixed={"backbone_lr_factor": 0.3}, speeds=None, budget_seconds=None)
+    networks = [t.candidate for t in found.trials if t.candidate.strategy == "full"]
+    assert len(networks) == 1 and dict(networks[0].params)["backbone_lr_factor"] == 0.3  # no pilot ran
+    assert networks[0].label.endswith("pretrained lr x0.3") and not any("pilot" in r for r in found.reasons)

@@ -271,7 +271,9 @@ def search_auto(
         reasons.append("no trained network was measured: under torchrun the search runs on rank 0 alone; "
                        "fit --strategy finetune or full trains a network on every rank")
     elif network is not None:
-        if "backbone_lr_factor" not in fixed:
+        if "backbone_lr_factor" in fixed:  # the candidate carries the rate it trains at (its label, the recommendation)
+            network = with_params(network, backbone_lr_factor=fixed["backbone_lr_factor"])
+        else:
             factor = _learning_rate_pilot(network, search, reasons, len(fold[0]), len(fold[1]), "image_size" in fixed)
             if factor is not None:  # the pilot took time: size the network to what is left
                 min_steps = MIN_STEPS if factor == PLAYBOOK_LR_FACTOR else MIN_STEPS_FAST
