@@ -40,9 +40,6 @@ AdvisedStrategy = Literal["svm", "head", "finetune", "full", "scratch"]
 
 HEAD_LR = 1e-3
 """Learning rate of the new head (and of every layer when training from scratch)."""
-PRETRAINED_LR_FACTOR = PLAYBOOK_LR_FACTOR
-"""Pretrained layers learn this much slower than the head: adjust, do not overwrite (``auto``
-measures this rule against 1 in a pilot before it trains a network)."""
 
 
 @dataclass(frozen=True)
@@ -471,11 +468,11 @@ def _learning_rate(strategy: str, reasons: list[str]) -> tuple[float | None, flo
         reasons.append(f"learning rate {HEAD_LR:g} for every layer (x1.0): there are no pretrained weights to preserve")
         return HEAD_LR, 1.0
     reasons.append(
-        f"learning rate {HEAD_LR:g} for the new head and {HEAD_LR * PRETRAINED_LR_FACTOR:g} "
-        f"(x{PRETRAINED_LR_FACTOR:g}) for the pretrained layers, so fine-tuning adjusts them rather than "
+        f"learning rate {HEAD_LR:g} for the new head and {HEAD_LR * PLAYBOOK_LR_FACTOR:g} "
+        f"(x{PLAYBOOK_LR_FACTOR:g}) for the pretrained layers, so fine-tuning adjusts them rather than "
         "overwriting them (the playbook's rule: fit --strategy auto measures it against x1 in a short pilot)"
     )
-    return HEAD_LR, PRETRAINED_LR_FACTOR
+    return HEAD_LR, PLAYBOOK_LR_FACTOR
 
 
 def _image_size_rule(

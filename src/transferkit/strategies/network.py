@@ -62,7 +62,8 @@ class NetworkPlan:
 
 
 PLAYBOOK_LR_FACTOR = 0.1
-"""Pretrained layers learn this much slower than the new head: adjust them, do not overwrite."""
+"""Pretrained layers learn this much slower than the new head: adjust them, do not overwrite
+(the playbook's rule; ``auto`` measures it against 1 in a pilot before it trains a network)."""
 
 
 def lr_factor_value(backbone_lr_factor: float | str) -> float:
