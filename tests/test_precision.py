@@ -213,3 +213,15 @@ def test_info_shows_the_rule_and_what_was_measured_here(bf16_native, tiny_weight
     assert system_info(tmp_path, torch_view=True)["precision"]["inference_measurements"] == [measured]  # torch's key, in full
     rows = dict(info_rows(system_info(tmp_path)))
     assert any(key.startswith("measured features") for key in rows) and "threads per cv job" in rows
+
+
+def test_overlapping_jobs_keep_the_job_threads_until_the_last_one_leaves():
+    """Jobs of the threading backend overlap: the first to leave must not restore the count under the other."""
+    outside = torch.get_num_threads()
+    first, second = reproducible_job(), reproducible_job()
+    threads = first.__enter__()
+    second.__enter__()
+    first.__exit__(None, None, None)
+    assert torch.get_num_threads() == threads  # the second job still runs at the job threads
+    second.__exit__(None, None, None)
+    assert torch.get_num_threads() == outside

@@ -14,6 +14,7 @@ import hashlib
 import json
 import os
 import tempfile
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -235,6 +236,9 @@ def fastest_training_precision(runtime: Runtime, model: nn.Module, batch: torch.
 # Reproducible jobs: the same table for any --jobs, backend and thread count
 
 _IN_JOB: contextvars.ContextVar[bool] = contextvars.ContextVar("transferkit_reproducible_job", default=False)
+_JOBS_LOCK = threading.Lock()
+_JOBS: dict[str, int] = {"active": 0, "previous": 0}
+"""Jobs of this process inside :func:`reproducible_job` now, and the thread count before the first."""
 
 
 @contextlib.contextmanager
@@ -254,17 +258,26 @@ def reproducible_job() -> Iterator[int]:
     - ``precision="auto"`` means fp32 on a CPU (no timing decides it: timings vary from run to
       run). An explicit ``bf16`` is kept, and is reproducible through the fixed threads.
 
-    The thread count is restored on exit.
+    torch's thread count is one setting for the whole process, and jobs of the ``threading``
+    backend overlap: the first job to enter sets it and saves the old count, the last to leave
+    restores it (a job that restored it while another still ran made that one's result depend
+    on timing).
     """
     threads = job_threads()
-    previous = torch.get_num_threads()
+    with _JOBS_LOCK:
+        if _JOBS["active"] == 0:
+            _JOBS["previous"] = torch.get_num_threads()
+        _JOBS["active"] += 1
+        torch.set_num_threads(threads)
     token = _IN_JOB.set(True)
-    torch.set_num_threads(threads)
     try:
         yield threads
     finally:
-        torch.set_num_threads(previous)
         _IN_JOB.reset(token)
+        with _JOBS_LOCK:
+            _JOBS["active"] -= 1
+            if _JOBS["active"] == 0:
+                torch.set_num_threads(_JOBS["previous"])
 
 
 def in_reproducible_job() -> bool:
