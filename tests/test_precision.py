@@ -23,6 +23,7 @@ from transferkit.training import runtime as runtime_module
 from transferkit.training.runtime import (
     FEATURE_TOLERANCE,
     job_threads,
+    in_reproducible_job,
     measured_inference_precision,
     reproducible_job,
     resolve_runtime,
@@ -217,11 +218,26 @@ def test_info_shows_the_rule_and_what_was_measured_here(bf16_native, tiny_weight
 
 def test_overlapping_jobs_keep_the_job_threads_until_the_last_one_leaves():
     """Jobs of the threading backend overlap: the first to leave must not restore the count under the other."""
+    import threading
+
     outside = torch.get_num_threads()
-    first, second = reproducible_job(), reproducible_job()
-    threads = first.__enter__()
-    second.__enter__()
-    first.__exit__(None, None, None)
-    assert torch.get_num_threads() == threads  # the second job still runs at the job threads
-    second.__exit__(None, None, None)
-    assert torch.get_num_threads() == outside
+    entered, first_left, seen = threading.Barrier(2), threading.Event(), {}
+
+    def job(name):
+        with reproducible_job() as threads:
+            entered.wait()
+            if name == "first":
+                seen["threads"] = threads
+            else:
+                first_left.wait()
+                seen["during"] = torch.get_num_threads()  # the first job has left; this one still runs
+        if name == "first":
+            first_left.set()
+
+    workers = [threading.Thread(target=job, args=(name,)) for name in ("first", "second")]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    assert seen["during"] == seen["threads"] and torch.get_num_threads() == outside
+    assert not in_reproducible_job()
