@@ -80,3 +80,21 @@ def test_feature_extraction_reads_a_memory_mapped_cache_chunk_by_chunk(many_imag
     # chunked extraction gives the features of an in-memory, one-go extraction
     again = FeatureExtractor(TINY_BACKBONE, weights=str(tiny_weights), runtime=resolve_runtime("cpu", "fp32"), cache_dir=False)
     np.testing.assert_array_equal(again.transform(np.array(pixels)), features)
+
+
+def test_features_of_chosen_rows_are_read_chunk_by_chunk_without_a_copy(many_images, tiny_weights, tmp_path, monkeypatch):
+    """The symmetry test scores held-out rows flipped: ``rows=`` reads them a chunk at a time
+    (no copy of the held-out fifth in memory) and gives the features of the copied, flipped rows."""
+    pixels = decode_images(many_images, SIDE, cache_dir=tmp_path, progress=False).pixels
+    monkeypatch.setattr(features_module, "EXTRACT_CHUNK", CHUNK)
+    extractor = FeatureExtractor(TINY_BACKBONE, weights=str(tiny_weights), runtime=resolve_runtime("cpu", "fp32"), cache_dir=tmp_path)
+    rows = np.arange(3, N, 2)  # every other image: 499 rows spread over the whole cache
+    held = []
+    real = FeatureExtractor._forward
+    monkeypatch.setattr(FeatureExtractor, "_forward", lambda self, rt, batch: held.append(mapped_bytes(pixels.filename)) or real(self, rt, batch))
+    features = extractor.transform(pixels, view="horizontal", rows=rows)
+    assert features.shape == (len(rows), extractor.dim)
+    assert max(held) <= 2 * CHUNK * IMAGE_BYTES + SLACK < len(rows) * IMAGE_BYTES
+    plain = FeatureExtractor(TINY_BACKBONE, weights=str(tiny_weights), runtime=resolve_runtime("cpu", "fp32"), cache_dir=False)
+    np.testing.assert_array_equal(plain.transform(np.ascontiguousarray(np.array(pixels)[rows][:, :, ::-1])), features)
+    assert extractor.transform(pixels, rows=np.array([], dtype=int)).shape == (0, extractor.dim)

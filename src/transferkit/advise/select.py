@@ -313,8 +313,9 @@ def measure_symmetry(arena: Arena, fold, size: int, class_weight: str | None) ->
     features = symmetric_features(extractor, pixels)[train]  # cached by round 1; no copy of the training pixels
     pipeline, _ = fit_linear_classifier(features, arena.targets[train], pixel_groups(pixels, train), strategy="svm", C=None,
                                         seed=int(params.get("seed", 0)), class_weight=class_weight)
-    views = {"none": pixels[test], "horizontal": pixels[test][:, :, ::-1], "vertical": pixels[test][:, ::-1]}
-    accuracy = {name: float(pipeline.score(extractor.transform(np.ascontiguousarray(view)), arena.targets[test]))
+    # the held-out rows are read chunk by chunk and flipped there: no copy of them in memory
+    views = {"none": "identity", "horizontal": "horizontal", "vertical": "vertical"}
+    accuracy = {name: float(pipeline.score(extractor.transform(pixels, view=view, rows=test), arena.targets[test]))
                 for name, view in views.items()}
     plain = accuracy["none"]
     tolerance = noise_tolerance(plain, len(test))

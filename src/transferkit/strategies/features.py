@@ -255,21 +255,29 @@ class FeatureExtractor:
         return self._caches[image_size]
 
     @torch.no_grad()
-    def transform(self, pixels: np.ndarray, view: str = "identity") -> np.ndarray:
+    def transform(self, pixels: np.ndarray, view: str = "identity", rows: np.ndarray | None = None) -> np.ndarray:
         """Features (N, D) float32 of uint8 (N, S, S, 3) pixels; only cache misses are computed.
 
-        ``view`` (a name of :data:`SYMMETRIES`' views) flips each image first. The pixels are
-        read :data:`EXTRACT_CHUNK` images at a time: each chunk is viewed, hashed, its misses
-        computed and written to the cache as one shard, and the pages of a memory-mapped
-        ``pixels`` released, so the memory held is a chunk's pixels plus the features.
+        ``view`` (a name of :data:`SYMMETRIES`' views) flips each image first; ``rows`` (integer
+        indices) takes the features of those images only, in that order, without copying them
+        out of ``pixels`` first. The pixels are read :data:`EXTRACT_CHUNK` images at a time: each
+        chunk is viewed, hashed, its misses computed and written to the cache as one shard, and
+        the pages of a memory-mapped ``pixels`` released, so the memory held is a chunk's pixels
+        plus the features.
         """
-        if len(pixels) == 0:
+        count = len(pixels) if rows is None else len(rows)
+        if count == 0:
             return np.zeros((0, self.dim), np.float32)
-        self._settle_precision(np.ascontiguousarray(_VIEWS[view](pixels[:INFERENCE_SAMPLE_IMAGES])))
+
+        def read(start: int, stop: int) -> np.ndarray:
+            part = pixels[start:stop] if rows is None else pixels[np.asarray(rows[start:stop])]
+            return np.ascontiguousarray(_VIEWS[view](part))
+
+        self._settle_precision(read(0, INFERENCE_SAMPLE_IMAGES))
         cache = self.cache_for(int(pixels.shape[1]))
         digests: list[str] = []
-        for start in range(0, len(pixels), EXTRACT_CHUNK):
-            chunk = np.ascontiguousarray(_VIEWS[view](pixels[start : start + EXTRACT_CHUNK]))
+        for start in range(0, count, EXTRACT_CHUNK):
+            chunk = read(start, start + EXTRACT_CHUNK)
             chunk_digests = image_digests(chunk)
             digests += chunk_digests
             # De-duplicate identical images inside this chunk too.
