@@ -85,7 +85,8 @@ class FakeSpeeds(Speeds):
 def test_cheap_variants_follow_the_facts_and_the_symmetry_test():
     kept = Symmetry({"none": 0.9, "horizontal": 0.9, "vertical": 0.9}, 0.02, True, True)
     small = _variants(facts(300, 25), recommendation(), 224, {}, kept, None, None, 300)
-    assert [c.label for c in small] == ["pixels 25 px", "svm 224 px, flips", "logistic 224 px, flips"]
+    assert [c.label for c in small] == ["pixels 25 px", "svm 224 px, flips", "logistic 224 px, flips",
+                                        "svm 224 px, stages features, flips"]
     changed = Symmetry({"none": 0.9, "horizontal": 0.5, "vertical": 0.9}, 0.02, False, True)
     large = _variants(facts(20_000, 300), recommendation("balanced"), 224, {}, changed, None, None, 20_000)
     assert [c.label for c in large] == ["svm 224 px, balanced", "svm 128 px"]  # no flips, no pixels
@@ -314,6 +315,54 @@ def test_the_budget_counts_cached_features_as_free():
     assert cost(logistic, 14, 4, [svm]) == 0.0  # reads the features svm extracted at the same size
     assert cost(flips, 14, 4, [svm]) == 3 * 18.0  # three flipped views not extracted yet
     assert cost(Candidate("full", 32, "d", params=(("epochs", 2),)), 14, 4, [svm]) == 2 * (14 * 1.0 + 4 * 1.0)
+
+
+def test_multi_layer_features_cover_the_bottleneck_in_the_budget():
+    from transferkit.advise.select import _cost
+
+    warmed = set()
+    cost = _cost(FakeSpeeds(forward=1.0, train=1.0), 18, warmed)
+    svm, stages = Candidate("svm", 32, "a"), Candidate("svm", 32, "b", feature_layers="stages")
+    assert cost(stages, 14, 4, [svm]) == 18.0  # the bottleneck's features are not the stages'
+    assert cost(svm, 14, 4, [stages]) == 0.0  # the stages' features end with the bottleneck's
+    warmed.add((32, "stages", "identity"))  # a shared pass computed them
+    assert cost(stages, 14, 4, []) == cost(svm, 14, 4, []) == 0.0
+    assert cost(Candidate("logistic", 32, "c", symmetries="flips"), 14, 4, []) == 3 * 18.0
+
+
+def test_auto_races_multi_layer_features_from_one_shared_pass(tiny_params, tmp_path, monkeypatch):
+    from transferkit.backbones.multilayer import StagePooledNetwork
+    from transferkit.strategies.features import FeatureExtractor
+
+    computed = {"stages": 0, "bottleneck": 0}
+    original = FeatureExtractor._forward
+
+    def counting(self, runtime, batch):
+        computed["stages" if isinstance(self.model, StagePooledNetwork) else "bottleneck"] += len(batch)
+        return original(self, runtime, batch)
+
+    monkeypatch.setattr(FeatureExtractor, "_forward", counting)
+    images, labels = ramps(12)
+    arena = arena_of(images, labels, tiny_params, tmp_path, strategy="auto", image_size="auto")
+    lines = []
+    found = search_auto(arena, facts(2000, 32), recommendation(strategy="full", freeze=0), backbone_size=32, fixed={},
+                        speeds=None, budget_seconds=None, on_event=lines.append)
+    labels_run = [t.candidate.label for t in found.trials if t.accuracy is not None]
+    assert labels_run[:3] == ["svm 32 px", "logistic 32 px", "svm 32 px, stages features"]
+    assert any("multi-layer features of 24 images at 32 px (identity) in one pass" in line for line in lines)
+    held_out = len(found.trials[0].predictions[0])
+    assert computed["stages"] == 24  # one pass over every image
+    # the bottleneck candidates read the shared pass: only the symmetry test's flipped held-out images are new
+    assert computed["bottleneck"] == 2 * held_out
+
+    fixed = search_auto(arena_of(images, labels, tiny_params, tmp_path / "b", strategy="auto", image_size="auto"),
+                        facts(2000, 32), recommendation(strategy="full", freeze=0), backbone_size=32,
+                        fixed={"feature_layers": "bottleneck"}, speeds=None, budget_seconds=None)
+    assert all(t.candidate.feature_layers == "bottleneck" for t in fixed.trials)
+    chosen = search_auto(arena_of(images, labels, tiny_params, tmp_path / "c", strategy="auto", image_size="auto"),
+                         facts(2000, 32), recommendation(strategy="full", freeze=0), backbone_size=32,
+                         fixed={"feature_layers": "stages"}, speeds=None, budget_seconds=None)
+    assert {t.candidate.feature_layers for t in chosen.trials if t.candidate.strategy in ("svm", "logistic")} == {"stages"}
 
 
 def test_the_estimate_counts_the_probe_the_search_and_the_winners_refit():

@@ -87,6 +87,7 @@ def model_card(config: dict[str, Any], *, written: datetime.datetime | None = No
         f"Backbone `{config.get('backbone')}` at {config.get('image_size')} px; strategy `{strategy}`"
         + (f", freeze {settings['freeze']}" if settings.get("freeze") is not None else "")
         + (f", class weight {settings['class_weight']}" if settings.get("class_weight") else "")
+        + (f", {settings['feature_layers']} features (multi-layer)" if settings.get("feature_layers") not in (None, "bottleneck") else "")
         + (f", features averaged over {settings['symmetries']}" if settings.get("symmetries") not in (None, "none") else "") + ".",
         "", "Why this strategy:", "", *why, "",
         *([f"Plan: {_plan_text(plan)}", ""] if plan else []),

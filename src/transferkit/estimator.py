@@ -23,6 +23,7 @@ from sklearn.utils.validation import check_is_fitted
 from transferkit.advise import Advice, advise
 from transferkit.advise.select import Speeds, search_auto
 from transferkit.backbones import Preprocessing, get_backbone_spec
+from transferkit.backbones.multilayer import FEATURE_LAYERS
 from transferkit.constraints import AUTO, InstanceOf, Interval, Options, Registered, Satisfies, validate_params
 from transferkit.data import (
     ImageSet, check_classes, content_digests, decode_images, default_cache_dir, describe_conflicts, duplicate_groups, is_decoded,
@@ -129,6 +130,13 @@ class ImageClassifier(ClassifierMixin, BaseEstimator):
         ``svm``/``logistic``: average the features over these image symmetries at fit and at
         predict (test-time augmentation; ``flips``: horizontal, vertical, 180 degrees).
         ``"auto"``: what the measurement of ``strategy="auto"`` chose, else ``"none"``.
+    feature_layers : {"auto", "bottleneck", "stages"}
+        ``svm``/``logistic``: the features the classifier reads. ``"bottleneck"``: the pooled
+        layer before the pretrained classifier (the playbook's); ``"stages"``: that plus the
+        mean- and max-pooled output of every stage at stride 4 or deeper (multi-layer features,
+        2,816 values for Lite0: what earlier, more general layers see, for data far from
+        ImageNet; :class:`~transferkit.backbones.multilayer.StagePooledNetwork`). ``"auto"``: what
+        the search of ``strategy="auto"`` measured best, else ``"bottleneck"``.
     budget_minutes : float, "auto" or None
         ``strategy="auto"`` only: wall time of the whole fit (probe, candidate search, final
         fit), in minutes. Candidates are priced with speeds measured on this machine and skipped
@@ -200,6 +208,7 @@ class ImageClassifier(ClassifierMixin, BaseEstimator):
         "prefix_views": [Interval(int, 0, None)],
         "budget_minutes": [Options(AUTO, None), Interval(float, 0, None, closed="neither")],
         "symmetries": [Options(AUTO, *SYMMETRIES)],
+        "feature_layers": [Options(AUTO, *FEATURE_LAYERS)],
         "verbose": [InstanceOf((bool,), "True or False")],
     }
 
@@ -234,6 +243,7 @@ class ImageClassifier(ClassifierMixin, BaseEstimator):
         prefix_views: int = 0,
         budget_minutes: float | Literal["auto"] | None = AUTO,
         symmetries: str = AUTO,
+        feature_layers: str = AUTO,
         verbose: bool = False,
     ):
         self.backbone = backbone
@@ -264,6 +274,7 @@ class ImageClassifier(ClassifierMixin, BaseEstimator):
         self.prefix_views = prefix_views
         self.budget_minutes = budget_minutes
         self.symmetries = symmetries
+        self.feature_layers = feature_layers
         self.verbose = verbose
 
     # ------------------------------------------------------------------ fit
@@ -458,7 +469,7 @@ class ImageClassifier(ClassifierMixin, BaseEstimator):
         extra = dict(chosen.params)
         decided = dataclasses.replace(
             recommendation, strategy=chosen.strategy, image_size=chosen.image_size, class_weight=chosen.class_weight,
-            symmetries=chosen.symmetries, freeze=chosen.freeze, augment=extra.get("augment", "none"),
+            symmetries=chosen.symmetries, feature_layers=chosen.feature_layers, freeze=chosen.freeze, augment=extra.get("augment", "none"),
             lr=None if not get_strategy(chosen.strategy).trains_network else recommendation.lr,
             backbone_lr_factor=(None if not get_strategy(chosen.strategy).trains_network
                                 else extra.get("backbone_lr_factor", recommendation.backbone_lr_factor)),
@@ -481,6 +492,8 @@ class ImageClassifier(ClassifierMixin, BaseEstimator):
             fixed["class_weight"] = None if self.class_weight == "none" else self.class_weight
         if self.symmetries != AUTO:
             fixed["symmetries"] = self.symmetries
+        if self.feature_layers != AUTO:
+            fixed["feature_layers"] = self.feature_layers
         if not (isinstance(self.augment, str) and self.augment == AUTO):
             fixed["augment"] = self.augment
         if self.backbone_lr_factor != AUTO:
@@ -515,7 +528,12 @@ class ImageClassifier(ClassifierMixin, BaseEstimator):
             symmetries = self.symmetries if entry.accepts_symmetries else "none"
         else:
             symmetries = advised.symmetries if advised is not None and entry.accepts_symmetries else "none"
-        return Settings(strategy=strategy, freeze=freeze, image_size=int(image_size), class_weight=class_weight, symmetries=symmetries)
+        if self.feature_layers != AUTO:
+            layers = self.feature_layers if entry.accepts_symmetries else "bottleneck"
+        else:
+            layers = advised.feature_layers if advised is not None and entry.accepts_symmetries else "bottleneck"
+        return Settings(strategy=strategy, freeze=freeze, image_size=int(image_size), class_weight=class_weight, symmetries=symmetries,
+                        feature_layers=layers)
 
     def _check_fitted(self) -> None:
         try:

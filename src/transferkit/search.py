@@ -62,6 +62,7 @@ class Candidate:
     symmetries: str = "none"
     freeze: int | None = None
     params: tuple[tuple[str, Any], ...] = ()
+    feature_layers: str = "bottleneck"
 
     @property
     def label(self) -> str:
@@ -72,6 +73,8 @@ class Candidate:
             parts.append(f"freeze {self.freeze}")
         if self.class_weight:
             parts.append("balanced")
+        if self.feature_layers != "bottleneck":
+            parts.append(f"{self.feature_layers} features")
         if self.symmetries != "none":
             parts.append(self.symmetries)
         if "epochs" in extra and get_strategy(self.strategy).trains_network:
@@ -82,11 +85,12 @@ class Candidate:
 
     def settings(self) -> Settings:
         return Settings(strategy=self.strategy, freeze=self.freeze, image_size=self.image_size,
-                        class_weight=self.class_weight, symmetries=self.symmetries)
+                        class_weight=self.class_weight, symmetries=self.symmetries, feature_layers=self.feature_layers)
 
     def to_dict(self) -> dict[str, Any]:
         return {"strategy": self.strategy, "image_size": self.image_size, "class_weight": self.class_weight,
-                "symmetries": self.symmetries, "freeze": self.freeze, "params": dict(self.params),
+                "symmetries": self.symmetries, "feature_layers": self.feature_layers, "freeze": self.freeze,
+                "params": dict(self.params),
                 "proposed_by": self.proposed_by, "label": self.label}
 
 

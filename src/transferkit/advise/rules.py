@@ -235,6 +235,7 @@ class Recommendation:
     image_size: int
     class_weight: Literal["balanced"] | None = None
     symmetries: str = "none"
+    feature_layers: str = "bottleneck"
     reasons: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     rules: list[RuleResult] = field(default_factory=list)

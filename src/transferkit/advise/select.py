@@ -6,13 +6,18 @@ the user's images (a stratified fifth), within the time budget, and the best win
 cheapest first, each proposed in view of what the earlier ones measured:
 
 1. ``svm`` on the bottleneck features at the backbone's size (the playbook's recipe for small
-   data, and the baseline nothing may lose to), ``logistic`` on the same cached features.
+   data, and the baseline nothing may lose to), ``logistic`` on the same cached features, and
+   ``svm`` on multi-layer features (the bottleneck plus every stage's mean- and max-pooled
+   output: what earlier, more general layers see, for data far from ImageNet). One shared pass
+   computes the multi-layer features, whose last columns are the bottleneck's, so the three cost
+   one forward pass per image.
 2. The symmetry test: does a horizontal (vertical) flip keep the class? The ``svm`` of round 1
    scores the held-out images flipped; a drop beyond the noise of the fold says no. This decides
    the flips of the network's augmentation and whether test-time flip averaging is a candidate.
 3. Cheap variants the facts call for: balanced class weights (imbalance), an RBF SVM on the
-   pixels (small data sets), flip-averaged features (when flips keep the class and the budget
-   allows), a smaller input for large images.
+   pixels (small data sets), flip-averaged features, bottleneck and multi-layer (when flips
+   keep the class and the budget allows; again one shared pass per flip), a smaller input for
+   large images.
 4. A learning-rate pilot: the playbook trains pretrained layers 10x slower than the new head;
    two short trainings (:data:`PILOT_EPOCHS` epochs at a smaller side than the network's, at most
    :data:`PILOT_SIDE` px) measure that rule against training every layer at the head's rate, and
@@ -28,7 +33,7 @@ cheapest first, each proposed in view of what the earlier ones measured:
    catch the leader, or when the budget runs out; if it wins, the network trained here is the
    model (no second training).
 
-Whatever the user fixed (``image_size``, ``class_weight``, ``symmetries``, ``augment``) every
+Whatever the user fixed (``image_size``, ``class_weight``, ``symmetries``, ``feature_layers``, ``augment``) every
 candidate is measured with. Each candidate's cost is estimated from speeds measured here, and a
 candidate that no longer fits is skipped, saying so.
 """
@@ -45,6 +50,7 @@ import numpy as np
 
 from transferkit.advise.facts import DataFacts
 from transferkit.advise.rules import Recommendation
+from transferkit.backbones.multilayer import inner_network
 from transferkit.data import pixel_groups
 from transferkit.search import Arena, Candidate, CandidateSearch, Trial, winner, with_params
 from transferkit.strategies import get_strategy
@@ -89,6 +95,8 @@ learning rates, cheaply."""
 PILOT_EPOCHS = 2
 PILOT_SHARE = 0.3
 """The pilot runs only when it costs at most this share of the network's own estimate."""
+STAGES_WHY = ("multi-layer features: earlier stages see what the bottleneck pools away "
+              "(the playbook: early layers are general, so they transfer further from ImageNet)")
 PERFECT = 1.0
 """A leader with this held-out accuracy leaves a network nothing to win: none is trained."""
 FINAL_FIT_SHARE = 0.05
@@ -225,14 +233,15 @@ def search_auto(
     """Run ``auto``'s rounds (see the module docstring) and pick the winner.
 
     ``fixed`` holds what the user set and every candidate keeps: ``image_size``,
-    ``class_weight`` ("balanced"/None), ``symmetries``, ``augment``. ``speeds`` (None: no
+    ``class_weight`` ("balanced"/None), ``symmetries``, ``feature_layers``, ``augment``. ``speeds`` (None: no
     estimates, everything runs) prices each candidate against ``budget_seconds``.
     """
     begun = clock()
     seed = int(arena.params.get("seed", 0))
     fold = holdout_fold(arena.targets, groups, seed)
     reserve = 0.0 if budget_seconds is None else FINAL_FIT_SHARE * budget_seconds
-    cost = _cost(speeds, len(arena.targets))
+    warmed: set[tuple[int, str, str]] = set()  # (size, feature layers, view) computed by a shared pass
+    cost = _cost(speeds, len(arena.targets), warmed)
     search = CandidateSearch(arena, [fold], budget_seconds=budget_seconds, cost=cost, reserve_seconds=reserve,
                              on_event=on_event, clock=clock, started=begun if started is None else started)
     size = int(fixed.get("image_size") or backbone_size)
@@ -241,9 +250,8 @@ def search_auto(
     if on_event is not None:
         on_event(_plan(search, cost, size, len(fold[0]), len(fold[1])))
 
-    # 1. frozen features: the baseline, then the same features under logistic regression
-    baseline = Candidate("svm", size, "always: the playbook's bottleneck features + linear SVM", weights)
-    search.evaluate_candidates([baseline, Candidate("logistic", size, "the same cached features, logistic regression", weights)])
+    # 1. frozen features: the baseline, the same features under logistic regression, multi-layer features
+    baseline = _frozen_features_round(search, size, weights, fixed.get("feature_layers"), warmed)
 
     # 2. do flips keep the class?
     symmetry = None
@@ -254,7 +262,10 @@ def search_auto(
         (on_event or (lambda line: None))(f"{search.stamp()} flips that keep the class: {' and '.join(kept) or 'none'}")
 
     # 3. cheap variants the facts call for
-    search.evaluate_candidates(_variants(facts, recommendation, size, fixed, symmetry, budget_seconds, speeds, len(arena.targets)))
+    variants = _variants(facts, recommendation, size, fixed, symmetry, budget_seconds, speeds, len(arena.targets))
+    if any(c.feature_layers == "stages" and c.symmetries == "flips" for c in variants):
+        _shared_feature_pass(search, size, SYMMETRIES["flips"], warmed)
+    search.evaluate_candidates(variants)
 
     # 4. a trained network with what is left
     augment = _network_augment(fixed, symmetry)
@@ -290,6 +301,20 @@ def search_auto(
     chosen = winner(trials)
     reasons += trial_reasons(trials, chosen, len(fold[1]))
     return AutoSearch(trials=trials, chosen=chosen, symmetry=symmetry, reasons=reasons, augment=augment, seconds=clock() - begun)
+
+
+def _frozen_features_round(search: CandidateSearch, size: int, weights: str | None, layers: str | None, warmed: set) -> Candidate:
+    """Round 1: svm (the baseline, returned) and logistic on the bottleneck features, and svm on
+    multi-layer features unless the user fixed ``layers`` (then every candidate reads those)."""
+    baseline = Candidate("svm", size, "always: the playbook's bottleneck features + linear SVM", weights,
+                         feature_layers=layers or "bottleneck")
+    first = [baseline, Candidate("logistic", size, "the same cached features, logistic regression", weights,
+                                 feature_layers=layers or "bottleneck")]
+    if layers is None:
+        _shared_feature_pass(search, size, SYMMETRIES["none"], warmed)
+        first.append(Candidate("svm", size, STAGES_WHY, weights, feature_layers="stages"))
+    search.evaluate_candidates(first)
+    return baseline
 
 
 def _plan(search: CandidateSearch, cost, size: int, n_train: int, n_test: int) -> str:
@@ -336,8 +361,12 @@ def _variants(facts: DataFacts, recommendation: Recommendation, size: int, fixed
     tta_cost = 3 * n_images * speeds.forward(size) if speeds is not None else 0.0
     affordable = budget_seconds is None or tta_cost <= TTA_SHARE * budget_seconds
     if wanted == "flips" or (wanted is None and symmetry is not None and symmetry.flips and affordable):
+        layers = fixed.get("feature_layers")
         for strategy in ("svm", "logistic"):
-            candidates.append(Candidate(strategy, size, "test-time augmentation: flips keep the class", weights, "flips"))
+            candidates.append(Candidate(strategy, size, "test-time augmentation: flips keep the class", weights, "flips",
+                                        feature_layers=layers or "bottleneck"))
+        if layers is None:
+            candidates.append(Candidate("svm", size, f"{STAGES_WHY}; flips keep the class", weights, "flips", feature_layers="stages"))
     if "image_size" not in fixed and facts.median_side >= LARGE_IMAGE_SIDE and size > SMALL_SIDE:
         candidates.append(Candidate("svm", SMALL_SIDE, f"large images (median side {facts.median_side:g} px): a smaller input", weights))
     return candidates
@@ -418,13 +447,40 @@ def _learning_rate_pilot(network: Candidate, search: CandidateSearch, reasons: l
     return factor
 
 
+def _shared_feature_pass(search: CandidateSearch, size: int, views: tuple[str, ...], warmed: set) -> None:
+    """Multi-layer features of every image in each of ``views``, in one pass that also gives the
+    bottleneck candidates theirs (their last columns): the stages candidates cost no second pass.
+
+    Skipped when the budget cannot pay for it; the candidates are then costed one by one."""
+    arena = search.arena
+    todo = [view for view in views if (size, "stages", view) not in warmed]
+    probe = Candidate("svm", size, "", symmetries="flips" if len(todo) > 1 else "none", feature_layers="stages")
+    if not todo or (search.cost is not None and search.budget_seconds is not None
+                    and search.cost(probe, len(arena.targets), 0, []) > search.left()):
+        return
+    params = arena.params
+    started = time.perf_counter()
+    extractor = FeatureExtractor(params["backbone"], weights=params["weights"], runtime=arena.runtime, cache_dir=params["cache_dir"],
+                                 layers="stages")
+    pixels = arena.pixels_at(size)
+    for view in todo:
+        extractor.transform(pixels, view=view)
+        warmed.add((size, "stages", view))
+    search.on_event(f"{search.stamp()} multi-layer features of {len(pixels):,} images at {size} px ({', '.join(todo)}) in one "
+                    f"pass of {time.perf_counter() - started:.0f} s; the bottleneck features are their last "
+                    f"{inner_network(extractor.model).num_features:,} values")
+
+
 def noise_tolerance(accuracy: float, n_images: int) -> float:
     """Two standard errors of an accuracy measured on ``n_images`` images, and never under 0.02."""
     return max(0.02, 2 * math.sqrt(max(accuracy * (1 - accuracy), 0.01) / max(n_images, 1)))
 
 
-def _cost(speeds: Speeds | None, n_images: int):
-    """The search's cost model: seconds to score a candidate on one fold, from measured speeds."""
+def _cost(speeds: Speeds | None, n_images: int, warmed: set[tuple[int, str, str]] = frozenset()):
+    """The search's cost model: seconds to score a candidate on one fold, from measured speeds.
+
+    Frozen features already computed (by a scored candidate, or by a shared pass in ``warmed``)
+    cost nothing; multi-layer features include the bottleneck's."""
     if speeds is None:
         return None
 
@@ -436,9 +492,10 @@ def _cost(speeds: Speeds | None, n_images: int):
             return epochs * (n_train * speeds.train(size) + n_test * speeds.forward(size))
         if not entry.pretrained:
             return 0.0  # pixels: a kernel machine on at most MAX_PIXEL_IMAGES images, seconds
-        cached = {view for c in done if c.image_size == size and get_strategy(c.strategy).frozen_backbone
-                  for view in SYMMETRIES[c.symmetries]}
-        new_views = [view for view in SYMMETRIES[candidate.symmetries] if view not in cached]
+        cached = set(warmed) | {(c.image_size, c.feature_layers, view) for c in done if get_strategy(c.strategy).frozen_backbone
+                                for view in SYMMETRIES[c.symmetries]}
+        cached |= {(s, "bottleneck", view) for s, layers, view in cached if layers == "stages"}
+        new_views = [view for view in SYMMETRIES[candidate.symmetries] if (size, candidate.feature_layers, view) not in cached]
         return len(new_views) * n_images * speeds.forward(size)
 
     return cost

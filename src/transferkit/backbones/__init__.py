@@ -23,8 +23,10 @@ from transferkit.backbones.spec import BackboneSpec, Preprocessing, WeightsSourc
 
 __all__ = [
     "DEFAULT_BACKBONE",
+    "FEATURE_LAYERS",
     "BackboneSpec",
     "Preprocessing",
+    "StagePooledNetwork",
     "Suffix",
     "WeightsSource",
     "backbone_stages",
@@ -32,14 +34,18 @@ __all__ = [
     "feature_dim",
     "frozen_prefix_depth",
     "get_backbone_spec",
+    "inner_network",
     "list_backbones",
     "prefix_forward",
     "register_backbone",
     "weights_available",
+    "with_feature_layers",
 ]
 
 _LAZY = {"Suffix", "backbone_stages", "frozen_prefix_depth", "prefix_forward"}
 """Names of :mod:`transferkit.backbones.stages` (torch at import), loaded on first use."""
+_LAZY_MULTILAYER = {"FEATURE_LAYERS", "StagePooledNetwork", "inner_network", "with_feature_layers"}
+"""Names of :mod:`transferkit.backbones.multilayer` (torch at import), loaded on first use."""
 
 
 def __getattr__(name: str):
@@ -47,6 +53,10 @@ def __getattr__(name: str):
         from transferkit.backbones import stages
 
         return getattr(stages, name)
+    if name in _LAZY_MULTILAYER:
+        from transferkit.backbones import multilayer
+
+        return getattr(multilayer, name)
     raise AttributeError(f"module 'transferkit.backbones' has no attribute {name!r}")
 
 

@@ -22,6 +22,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from transferkit.backbones.multilayer import inner_network
 from transferkit.backbones.weights import classifier_prefixes
 from transferkit.errors import BackboneError
 
@@ -39,7 +40,9 @@ def backbone_stages(model: nn.Module) -> list[tuple[str, list[nn.Module]]]:
     Parameters
     ----------
     model : torch.nn.Module
-        A timm model (it must have ``group_matcher`` and ``get_classifier``).
+        A timm model (it must have ``group_matcher`` and ``get_classifier``), or a
+        :class:`~transferkit.backbones.multilayer.StagePooledNetwork` (the stages of the
+        network it wraps).
 
     Returns
     -------
@@ -56,6 +59,7 @@ def backbone_stages(model: nn.Module) -> list[tuple[str, list[nn.Module]]]:
     >>> [name for name, _ in backbone_stages(timm.create_model("tf_efficientnet_lite0"))]
     ['stem', 'stage1', 'stage2', 'stage3', 'stage4', 'stage5', 'stage6', 'stage7', 'neck']
     """
+    model = inner_network(model)  # multi-layer features: the stages are the wrapped network's
     if not callable(getattr(model, "group_matcher", None)) or not callable(getattr(model, "get_classifier", None)):
         raise BackboneError(
             f"backbone_stages expected a timm model (with group_matcher and get_classifier). "

@@ -104,6 +104,8 @@ def candidates_for(
             strategy, params["image_size"], proposed_by,
             class_weight="balanced" if settings["class_weight"] == "balanced" else None,
             symmetries=settings["symmetries"] if settings["symmetries"] != "auto" and entry.accepts_symmetries else "none",
+            feature_layers=(settings["feature_layers"] if settings["feature_layers"] != "auto" and entry.accepts_symmetries
+                            else "bottleneck"),
             freeze=settings["freeze"] if settings["freeze"] != "auto" and entry.accepts_freeze else None,
             params=tuple(sorted(changed.items())),
         ))

@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from transferkit.backbones import Preprocessing, backbone_stages
+from transferkit.backbones.multilayer import inner_network
 from transferkit.errors import ConfigError
 from transferkit.training.inputs import pixels_to_tensor
 
@@ -143,7 +144,7 @@ def heatmaps(
 
 
 def _check_model(model: nn.Module) -> None:
-    if not callable(getattr(model, "group_matcher", None)):
+    if not callable(getattr(inner_network(model), "group_matcher", None)):
         raise ConfigError(
             f"heatmaps need a convolutional network with stages; this model ({type(model).__name__}, e.g. strategy "
             "pixels: an SVM on the raw pixels) has none."

@@ -30,6 +30,7 @@ from sklearn.base import BaseEstimator, TransformerMixin
 from torch import nn
 
 from transferkit.backbones import Preprocessing, create_backbone, get_backbone_spec
+from transferkit.backbones.multilayer import inner_network, with_feature_layers
 from transferkit.data import default_cache_dir, load_pixels, release_pages
 from transferkit.data.decode import pixels_digest
 from transferkit.errors import ConfigError
@@ -176,7 +177,13 @@ def _atomic(path: Path, write) -> None:
 
 
 class FeatureExtractor:
-    """A frozen pretrained backbone that turns uint8 pixels into cached bottleneck features."""
+    """A frozen pretrained backbone that turns uint8 pixels into cached bottleneck features.
+
+    ``layers="stages"`` wraps the backbone in
+    :class:`~transferkit.backbones.multilayer.StagePooledNetwork` (multi-layer features); its
+    features end with the plain bottleneck's, which it also writes to the bottleneck cache, so
+    a ``"bottleneck"`` extractor of the same backbone finds them computed.
+    """
 
     def __init__(
         self,
@@ -186,9 +193,10 @@ class FeatureExtractor:
         runtime: Runtime,
         cache_dir: str | bool | None = None,
         batch_size: int = 64,
+        layers: str = "bottleneck",
     ):
         model, preprocessing = create_backbone(backbone, num_classes=1, pretrained=True, weights_path=weights)
-        self._setup(model, preprocessing, runtime, cache_dir, batch_size)
+        self._setup(with_feature_layers(model, layers), preprocessing, runtime, cache_dir, batch_size)
 
     @classmethod
     def from_model(
@@ -212,9 +220,17 @@ class FeatureExtractor:
         self.batch_size = batch_size
         root = None if cache_dir is False else (default_cache_dir() if cache_dir in (None, True) else Path(cache_dir))
         self._root = root
-        self._base_key = model_digest(model, f"v{FEATURE_CACHE_VERSION}|{runtime.precision}")
-        self._caches: dict[int, FeatureCache] = {}
+        self._caches: dict[tuple[str, int], FeatureCache] = {}
+        self._set_keys()
         self._precision_settled = False
+
+    def _set_keys(self) -> None:
+        """The cache keys of this model's features and, for multi-layer features, of the bottleneck's."""
+        precision = self.runtime.precision
+        self._base_key = model_digest(self.model, f"v{FEATURE_CACHE_VERSION}|{precision}")
+        inner = inner_network(self.model)
+        self._bottleneck_key = None if inner is self.model else model_digest(inner, f"v{FEATURE_CACHE_VERSION}|{precision}")
+        self._caches.clear()
 
     def _settle_precision(self, pixels: np.ndarray) -> None:
         """Once per extractor, before its first features: keep the runtime's precision, or let
@@ -232,8 +248,7 @@ class FeatureExtractor:
         )
         if chosen is not self.runtime:
             self.runtime = chosen
-            self._base_key = model_digest(self.model, f"v{FEATURE_CACHE_VERSION}|{chosen.precision}")
-            self._caches.clear()
+            self._set_keys()
 
     def _forward(self, runtime: Runtime, batch: torch.Tensor) -> torch.Tensor:
         with runtime.autocast():
@@ -248,11 +263,14 @@ class FeatureExtractor:
     def dim(self) -> int:
         return int(self.model.num_features)
 
-    def cache_for(self, image_size: int) -> FeatureCache:
-        if image_size not in self._caches:
-            key = hashlib.sha256(f"{self._base_key}|{image_size}".encode()).hexdigest()[:32]
-            self._caches[image_size] = FeatureCache(self._root, key)
-        return self._caches[image_size]
+    def cache_for(self, image_size: int, bottleneck: bool = False) -> FeatureCache:
+        """The feature cache at ``image_size``; ``bottleneck``: that of the plain bottleneck features
+        (the same cache for a ``"bottleneck"`` extractor)."""
+        base = self._bottleneck_key if bottleneck and self._bottleneck_key is not None else self._base_key
+        if (base, image_size) not in self._caches:
+            key = hashlib.sha256(f"{base}|{image_size}".encode()).hexdigest()[:32]
+            self._caches[base, image_size] = FeatureCache(self._root, key)
+        return self._caches[base, image_size]
 
     @torch.no_grad()
     def transform(self, pixels: np.ndarray, view: str = "identity", rows: np.ndarray | None = None) -> np.ndarray:
@@ -275,6 +293,7 @@ class FeatureExtractor:
 
         self._settle_precision(read(0, INFERENCE_SAMPLE_IMAGES))
         cache = self.cache_for(int(pixels.shape[1]))
+        shared = self.cache_for(int(pixels.shape[1]), bottleneck=True) if self._bottleneck_key is not None else None
         digests: list[str] = []
         for start in range(0, count, EXTRACT_CHUNK):
             chunk = read(start, start + EXTRACT_CHUNK)
@@ -288,7 +307,12 @@ class FeatureExtractor:
                 index = [first[d] for d in unique[batch_start : batch_start + self.batch_size]]
                 computed.append(self._forward(self.runtime, pixels_to_tensor(chunk[index])).float().cpu().numpy())
             if unique:
-                cache.put(unique, np.concatenate(computed))
+                values = np.concatenate(computed)
+                cache.put(unique, values)
+                if shared is not None:  # multi-layer features end with the bottleneck's: keep those for it too
+                    keep = shared.missing(unique)
+                    if keep:
+                        shared.put([unique[i] for i in keep], values[keep][:, self.model.bottleneck_columns])
             del chunk
             release_pages(pixels)
         return cache.get(digests)
@@ -312,6 +336,10 @@ class BottleneckFeatures(TransformerMixin, BaseEstimator):
     device, precision : str
         See :func:`transferkit.training.runtime.resolve_runtime`.
     batch_size : int
+    feature_layers : {"bottleneck", "stages"}
+        ``"stages"``: multi-layer features, the bottleneck plus the mean- and max-pooled output
+        of every stage at stride 4 or deeper
+        (:class:`~transferkit.backbones.multilayer.StagePooledNetwork`; 2,816 values for Lite0).
 
     Attributes
     ----------
@@ -327,6 +355,7 @@ class BottleneckFeatures(TransformerMixin, BaseEstimator):
         device: str = "auto",
         precision: str = "auto",
         batch_size: int = 64,
+        feature_layers: str = "bottleneck",
     ):
         self.backbone = backbone
         self.image_size = image_size
@@ -335,6 +364,7 @@ class BottleneckFeatures(TransformerMixin, BaseEstimator):
         self.device = device
         self.precision = precision
         self.batch_size = batch_size
+        self.feature_layers = feature_layers
 
     def fit(self, X: Any = None, y: Any = None) -> "BottleneckFeatures":
         """Load the backbone (nothing is learned: the network stays frozen)."""
@@ -342,7 +372,8 @@ class BottleneckFeatures(TransformerMixin, BaseEstimator):
             raise ConfigError(f"image_size expected an integer >= 16 (or None). Received: image_size={self.image_size!r}")
         runtime = resolve_runtime(self.device, self.precision)
         self.extractor_ = FeatureExtractor(
-            self.backbone, weights=self.weights, runtime=runtime, cache_dir=self.cache_dir, batch_size=self.batch_size
+            self.backbone, weights=self.weights, runtime=runtime, cache_dir=self.cache_dir, batch_size=self.batch_size,
+            layers=self.feature_layers,
         )
         self.image_size_ = self.image_size or get_backbone_spec(self.backbone).preprocessing.input_size
         self.n_features_out_ = self.extractor_.dim

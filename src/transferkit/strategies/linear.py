@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,6 +35,8 @@ from sklearn.preprocessing import StandardScaler
 from sklearn.svm import LinearSVC
 from torch import nn
 
+from transferkit.backbones import Preprocessing, create_backbone
+from transferkit.backbones.multilayer import with_feature_layers
 from transferkit.data import pixel_groups
 from transferkit.errors import ConfigError
 from transferkit.strategies.features import FeatureExtractor, symmetric_features
@@ -178,12 +181,14 @@ class FeaturePlan:
     views: int
     feature_dim: int
     extract_seconds: float
+    feature_layers: str = "bottleneck"
 
     def describe(self) -> str:
         how = "chosen by inner CV" if self.inner_cv else "given"
         views = f" + {self.views} augmented views per image" if self.views else ""
+        kind = "bottleneck" if self.feature_layers == "bottleneck" else "multi-layer (stages + bottleneck)"
         return (
-            f"{self.strategy} on {self.feature_dim}-d frozen bottleneck features{views}; C={self.C:g} ({how}); "
+            f"{self.strategy} on {self.feature_dim}-d frozen {kind} features{views}; C={self.C:g} ({how}); "
             f"features in {self.extract_seconds:.1f} s"
         )
 
@@ -212,9 +217,17 @@ class FeatureStrategy(Strategy):
     def passes_per_image(self, freeze: int | None, n_blocks: int) -> float:
         return 1.0
 
+    def empty_model(self, config: Mapping[str, Any]) -> tuple[nn.Module, Preprocessing] | None:
+        """A saved model with multi-layer features loads into the same wrapper (else: the backbone's own)."""
+        layers = (config.get("settings") or {}).get("feature_layers", "bottleneck")
+        if layers == "bottleneck":
+            return None
+        model, preprocessing = create_backbone(config["backbone"], num_classes=len(config["classes"]), pretrained=False)
+        return with_feature_layers(model, layers), preprocessing
+
     def fit(self, request: FitRequest) -> FitOutcome:
         params, pixels, targets = request.params, request.pixels, request.targets
-        extractor = FeatureExtractor(params["backbone"], weights=params["weights"], runtime=request.runtime, cache_dir=params["cache_dir"])
+        extractor = feature_extractor(request)
         started = time.perf_counter()
         features, labels, groups = _augmented_features(extractor, pixels, targets, params, request.settings.symmetries)
         extract_seconds = time.perf_counter() - started
@@ -230,7 +243,7 @@ class FeatureStrategy(Strategy):
         fold_into_head(model, pipeline, len(request.classes), info["calibration"].get("temperature", 1.0))
         plan = FeaturePlan(
             strategy=self.name, C=float(info["C"]), inner_cv=info["inner_cv"], views=len(features) // len(targets) - 1,
-            feature_dim=extractor.dim, extract_seconds=extract_seconds,
+            feature_dim=extractor.dim, extract_seconds=extract_seconds, feature_layers=request.settings.feature_layers,
         )
         request.console.print(plan.describe())
         request.console.print(f"probabilities: {calibration_text(info['calibration'])}")
@@ -244,7 +257,7 @@ class FeatureStrategy(Strategy):
         on the training part) scored on the test part: no network pass per fold."""
         params = request.params
         started = time.perf_counter()
-        extractor = FeatureExtractor(params["backbone"], weights=params["weights"], runtime=request.runtime, cache_dir=params["cache_dir"])
+        extractor = feature_extractor(request)
         features = symmetric_features(extractor, request.pixels, request.settings.symmetries)
         extracted = time.perf_counter()
         train, test = np.sort(train), np.sort(test)
@@ -256,6 +269,13 @@ class FeatureStrategy(Strategy):
         accuracy = float((predictions == request.targets[test]).mean())
         return FoldFit(accuracy=accuracy, seconds=time.perf_counter() - started, predictions=predictions,
                        extract_seconds=extracted - started)
+
+
+def feature_extractor(request: FitRequest) -> FeatureExtractor:
+    """The frozen backbone of ``request`` with the features its settings ask for (``feature_layers``)."""
+    params = request.params
+    return FeatureExtractor(params["backbone"], weights=params["weights"], runtime=request.runtime, cache_dir=params["cache_dir"],
+                            layers=request.settings.feature_layers)
 
 
 def _augmented_features(

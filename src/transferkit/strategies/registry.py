@@ -44,10 +44,12 @@ class Settings:
     class_weight: str | None
     symmetries: str = "none"
     """Feature strategies: average the features over these image symmetries (``SYMMETRIES``)."""
+    feature_layers: str = "bottleneck"
+    """Feature strategies: the bottleneck alone, or multi-layer ``"stages"`` features (``FEATURE_LAYERS``)."""
 
     def to_dict(self) -> dict[str, Any]:
         return {"strategy": self.strategy, "freeze": self.freeze, "image_size": self.image_size,
-                "class_weight": self.class_weight, "symmetries": self.symmetries}
+                "class_weight": self.class_weight, "symmetries": self.symmetries, "feature_layers": self.feature_layers}
 
 
 @dataclass
@@ -143,7 +145,8 @@ class Strategy:
     trains_network: ClassVar[bool] = True
     accepts_freeze: ClassVar[bool] = False
     accepts_symmetries: ClassVar[bool] = False
-    """Averages its features over image symmetries (``symmetries``) at fit and predict."""
+    """Averages its features over image symmetries (``symmetries``) at fit and predict, and takes
+    multi-layer features (``feature_layers``)."""
     compare_defaults: ClassVar[Mapping[str, Any]] = MappingProxyType({})
     default_image_size: ClassVar[int | None] = None
     """Image side when neither the user nor the advisor sets one (None: the backbone's)."""
