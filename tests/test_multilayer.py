@@ -122,3 +122,23 @@ def test_cli_fit_takes_feature_layers(image_folder, tiny_weights, tmp_path):
     assert '"feature_layers": "stages"' in (tmp_path / "m" / "config.json").read_text()
     bad = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "n"), "--feature-layers", "all"])
     assert bad.exit_code == 2 and "feature_layers" in bad.output
+
+
+@pytest.mark.parametrize("name", ["mobilenetv3_small_050", "resnet18"])
+def test_other_timm_families_pool_their_stages_and_keep_their_own_bottleneck(name):
+    """MobileNetV3's bottleneck is its pre-logits layer (head_hidden_size), wider than its stages'
+    num_features; ResNet has no per-block intermediates, so timm's feature stages are used."""
+    import timm
+
+    from transferkit.backbones import feature_dim
+
+    network = timm.create_model(name, num_classes=2).eval()
+    plain = timm.create_model(name, num_classes=2).eval()
+    plain.load_state_dict(network.state_dict())
+    wrapped = StagePooledNetwork(network).eval()
+    images = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        features = wrapped.forward_features(images)
+        bottleneck = pooled_features(plain, images)
+    assert features.shape == (2, wrapped.num_features) and wrapped.bottleneck_width == feature_dim(plain)
+    torch.testing.assert_close(features[:, wrapped.bottleneck_columns], bottleneck)

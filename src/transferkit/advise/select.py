@@ -50,7 +50,6 @@ import numpy as np
 
 from transferkit.advise.facts import DataFacts
 from transferkit.advise.rules import Recommendation
-from transferkit.backbones.multilayer import inner_network
 from transferkit.data import pixel_groups
 from transferkit.search import Arena, Candidate, CandidateSearch, Trial, winner, with_params
 from transferkit.strategies import get_strategy
@@ -468,7 +467,7 @@ def _shared_feature_pass(search: CandidateSearch, size: int, views: tuple[str, .
         warmed.add((size, "stages", view))
     search.on_event(f"{search.stamp()} multi-layer features of {len(pixels):,} images at {size} px ({', '.join(todo)}) in one "
                     f"pass of {time.perf_counter() - started:.0f} s; the bottleneck features are their last "
-                    f"{inner_network(extractor.model).num_features:,} values")
+                    f"{extractor.model.bottleneck_width:,} values")
 
 
 def noise_tolerance(accuracy: float, n_images: int) -> float:

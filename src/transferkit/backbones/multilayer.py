@@ -25,6 +25,7 @@ import inspect
 import torch
 from torch import nn
 
+from transferkit.backbones.registry import feature_dim
 from transferkit.errors import BackboneError
 
 FEATURE_LAYERS = ("bottleneck", "stages")
@@ -81,7 +82,8 @@ class StagePooledNetwork(nn.Module):
         self.indices = [i for i, output in enumerate(probe) if output.shape[-1] <= side // MIN_STRIDE]
         network.reset_classifier(0)
         self.network = network
-        self.num_features = 2 * sum(int(probe[i].shape[1]) for i in self.indices) + int(network.num_features)
+        self.bottleneck_width = feature_dim(network)  # what forward_head(pre_logits=True) gives
+        self.num_features = 2 * sum(int(probe[i].shape[1]) for i in self.indices) + self.bottleneck_width
         self.classifier = nn.Linear(self.num_features, n_classes)
 
     def _options(self, indices: list[int] | None) -> dict:
@@ -108,7 +110,7 @@ class StagePooledNetwork(nn.Module):
     @property
     def bottleneck_columns(self) -> slice:
         """Where the plain bottleneck features sit in :meth:`forward_features`' output (the last columns)."""
-        return slice(self.num_features - int(self.network.num_features), self.num_features)
+        return slice(self.num_features - self.bottleneck_width, self.num_features)
 
 
 def with_feature_layers(model: nn.Module, layers: str) -> nn.Module:
