@@ -216,28 +216,34 @@ def test_info_shows_the_rule_and_what_was_measured_here(bf16_native, tiny_weight
     assert any(key.startswith("measured features") for key in rows) and "threads per cv job" in rows
 
 
-def test_overlapping_jobs_keep_the_job_threads_until_the_last_one_leaves():
-    """Jobs of the threading backend overlap: the first to leave must not restore the count under the other."""
+def test_jobs_of_one_process_run_one_at_a_time_so_their_random_draws_are_their_own():
+    """Jobs of the threading backend share torch's thread count and random generator: the second
+    job must not enter (and reseed) while the first still draws, nor change its threads."""
     import threading
 
     outside = torch.get_num_threads()
-    entered, first_left, seen = threading.Barrier(2), threading.Event(), {}
+    torch.manual_seed(0)
+    expected = torch.rand(4)
+    inside, other_seeded, seen = threading.Event(), threading.Event(), {}
 
     def job(name):
         with reproducible_job() as threads:
-            entered.wait()
+            torch.manual_seed(0 if name == "first" else 1)
             if name == "first":
-                seen["threads"] = threads
+                inside.set()
+                other_seeded.wait(timeout=1.0)  # without one-at-a-time, the second job reseeds here
+                seen["threads"], seen["during"] = threads, torch.get_num_threads()
             else:
-                first_left.wait()
-                seen["during"] = torch.get_num_threads()  # the first job has left; this one still runs
-        if name == "first":
-            first_left.set()
+                other_seeded.set()
+            seen[name] = torch.rand(4)
 
-    workers = [threading.Thread(target=job, args=(name,)) for name in ("first", "second")]
-    for worker in workers:
-        worker.start()
-    for worker in workers:
+    first = threading.Thread(target=job, args=("first",))
+    first.start()
+    inside.wait()
+    second = threading.Thread(target=job, args=("second",))
+    second.start()
+    for worker in (first, second):
         worker.join()
+    assert torch.equal(seen["first"], expected)
     assert seen["during"] == seen["threads"] and torch.get_num_threads() == outside
     assert not in_reproducible_job()
