@@ -216,34 +216,55 @@ def test_info_shows_the_rule_and_what_was_measured_here(bf16_native, tiny_weight
     assert any(key.startswith("measured features") for key in rows) and "threads per cv job" in rows
 
 
-def test_jobs_of_one_process_run_one_at_a_time_so_their_random_draws_are_their_own():
-    """Jobs of the threading backend share torch's thread count and random generator: the second
-    job must not enter (and reseed) while the first still draws, nor change its threads."""
+def test_overlapping_jobs_keep_the_job_threads_until_the_last_one_leaves():
+    """Jobs of the threading backend overlap: the first to leave must not restore the count under the other."""
     import threading
 
     outside = torch.get_num_threads()
-    torch.manual_seed(0)
-    expected = torch.rand(4)
-    inside, other_seeded, seen = threading.Event(), threading.Event(), {}
+    entered, first_left, seen = threading.Barrier(2), threading.Event(), {}
 
     def job(name):
         with reproducible_job() as threads:
-            torch.manual_seed(0 if name == "first" else 1)
+            entered.wait()
             if name == "first":
-                inside.set()
-                other_seeded.wait(timeout=1.0)  # without one-at-a-time, the second job reseeds here
-                seen["threads"], seen["during"] = threads, torch.get_num_threads()
+                seen["threads"] = threads
             else:
-                other_seeded.set()
-            seen[name] = torch.rand(4)
+                first_left.wait()
+                seen["during"] = torch.get_num_threads()  # the first job has left; this one still runs
+        if name == "first":
+            first_left.set()
 
-    first = threading.Thread(target=job, args=("first",))
-    first.start()
-    inside.wait()
-    second = threading.Thread(target=job, args=("second",))
-    second.start()
-    for worker in (first, second):
+    workers = [threading.Thread(target=job, args=(name,)) for name in ("first", "second")]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
         worker.join()
-    assert torch.equal(seen["first"], expected)
     assert seen["during"] == seen["threads"] and torch.get_num_threads() == outside
     assert not in_reproducible_job()
+
+
+def test_the_threading_backend_runs_one_job_at_a_time_so_its_random_draws_are_the_sequential_ones():
+    """torch's random generator is one per process: jobs of the threading backend must not interleave."""
+    import threading
+    import time
+
+    from transferkit.evaluation.jobs import run_parallel
+
+    lock, state = threading.Lock(), {"running": 0, "most": 0}
+
+    def job(seed):
+        with lock:
+            state["running"] += 1
+            state["most"] = max(state["most"], state["running"])
+        torch.manual_seed(seed)
+        first = torch.rand(3)
+        time.sleep(0.05)  # a second job running now would reseed under this one
+        drawn = torch.cat([first, torch.rand(3)])
+        with lock:
+            state["running"] -= 1
+        return drawn
+
+    threaded = list(run_parallel(job, [(seed,) for seed in range(4)], backend="threading", n_jobs=2))
+    sequential = list(run_parallel(job, [(seed,) for seed in range(4)], backend="sequential", n_jobs=1))
+    assert state["most"] == 1
+    assert all(torch.equal(a, b) for a, b in zip(threaded, sequential))

@@ -4,7 +4,9 @@ transferkit writes no scheduler of its own. ``compare``, ``fit --cv`` and the ra
 jobs to joblib, and ``--backend`` picks any backend joblib knows by name:
 
 - ``loky`` (default with ``--jobs N``): N worker processes on this machine;
-- ``threading``: threads (PyTorch releases the GIL in its kernels);
+- ``threading``: this process, one job at a time (torch's random generator and thread count
+  are one per process: two jobs running together drew initial weights, shuffles and dropout
+  from one generator in an order set by timing; kept for code that must stay in one process);
 - ``dask``: the workers of a Dask cluster (``pip install distributed``; the scheduler's
   address comes from ``DASK_SCHEDULER_ADDRESS``, e.g. ``tcp://head:8786``);
 - ``ray``: a Ray cluster (``pip install ray``; ``RAY_ADDRESS`` names it).
@@ -48,7 +50,11 @@ def parallel_backend(backend: str | None, n_jobs: int) -> Iterator[None]:
         with client, parallel_config(backend="dask", n_jobs=n_jobs):
             yield
         return
-    elif name not in ("loky", "threading", "multiprocessing", "sequential"):
+    elif name == "threading":
+        # not a lock inside the job: a Dask worker thread that waits on a nested task secedes, and a
+        # job holding a process-wide lock there deadlocked the worker (tests/test_cluster.py hung)
+        n_jobs = 1
+    elif name not in ("loky", "multiprocessing", "sequential"):
         raise ConfigError(f"unknown joblib backend; expected loky, threading, dask or ray. Received: backend={name!r}")
     # Each loky worker gets its share of the cores for OpenMP/BLAS code outside torch (joblib
     # sets OMP_NUM_THREADS); torch's own threads are fixed per job by reproducible_job().

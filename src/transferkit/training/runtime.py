@@ -236,8 +236,9 @@ def fastest_training_precision(runtime: Runtime, model: nn.Module, batch: torch.
 # Reproducible jobs: the same table for any --jobs, backend and thread count
 
 _IN_JOB: contextvars.ContextVar[bool] = contextvars.ContextVar("transferkit_reproducible_job", default=False)
-_JOB_LOCK = threading.RLock()
-"""Held for the whole of a job: the jobs of one process (the ``threading`` backend) run one at a time."""
+_JOBS_LOCK = threading.Lock()
+_JOBS: dict[str, int] = {"active": 0, "previous": 0}
+"""Jobs of this process inside :func:`reproducible_job` now, and the thread count before the first."""
 
 
 @contextlib.contextmanager
@@ -255,25 +256,33 @@ def reproducible_job() -> Iterator[int]:
       worker -- also with ``--jobs 1``, which is why ``--jobs`` equal to the cores is the fast
       setting of ``compare`` and the race;
     - ``precision="auto"`` means fp32 on a CPU (no timing decides it: timings vary from run to
-      run). An explicit ``bf16`` is kept, and is reproducible through the fixed threads;
-    - the jobs of one process run one at a time. torch's thread count and its random generator
-      (a new head's initial weights, shuffles, dropout, augmentation) are one per process: two
-      jobs of the ``threading`` backend running together drew from one generator in an order
-      set by timing (``finetune`` fold 1 of a compare scored 0.667 or 0.333 from run to run).
-      Processes (loky, Dask, Ray workers) each have their own and run in parallel; the
-      ``threading`` backend gains nothing from ``--jobs`` here, and is kept for code that must
-      stay in one process.
+      run). An explicit ``bf16`` is kept, and is reproducible through the fixed threads.
+
+    Jobs draw from torch's one random generator per process, so two jobs of one process must not
+    run together: the ``threading`` backend runs one job at a time
+    (:func:`transferkit.evaluation.jobs.parallel_backend`) and a Dask worker needs
+    ``--nthreads 1`` (README, Scale-out).
+
+    torch's thread count is one setting for the whole process, and jobs of the ``threading``
+    backend overlap: the first job to enter sets it and saves the old count, the last to leave
+    restores it (a job that restored it while another still ran made that one's result depend
+    on timing).
     """
     threads = job_threads()
-    with _JOB_LOCK:
-        previous = torch.get_num_threads()
+    with _JOBS_LOCK:
+        if _JOBS["active"] == 0:
+            _JOBS["previous"] = torch.get_num_threads()
+        _JOBS["active"] += 1
         torch.set_num_threads(threads)
-        token = _IN_JOB.set(True)
-        try:
-            yield threads
-        finally:
-            _IN_JOB.reset(token)
-            torch.set_num_threads(previous)
+    token = _IN_JOB.set(True)
+    try:
+        yield threads
+    finally:
+        _IN_JOB.reset(token)
+        with _JOBS_LOCK:
+            _JOBS["active"] -= 1
+            if _JOBS["active"] == 0:
+                torch.set_num_threads(_JOBS["previous"])
 
 
 def in_reproducible_job() -> bool:
