@@ -264,7 +264,7 @@ def test_fit_predict_onnx_and_server_see_the_same_pixels(field_model, tmp_path):
     np.testing.assert_array_equal(onnx_model.decode([str(f) for f in files]), fit_pixels)
     np.testing.assert_allclose(onnx_model.predict_proba([str(f) for f in files]), expected, atol=1e-4)
 
-    with TestClient(create_app(field_model)) as client:
+    with TestClient(create_app(field_model, precision="fp32")) as client:  # auto may serve bf16 on a bf16-native CPU
         uploads = [("files", (f.name, f.read_bytes(), "application/octet-stream")) for f in files]
         response = client.post(f"/predict?top_k={len(classifier.classes_)}", files=uploads)
     assert response.status_code == 200, response.text
@@ -564,7 +564,7 @@ def test_a_heic_upload_is_named(field_model):
 
     from transferkit.serve import create_app
 
-    with TestClient(create_app(field_model)) as client:
+    with TestClient(create_app(field_model, precision="fp32")) as client:  # auto may serve bf16 on a bf16-native CPU
         response = client.post("/predict", files=[("files", ("photo.heic", heic_bytes(), "image/heic"))])
     assert response.status_code == 415 and "pillow-heif" in response.text
 

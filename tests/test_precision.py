@@ -13,6 +13,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from rich.console import Console
 from typer.testing import CliRunner
 
 from conftest import TINY_BACKBONE, make_images
@@ -200,7 +201,7 @@ def test_a_fold_job_trains_the_same_model_whatever_threads_its_worker_had(tiny_p
 
 def test_info_shows_the_rule_and_what_was_measured_here(bf16_native, tiny_weights, tmp_path, monkeypatch):
     from transferkit.info import system_info
-    from transferkit.report.tables import info_rows
+    from transferkit.report.tables import info_rows, info_table
 
     monkeypatch.setattr("transferkit.info.native_bf16", lambda: True)
 
@@ -213,7 +214,11 @@ def test_info_shows_the_rule_and_what_was_measured_here(bf16_native, tiny_weight
     assert "agreement with fp32" in precision["auto_cpu"] and precision["job_threads"] >= 1
     assert system_info(tmp_path, torch_view=True)["precision"]["inference_measurements"] == [measured]  # torch's key, in full
     rows = dict(info_rows(system_info(tmp_path)))
-    assert any(key.startswith("measured features") for key in rows) and "threads per cv job" in rows
+    assert rows["measured speed"].startswith("features of ") and "threads per cv job" in rows
+    # the key stays on one line of an 80-column terminal (the table test finds every key whole)
+    console = Console(width=80, record=True)
+    console.print(info_table(system_info(tmp_path)))
+    assert any(line.lstrip("│ ").startswith("measured speed") for line in console.export_text().splitlines())
 
 
 def test_overlapping_jobs_keep_the_job_threads_until_the_last_one_leaves():

@@ -774,6 +774,7 @@ def serve(
     port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
     max_upload_mb: Annotated[float, typer.Option(help="Largest accepted image file, in MiB.")] = 10.0,
     max_files: Annotated[int, typer.Option(help="Most images per request.")] = 16,
+    precision: PrecisionOpt = "auto",
 ) -> None:
     """Serve MODEL over HTTP: POST /predict, GET /health, GET /model, and a page at / to drop images on."""
     from transferkit.serve import UploadLimits, create_app
@@ -781,7 +782,8 @@ def serve(
     with _user_errors():
         import uvicorn
 
-        app_ = create_app(model_dir, limits=UploadLimits(max_bytes=int(max_upload_mb * 2**20), max_files=max_files))
+        app_ = create_app(model_dir, limits=UploadLimits(max_bytes=int(max_upload_mb * 2**20), max_files=max_files),
+                          precision=precision)
         err.print(f"serving {model_dir} on http://{host}:{port}/ (Ctrl+C stops)")
         uvicorn.run(app_, host=host, port=port, log_level="info")
 

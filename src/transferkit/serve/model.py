@@ -28,11 +28,11 @@ class ServedModel:
     never see each other's activations.
     """
 
-    def __init__(self, model_dir: str | os.PathLike) -> None:
-        self.classifier = load_model(model_dir)
+    def __init__(self, model_dir: str | os.PathLike, *, precision: str = "auto") -> None:
+        self.classifier = load_model(model_dir, precision=precision)
         self.config = read_config(model_dir)
-        # The model's own precision setting on the CPU, as `transferkit predict` uses it: fp32,
-        # or a native bf16 that the first request measures faster and in agreement with fp32.
+        # As `transferkit predict --precision` uses it on the CPU: "auto" is fp32, or a native
+        # bf16 that the first request measures faster and in agreement with fp32.
         self.runtime = resolve_runtime("cpu", self.classifier.precision)
         self._precision_settled = False
         self.model = self.classifier.model_.cpu().float().eval()
