@@ -500,3 +500,62 @@ def test_training_precision_on_a_cpu_is_the_faster_one_by_measurement(tiny_weigh
     explicit = dataclasses.replace(auto_bf16, auto_precision=False)  # the user asked for bf16: kept
     assert fastest_training_precision(explicit, model, batch) is explicit
     assert fastest_training_precision(resolve_runtime("cpu", "fp32"), model, batch).measured is None
+
+
+# --------------------------------------------------------------------- linear probe, then fine-tune
+def _probe_request(images, targets, n_classes=3, C="auto"):
+    from rich.console import Console
+
+    from transferkit.strategies.registry import FitRequest, Settings
+
+    return FitRequest(pixels=images, targets=targets, classes=np.arange(n_classes), settings=Settings("full", None, 32, None),
+                      params={"C": C, "seed": 0}, runtime=CPU, console=Console(quiet=True))
+
+
+def test_the_probe_is_folded_into_the_head_so_the_network_predicts_what_the_probe_predicts(tiny_weights):
+    from transferkit.strategies.linear import fit_linear_classifier
+    from transferkit.strategies.network import probe_head
+    from transferkit.training.inputs import predict_logits
+
+    model, preprocessing = tiny_model(tiny_weights)
+    images, targets = tiny_data()
+    before = predict_logits(model, images, preprocessing, CPU)
+    features = []
+    hook = model.get_classifier().register_forward_hook(lambda m, i, o: features.append(i[0].detach()))
+    predict_logits(model, images, preprocessing, CPU)
+    hook.remove()
+    pipeline, _ = fit_linear_classifier(torch.cat(features).numpy(), targets, np.arange(len(targets)), strategy="logistic",
+                                        C=0.01, seed=0)
+
+    probe = probe_head(model, _probe_request(images, targets, C=0.01), preprocessing)
+    after = predict_logits(model, images, preprocessing, CPU)
+    np.testing.assert_allclose(after.numpy(), pipeline.decision_function(torch.cat(features).numpy()), atol=1e-4)
+    assert probe.C == 0.01 and probe.images == len(targets)
+    assert probe.train_accuracy == float((after.argmax(1).numpy() == targets).mean())
+    assert not torch.allclose(before, after)
+
+
+def test_no_probe_when_a_class_has_no_training_image(tiny_weights):
+    from transferkit.strategies.network import probe_head
+
+    model, preprocessing = tiny_model(tiny_weights, num_classes=4)
+    images, targets = tiny_data()  # classes 0-2 only
+    weight = model.get_classifier().weight.detach().clone()
+    assert probe_head(model, _probe_request(images, targets, n_classes=4), preprocessing) is None
+    assert torch.equal(model.get_classifier().weight, weight)
+
+
+@pytest.mark.parametrize("strategy", ["head", "finetune", "full"])
+def test_a_network_starts_from_the_probe_when_told(tiny_params, strategy):
+    from transferkit import ImageClassifier
+
+    images, labels = make_images(8, 32)
+    # a learning rate of ~0 leaves the head where it started: the probe's answers, or a random head's
+    params = dict(tiny_params, strategy=strategy, epochs=1, lr=1e-12)
+    probed = ImageClassifier(**dict(params, head_init="probe")).fit(images, labels)
+    random = ImageClassifier(**params).fit(images, labels)
+    assert probed.history_["head_init"]["init"] == "probe" and random.history_["head_init"] == "random"
+    assert probed.history_["head_init"]["train_accuracy"] == 1.0  # colours: linearly separable in any features
+    if strategy == "head":  # frozen BatchNorm: the features the probe saw are the ones the head gets
+        probed_accuracy, random_accuracy = ((m.predict(images) == np.array(labels)).mean() for m in (probed, random))
+        assert probed_accuracy == 1.0 and random_accuracy <= 0.6

@@ -97,6 +97,10 @@ class NetworkStrategy(Strategy):
             params["backbone"], num_classes=len(classes), pretrained=self.pretrained,
             weights_path=params["weights"] if self.pretrained else None, drop_rate=params["dropout"],
         )
+        probe = None
+        if self.pretrained and params["head_init"] == "probe":
+            probe = probe_head(model, request.subset(train_idx), preprocessing)
+            request.console.print(probe.describe())
         head, backbone, plan = configure_network(
             model, self.name, freeze_stages=request.settings.freeze,
             backbone_lr_factor=lr_factor_value(params["backbone_lr_factor"]),
@@ -126,7 +130,7 @@ class NetworkStrategy(Strategy):
         runtime = _training_runtime(request, model, preprocessing, data)
         result = train_model(model, (head, backbone), data, config=config, runtime=runtime, callbacks=callbacks, verbose=params["verbose"])
         history = {**result.to_dict(), "precision": runtime.precision, "precision_why": runtime.precision_reason,
-                   "precision_measured": runtime.measured}
+                   "precision_measured": runtime.measured, "head_init": probe.to_dict() if probe else params["head_init"]}
         return FitOutcome(model=model, preprocessing=preprocessing, history=history, plan=plan)
 
     def shared_features(self, request: FitRequest):
@@ -208,6 +212,61 @@ class Scratch(NetworkStrategy):
 
     def lr_factor(self, backbone_lr_factor: float) -> float:
         return 1.0  # no pretrained layers: every layer trains at the head's rate
+
+
+@dataclass(frozen=True)
+class HeadProbe:
+    """The linear probe a network's new head started from (:func:`probe_head`)."""
+
+    C: float
+    train_accuracy: float
+    images: int
+    seconds: float
+
+    def describe(self) -> str:
+        return (f"head starts from a linear probe (logistic regression, C={self.C:g}) on the network's own features "
+                f"of {self.images} training images: train accuracy {self.train_accuracy:.3f}, {self.seconds:.1f} s")
+
+    def to_dict(self) -> dict:
+        return {"init": "probe", "C": self.C, "train_accuracy": self.train_accuracy, "images": self.images, "seconds": self.seconds}
+
+
+def probe_head(model: nn.Module, request: FitRequest, preprocessing) -> HeadProbe | None:
+    """Start ``model``'s new K-class head from a linear probe: linear probing, then fine-tuning.
+
+    LP-FT (Kumar et al., ICLR 2022): a randomly initialised head sends large, random gradients
+    into the pretrained layers during the first steps and distorts the features before the
+    head is any good; a head that starts as the best linear classifier on those features lets
+    training refine them instead, and spends none of a short schedule on learning the head.
+    The probe is the ``logistic`` strategy's classifier (C from ``request.params["C"]``, by
+    inner CV when "auto"; the class weights of the fit) on the pooled features that feed the
+    head -- the network itself in eval mode, at the training size, without augmentation: one
+    forward pass over ``request.pixels`` (N, H, W, C) uint8 -- folded into the head's weights
+    (:func:`~transferkit.strategies.linear.fold_into_head`). Replaces the head module, so call it
+    before the optimiser's parameter groups are built. None (head left random) when a class has
+    no training image: the probe has no row for it.
+    """
+    from transferkit.strategies.linear import fit_linear_classifier, fold_into_head
+
+    n_classes, targets = len(request.classes), request.targets
+    if len(np.unique(targets)) < n_classes:
+        return None
+    started = time.perf_counter()
+    captured: list[torch.Tensor] = []
+    hook = model.get_classifier().register_forward_hook(lambda module, inputs, output: captured.append(inputs[0].detach().float().cpu()))
+    try:
+        predict_logits(model, request.pixels, preprocessing, request.runtime)
+    finally:
+        hook.remove()
+    features = torch.cat(captured).numpy()
+    params = request.params
+    pipeline, info = fit_linear_classifier(
+        features, targets, pixel_groups(request.pixels), strategy="logistic",
+        C=None if params["C"] == "auto" else params["C"], seed=params["seed"], class_weight=request.settings.class_weight,
+    )
+    fold_into_head(model, pipeline, n_classes)
+    accuracy = float((pipeline.predict(features) == targets).mean())
+    return HeadProbe(C=float(info["C"]), train_accuracy=accuracy, images=len(targets), seconds=time.perf_counter() - started)
 
 
 def configure_network(
