@@ -8,17 +8,21 @@ import sys
 import numpy as np
 import pytest
 import torch
+from rich.console import Console
 from torch import nn
 
 from conftest import TINY_BACKBONE, make_images
+from transferkit import ImageClassifier
 from transferkit.backbones import backbone_stages, create_backbone
 from transferkit.errors import ConfigError
 from transferkit.training.freezing import train_mode
-from transferkit.strategies.network import configure_network
+from transferkit.strategies.linear import fit_linear_classifier
+from transferkit.strategies.network import configure_network, probe_head
+from transferkit.strategies.registry import FitRequest, Settings
 from transferkit.training import loop
 from transferkit.training.augment import AUGMENT_PRESETS, build_augmentation
 from transferkit.training.callbacks import CHECKPOINT_NAME, Checkpoint
-from transferkit.training.inputs import TrainData
+from transferkit.training.inputs import TrainData, predict_logits
 from transferkit.training.loop import TrainConfig, train_model
 from transferkit.training.optim import build_optimizer, warmup_cosine
 from transferkit.training.runtime import resolve_runtime
@@ -306,8 +310,6 @@ def test_the_cli_entry_point_keeps_freed_memory():
 
 
 def test_bf16_autocast_matches_fp32_within_bf16_tolerance(tiny_weights):
-    from transferkit.training.inputs import predict_logits
-
     model, preprocessing = tiny_model(tiny_weights)
     images, _ = tiny_data(2)
     fp32 = predict_logits(model, images, preprocessing, resolve_runtime("cpu", "fp32"))
@@ -504,19 +506,11 @@ def test_training_precision_on_a_cpu_is_the_faster_one_by_measurement(tiny_weigh
 
 # --------------------------------------------------------------------- linear probe, then fine-tune
 def _probe_request(images, targets, n_classes=3, C="auto"):
-    from rich.console import Console
-
-    from transferkit.strategies.registry import FitRequest, Settings
-
     return FitRequest(pixels=images, targets=targets, classes=np.arange(n_classes), settings=Settings("full", None, 32, None),
                       params={"C": C, "seed": 0}, runtime=CPU, console=Console(quiet=True))
 
 
 def test_the_probe_is_folded_into_the_head_so_the_network_predicts_what_the_probe_predicts(tiny_weights):
-    from transferkit.strategies.linear import fit_linear_classifier
-    from transferkit.strategies.network import probe_head
-    from transferkit.training.inputs import predict_logits
-
     model, preprocessing = tiny_model(tiny_weights)
     images, targets = tiny_data()
     before = predict_logits(model, images, preprocessing, CPU)
@@ -536,7 +530,6 @@ def test_the_probe_is_folded_into_the_head_so_the_network_predicts_what_the_prob
 
 
 def test_no_probe_when_a_class_has_no_training_image(tiny_weights):
-    from transferkit.strategies.network import probe_head
 
     model, preprocessing = tiny_model(tiny_weights, num_classes=4)
     images, targets = tiny_data()  # classes 0-2 only
@@ -547,8 +540,6 @@ def test_no_probe_when_a_class_has_no_training_image(tiny_weights):
 
 @pytest.mark.parametrize("strategy", ["head", "finetune", "full"])
 def test_a_network_starts_from_the_probe_when_told(tiny_params, strategy):
-    from transferkit import ImageClassifier
-
     images, labels = make_images(8, 32)
     # a learning rate of ~0 leaves the head where it started: the probe's answers, or a random head's
     params = dict(tiny_params, strategy=strategy, epochs=1, lr=1e-12)

@@ -330,13 +330,12 @@ def _plan(search: CandidateSearch, cost, size: int, n_train: int, n_test: int) -
 def measure_symmetry(arena: Arena, fold, size: int, class_weight: str | None) -> Symmetry:
     """Score the held-out images as they are and flipped, with an SVM on the training part's
     cached features: a flip that changes the class costs accuracy beyond the fold's noise."""
-    params = arena.params
-    extractor = FeatureExtractor(params["backbone"], weights=params["weights"], runtime=arena.runtime, cache_dir=params["cache_dir"])
+    extractor = FeatureExtractor.from_params(arena.params, arena.runtime)
     pixels = arena.pixels_at(size)
     train, test = np.sort(fold[0]), np.sort(fold[1])
     features = symmetric_features(extractor, pixels)[train]  # cached by round 1; no copy of the training pixels
     pipeline, _ = fit_linear_classifier(features, arena.targets[train], pixel_groups(pixels, train), strategy="svm", C=None,
-                                        seed=int(params.get("seed", 0)), class_weight=class_weight)
+                                        seed=int(arena.params.get("seed", 0)), class_weight=class_weight)
     # the held-out rows are read chunk by chunk and flipped there: no copy of them in memory
     views = {"none": "identity", "horizontal": "horizontal", "vertical": "vertical"}
     accuracy = {name: float(pipeline.score(extractor.transform(pixels, view=view, rows=test), arena.targets[test]))
@@ -457,10 +456,8 @@ def _shared_feature_pass(search: CandidateSearch, size: int, views: tuple[str, .
     if not todo or (search.cost is not None and search.budget_seconds is not None
                     and search.cost(probe, len(arena.targets), 0, []) > search.left()):
         return
-    params = arena.params
     started = time.perf_counter()
-    extractor = FeatureExtractor(params["backbone"], weights=params["weights"], runtime=arena.runtime, cache_dir=params["cache_dir"],
-                                 layers="stages")
+    extractor = FeatureExtractor.from_params(arena.params, arena.runtime, layers="stages")
     pixels = arena.pixels_at(size)
     for view in todo:
         extractor.transform(pixels, view=view)

@@ -199,6 +199,12 @@ class FeatureExtractor:
         self._setup(with_feature_layers(model, layers), preprocessing, runtime, cache_dir, batch_size)
 
     @classmethod
+    def from_params(cls, params: Any, runtime: Runtime, *, layers: str = "bottleneck") -> "FeatureExtractor":
+        """The extractor an estimator's parameters name (``backbone``, ``weights``, ``cache_dir``:
+        a mapping like ``ImageClassifier.get_params()``), with the features ``layers`` asks for."""
+        return cls(params["backbone"], weights=params["weights"], runtime=runtime, cache_dir=params["cache_dir"], layers=layers)
+
+    @classmethod
     def from_model(
         cls, model: nn.Module, preprocessing: Preprocessing, *, runtime: Runtime, cache_dir: str | bool | None = None,
         batch_size: int = 64,

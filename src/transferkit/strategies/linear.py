@@ -273,9 +273,7 @@ class FeatureStrategy(Strategy):
 
 def feature_extractor(request: FitRequest) -> FeatureExtractor:
     """The frozen backbone of ``request`` with the features its settings ask for (``feature_layers``)."""
-    params = request.params
-    return FeatureExtractor(params["backbone"], weights=params["weights"], runtime=request.runtime, cache_dir=params["cache_dir"],
-                            layers=request.settings.feature_layers)
+    return FeatureExtractor.from_params(request.params, request.runtime, layers=request.settings.feature_layers)
 
 
 def _augmented_features(

@@ -100,7 +100,8 @@ class NetworkStrategy(Strategy):
         probe = None
         if self.pretrained and params["head_init"] == "probe":
             probe = probe_head(model, request.subset(train_idx), preprocessing)
-            request.console.print(probe.describe())
+            request.console.print(probe.describe() if probe else "head starts at random: a class has no training image, "
+                                  "so the linear probe would have no row for it")
         head, backbone, plan = configure_network(
             model, self.name, freeze_stages=request.settings.freeze,
             backbone_lr_factor=lr_factor_value(params["backbone_lr_factor"]),
@@ -130,7 +131,7 @@ class NetworkStrategy(Strategy):
         runtime = _training_runtime(request, model, preprocessing, data)
         result = train_model(model, (head, backbone), data, config=config, runtime=runtime, callbacks=callbacks, verbose=params["verbose"])
         history = {**result.to_dict(), "precision": runtime.precision, "precision_why": runtime.precision_reason,
-                   "precision_measured": runtime.measured, "head_init": probe.to_dict() if probe else params["head_init"]}
+                   "precision_measured": runtime.measured, "head_init": probe.to_dict() if probe else "random"}
         return FitOutcome(model=model, preprocessing=preprocessing, history=history, plan=plan)
 
     def shared_features(self, request: FitRequest):
@@ -175,8 +176,7 @@ class Head(NetworkStrategy):
         # head on cached views reads and writes the bottleneck-feature cache of svm
         if request.params["prefix_views"] == 0:
             return None
-        params = request.params
-        return FeatureExtractor(params["backbone"], weights=params["weights"], runtime=request.runtime, cache_dir=params["cache_dir"]).transform
+        return FeatureExtractor.from_params(request.params, request.runtime).transform
 
 
 @register_strategy

@@ -263,10 +263,12 @@ def reproducible_job() -> Iterator[int]:
     (:func:`transferkit.evaluation.jobs.parallel_backend`) and a Dask worker needs
     ``--nthreads 1`` (README, Scale-out).
 
-    torch's thread count is one setting for the whole process, and jobs of the ``threading``
-    backend overlap: the first job to enter sets it and saves the old count, the last to leave
-    restores it (a job that restored it while another still ran made that one's result depend
-    on timing).
+    Jobs may still overlap in one process where a Dask worker secedes the thread of a job that
+    waits on a nested task and starts the next job in another thread; torch's thread count is
+    one setting for the whole process, so the first job to enter sets it and saves the old
+    count, and the last to leave restores it (a job that restored it while another still ran
+    made that one's result depend on timing). No lock is held for the whole job: there the
+    waiting job would never get it.
     """
     threads = job_threads()
     with _JOBS_LOCK:
