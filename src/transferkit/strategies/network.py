@@ -29,7 +29,7 @@ from torch import nn
 from transferkit.backbones import backbone_stages, create_backbone
 from transferkit.data import pixel_groups
 from transferkit.errors import ConfigError, DataError
-from transferkit.strategies.features import FeatureExtractor
+from transferkit.strategies.features import FeatureExtractor, pooled_features
 from transferkit.training.freezing import freeze, trainable_parameter_count
 from transferkit.strategies.registry import FitOutcome, FitRequest, FoldFit, Strategy, get_strategy, register_strategy
 from transferkit.training.augment import build_augmentation
@@ -252,13 +252,7 @@ def probe_head(model: nn.Module, request: FitRequest, preprocessing) -> HeadProb
     if len(np.unique(targets)) < n_classes:
         return None
     started = time.perf_counter()
-    captured: list[torch.Tensor] = []
-    hook = model.get_classifier().register_forward_hook(lambda module, inputs, output: captured.append(inputs[0].detach().float().cpu()))
-    try:
-        predict_logits(model, request.pixels, preprocessing, request.runtime)
-    finally:
-        hook.remove()
-    features = torch.cat(captured).numpy()
+    features = predict_logits(model, request.pixels, preprocessing, request.runtime, forward=pooled_features).numpy()
     params = request.params
     pipeline, info = fit_linear_classifier(
         features, targets, pixel_groups(request.pixels), strategy="logistic",

@@ -98,9 +98,12 @@ def predict_logits(
     preprocessing: Preprocessing,
     runtime: Runtime,
     batch_size: int = 64,
+    forward: Callable[[nn.Module, torch.Tensor], torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """Logits of ``model`` (in eval mode) for every image of ``pixels``, as fp32 on the CPU.
 
+    ``forward(model, inputs)`` replaces ``model(inputs)`` to take other outputs in the same
+    batches (e.g. :func:`~transferkit.strategies.features.pooled_features`, the pre-logits).
     Each process computes all of them, even under torchrun: the model is never wrapped in DDP.
     """
     model = runtime.prepare_model(unwrap(model), train=False).eval()
@@ -108,7 +111,8 @@ def predict_logits(
     for start in range(0, len(pixels), batch_size):
         batch = pixels_to_tensor(pixels[start : start + batch_size])
         with runtime.autocast():
-            logits = model(to_model_input(batch, preprocessing, runtime))
+            inputs = to_model_input(batch, preprocessing, runtime)
+            logits = model(inputs) if forward is None else forward(model, inputs)
         outputs.append(logits.float().cpu())
     if not outputs:
         return torch.empty(0)
