@@ -38,6 +38,22 @@ def test_onnx_matches_pytorch_for_every_strategy(strategy, image_folder, tiny_we
     np.testing.assert_allclose(onnx_model.predict_proba(image_folder), classifier.predict_proba(image_folder), atol=1e-5)
 
 
+@pytest.mark.parametrize("symmetries", ["flips", "dihedral"])
+def test_onnx_averages_the_views_a_model_averaged_its_features_over(symmetries, image_folder, tiny_weights, tmp_path):
+    model_dir = fit_tiny_model(image_folder, tiny_weights, tmp_path / "model", strategy="logistic", symmetries=symmetries)
+    result = export_onnx(model_dir, tmp_path / "model.onnx", check_images=image_folder)
+    assert result.max_abs_diff < PARITY_TOLERANCE, result
+    onnx_model, classifier = OnnxClassifier(result.path), load(model_dir, precision="fp32")
+    assert onnx_model.metadata_["symmetries"] == symmetries
+    np.testing.assert_allclose(onnx_model.predict_proba(image_folder), classifier.predict_proba(image_folder), atol=1e-5)
+    pixels = onnx_model.decode(image_folder)  # an image turned by a quarter: the same answer only with the 8 views
+    turned = np.ascontiguousarray(np.rot90(pixels, 1, axes=(1, 2)))
+    if symmetries == "dihedral":
+        np.testing.assert_allclose(onnx_model.logits(turned), onnx_model.logits(pixels), atol=1e-4)
+    else:
+        np.testing.assert_allclose(onnx_model.logits(pixels[:, ::-1].copy()), onnx_model.logits(pixels), atol=1e-4)
+
+
 @pytest.fixture(scope="module")
 def tiny_onnx(image_folder, tiny_weights, tmp_path_factory):
     folder = tmp_path_factory.mktemp("onnx")

@@ -93,6 +93,15 @@ def test_cheap_variants_follow_the_facts_and_the_symmetry_test():
     # the user's image size: every candidate at that size, no smaller-input variant
     fixed = _variants(facts(300, 300), recommendation(), 32, {"image_size": 32}, kept, None, None, 300)
     assert {c.image_size for c in fixed} == {32}
+    # a turn by 90 degrees keeps the class too: the 8 views of the square are candidates as well
+    square = Symmetry({"none": 0.9, "horizontal": 0.9, "vertical": 0.9, "rotate90": 0.9}, 0.02, True, True, rotation=True)
+    labels = [c.label for c in _variants(facts(300, 25), recommendation(), 224, {}, square, None, None, 300)]
+    assert labels[1:] == ["svm 224 px, flips", "logistic 224 px, flips", "svm 224 px, stages features, flips",
+                          "svm 224 px, dihedral", "logistic 224 px, dihedral", "svm 224 px, stages features, dihedral"]
+    # what the user fixed is the only group; "none" is none
+    assert {c.symmetries for c in _variants(facts(300, 25), recommendation(), 224, {"symmetries": "dihedral"}, None, None, None, 300)
+            if c.strategy != "pixels"} == {"dihedral"}
+    assert {c.symmetries for c in _variants(facts(300, 25), recommendation(), 224, {"symmetries": "none"}, square, None, None, 300)} == {"none"}
 
 
 def test_flip_averaging_is_dropped_when_it_would_eat_the_networks_budget():
@@ -100,12 +109,17 @@ def test_flip_averaging_is_dropped_when_it_would_eat_the_networks_budget():
     slow = FakeSpeeds(forward=0.1, train=0.3)  # 3 x 2,000 images x 0.1 s x 49 = far over 30 % of 600 s
     labels = [c.label for c in _variants(facts(2000, 224), recommendation(), 224, {}, kept, 600.0, slow, 2000)]
     assert not any("flips" in label for label in labels)
+    # 0.02 s per image at 224 px: 3 more passes (118 s) fit 30 % of 600 s, 7 (274 s) do not: flips yes, dihedral no
+    square = Symmetry({"none": 0.9, "horizontal": 0.9, "vertical": 0.9, "rotate90": 0.9}, 0.02, True, True, rotation=True)
+    labels = [c.label for c in _variants(facts(2000, 224), recommendation(), 224, {}, square, 600.0, FakeSpeeds(0.0004, 0.3), 2000)]
+    assert "svm 224 px, flips" in labels and not any("dihedral" in label for label in labels)
 
 
 def test_the_network_augmentation_keeps_only_the_flips_that_keep_the_class():
     assert _network_augment({}, Symmetry({}, 0.02, horizontal=False, vertical=False)) == "rotate,translate"
     assert _network_augment({}, Symmetry({}, 0.02, horizontal=True, vertical=True)) == "hflip,vflip,rotate,translate"
     assert _network_augment({"augment": "strong"}, Symmetry({}, 0.02, False, False)) == "strong"  # the user's wins
+    assert _network_augment({}, Symmetry({}, 0.02, True, True, rotation=True)) == "hflip,vflip,rot90,rotate,translate"
 
 
 def test_the_network_candidate_takes_the_largest_side_the_budget_affords(tiny_params, tmp_path):
@@ -189,9 +203,12 @@ def test_the_symmetry_test_finds_the_flip_that_changes_the_class(tiny_weights, t
     symmetry = measure_symmetry(arena, fold, 32, None)
     assert symmetry.accuracy["none"] >= 0.75 and not symmetry.horizontal and symmetry.vertical
     assert "horizontal flip changes the class" in symmetry.describe()
+    # a quarter turn makes a left-right ramp a top-bottom one: not the same class either
+    assert not symmetry.rotation and not symmetry.dihedral and "a turn by 90 degrees changes the class" in symmetry.describe()
     colours, colour_labels = make_images(8, 32)
     kept = measure_symmetry(arena_of(colours, colour_labels, tiny_params, tmp_path), (np.r_[0:6, 8:14, 16:22], np.r_[6:8, 14:16, 22:24]), 32, None)
-    assert kept.horizontal and kept.vertical
+    assert kept.horizontal and kept.vertical and kept.rotation and kept.dihedral
+    assert kept.to_dict()["rotation"] is True
 
 
 def test_a_network_is_raced_and_trains_without_the_flip_the_data_rejects(tiny_params, tmp_path, monkeypatch):
@@ -296,6 +313,11 @@ def test_flips_average_the_features_of_the_four_views_at_fit_and_predict(tiny_we
     transferkit.save(clf, tmp_path / "m")
     loaded = transferkit.load(tmp_path / "m", precision="fp32", cache_dir=str(tmp_path))
     np.testing.assert_allclose(loaded.predict_proba(flipped), clf.predict_proba(images), atol=1e-5)
+    # the 8 views of the square: the features of an image turned by 90 degrees are the same
+    turned = np.ascontiguousarray(np.rot90(images, 1, axes=(1, 2)))
+    np.testing.assert_allclose(symmetric_features(extractor, turned, "dihedral"), symmetric_features(extractor, images, "dihedral"),
+                               rtol=1e-4, atol=1e-5)
+    assert not np.allclose(symmetric_features(extractor, turned, "flips"), symmetric_features(extractor, images, "flips"), atol=1e-3)
 
 
 def test_when_the_budget_measures_nothing_auto_falls_back_to_svm_and_says_so():
@@ -352,8 +374,8 @@ def test_auto_races_multi_layer_features_from_one_shared_pass(tiny_params, tmp_p
     assert any("multi-layer features of 24 images at 32 px (identity) in one pass" in line for line in lines)
     held_out = len(found.trials[0].predictions[0])
     assert computed["stages"] == 24  # one pass over every image
-    # the bottleneck candidates read the shared pass: only the symmetry test's flipped held-out images are new
-    assert computed["bottleneck"] == 2 * held_out
+    # the bottleneck candidates read the shared pass: only the symmetry test's flipped and turned held-out images are new
+    assert computed["bottleneck"] == 3 * held_out
 
     fixed = search_auto(arena_of(images, labels, tiny_params, tmp_path / "b", strategy="auto", image_size="auto"),
                         facts(2000, 32), recommendation(strategy="full", freeze=0), backbone_size=32,

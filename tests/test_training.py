@@ -163,6 +163,16 @@ def test_a_composition_without_flips_never_flips_and_presets_name_their_operatio
     shift_only = build_augmentation("translate")
     torch.manual_seed(0)
     assert not any(torch.equal(shift_only(image), image.flip(-1)) for _ in range(20))
+    # rot90: an exact turn by 0, 90, 180 or 270 degrees (no interpolation), each drawn; never with without_flips
+    ramp = torch.arange(16 * 16, dtype=torch.uint8).reshape(1, 16, 16).expand(3, 16, 16).contiguous()
+    turns = build_augmentation("rot90")
+    torch.manual_seed(0)
+    seen = [turns(ramp) for _ in range(40)]
+    exact = [torch.rot90(ramp, k, dims=(-2, -1)) for k in range(4)]
+    assert all(any(torch.equal(s, e) for e in exact) for s in seen)
+    assert all(any(torch.equal(s, e) for s in seen) for e in exact)
+    assert without_flips("hflip,rot90,translate") == "translate"
+    assert describe_augmentation("rot90,rotate") == "turn by a multiple of 90 degrees; rotation up to 10 degrees"
     custom = build_augmentation(lambda x: x.flip(-2))  # a callable is used as it is
     assert torch.equal(custom(image), image.flip(-2))
 
@@ -170,7 +180,7 @@ def test_a_composition_without_flips_never_flips_and_presets_name_their_operatio
 def test_unknown_augmentation_preset_is_a_clear_error():
     with pytest.raises(ConfigError, match="none, light, standard, strong"):
         build_augmentation("heavy")
-    with pytest.raises(ConfigError, match="hflip, vflip, rotate, translate, scale, color"):
+    with pytest.raises(ConfigError, match="hflip, vflip, rot90, rotate, translate, scale, color"):
         build_augmentation("rotate,twirl")
 
 

@@ -84,10 +84,11 @@ class ImageClassifier(ClassifierMixin, BaseEstimator):
     augment : "auto", preset, composition or callable
         Training-time augmentation of the network strategies: a preset (``none``, ``light``,
         ``standard``, ``strong``), a comma-separated composition of ``hflip``, ``vflip``,
-        ``rotate``, ``translate``, ``scale``, ``color`` (e.g. ``"rotate,translate"``: no flips),
+        ``rot90`` (a random multiple of 90 degrees), ``rotate`` (a small angle), ``translate``,
+        ``scale``, ``color`` (e.g. ``"rotate,translate"``: no flips),
         or a callable on uint8 (C, H, W) tensors such as a torchvision ``v2.Compose``.
-        ``"auto"``: with ``strategy="auto"``, translation and rotation plus the flips that the
-        symmetry test found to keep the class; otherwise ``standard``. Validation and test
+        ``"auto"``: with ``strategy="auto"``, translation and rotation plus the flips and the
+        90-degree turns that the symmetry test found to keep the class; otherwise ``standard``. Validation and test
         images are never augmented. See :mod:`transferkit.training.augment`.
     batch_size : int
     val_fraction : float
@@ -135,9 +136,11 @@ class ImageClassifier(ClassifierMixin, BaseEstimator):
         ``head``/``finetune``: run the frozen stages once per image for this many augmented
         views and train only the rest on the cached activations (epoch e uses view
         e % prefix_views); 0 runs the plain loop. See :mod:`transferkit.training.prefix`.
-    symmetries : {"auto", "none", "flips"}
+    symmetries : {"auto", "none", "flips", "dihedral"}
         ``svm``/``logistic``: average the features over these image symmetries at fit and at
-        predict (test-time augmentation; ``flips``: horizontal, vertical, 180 degrees).
+        predict (test-time augmentation; ``flips``: horizontal, vertical, 180 degrees;
+        ``dihedral``: those and the four views turned by 90 degrees, 8 in all; see
+        :mod:`transferkit.data.views`).
         ``"auto"``: what the measurement of ``strategy="auto"`` chose, else ``"none"``.
     feature_layers : {"auto", "bottleneck", "stages"}
         ``svm``/``logistic``: the features the classifier reads. ``"bottleneck"``: the pooled

@@ -57,7 +57,6 @@ from transferkit.strategies.features import SYMMETRIES, FeatureExtractor, symmet
 from transferkit.strategies.linear import fit_linear_classifier
 from transferkit.strategies.network import PLAYBOOK_LR_FACTOR
 from transferkit.strategies.pixels import DEFAULT_SIDE
-from transferkit.training.augment import FLIPS, augmentation_operations
 
 MAX_PIXEL_IMAGES = 5_000
 """A kernel machine's fit grows with the square of the images: ``pixels`` is proposed up to here."""
@@ -94,6 +93,8 @@ learning rates, cheaply."""
 PILOT_EPOCHS = 2
 PILOT_SHARE = 0.3
 """The pilot runs only when it costs at most this share of the network's own estimate."""
+SYMMETRY_WORDS = {"flips": "flips", "dihedral": "flips and turns by 90 degrees"}
+"""How the reasons name each group of :data:`SYMMETRIES` that a candidate averages over."""
 STAGES_WHY = ("multi-layer features: earlier stages see what the bottleneck pools away "
               "(the playbook: early layers are general, so they transfer further from ImageNet)")
 PERFECT = 1.0
@@ -104,28 +105,43 @@ FINAL_FIT_SHARE = 0.05
 
 @dataclass(frozen=True)
 class Symmetry:
-    """Does a flip keep the class? Accuracy on the held-out images, as they are and flipped."""
+    """Does a flip, or a turn by 90 degrees, keep the class? Accuracy on the held-out images, as
+    they are, flipped and turned."""
 
     accuracy: Mapping[str, float]
     tolerance: float
     horizontal: bool
     vertical: bool
+    rotation: bool = False
 
     @property
     def flips(self) -> bool:
         return self.horizontal and self.vertical
 
+    @property
+    def dihedral(self) -> bool:
+        """Every symmetry of the square keeps the class (the flips and the turns by 90 degrees)."""
+        return self.flips and self.rotation
+
+    @property
+    def kept(self) -> list[str]:
+        """The names of the symmetries that keep the class."""
+        return [name for name, flag in (("horizontal flip", self.horizontal), ("vertical flip", self.vertical),
+                                        ("turn by 90 degrees", self.rotation)) if flag]
+
     def describe(self) -> str:
         plain = self.accuracy["none"]
 
-        def verdict(kind: str, kept: bool) -> str:
-            return f"{kind} flip {'keeps' if kept else 'changes'} the class ({self.accuracy[kind]:.3f})"
+        def verdict(kind: str, name: str, kept: bool) -> str:
+            return f"{name} {'keeps' if kept else 'changes'} the class ({self.accuracy[kind]:.3f})"
 
-        return (f"symmetry test on the held-out images: {plain:.3f} as they are; {verdict('horizontal', self.horizontal)}, "
-                f"{verdict('vertical', self.vertical)} (tolerance {self.tolerance:.3f})")
+        turn = f", {verdict('rotate90', 'a turn by 90 degrees', self.rotation)}" if "rotate90" in self.accuracy else ""
+        return (f"symmetry test on the held-out images: {plain:.3f} as they are; {verdict('horizontal', 'horizontal flip', self.horizontal)}, "
+                f"{verdict('vertical', 'vertical flip', self.vertical)}{turn} (tolerance {self.tolerance:.3f})")
 
     def to_dict(self) -> dict[str, Any]:
-        return {"accuracy": dict(self.accuracy), "tolerance": self.tolerance, "horizontal": self.horizontal, "vertical": self.vertical}
+        return {"accuracy": dict(self.accuracy), "tolerance": self.tolerance, "horizontal": self.horizontal, "vertical": self.vertical,
+                "rotation": self.rotation}
 
 
 @dataclass
@@ -257,13 +273,13 @@ def search_auto(
     if search.trials[baseline].accuracy is not None:
         symmetry = measure_symmetry(arena, fold, size, weights)
         reasons.append(symmetry.describe())
-        kept = [name for name, flag in (("horizontal", symmetry.horizontal), ("vertical", symmetry.vertical)) if flag]
-        (on_event or (lambda line: None))(f"{search.stamp()} flips that keep the class: {' and '.join(kept) or 'none'}")
+        (on_event or (lambda line: None))(f"{search.stamp()} symmetries that keep the class: {', '.join(symmetry.kept) or 'none'}")
 
     # 3. cheap variants the facts call for
     variants = _variants(facts, recommendation, size, fixed, symmetry, budget_seconds, speeds, len(arena.targets))
-    if any(c.feature_layers == "stages" and c.symmetries == "flips" for c in variants):
-        _shared_feature_pass(search, size, SYMMETRIES["flips"], warmed)
+    views = [view for c in variants if c.feature_layers == "stages" for view in SYMMETRIES[c.symmetries]]
+    if len(set(views)) > 1:
+        _shared_feature_pass(search, size, tuple(dict.fromkeys(views)), warmed)
     search.evaluate_candidates(variants)
 
     # 4. a trained network with what is left
@@ -337,13 +353,13 @@ def measure_symmetry(arena: Arena, fold, size: int, class_weight: str | None) ->
     pipeline, _ = fit_linear_classifier(features, arena.targets[train], pixel_groups(pixels, train), strategy="svm", C=None,
                                         seed=int(arena.params.get("seed", 0)), class_weight=class_weight)
     # the held-out rows are read chunk by chunk and flipped there: no copy of them in memory
-    views = {"none": "identity", "horizontal": "horizontal", "vertical": "vertical"}
+    views = {"none": "identity", "horizontal": "horizontal", "vertical": "vertical", "rotate90": "rotate90"}
     accuracy = {name: float(pipeline.score(extractor.transform(pixels, view=view, rows=test), arena.targets[test]))
                 for name, view in views.items()}
     plain = accuracy["none"]
     tolerance = noise_tolerance(plain, len(test))
     return Symmetry(accuracy=accuracy, tolerance=tolerance, horizontal=accuracy["horizontal"] >= plain - tolerance,
-                    vertical=accuracy["vertical"] >= plain - tolerance)
+                    vertical=accuracy["vertical"] >= plain - tolerance, rotation=accuracy["rotate90"] >= plain - tolerance)
 
 
 def _variants(facts: DataFacts, recommendation: Recommendation, size: int, fixed, symmetry: Symmetry | None,
@@ -355,27 +371,44 @@ def _variants(facts: DataFacts, recommendation: Recommendation, size: int, fixed
     if facts.n_samples <= MAX_PIXEL_IMAGES:
         side = int(fixed.get("image_size") or max(16, min(DEFAULT_SIDE, int(facts.median_side or DEFAULT_SIDE))))
         candidates.append(Candidate("pixels", side, "train from scratch, sized to the data: an RBF SVM on the pixels", weights))
-    wanted = fixed.get("symmetries")
-    tta_cost = 3 * n_images * speeds.forward(size) if speeds is not None else 0.0
-    affordable = budget_seconds is None or tta_cost <= TTA_SHARE * budget_seconds
-    if wanted == "flips" or (wanted is None and symmetry is not None and symmetry.flips and affordable):
-        layers = fixed.get("feature_layers")
+    layers = fixed.get("feature_layers")
+    for group in _averaged_symmetries(fixed.get("symmetries"), symmetry, budget_seconds, speeds, size, n_images):
+        why = f"test-time augmentation: {SYMMETRY_WORDS[group]} keep the class"
         for strategy in ("svm", "logistic"):
-            candidates.append(Candidate(strategy, size, "test-time augmentation: flips keep the class", weights, "flips",
-                                        feature_layers=layers or "bottleneck"))
+            candidates.append(Candidate(strategy, size, why, weights, group, feature_layers=layers or "bottleneck"))
         if layers is None:
-            candidates.append(Candidate("svm", size, f"{STAGES_WHY}; flips keep the class", weights, "flips", feature_layers="stages"))
+            candidates.append(Candidate("svm", size, f"{STAGES_WHY}; {SYMMETRY_WORDS[group]} keep the class", weights, group,
+                                        feature_layers="stages"))
     if "image_size" not in fixed and facts.median_side >= LARGE_IMAGE_SIDE and size > SMALL_SIDE:
         candidates.append(Candidate("svm", SMALL_SIDE, f"large images (median side {facts.median_side:g} px): a smaller input", weights))
     return candidates
 
 
+def _averaged_symmetries(wanted: str | None, symmetry: Symmetry | None, budget_seconds: float | None, speeds: Speeds | None,
+                         size: int, n_images: int) -> list[str]:
+    """The groups of views (:data:`SYMMETRIES`) whose averaged features become candidates: the
+    one the user fixed, else each group whose every view keeps the class and whose extra forward
+    passes fit :data:`TTA_SHARE` of the budget (``flips``: 3 more per image, ``dihedral``: 7)."""
+    if wanted is not None:
+        return [] if wanted == "none" else [wanted]
+    if symmetry is None:
+        return []
+    groups = []
+    for group, kept in (("flips", symmetry.flips), ("dihedral", symmetry.dihedral)):
+        cost = (len(SYMMETRIES[group]) - 1) * n_images * speeds.forward(size) if speeds is not None else 0.0
+        if kept and (budget_seconds is None or cost <= TTA_SHARE * budget_seconds):
+            groups.append(group)
+    return groups
+
+
 def _network_augment(fixed, symmetry: Symmetry | None) -> str:
-    """The user's augmentation, else translation and rotation plus the flips that keep the class."""
+    """The user's augmentation, else translation and small rotations plus the flips and the turns
+    by 90 degrees that keep the class."""
     if fixed.get("augment") is not None:
         return fixed["augment"]
-    flips = [] if symmetry is None else [op for op, kept in (("hflip", symmetry.horizontal), ("vflip", symmetry.vertical)) if kept]
-    return ",".join([*flips, "rotate", "translate"])
+    kept = [] if symmetry is None else [op for op, flag in (("hflip", symmetry.horizontal), ("vflip", symmetry.vertical),
+                                                            ("rot90", symmetry.rotation)) if flag]
+    return ",".join([*kept, "rotate", "translate"])
 
 
 def _network_candidate(recommendation: Recommendation, facts: DataFacts, fixed, search: CandidateSearch, speeds: Speeds | None,
@@ -452,7 +485,8 @@ def _shared_feature_pass(search: CandidateSearch, size: int, views: tuple[str, .
     Skipped when the budget cannot pay for it; the candidates are then costed one by one."""
     arena = search.arena
     todo = [view for view in views if (size, "stages", view) not in warmed]
-    probe = Candidate("svm", size, "", symmetries="flips" if len(todo) > 1 else "none", feature_layers="stages")
+    group = next((name for name, group_views in SYMMETRIES.items() if set(todo) <= set(group_views)), "dihedral")
+    probe = Candidate("svm", size, "", symmetries=group, feature_layers="stages")  # prices the views not yet warmed
     if not todo or (search.cost is not None and search.budget_seconds is not None
                     and search.cost(probe, len(arena.targets), 0, []) > search.left()):
         return

@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from transferkit.data.views import SYMMETRIES, view
 from transferkit.errors import ConfigError
 from transferkit.export.predictor import INPUT_NAME, METADATA_PREFIX, OUTPUT_NAME, OnnxClassifier
 from transferkit.training.inputs import predict_logits
@@ -107,7 +108,7 @@ def export_onnx(
         "backbone": classifier.backbone,
         "strategy": (getattr(classifier, "settings_", None) or {}).get("strategy"),
         # the graph is the network on one view; a model fitted with symmetries="flips" averages
-        # its features over 4 flipped views in transferkit: average the 4 logits to match
+        # its features over 4 flipped views in transferkit: OnnxClassifier averages the 4 logits
         "symmetries": (getattr(classifier, "settings_", None) or {}).get("symmetries", "none"),
         "input": f"float32 (N, 3, {size}, {size}) RGB: pixels / 255, minus mean, divided by std",
         "metrics": metrics,
@@ -125,9 +126,13 @@ def export_onnx(
 
 
 def torch_logits(classifier, pixels: np.ndarray) -> np.ndarray:
-    """The PyTorch model's fp32 logits on the CPU for uint8 (N, S, S, 3) pixels."""
+    """The PyTorch model's fp32 logits on the CPU for uint8 (N, S, S, 3) pixels, averaged over
+    the views of the model's ``symmetries`` (as :class:`OnnxClassifier` averages them)."""
     runtime = resolve_runtime("cpu", "fp32")
-    return predict_logits(classifier.model_.cpu().float(), pixels, classifier.preprocessing_, runtime).numpy()
+    model = classifier.model_.cpu().float()
+    views = SYMMETRIES[(getattr(classifier, "settings_", None) or {}).get("symmetries", "none")]
+    logits = [predict_logits(model, view(pixels, name), classifier.preprocessing_, runtime).numpy() for name in views]
+    return np.mean(logits, axis=0, dtype=np.float64).astype(np.float32) if len(logits) > 1 else logits[0]
 
 
 def max_abs_difference(classifier, onnx_model: OnnxClassifier, pixels: np.ndarray) -> float:

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from transferkit.data import ImageSet, decode_images, resolve_data
+from transferkit.data.views import SYMMETRIES, view
 from transferkit.errors import ConfigError, ModelFileError
 
 METADATA_PREFIX = "transferkit."
@@ -91,12 +92,18 @@ class OnnxClassifier:
         return decode_images(X, size, cache_dir=False, progress=False).pixels
 
     def logits(self, X: Any, *, batch_size: int = 32) -> np.ndarray:
-        """Raw network outputs, shape (n_images, n_classes), float32."""
+        """Raw network outputs, shape (n_images, n_classes), float32.
+
+        A model fitted with ``symmetries`` (flips, dihedral) averaged its features over those
+        views of each image; its head is linear, so the mean of the views' logits is the logit of
+        the mean features, and that is what this returns (the same answer as transferkit's)."""
         pixels = self.decode(X)
+        views = SYMMETRIES.get(str(self.metadata_.get("symmetries", "none")), SYMMETRIES["none"])
         outputs = [np.empty((0, len(self.classes_)), np.float32)]
         for start in range(0, len(pixels), batch_size):
-            batch = self.normalise(pixels[start : start + batch_size])
-            outputs.append(self.session_.run([OUTPUT_NAME], {INPUT_NAME: batch})[0])
+            batch = pixels[start : start + batch_size]
+            runs = [self.session_.run([OUTPUT_NAME], {INPUT_NAME: self.normalise(view(batch, name))})[0] for name in views]
+            outputs.append(np.mean(runs, axis=0, dtype=np.float64).astype(np.float32) if len(runs) > 1 else runs[0])
         return np.concatenate(outputs)
 
     def normalise(self, pixels: np.ndarray) -> np.ndarray:

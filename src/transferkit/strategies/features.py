@@ -33,28 +33,10 @@ from transferkit.backbones import Preprocessing, create_backbone, get_backbone_s
 from transferkit.backbones.multilayer import inner_network, with_feature_layers
 from transferkit.data import default_cache_dir, load_pixels, release_pages
 from transferkit.data.decode import pixels_digest
+from transferkit.data.views import SYMMETRIES, VIEWS
 from transferkit.errors import ConfigError
 from transferkit.training.inputs import pixels_to_tensor, to_model_input
 from transferkit.training.runtime import Runtime, measured_inference_precision, resolve_runtime
-
-SYMMETRIES: dict[str, tuple[str, ...]] = {
-    "none": ("identity",),
-    "flips": ("identity", "horizontal", "vertical", "rotate180"),
-}
-"""Image symmetries a feature strategy may average its features over (at fit and predict).
-
-Averaging the features of a flipped copy is test-time augmentation for a linear head (the
-head of the average equals the average of the heads). Whether a data set allows a symmetry
-(solar cells and silhouettes do, digits do not) is measured, not assumed: ``auto`` races
-``flips`` against ``none`` by inner CV. On ELPV: test accuracy 0.745 -> 0.770 (logistic)."""
-
-_VIEWS = {
-    "identity": lambda pixels: pixels,
-    "horizontal": lambda pixels: pixels[:, :, ::-1],
-    "vertical": lambda pixels: pixels[:, ::-1],
-    "rotate180": lambda pixels: pixels[:, ::-1, ::-1],
-}
-
 
 def symmetric_features(extractor: "FeatureExtractor", pixels: np.ndarray, symmetries: str = "none") -> np.ndarray:
     """The extractor's features of ``pixels``, averaged over the views of ``symmetries``.
@@ -295,7 +277,7 @@ class FeatureExtractor:
 
         def read(start: int, stop: int) -> np.ndarray:
             part = pixels[start:stop] if rows is None else pixels[np.asarray(rows[start:stop])]
-            return np.ascontiguousarray(_VIEWS[view](part))
+            return np.ascontiguousarray(VIEWS[view](part))
 
         self._settle_precision(read(0, INFERENCE_SAMPLE_IMAGES))
         cache = self.cache_for(int(pixels.shape[1]))

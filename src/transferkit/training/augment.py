@@ -6,9 +6,10 @@ comma-separated list of operations (``"rotate,translate"``: no flips), each at t
 ``standard`` magnitude unless a preset says otherwise. From Python, any callable on a uint8
 (C, H, W) tensor works too (e.g. a ``v2.Compose``).
 
-Whether flips belong is measured, not assumed: a flip turns "left of" into "right of", so on
-data whose class a flip changes, ``auto`` trains with :func:`without_flips` of the preset
-(see :mod:`transferkit.search`).
+Whether flips and turns by 90 degrees belong is measured, not assumed: a flip turns "left of"
+into "right of", so on data whose class a flip changes, ``auto`` trains without it (its symmetry
+test, :mod:`transferkit.advise.select`), and adds ``rot90`` only where a quarter turn keeps the
+class.
 
 Transforms run one sample at a time (v2 transforms draw one set of random parameters per call,
 so per-sample calls give per-sample randomness); the loop's batches are assembled from uint8
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 from typing import Callable, Literal, get_args
 
+import torch
 from torchvision.transforms import v2
 
 from transferkit.errors import ConfigError
@@ -27,8 +29,10 @@ from transferkit.errors import ConfigError
 AugmentPreset = Literal["none", "light", "standard", "strong"]
 AUGMENT_PRESETS: tuple[str, ...] = get_args(AugmentPreset)
 
-AUGMENT_OPERATIONS: tuple[str, ...] = ("hflip", "vflip", "rotate", "translate", "scale", "color")
-"""Operations an explicit composition may name (``--augment rotate,translate``)."""
+AUGMENT_OPERATIONS: tuple[str, ...] = ("hflip", "vflip", "rot90", "rotate", "translate", "scale", "color")
+"""Operations an explicit composition may name (``--augment rotate,translate``). ``rot90`` turns
+the image by a random multiple of 90 degrees (exact, no interpolation); ``rotate`` by a small
+random angle."""
 
 FLIPS = frozenset({"hflip", "vflip"})
 DEFAULT_AUGMENT = "standard"
@@ -46,6 +50,19 @@ _MAGNITUDES: dict[str, dict[str, float]] = {
     "strong": {"rotate": 15, "translate": 0.1, "scale": 0.1, "color": 0.2},
 }
 _DEFAULT_MAGNITUDES = {"rotate": 10, "translate": 0.1, "scale": 0.1, "color": 0.2}
+
+
+class RandomQuarterTurn:
+    """Turn a square image (a ``(..., S, S)`` tensor) by 0, 90, 180 or 270 degrees, drawn with
+    torch's generator (so a seeded run repeats). Written here because torchvision v2 has no
+    exact 90-degree rotation: ``RandomRotation`` interpolates, and draws angles from a range."""
+
+    def __call__(self, image: torch.Tensor) -> torch.Tensor:
+        turns = int(torch.randint(4, ()).item())
+        return torch.rot90(image, turns, dims=(-2, -1)) if turns else image
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}()"
 
 
 def augmentation_operations(spec: str) -> tuple[tuple[str, ...], dict[str, float]]:
@@ -83,10 +100,10 @@ def is_augmentation(spec: object) -> bool:
 
 
 def without_flips(spec: str) -> str:
-    """The same augmentation without horizontal or vertical flips, as a composition string
-    (``"standard"`` -> ``"rotate,translate"``; ``"none"`` stays ``"none"``)."""
+    """The same augmentation without horizontal or vertical flips or turns by 90 degrees, as a
+    composition string (``"standard"`` -> ``"rotate,translate"``; ``"none"`` stays ``"none"``)."""
     operations, _ = augmentation_operations(spec)
-    kept = [op for op in operations if op not in FLIPS]
+    kept = [op for op in operations if op not in FLIPS and op != "rot90"]
     if list(kept) == list(operations):
         return spec
     return ",".join(kept) if kept else "none"
@@ -98,7 +115,7 @@ def describe_augmentation(spec: str | Callable) -> str:
         return f"a custom transform ({type(spec).__name__})"
     operations, magnitude = augmentation_operations(spec)
     words = {
-        "hflip": "horizontal flip", "vflip": "vertical flip",
+        "hflip": "horizontal flip", "vflip": "vertical flip", "rot90": "turn by a multiple of 90 degrees",
         "rotate": f"rotation up to {magnitude['rotate']:g} degrees",
         "translate": f"translation up to {magnitude['translate']:.0%}",
         "scale": f"scale {1 - magnitude['scale']:g}-{1 + magnitude['scale']:g}",
@@ -133,6 +150,8 @@ def build_augmentation(spec: str | Callable | None) -> Callable | None:
         transforms.append(v2.RandomHorizontalFlip())
     if "vflip" in operations:
         transforms.append(v2.RandomVerticalFlip())
+    if "rot90" in operations:
+        transforms.append(RandomQuarterTurn())
     if {"rotate", "translate", "scale"} & set(operations):
         shift = magnitude["translate"] if "translate" in operations else 0.0
         scale = magnitude["scale"] if "scale" in operations else 0.0
