@@ -15,6 +15,7 @@ from conftest import TINY_BACKBONE, make_images
 from transferkit.advise import DataFacts
 from transferkit.advise.rules import Recommendation
 from transferkit.advise.select import (
+    MAX_NETWORK_EPOCHS,
     MIN_NETWORK_EPOCHS,
     PILOT_FACTORS,
     PILOT_SHARE,
@@ -137,8 +138,14 @@ def test_the_network_candidate_takes_the_largest_side_the_budget_affords(tiny_pa
     roomier = CandidateSearch(arena, [fold], budget_seconds=1000.0, cost=None, clock=itertools.repeat(0.0).__next__)
     wide = _network_candidate(recommendation(strategy="full", freeze=0), facts(2000, 300), {}, roomier, speeds, 1600, 400,
                               224, "rotate,translate")
-    # 80 px affords 9 epochs (103 s each), 64 px all 12 (66 s each): the whole schedule at the smaller side wins
-    assert (wide.image_size, dict(wide.params)["epochs"]) == (64, 12)
+    # 80 px affords 9 epochs (103 s each), 64 px all 12 (66 s each): the whole schedule at the smaller side wins,
+    # with the 15 epochs that fit there
+    assert (wide.image_size, dict(wide.params)["epochs"]) == (64, 15)
+    # a budget with room to spare: the largest side, and the most epochs (a 60-minute ELPV fit had trained 7 of 30)
+    ample = CandidateSearch(arena, [fold], budget_seconds=100_000.0, cost=None, clock=itertools.repeat(0.0).__next__)
+    large = _network_candidate(recommendation(strategy="full", freeze=0), facts(2000, 300), {}, ample, speeds, 1600, 400,
+                               224, "rotate,translate", min_steps=300)
+    assert (large.image_size, dict(large.params)["epochs"]) == (224, MAX_NETWORK_EPOCHS)
     # after a pilot that chose lr x1, 300 steps (6 epochs) suffice: 96 px affords them (6 x 148 s), 112 px does not
     fast = _network_candidate(recommendation(strategy="full", freeze=0), facts(2000, 300), {}, roomier, speeds, 1600, 400,
                               224, "rotate,translate", min_steps=300)

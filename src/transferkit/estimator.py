@@ -598,7 +598,8 @@ def validation_summary(history: dict[str, Any], labels) -> dict[str, Any] | None
         balanced = (linear.get("inner_cv_balanced") or {}).get(best)
         kind = "inner CV"
     else:
-        balanced, kind = None, "held-out split"
+        epochs = history.get("history") or []
+        balanced, kind = epochs[history["best_epoch"] - 1].get("val_balanced_accuracy"), "held-out split"
     return {"kind": kind, "accuracy": score, "balanced_accuracy": balanced, "majority_class_rate": rate, "majority_class": majority}
 
 

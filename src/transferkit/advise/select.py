@@ -415,8 +415,9 @@ def _network_candidate(recommendation: Recommendation, facts: DataFacts, fixed, 
                        n_train: int, n_test: int, backbone_size: int, augment: str,
                        min_steps: int = MIN_STEPS) -> Candidate | None:
     """``finetune`` at the advised depth (``full`` where it freezes nothing), at the largest side
-    whose epochs (at least ``min_steps`` optimiser steps) fit what is left of the budget; None
-    when not even the smallest does."""
+    whose epochs (at least ``min_steps`` optimiser steps) fit what is left of the budget, for as
+    many epochs as fit there (at most :data:`MAX_NETWORK_EPOCHS`); None when not even the smallest
+    side affords :data:`MIN_NETWORK_EPOCHS`."""
     freeze = recommendation.freeze if recommendation.strategy == "finetune" and recommendation.freeze else 0
     strategy = "finetune" if freeze else "full"
     batch = int(search.arena.params.get("batch_size", 32))
@@ -431,8 +432,9 @@ def _network_candidate(recommendation: Recommendation, facts: DataFacts, fixed, 
     for side in sides:  # largest first; each side's speed is timed only when it is needed
         affordable[side] = wanted_epochs
         if speeds is not None and search.budget_seconds is not None:
+            # more epochs than the floor where the budget has room for them (early stopping ends a plateau)
             per_epoch = n_train * speeds.train(side) + n_test * speeds.forward(side)
-            affordable[side] = min(wanted_epochs, int(search.left() // per_epoch))
+            affordable[side] = min(MAX_NETWORK_EPOCHS, int(search.left() // per_epoch))
         if affordable[side] >= wanted_epochs:
             break
     # the largest side that affords the whole schedule; failing that, the largest that affords the minimum

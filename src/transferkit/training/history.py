@@ -25,6 +25,8 @@ class EpochRecord:
     images_per_second: float
     images: int = 0
     """Training images seen in the epoch, summed over processes (0 in older checkpoints)."""
+    val_balanced_accuracy: float | None = None
+    """Mean recall over the validation classes (None without validation, and in older checkpoints)."""
 
     def describe(self, best: bool) -> Wrapped:
         """The epoch's line; on a narrow terminal it wraps between its fields (each kept whole:

@@ -10,12 +10,14 @@ only the unfrozen suffix trains, on cached activations (:mod:`transferkit.traini
 from __future__ import annotations
 
 import time
+import warnings
 from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
 import torch
 from rich.console import Console
+from sklearn.metrics import balanced_accuracy_score
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
@@ -113,7 +115,7 @@ def train_model(
         # DDP keeps the weights in step, not the BatchNorm statistics: take rank 0's everywhere.
         runtime.broadcast_buffers(state.model)
         if data.val is not None and len(data.val[0]):
-            record.val_loss, record.val_accuracy = _validate(
+            record.val_loss, record.val_accuracy, record.val_balanced_accuracy = _validate(
                 state.model, inputs.val_inputs, data.val[1], inputs.prepare, runtime, criterion, config.batch_size * 2
             )
         record.epoch = state.epoch = epoch + 1
@@ -192,8 +194,9 @@ def _train_epoch(net, loader, inputs: LoopInputs, criterion, state: TrainState, 
 
 
 @torch.no_grad()
-def _validate(model, inputs, targets, prepare, runtime, criterion, batch_size) -> tuple[float, float]:
-    """Validation loss and accuracy; ``inputs`` are uint8 pixels or cached prefix activations."""
+def _validate(model, inputs, targets, prepare, runtime, criterion, batch_size) -> tuple[float, float, float]:
+    """Validation loss, accuracy and balanced accuracy (the mean recall over the classes present);
+    ``inputs`` are uint8 pixels or cached prefix activations."""
     model.eval()
     logits = []
     for start in range(0, len(inputs), batch_size):
@@ -204,5 +207,9 @@ def _validate(model, inputs, targets, prepare, runtime, criterion, batch_size) -
     logits = torch.cat(logits)
     targets = runtime.to_device(torch.as_tensor(targets, dtype=torch.long))
     loss = criterion(logits, targets).item()
-    accuracy = (logits.argmax(1) == targets).float().mean().item()
-    return loss, accuracy
+    predicted = logits.argmax(1)
+    accuracy = (predicted == targets).float().mean().item()
+    with warnings.catch_warnings():  # a class predicted but absent from a small validation split: it has no recall
+        warnings.simplefilter("ignore")
+        balanced = float(balanced_accuracy_score(targets.cpu().numpy(), predicted.cpu().numpy()))
+    return loss, accuracy, balanced
