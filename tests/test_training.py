@@ -192,7 +192,7 @@ def test_early_stopping_restores_the_best_weights(tiny_weights, monkeypatch):
 
     def fake_validate(model, *args):
         states.append(snapshot(model))
-        return next(losses), 0.5
+        return next(losses), 0.5, 0.5  # loss, accuracy, balanced accuracy
 
     monkeypatch.setattr(loop, "_validate", fake_validate)
     data = tiny_data()
@@ -455,7 +455,7 @@ def test_checkpoint_resume_restores_the_early_stopping_state(tiny_weights, tmp_p
     model, preprocessing = tiny_model(tiny_weights)
     head, backbone, _ = configure_network(model, "head", freeze_stages=None, backbone_lr_factor=0.1)
     losses = iter([1.0, 0.5, 0.7, 0.8])
-    monkeypatch.setattr(loop, "_validate", lambda *args: (next(losses), 0.5))
+    monkeypatch.setattr(loop, "_validate", lambda *args: (next(losses), 0.5, 0.5))
     data = TrainData(tiny_data(), tiny_data(), preprocessing)
     config = TrainConfig(epochs=6, batch_size=6, patience=2)
     first = train_model(model, (head, backbone), data, config=config, runtime=CPU, callbacks=[Checkpoint(tmp_path)], verbose=False)
