@@ -88,8 +88,8 @@ class ImageClassifier(ClassifierMixin, BaseEstimator):
         ``scale``, ``color`` (e.g. ``"rotate,translate"``: no flips),
         or a callable on uint8 (C, H, W) tensors such as a torchvision ``v2.Compose``.
         ``"auto"``: with ``strategy="auto"``, translation and rotation plus the flips and the
-        90-degree turns that the symmetry test found to keep the class; otherwise ``standard``. Validation and test
-        images are never augmented. See :mod:`transferkit.training.augment`.
+        90-degree turns that the symmetry test found to keep the class; otherwise
+        ``standard``. Validation and test images are never augmented. See :mod:`transferkit.training.augment`.
     batch_size : int
     val_fraction : float
         Stratified hold-out share of the training data used for early stopping; 0 trains on

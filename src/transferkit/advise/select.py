@@ -11,13 +11,14 @@ cheapest first, each proposed in view of what the earlier ones measured:
    output: what earlier, more general layers see, for data far from ImageNet). One shared pass
    computes the multi-layer features, whose last columns are the bottleneck's, so the three cost
    one forward pass per image.
-2. The symmetry test: does a horizontal (vertical) flip keep the class? The ``svm`` of round 1
-   scores the held-out images flipped; a drop beyond the noise of the fold says no. This decides
-   the flips of the network's augmentation and whether test-time flip averaging is a candidate.
+2. The symmetry test: does a horizontal (vertical) flip, or a turn by 90 degrees, keep the
+   class? The ``svm`` of round 1 scores the held-out images flipped and turned; a drop beyond
+   the noise of the fold says no. This decides the flips and quarter turns (``rot90``) of the
+   network's augmentation and which test-time averaging is a candidate.
 3. Cheap variants the facts call for: balanced class weights (imbalance), an RBF SVM on the
-   pixels (small data sets), flip-averaged features, bottleneck and multi-layer (when flips
-   keep the class and the budget allows; again one shared pass per flip), a smaller input for
-   large images.
+   pixels (small data sets), features averaged over the 4 flipped views and, where quarter
+   turns keep the class too, over the 8 symmetries of the square, bottleneck and multi-layer
+   (when the budget allows; again one shared pass per view), a smaller input for large images.
 4. A learning-rate pilot: the playbook trains pretrained layers 10x slower than the new head;
    two short trainings (:data:`PILOT_EPOCHS` epochs at a smaller side than the network's, at most
    :data:`PILOT_SIDE` px) measure that rule against training every layer at the head's rate, and

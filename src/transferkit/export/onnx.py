@@ -108,7 +108,8 @@ def export_onnx(
         "backbone": classifier.backbone,
         "strategy": (getattr(classifier, "settings_", None) or {}).get("strategy"),
         # the graph is the network on one view; a model fitted with symmetries="flips" averages
-        # its features over 4 flipped views in transferkit: OnnxClassifier averages the 4 logits
+        # its features over 4 flipped views in transferkit (dihedral: 8): OnnxClassifier averages
+        # the views' logits, which a linear head makes the same answer
         "symmetries": (getattr(classifier, "settings_", None) or {}).get("symmetries", "none"),
         "input": f"float32 (N, 3, {size}, {size}) RGB: pixels / 255, minus mean, divided by std",
         "metrics": metrics,
