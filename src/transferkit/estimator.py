@@ -89,7 +89,8 @@ class ImageClassifier(ClassifierMixin, BaseEstimator):
         or a callable on uint8 (C, H, W) tensors such as a torchvision ``v2.Compose``.
         ``"auto"``: with ``strategy="auto"``, translation and rotation plus the flips and the
         90-degree turns that the symmetry test found to keep the class; otherwise
-        ``standard``. Validation and test images are never augmented. See :mod:`transferkit.training.augment`.
+        ``standard``. Validation and test images are never augmented. See
+        :mod:`transferkit.training.augment`.
     batch_size : int
     val_fraction : float
         Stratified hold-out share of the training data used for early stopping; 0 trains on
@@ -598,8 +599,7 @@ def validation_summary(history: dict[str, Any], labels) -> dict[str, Any] | None
         balanced = (linear.get("inner_cv_balanced") or {}).get(best)
         kind = "inner CV"
     else:
-        epochs = history.get("history") or []
-        balanced, kind = epochs[history["best_epoch"] - 1].get("val_balanced_accuracy"), "held-out split"
+        balanced, kind = _best_epoch(history).get("val_balanced_accuracy"), "held-out split"
     return {"kind": kind, "accuracy": score, "balanced_accuracy": balanced, "majority_class_rate": rate, "majority_class": majority}
 
 
@@ -609,7 +609,11 @@ def validation_score(history: dict[str, Any]) -> float | None:
     linear = history.get("linear")
     if linear and linear.get("inner_cv"):
         return max(linear["inner_cv"].values())
+    best = _best_epoch(history)
+    return None if best is None else best["val_accuracy"]
+
+
+def _best_epoch(history: dict[str, Any]) -> dict[str, Any] | None:
+    """The record of the epoch whose weights were kept; None without epochs or a best one."""
     epochs = history.get("history") or []
-    if epochs and history.get("best_epoch"):
-        return epochs[history["best_epoch"] - 1]["val_accuracy"]
-    return None
+    return epochs[history["best_epoch"] - 1] if epochs and history.get("best_epoch") else None

@@ -51,4 +51,10 @@ def view(pixels: np.ndarray, name: str) -> np.ndarray:
     return np.ascontiguousarray(VIEWS[name](pixels))
 
 
-__all__ = ["SYMMETRIES", "VIEWS", "view"]
+def mean_over_views(outputs: list[np.ndarray]) -> np.ndarray:
+    """The float32 mean of one array per view (features or a linear head's logits, all (N, D)),
+    summed in float64; a single view is returned as it is."""
+    return np.mean(outputs, axis=0, dtype=np.float64).astype(np.float32) if len(outputs) > 1 else outputs[0]
+
+
+__all__ = ["SYMMETRIES", "VIEWS", "mean_over_views", "view"]

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from transferkit.data.views import SYMMETRIES, view
+from transferkit.data.views import SYMMETRIES, mean_over_views, view
 from transferkit.errors import ConfigError
 from transferkit.export.predictor import INPUT_NAME, METADATA_PREFIX, OUTPUT_NAME, OnnxClassifier
 from transferkit.training.inputs import predict_logits
@@ -133,7 +133,7 @@ def torch_logits(classifier, pixels: np.ndarray) -> np.ndarray:
     model = classifier.model_.cpu().float()
     views = SYMMETRIES[(getattr(classifier, "settings_", None) or {}).get("symmetries", "none")]
     logits = [predict_logits(model, view(pixels, name), classifier.preprocessing_, runtime).numpy() for name in views]
-    return np.mean(logits, axis=0, dtype=np.float64).astype(np.float32) if len(logits) > 1 else logits[0]
+    return mean_over_views(logits)
 
 
 def max_abs_difference(classifier, onnx_model: OnnxClassifier, pixels: np.ndarray) -> float:

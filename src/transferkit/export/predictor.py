@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from transferkit.data import ImageSet, decode_images, resolve_data
-from transferkit.data.views import SYMMETRIES, view
+from transferkit.data.views import SYMMETRIES, mean_over_views, view
 from transferkit.errors import ConfigError, ModelFileError
 
 METADATA_PREFIX = "transferkit."
@@ -103,7 +103,7 @@ class OnnxClassifier:
         for start in range(0, len(pixels), batch_size):
             batch = pixels[start : start + batch_size]
             runs = [self.session_.run([OUTPUT_NAME], {INPUT_NAME: self.normalise(view(batch, name))})[0] for name in views]
-            outputs.append(np.mean(runs, axis=0, dtype=np.float64).astype(np.float32) if len(runs) > 1 else runs[0])
+            outputs.append(mean_over_views(runs))
         return np.concatenate(outputs)
 
     def normalise(self, pixels: np.ndarray) -> np.ndarray:

@@ -33,7 +33,8 @@ from transferkit.backbones import Preprocessing, create_backbone, get_backbone_s
 from transferkit.backbones.multilayer import inner_network, with_feature_layers
 from transferkit.data import default_cache_dir, load_pixels, release_pages
 from transferkit.data.decode import pixels_digest
-from transferkit.data.views import SYMMETRIES, VIEWS
+from transferkit.data.views import SYMMETRIES, mean_over_views
+from transferkit.data.views import view as view_of
 from transferkit.errors import ConfigError
 from transferkit.training.inputs import pixels_to_tensor, to_model_input
 from transferkit.training.runtime import Runtime, measured_inference_precision, resolve_runtime
@@ -47,7 +48,7 @@ def symmetric_features(extractor: "FeatureExtractor", pixels: np.ndarray, symmet
     if symmetries not in SYMMETRIES:
         raise ConfigError(f"symmetries expected one of {', '.join(SYMMETRIES)}. Received: symmetries={symmetries!r}")
     views = [extractor.transform(pixels, view=name) for name in SYMMETRIES[symmetries]]
-    return np.mean(views, axis=0, dtype=np.float64).astype(np.float32) if len(views) > 1 else views[0]
+    return mean_over_views(views)
 
 
 EXTRACT_CHUNK = 512
@@ -277,7 +278,7 @@ class FeatureExtractor:
 
         def read(start: int, stop: int) -> np.ndarray:
             part = pixels[start:stop] if rows is None else pixels[np.asarray(rows[start:stop])]
-            return np.ascontiguousarray(VIEWS[view](part))
+            return view_of(part, view)
 
         self._settle_precision(read(0, INFERENCE_SAMPLE_IMAGES))
         cache = self.cache_for(int(pixels.shape[1]))
