@@ -144,3 +144,40 @@ def test_class_weight_none_overrides_the_advisors_balanced_weights(tiny_params, 
     mine = ImageClassifier(**dict(tiny_params, strategy="auto", class_weight="none", budget_minutes=None)).fit(images, labels)
     assert mine.settings_["class_weight"] is None
     assert all(t.candidate.class_weight is None for t in mine.advice_.search.trials)  # every candidate kept the user's choice
+
+
+@pytest.mark.parametrize("kind", ["int", "numpy-int", "categorical"])
+def test_labels_keep_their_type_like_a_scikit_learn_classifier(tiny_params, kind, tmp_path):
+    """Integer labels (load_digits' y) come back as ints from classes_ and predict, in numeric
+    order (2 before 10); sklearn's scorers then work, and so do a save and a load."""
+    import pandas as pd
+    from sklearn.metrics import accuracy_score
+
+    from transferkit import load, save
+
+    images, names = make_images(6, 32)
+    codes = {"blue": 2, "green": 10, "red": 7}
+    y = {"int": [codes[n] for n in names], "numpy-int": np.array([codes[n] for n in names]),
+         "categorical": pd.Categorical([codes[n] for n in names])}[kind]
+    params = dict(tiny_params, strategy="pixels")
+    clf = ImageClassifier(**params).fit(images, y)
+    assert list(clf.classes_) == [2, 7, 10] and clf.classes_.dtype.kind == "i"
+    predicted = clf.predict(images)
+    assert predicted.dtype.kind == "i" and set(predicted) <= {2, 7, 10}
+    assert accuracy_score(np.asarray(y), predicted) == clf.score(images, y)
+    for scoring in ("accuracy", "f1_macro", "roc_auc_ovr"):
+        scores = cross_val_score(ImageClassifier(**params), images, y, cv=StratifiedKFold(2), scoring=scoring, error_score="raise")
+        assert np.all(np.isfinite(scores)), scoring
+    save(clf, tmp_path / "model")
+    loaded = load(tmp_path / "model")
+    assert list(loaded.classes_) == [2, 7, 10]
+    np.testing.assert_array_equal(loaded.predict(images), predicted)
+
+
+def test_string_labels_stay_strings_and_mixed_labels_are_refused(tiny_params):
+    images, names = make_images(4, 32)
+    clf = ImageClassifier(**dict(tiny_params, strategy="pixels")).fit(images, names)
+    assert clf.classes_.dtype.kind == "U"
+    mixed = [1 if n == "red" else n for n in names]
+    with pytest.raises(DataError, match="one type of class label"):
+        ImageClassifier(**dict(tiny_params, strategy="pixels")).fit(images, mixed)

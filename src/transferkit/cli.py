@@ -630,7 +630,7 @@ def evaluate(
                 f"The model knows {', '.join(repr(c) for c in sorted(known))}. Remove those images, or pass "
                 "--unknown-as-errors to score them as errors."
             )
-        predictions = classifier.predict(images)
+        predictions = np.asarray(classifier.predict(images)).astype(str)  # by name, as the labels of DATA
         classes = [str(c) for c in classifier.classes_] + sorted(unknown)
         metrics = classification_metrics(images.labels, predictions, classes)
         metrics["unknown_classes"] = dict(sorted(unknown.items()))
@@ -947,7 +947,7 @@ def _measure_exports(model_dir: Path, fp32: Path, modes: list[str], calibration:
     fp32_model = _onnx_classifier(fp32)
     pixels = fp32_model.decode(images)
     calibration_pixels = fp32_model.decode(resolve_data(calibration)) if calibration else pixels
-    reference = classifier.classes_[torch_logits(classifier, pixels).argmax(axis=1)]
+    reference = np.asarray(classifier.classes_).astype(str)[torch_logits(classifier, pixels).argmax(axis=1)]
     files = {"onnxruntime fp32": fp32}
     for mode in modes:
         files[f"onnxruntime int8 {mode}"] = quantize_onnx(fp32, fp32.with_name(f"{fp32.stem}.int8.{mode}.onnx"), mode,

@@ -160,7 +160,9 @@ class ImageClassifier(ClassifierMixin, BaseEstimator):
 
     Attributes
     ----------
-    classes_ : ndarray of str
+    classes_ : ndarray, shape (n_classes,)
+        The class labels, sorted, of the type ``y`` had (ints stay ints, as in scikit-learn);
+        ``str`` for folders, CSV files and built-in names. ``predict`` returns these values.
     model_ : torch.nn.Module
     preprocessing_ : Preprocessing
     image_size_ : int
@@ -336,7 +338,7 @@ class ImageClassifier(ClassifierMixin, BaseEstimator):
             warnings.warn(describe_conflicts(images, conflicts), stacklevel=2)
 
         classes = np.array(images.classes)
-        targets = np.searchsorted(classes, np.asarray(images.labels))
+        targets = images.targets()
         console.print(f"data: {len(images)} images, {len(classes)} classes; {settings.image_size}x{settings.image_size} px; {runtime.describe()}")
         note = imbalance_note(images.labels)  # for every strategy: accuracy alone misleads here
         if note is not None:
@@ -351,7 +353,7 @@ class ImageClassifier(ClassifierMixin, BaseEstimator):
         # A network trained by the search is the model: training it again would double the time.
         outcome = searched if searched is not None else strategy.fit(request)
         self._set_fitted(
-            classes=classes, model=outcome.model, preprocessing=outcome.preprocessing, image_size=settings.image_size,
+            classes=class_values(images), model=outcome.model, preprocessing=outcome.preprocessing, image_size=settings.image_size,
             settings=settings.to_dict(), history=outcome.history, plan=outcome.plan, advice=advice, skipped=skipped,
             n_train=len(targets), fit_seconds=time.perf_counter() - started, training_digests=digests,
             class_counts={str(c): int(n) for c, n in zip(classes, np.bincount(targets, minlength=len(classes)))},
@@ -412,11 +414,16 @@ class ImageClassifier(ClassifierMixin, BaseEstimator):
         return self.classes_[probabilities.argmax(axis=1)]
 
     def score(self, X: Any, y: Any = None, sample_weight=None) -> float:
-        """Accuracy on ``X``; labels come from ``y`` or from ``X`` itself (folder, CSV, name)."""
+        """Accuracy on ``X``; labels come from ``y`` or from ``X`` itself (folder, CSV, name).
+
+        Labels are compared by name (``str``), so ``y`` may hold the values the model was
+        fitted with (``3``) or their names (``"3"``).
+        """
         if y is None:
             images = resolve_data(X)
             X, y = images, images.labels
-        return super().score(X, np.asarray(y).astype(str), sample_weight=sample_weight)
+        names = np.asarray(self.predict(X)).astype(str)
+        return float(np.average(names == np.asarray(y).astype(str), weights=sample_weight))
 
     # ------------------------------------------------------------ helpers
     def _inference_runtime(self, runtime, model, pixels: np.ndarray):
@@ -471,7 +478,7 @@ class ImageClassifier(ClassifierMixin, BaseEstimator):
             return decoded[size]
 
         classes = np.array(images.classes)
-        arena = Arena(pixels_at=pixels_at, targets=np.searchsorted(classes, np.asarray(images.labels)), classes=classes,
+        arena = Arena(pixels_at=pixels_at, targets=images.targets(), classes=classes,
                       params=self.get_params(), runtime=runtime, strata=images.strata)
         budget = self._budget_seconds()
         found = search_auto(
@@ -570,6 +577,14 @@ class ImageClassifier(ClassifierMixin, BaseEstimator):
         fingerprint = {key: getattr(self, key) for key in keys}
         fingerprint.update(settings.to_dict(), n_images=n_images, classes=[str(c) for c in classes])
         return fingerprint
+
+
+def class_values(images: ImageSet) -> np.ndarray:
+    """``classes_`` of a fit on ``images``: the labels as given (ints stay ints, a pandas
+    Categorical gives its categories' values), in :attr:`ImageSet.classes` order; str otherwise."""
+    if images.label_values is None:
+        return np.array(images.classes)
+    return np.array([images.label_values[name] for name in images.classes])
 
 
 def estimated_fit_seconds(advice: Advice | None) -> float | None:

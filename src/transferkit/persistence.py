@@ -148,6 +148,20 @@ def save_model(classifier, out_dir: str | os.PathLike, *, metrics: dict[str, Any
     return out
 
 
+def _class_values(classes) -> list | None:
+    values = [c.item() if hasattr(c, "item") else c for c in np.asarray(classes, dtype=object)]
+    return None if all(isinstance(v, str) for v in values) else values
+
+
+def _restored_classes(config: dict) -> list:
+    """``classes_`` of a saved model: ``class_values`` where they match ``classes`` name for name."""
+    values = config.get("class_values")
+    if isinstance(values, list) and len(values) == len(config["classes"]) and \
+            all(isinstance(v, (int, float, bool)) and str(v) == name for v, name in zip(values, config["classes"])):
+        return values
+    return config["classes"]
+
+
 def _config(classifier, metrics: dict[str, Any] | None, weights_sha256: str) -> dict[str, Any]:
     return {
         "format": FORMAT_MARK,
@@ -155,6 +169,8 @@ def _config(classifier, metrics: dict[str, Any] | None, weights_sha256: str) -> 
         "transferkit_version": __version__,
         "backbone": classifier.backbone,
         "classes": [str(c) for c in classifier.classes_],
+        # The labels as fitted when they were not strings (ints, floats, bools): load gives them back.
+        "class_values": _class_values(classifier.classes_),
         "image_size": int(classifier.image_size_),
         "preprocessing": classifier.preprocessing_.to_dict(),
         "strategy": classifier.settings_["strategy"],
@@ -433,7 +449,7 @@ def _load(folder: Path, *, device: str, precision: str, cache_dir: str | bool | 
     except RuntimeError as exc:
         raise ModelFileError(f"{weights_path} does not fit backbone {config['backbone']!r}: {exc}") from exc
     classifier._set_fitted(
-        classes=config["classes"], model=model, preprocessing=Preprocessing.from_dict(config["preprocessing"]),
+        classes=_restored_classes(config), model=model, preprocessing=Preprocessing.from_dict(config["preprocessing"]),
         image_size=config["image_size"], settings=config.get("settings") or {"strategy": config.get("strategy")},
         history=config.get("history") or {}, metrics=config.get("metrics"),
         training_digests=training_digests(config),

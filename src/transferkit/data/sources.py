@@ -77,8 +77,9 @@ class ImageSet:
         One entry per image: an absolute file path (``str``) or a ``uint8`` numpy array of
         shape ``(H, W)`` or ``(H, W, C)`` with ``C`` in 1, 3, 4.
     labels : list of str or None
-        The class name of each image. Values are converted to ``str`` (``3`` becomes ``"3"``).
-        ``None`` for unlabelled images (prediction).
+        The class name of each image. Values are converted to ``str`` (``3`` becomes ``"3"``);
+        :attr:`label_values` keeps the values as given. ``None`` for unlabelled images
+        (prediction).
     strata : list of str or None, default=None
         The key a stratified split balances. ``None`` means "the labels": it is filled with a
         copy of ``labels`` when those are given. The ELPV set uses ``"<label>|<celltype>"``.
@@ -88,6 +89,13 @@ class ImageSet:
         A human name of the source (folder, CSV file, ``"elpv:train"``) used in messages.
     skipped : list of SkippedFile
         Files that :func:`resolve_data` left out with ``skip_bad=True``.
+    label_values : dict of str to label, or None
+        Filled from ``labels`` when any label is not a ``str`` (integers, floats, booleans,
+        numpy scalars, a pandas Categorical's categories): each class name mapped to the value
+        it came from, in the values' own sorted order (``2`` before ``10``). ``classes``
+        follows that order and :class:`~transferkit.ImageClassifier` gives those values back
+        (``classes_``, ``predict``), as a scikit-learn classifier keeps the type of ``y``.
+        ``None`` when every label is a string.
 
     Examples
     --------
@@ -102,12 +110,16 @@ class ImageSet:
     groups: list[str] | None = None
     name: str = ""
     skipped: list[SkippedFile] = field(default_factory=list)
+    label_values: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         self.sources = list(self.sources)
         n = len(self.sources)
         if self.labels is not None:
+            typed = self.labels
             self.labels = _as_strings(self.labels, "labels", n)
+            if self.label_values is None:
+                self.label_values = _label_values(typed, self.labels)
         if self.strata is not None:
             self.strata = _as_strings(self.strata, "strata", n, labels=False)
         elif self.labels is not None:
@@ -121,8 +133,21 @@ class ImageSet:
 
     @property
     def classes(self) -> list[str]:
-        """The sorted unique labels (string order: ``"10"`` sorts before ``"2"``); ``[]`` if unlabelled."""
-        return sorted(set(self.labels)) if self.labels is not None else []
+        """The unique labels, sorted: string order (``"10"`` before ``"2"``) for string labels,
+        the values' order for others (:attr:`label_values`: ``2`` before ``10``); ``[]`` if unlabelled."""
+        if self.labels is None:
+            return []
+        present = set(self.labels)
+        if self.label_values is not None:
+            return [name for name in self.label_values if name in present]
+        return sorted(present)
+
+    def targets(self) -> np.ndarray:
+        """Each image's class as an index into :attr:`classes`, shape (n_images,), int64."""
+        if self.labels is None:
+            raise DataError("these images have no labels; targets need labelled images.")
+        index = {name: i for i, name in enumerate(self.classes)}
+        return np.array([index[label] for label in self.labels], dtype=np.int64)
 
     def subset(self, indices: Sequence[int] | np.ndarray) -> ImageSet:
         """Return the images at ``indices`` (integer positions or a boolean mask), in that order.
@@ -153,6 +178,7 @@ class ImageSet:
             groups=pick(self.groups),
             name=self.name,
             skipped=list(self.skipped),
+            label_values=self.label_values,
         )
 
     def source_name(self, index: int) -> str:
@@ -580,7 +606,8 @@ def _from_list(items: Sequence, labels: Any, *, skip_bad: bool) -> ImageSet:
             f"{len(bad)} image file(s) do not exist or are not regular files:\n{_list_bad(bad)}\n"
             "Fix the paths, or pass skip_bad=True (--skip-bad) to leave them out."
         )
-    imageset = ImageSet(sources, kept_labels, name=f"list of {len(items)} images", skipped=bad)
+    imageset = ImageSet(sources, kept_labels, name=f"list of {len(items)} images", skipped=bad,
+                        label_values=_label_values(labels, label_list))
     check_classes(imageset)
     return imageset
 
@@ -599,7 +626,8 @@ def _from_array(array: np.ndarray, labels: Any) -> ImageSet:
         )
     if labels is None:
         raise DataError("labels are required when data is an array: pass one label per image.")
-    imageset = ImageSet(list(array), _as_strings(labels, "labels", len(array)), name="array")
+    names = _as_strings(labels, "labels", len(array))
+    imageset = ImageSet(list(array), names, name="array", label_values=_label_values(labels, names))
     check_classes(imageset)
     return imageset
 
@@ -637,6 +665,33 @@ def _as_strings(values: Any, what: str, expected_length: int, *, labels: bool = 
         v if type(v) is str and v.strip().lower() not in _MISSING else check_label(v, f"{what}[{i}]")
         for i, v in enumerate(values)
     ]
+
+
+def _label_values(given: Any, names: list[str]) -> dict[str, Any] | None:
+    """Class name -> the label value it came from, in the values' sorted order; None for strings.
+
+    Raises DataError for labels scikit-learn would also refuse: a mix of types that do not sort
+    together (``1`` and ``"a"``), or two values with one name (``1`` and ``"1"``).
+    """
+    values = [v.item() if hasattr(v, "item") and getattr(v, "shape", None) == () else v for v in given]
+    if all(type(v) is str for v in values):
+        return None
+    by_name: dict[str, Any] = {}
+    for name, value in zip(names, values):
+        if by_name.setdefault(name, value) != value or type(by_name[name]) is not type(value):
+            raise DataError(
+                f"labels expected one type of class label. Received: {by_name[name]!r} and {value!r}, which are "
+                "both class " + repr(name) + ". Convert the labels to one type, e.g. [str(v) for v in labels]."
+            )
+    try:
+        order = sorted(by_name, key=by_name.__getitem__)
+    except TypeError:
+        kinds = sorted({type(v).__name__ for v in by_name.values()})
+        raise DataError(
+            f"labels expected one type of class label (all strings or all numbers). Received a mix: {', '.join(kinds)}. "
+            "Convert them to one type, e.g. [str(v) for v in labels]."
+        ) from None
+    return {name: by_name[name] for name in order}
 
 
 def _reject_labels(labels: Any, source: str) -> None:

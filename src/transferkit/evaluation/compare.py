@@ -111,7 +111,7 @@ def candidates_for(
         ))
     classes = np.array(images.classes)
     arena = Arena(
-        pixels_at=lambda size: decoded[size], targets=np.searchsorted(classes, np.asarray(images.labels)), classes=classes,
+        pixels_at=lambda size: decoded[size], targets=images.targets(), classes=classes,
         params=reference, runtime=resolve_runtime(reference["device"], reference["precision"]), strata=images.strata,
     )
     return arena, candidates

@@ -114,7 +114,7 @@ def write_report(
         pixels = load_pixels(images, classifier.image_size_, cache_dir=classifier.cache_dir, progress=progress)
         probabilities = classifier.predict_proba(pixels)
         predicted_index = probabilities.argmax(axis=1)
-        predictions = classifier.classes_[predicted_index]
+        predictions = np.asarray(classifier.classes_).astype(str)[predicted_index]
         labels = np.asarray(images.labels).astype(str)
 
         steps.next("metrics and plots")
@@ -175,7 +175,7 @@ def _confident_mistakes(classifier, images, pixels, probabilities, labels, top_m
     from transferkit.report.figures import image_png
 
     predicted_index = probabilities.argmax(axis=1)
-    predictions = classifier.classes_[predicted_index]
+    predictions = np.asarray(classifier.classes_).astype(str)[predicted_index]
     wrong = np.flatnonzero(predictions != labels)
     confidence = probabilities[wrong, predicted_index[wrong]]
     chosen = wrong[np.argsort(-confidence, kind="stable")[:top_mistakes]]
