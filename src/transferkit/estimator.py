@@ -37,7 +37,7 @@ from transferkit.strategies.features import SYMMETRIES, FeatureExtractor, symmet
 from transferkit.search import Arena
 from transferkit.training.augment import is_augmentation
 from transferkit.training.inputs import pixels_to_tensor, predict_logits, to_model_input
-from transferkit.training.runtime import is_main_process, measured_inference_precision, resolve_runtime
+from transferkit.training.runtime import is_main_process, prediction_runtime, resolve_runtime
 
 Strategy = Literal["auto", "svm", "logistic", "head", "finetune", "full", "scratch", "pixels"]
 AUTO_PROBE_IMAGES = 512
@@ -391,7 +391,7 @@ class ImageClassifier(ClassifierMixin, BaseEstimator):
         """Class probabilities, shape (n_images, n_classes), columns in ``classes_`` order."""
         self._check_fitted()
         pixels = load_pixels(X, self.image_size_, cache_dir=self.cache_dir, progress=self.verbose)
-        runtime = resolve_runtime(self.device, self.precision)
+        runtime = prediction_runtime(self.device, self.precision)  # the one precision of every prediction path
         strategy = self.settings_.get("strategy")
         if strategy in list_strategies() and get_strategy(strategy).frozen_backbone:
             # The backbone is the pretrained one: its features may already sit in the cache.
@@ -403,7 +403,6 @@ class ImageClassifier(ClassifierMixin, BaseEstimator):
             self.model_ = extractor.model.cpu()
         else:
             model = runtime.prepare_model(self.model_)
-            runtime = self._inference_runtime(runtime, model, pixels)
             logits = predict_logits(model, pixels, self.preprocessing_, runtime, batch_size=self.batch_size * 2)
             self.model_ = model.cpu()
         return torch.softmax(logits, dim=1).numpy()
@@ -426,22 +425,6 @@ class ImageClassifier(ClassifierMixin, BaseEstimator):
         return float(np.average(names == np.asarray(y).astype(str), weights=sample_weight))
 
     # ------------------------------------------------------------ helpers
-    def _inference_runtime(self, runtime, model, pixels: np.ndarray):
-        """fp32, or a native bf16 where measured faster and giving the same predictions on ``pixels``."""
-        if not (runtime.auto_precision and runtime.precision == "bf16" and runtime.device.type == "cpu" and len(pixels)):
-            return runtime
-
-        def forward(candidate, batch):
-            with candidate.autocast():
-                return model.eval()(to_model_input(batch, self.preprocessing_, candidate))
-
-        root = None if self.cache_dir is False else (default_cache_dir() if self.cache_dir in (None, True) else Path(self.cache_dir))
-        digest = hashlib.sha256()
-        for tensor in model.state_dict().values():  # any network (PixelKernel has no timm classifier)
-            digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
-        key = f"predict|{digest.hexdigest()}|{self.image_size_}"
-        return measured_inference_precision(runtime, forward, pixels_to_tensor(pixels[:32]), key=key, check="predictions", cache_root=root)
-
     def _decode(self, X: Any, images: ImageSet, size: int) -> tuple[np.ndarray, ImageSet, list]:
         """Pixels at ``size``, the images kept, and the files skipped (``skip_bad``)."""
         if is_decoded(X, size) and len(X) == len(images):

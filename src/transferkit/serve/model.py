@@ -9,15 +9,12 @@ import threading
 from typing import Any, Sequence
 
 import numpy as np
-import torch
 from PIL import Image
 
 from transferkit.card import probability_note
 from transferkit.data import ImageSet
 from transferkit.estimator import load_pixels
 from transferkit.persistence import load_model, read_config
-from transferkit.training.inputs import predict_logits
-from transferkit.training.runtime import resolve_runtime
 
 
 class ServedModel:
@@ -29,13 +26,10 @@ class ServedModel:
     """
 
     def __init__(self, model_dir: str | os.PathLike, *, precision: str = "auto") -> None:
-        self.classifier = load_model(model_dir, precision=precision)
+        # The classifier predicts exactly as `transferkit predict` does (predict_proba: the same
+        # views, the same precision decision), on the CPU.
+        self.classifier = load_model(model_dir, device="cpu", precision=precision, cache_dir=False)
         self.config = read_config(model_dir)
-        # As `transferkit predict --precision` uses it on the CPU: "auto" is fp32, or a native
-        # bf16 that the first request measures faster and in agreement with fp32.
-        self.runtime = resolve_runtime("cpu", self.classifier.precision)
-        self._precision_settled = False
-        self.model = self.classifier.model_.cpu().float().eval()
         self._lock = threading.Lock()
 
     def info(self) -> dict[str, Any]:
@@ -56,12 +50,8 @@ class ServedModel:
         # Same decoding as `transferkit predict`: the same pixels give the same answer.
         pixels = np.asarray(load_pixels(ImageSet(sources=list(images), labels=None), classifier.image_size_, cache_dir=False))
         with self._lock:
-            if not self._precision_settled:
-                self.runtime = classifier._inference_runtime(self.runtime, self.model, pixels)
-                self._precision_settled = True
-            logits = predict_logits(self.model, pixels, classifier.preprocessing_, self.runtime)
-            heatmaps = self._heatmaps(pixels, logits) if explain else [None] * len(pixels)
-        probabilities = torch.softmax(logits, dim=1).numpy()
+            probabilities = classifier.predict_proba(pixels)
+            heatmaps = self._heatmaps(pixels, probabilities.argmax(axis=1)) if explain else [None] * len(pixels)
         k = min(top_k, len(classifier.classes_))
         answers = []
         for row, image, heatmap in zip(probabilities, pixels, heatmaps):
@@ -75,11 +65,11 @@ class ServedModel:
             answers.append(answer)
         return answers
 
-    def _heatmaps(self, pixels: np.ndarray, logits: torch.Tensor) -> list[tuple[np.ndarray | None, str]]:
+    def _heatmaps(self, pixels: np.ndarray, predicted: np.ndarray) -> list[tuple[np.ndarray | None, str]]:
         """Per image: the overlay (None when the map would be a flat tint) and where it comes from."""
         from transferkit.report.cam import heatmaps, overlay
 
-        found = heatmaps(self.model, pixels, self.classifier.preprocessing_, logits.argmax(dim=1).numpy())
+        found = heatmaps(self.classifier.model_, pixels, self.classifier.preprocessing_, predicted)
         return [(overlay(image, heatmap) if found.useful[i] else None, found.describe(i))
                 for i, (image, heatmap) in enumerate(zip(pixels, found.maps))]
 
