@@ -159,7 +159,7 @@ def test_budget_minutes_takes_a_number_auto_or_none(image_folder, tiny_weights, 
     assert result.exit_code == 2 and "auto or none" in result.output
     result = invoke("fit", image_folder, "--out", tmp_path / "m", "--strategy", "full", "--augment", "rotate,twirl",
                     "--backbone", TINY_BACKBONE, "--weights", tiny_weights, "--image-size", 32, "--device", "cpu")
-    assert result.exit_code == 2 and "Received: augment='rotate,twirl'" in " ".join(result.output.split())
+    assert result.exit_code == 2 and "Received: --augment rotate,twirl" in " ".join(result.output.split())
 def strategies_named_in(text: str) -> list[str]:
     from transferkit.strategies import list_strategies
 

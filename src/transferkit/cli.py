@@ -16,6 +16,7 @@ import csv
 import json
 import math
 import os
+import re
 import resource
 import sys
 import time
@@ -39,24 +40,34 @@ app = typer.Typer(
     help="Turn a folder of labelled images into the best classifier a pretrained network allows.",
     pretty_exceptions_enable=False,
 )
-class _RegistryHelp(TyperCommand):
-    """A command whose help names the registered strategies, read from the registry when the
-    help is shown (``{strategies}``: "svm | logistic | ..."; ``{strategy_list}``: "svm,logistic,...").
+class _Command(TyperCommand):
+    """Every command's help, as Unix tools print it: ``DATA`` rather than ``{data}`` in the usage
+    line, flags without a ``<bool>`` value, and the registered strategies filled in where a help
+    text names them (``{strategies}``: "svm | logistic | ..."; ``{strategy_list}``: "svm,logistic,...").
 
-    Read then, not when this module is imported: the registry imports torch, and a command's
-    start must not wait for it (``transferkit info``). A new strategy is listed without an edit here.
+    The strategy names are read when the help is shown, not when this module is imported: the
+    registry imports torch, and a command's start must not wait for it (``transferkit info``).
+    A new strategy is listed without an edit here.
     """
 
     def format_help(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
-        from transferkit.strategies import list_strategies
+        params = self.get_params(ctx)
+        for param in params:
+            if getattr(param, "is_flag", False) and param.metavar is None:
+                param.metavar = ""  # typer would show "<bool>" for a flag that takes no value
+        if any("{strateg" in (getattr(item, "help", None) or "") or "_help_template" in item.__dict__ for item in [self, *params]):
+            from transferkit.strategies import list_strategies
 
-        names = list_strategies()
-        fill = {"strategies": " | ".join(names), "strategy_list": ",".join(names)}
-        for item in [self, *self.params]:
-            template = item.__dict__.setdefault("_help_template", item.help)
-            if template:
-                item.help = template.format(**fill)
+            names = list_strategies()
+            fill = {"strategies": " | ".join(names), "strategy_list": ",".join(names)}
+            for item in [self, *params]:
+                template = item.__dict__.setdefault("_help_template", getattr(item, "help", None))
+                if template:
+                    item.help = template.format(**fill)
         super().format_help(ctx, formatter)
+
+    def collect_usage_pieces(self, ctx: click.Context) -> list[str]:
+        return [re.sub(r"\{(\w+)\}", lambda m: m.group(1).upper(), piece) for piece in super().collect_usage_pieces(ctx)]
 
 
 out = Console(emoji=False, markup=False, highlight=False)
@@ -110,12 +121,12 @@ def _user_errors(*, resume_hint: Path | None = None) -> Iterator[None]:
     except ConfigError as exc:
         if _debug:
             raise
-        err.print(Text("error: ", style="bold red") + _literal(str(exc)))
+        err.print(Text("error: ", style="bold red") + _literal(_cli_words(str(exc))))
         raise typer.Exit(2) from None
     except TransferkitError as exc:
         if _debug:
             raise
-        err.print(Text("error: ", style="bold red") + _literal(str(exc)))
+        err.print(Text("error: ", style="bold red") + _literal(_cli_words(str(exc))))
         raise typer.Exit(1) from None
     except KeyboardInterrupt:
         if resume_hint is not None and (resume_hint / "checkpoint.pt").is_file():
@@ -138,6 +149,40 @@ def _user_errors(*, resume_hint: Path | None = None) -> Iterator[None]:
             + _literal(f"unexpected {type(exc).__name__}: {exc}. Rerun with `transferkit --debug ...` for the traceback.")
         )
         raise typer.Exit(1) from None
+
+
+LIBRARY_NAMES = {"augment": "--presets"}
+"""Library parameters a command exposes under another flag (augment-preview's --presets), where the command has that flag."""
+
+
+def _cli_words(message: str) -> str:
+    """A library message in the words of the command line that is running.
+
+    ``pass skip_bad=True (--skip-bad)`` becomes ``pass --skip-bad``, and ``ImageClassifier:
+    class_weight expected ... Received: class_weight='balance'`` becomes ``--class-weight
+    expected ... Received: --class-weight balance``, for the parameters this command has as flags.
+    """
+    message = re.sub(r"\b\w+=True \((--[\w-]+)\)", r"\1", message)
+    # typer 0.2x runs its own vendored click: the running command's context lives there
+    try:
+        from typer._click import globals as typer_click  # typer 0.2x's vendored click (pinned in constraints-ci.txt)
+    except ImportError:  # older typer uses click itself
+        typer_click = None
+    contexts = (getattr(module, "get_current_context", None) for module in (typer_click, click))
+    ctx = next((found for getter in contexts if getter and (found := getter(silent=True)) is not None), None)
+    if ctx is None:
+        return message
+    flags = {param.name.lower(): param.opts[0] for param in ctx.command.params if param.opts and param.opts[0].startswith("--")}
+    for name, flag in LIBRARY_NAMES.items():
+        if flag in flags.values():
+            flags.setdefault(name, flag)
+    match = re.match(r"^(?:\w+: )?(\w+) expected (.*?)\. Received: \1=(.*?)(\. Did you mean .*)?$", message, re.S)
+    if match and match.group(1).lower() in flags:
+        flag, value = flags[match.group(1).lower()], match.group(3)
+        if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
+            value = value[1:-1]
+        return f"{flag} expected {match.group(2)}. Received: {flag} {value}{match.group(4) or ''}"
+    return message
 
 
 def _main_rank() -> bool:
@@ -173,6 +218,49 @@ def _write_json(path: Path | None, payload: dict[str, Any]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(payload, indent=2)))
     err.print(_literal(f"wrote {path}"))
+
+
+@contextlib.contextmanager
+def _results_to(json_path: Path | None) -> Iterator[None]:
+    """With ``--json -`` stdout carries the JSON alone: tables and result lines go quiet, so it
+    parses (``transferkit evaluate M D --json - | jq``); messages stay on stderr."""
+    quiet = out.quiet
+    out.quiet = quiet or json_path == STDOUT
+    try:
+        yield
+    finally:
+        out.quiet = quiet
+
+
+def _check_model_dir(model_dir: Path) -> None:
+    """Before torch is imported: MODEL_DIR is a folder (load_model checks the rest)."""
+    if model_dir.suffix != ".onnx" and not model_dir.is_dir():
+        from transferkit.errors import ModelFileError
+
+        raise ModelFileError(f"no model folder at {model_dir}; expected a folder written by `transferkit fit --out`.")
+
+
+def _resolve_data(data: str, skip_bad: bool = False):
+    """DATA as an ImageSet, checked before torch is imported (a wrong path fails in well under a second)."""
+    from transferkit.data import resolve_data
+
+    return resolve_data(data, skip_bad=skip_bad)
+
+
+def _decode_kept(images, size: int, *, skip_bad: bool, cache_dir, quiet: bool):
+    """Pixels of ``images`` at ``size`` and the images kept: with ``skip_bad`` unreadable files are
+    left out and listed on stderr (also with --quiet: never a file dropped unmentioned)."""
+    from transferkit.data import decode_images
+
+    decoded = decode_images(images, size, skip_bad=skip_bad, cache_dir=cache_dir, progress=not quiet)
+    skipped = list(images.skipped) + list(decoded.skipped)
+    if skipped:
+        err.print(_literal(f"skipped {len(skipped)} file(s):"))
+        for item in skipped[:20]:
+            err.print(_literal(f"  {item.path}: {item.reason}"))
+        if len(skipped) > 20:
+            err.print(_literal(f"  ... and {len(skipped) - 20} more (all in --json)"))
+    return decoded.pixels, images.subset(decoded.indices), skipped
 
 
 def _check_output_file(path: Path | None, option: str) -> None:
@@ -212,28 +300,46 @@ def _peak_memory_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-DataArg = Annotated[str, typer.Argument(help="Folder (one sub-folder per class), CSV (path,label), or a built-in name: elpv, elpv:train, elpv:test.")]
-DeviceOpt = Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N.")]
-PrecisionOpt = Annotated[str, typer.Option(help="auto | fp32 | bf16 | fp16.")]
-CacheOpt = Annotated[Optional[Path], typer.Option(help="Cache folder for decoded images and features (default ~/.cache/transferkit or $TRANSFERKIT_CACHE).")]
-ModelArg = Annotated[Path, typer.Argument(help="Model folder written by `transferkit fit --out`.")]
+DataArg = Annotated[str, typer.Argument(metavar="DATA", help="Folder (one sub-folder per class), CSV (path,label), or a built-in name: elpv, elpv:train, elpv:test.")]
+ModelArg = Annotated[Path, typer.Argument(metavar="MODEL_DIR", help="Model folder written by `transferkit fit --out`.")]
 ReportOpt = Annotated[Optional[Path], typer.Option("--report", help="Also write report.html with plots and heatmaps to this folder.")]
-JobsOpt = Annotated[int, typer.Option("--jobs", help="Run independent (strategy, fold) jobs in parallel through joblib; -1: one per core. Each job uses $TRANSFERKIT_JOB_THREADS torch threads (default 1), so any N gives the same table.")]
-BackendOpt = Annotated[Optional[str], typer.Option(help="joblib backend for --jobs: loky (this machine, default), threading, dask (the scheduler in $DASK_SCHEDULER_ADDRESS) or ray ($RAY_ADDRESS).")]
-JsonOpt = Annotated[Optional[Path], typer.Option("--json", help="Also write the results as JSON to this file.")]
 STDOUT = Path("-")
-JsonOutOpt = Annotated[Optional[Path], typer.Option("--json", allow_dash=True, help="Write the table's content as JSON to this file; '-' prints it instead of the table.")]
+
+# One table of the options several commands share. Each command declares them from here (the
+# same flag, help and default everywhere), and tests/test_cli.py walks every command against
+# SHARED_OPTIONS and DATA_OPTIONS: an option added to one command and not to its siblings fails.
+SkipBadOpt = Annotated[bool, typer.Option("--skip-bad", help="Leave unreadable images out (each is listed, also with --quiet) instead of stopping.")]
+QuietOpt = Annotated[bool, typer.Option("--quiet", help="No progress output (results, warnings and skipped files still print).")]
+DeviceOpt = Annotated[str, typer.Option("--device", help="auto | cpu | cuda | cuda:N.")]
+PrecisionOpt = Annotated[str, typer.Option("--precision", help="auto | fp32 | bf16 | fp16. auto: training measures bf16 against fp32 where the CPU runs it natively; predictions are fp32 on a CPU (the ONNX file's answers).")]
+CacheOpt = Annotated[Optional[Path], typer.Option("--cache-dir", help="Cache folder for decoded images and features (default ~/.cache/transferkit or $TRANSFERKIT_CACHE).")]
+JobsOpt = Annotated[int, typer.Option("--jobs", help="Run independent (strategy, fold) jobs in parallel through joblib; -1: one per core. Each job uses $TRANSFERKIT_JOB_THREADS torch threads (default 1), so any N gives the same table.")]
+BackendOpt = Annotated[Optional[str], typer.Option("--backend", help="joblib backend for --jobs: loky (this machine, default), threading (one job at a time, in this process), dask (the scheduler in $DASK_SCHEDULER_ADDRESS) or ray ($RAY_ADDRESS).")]
+JsonOpt = Annotated[Optional[Path], typer.Option("--json", allow_dash=True, help="Also write the results as JSON to this file; '-' prints the JSON instead of the tables (stdout parses as JSON).")]
+BudgetOpt = Annotated[str, typer.Option("--budget-minutes", help="strategy auto: the whole fit (probe, candidate search incl. a trained network, final fit) within this many minutes on this machine; candidates that would not fit are skipped, saying so. auto: 10; none: no bound.")]
+
+SHARED_OPTIONS: dict[str, Any] = {
+    "--skip-bad": SkipBadOpt, "--quiet": QuietOpt, "--device": DeviceOpt, "--precision": PrecisionOpt, "--cache-dir": CacheOpt,
+    "--jobs": JobsOpt, "--backend": BackendOpt, "--json": JsonOpt, "--budget-minutes": BudgetOpt,
+}
+"""Flag -> its one declaration; every command that has the flag declares it from here."""
+DATA_OPTIONS = ("--skip-bad", "--quiet", "--device", "--precision", "--cache-dir")
+"""What every command that reads images takes, as ``fit`` does (``serve`` reads uploads: no --skip-bad, no cache)."""
+COMMAND_DATA_OPTIONS: dict[str, tuple[str, ...]] = {
+    "fit": DATA_OPTIONS, "predict": DATA_OPTIONS, "evaluate": DATA_OPTIONS, "report": DATA_OPTIONS,
+    "serve": ("--quiet", "--device", "--precision"),
+}
 
 
 # long: typer declares each of its ~30 options as a parameter, one line each
-@app.command(cls=_RegistryHelp)
+@app.command(cls=_Command)
 def fit(
     data: DataArg,
     out_dir: Annotated[Path, typer.Option("--out", help="Model folder to write (model.safetensors + config.json + checkpoint).")],
     backbone: Annotated[str, typer.Option(help="Registered backbone (see `transferkit models`) or any timm model name.")] = "efficientnet_lite0",
     strategy: Annotated[str, typer.Option(help="auto (measure the data, follow the playbook) | {strategies}.")] = "auto",
     freeze: Annotated[Optional[int], typer.Option(help="finetune: freeze the stem and the first N stages (default 3).")] = None,
-    epochs: Annotated[int, typer.Option(help="Maximum epochs; early stopping may end sooner.")] = 10,
+    epochs: Annotated[int, typer.Option(help="Network strategies: maximum epochs; early stopping may end sooner (the fit says when and why). --strategy auto sizes the network's epochs to --budget-minutes instead (up to 30).")] = 10,
     lr: Annotated[float, typer.Option(help="Learning rate of the new head (pretrained layers: lr x backbone-lr-factor).")] = 1e-3,
     backbone_lr_factor: Annotated[str, typer.Option(help="Pretrained layers train at lr times this. auto: 0.1 (the playbook's 10x smaller), measured against 1 by a short pilot under --strategy auto.")] = "auto",
     image_size: Annotated[Optional[int], typer.Option(help="Square image side in pixels (default: the backbone's).")] = None,
@@ -247,32 +353,34 @@ def fit(
     feature_views: Annotated[int, typer.Option(help="svm/logistic: augmented views per training image.")] = 0,
     prefix_views: Annotated[int, typer.Option(help="head/finetune: compute the frozen stages once for this many augmented views per image and train only the rest on the cached activations (0: plain loop).")] = 0,
     head_init: Annotated[str, typer.Option(help="head/finetune/full: start the new head at random (random) or from a linear probe on the network's own features (probe: LP-FT).")] = "random",
-    budget_minutes: Annotated[str, typer.Option(help="strategy auto: the whole fit (probe, candidate search incl. a trained network, final fit) within this many minutes on this machine; candidates that would not fit are skipped, saying so. auto: 10; none: no bound.")] = "auto",
+    budget_minutes: BudgetOpt = "auto",
     symmetries: Annotated[str, typer.Option(help="svm/logistic: average features over image flips (and turns by 90 degrees) at fit and predict (auto: measured | none | flips | dihedral: flips and 90-degree turns).")] = "auto",
     feature_layers: Annotated[str, typer.Option(help="svm/logistic: the features read (auto: measured | bottleneck: the layer before the classifier | stages: that plus every stage's pooled output, for data far from ImageNet).")] = "auto",
     weights: Annotated[Optional[Path], typer.Option(help="Local pretrained weights file (.safetensors or .pth).")] = None,
-    skip_bad: Annotated[bool, typer.Option("--skip-bad", help="Skip unreadable images (each is listed) instead of stopping.")] = False,
-    cache_dir: Annotated[Optional[Path], typer.Option(help="Cache folder for decoded images (default ~/.cache/transferkit).")] = None,
+    skip_bad: SkipBadOpt = False,
+    cache_dir: CacheOpt = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted fit from the checkpoint in --out.")] = False,
-    device: Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N.")] = "auto",
-    precision: Annotated[str, typer.Option(help="auto | fp32 | bf16 | fp16.")] = "auto",
+    device: DeviceOpt = "auto",
+    precision: PrecisionOpt = "auto",
     cv: Annotated[Optional[int], typer.Option("--cv", help="First report K-fold cross-validated scores, then refit on all data.")] = None,
     jobs: JobsOpt = 1,
     backend: BackendOpt = None,
     json_path: JsonOpt = None,
-    quiet: Annotated[bool, typer.Option("--quiet", help="No progress output.")] = False,
+    quiet: QuietOpt = False,
 ) -> None:
     """Fit a classifier on DATA and save it to --out."""
-    from transferkit.card import CARD_NAME, probability_note
-    from transferkit.estimator import ImageClassifier
-    from transferkit.evaluation.metrics import imbalance_note
-    from transferkit.persistence import check_output_folder, save_model
-
     _check_fit_options(strategy, freeze, batch_size, c)
     _check_jobs(jobs)
     _check_output_file(json_path, "--json")
-    with _user_errors(resume_hint=out_dir):
+    with _user_errors(resume_hint=out_dir), _results_to(json_path):
+        images = _resolve_data(data, skip_bad)  # before torch is imported: a wrong path fails at once
+        from transferkit.card import CARD_NAME, probability_note
+        from transferkit.estimator import ImageClassifier
+        from transferkit.evaluation.metrics import imbalance_note
+        from transferkit.persistence import check_output_folder, save_model
+
         check_output_folder(out_dir)  # before any work: a bad --out must not cost a whole fit
+        replacing = (out_dir / "config.json").is_file() and not resume
         classifier = ImageClassifier(
             backbone=backbone,
             strategy=strategy,
@@ -303,8 +411,8 @@ def fit(
             precision=precision,
             verbose=not quiet,
         )
-        cv_report = _cross_validate_before_fit(classifier, data, cv, jobs, backend) if cv else None
-        classifier.fit(data)
+        cv_report = _cross_validate_before_fit(classifier, images, cv, jobs, backend) if cv else None
+        classifier.fit(images)
         history = classifier.history_["history"]
         metrics = {"validation_accuracy": classifier.validation_score_, "validation": classifier.validation_}
         if cv_report is not None:
@@ -352,7 +460,8 @@ def fit(
             if len(classifier.skipped_) > 20:
                 err.print(_literal(f"  ... and {len(classifier.skipped_) - 20} more (all in --json)"))
         out.print(_literal(f"fitted {report['strategy']} on {data}: {val}; {report['fit_seconds']} s; peak memory {report['peak_memory_mb']:.0f} MB"))
-        out.print(_literal(f"model written to {out_dir} (model card: {out_dir / CARD_NAME})"))
+        written = "replaced the model in" if replacing else "model written to"
+        out.print(_literal(f"{written} {out_dir} (model card: {out_dir / CARD_NAME})"))
         _write_json(json_path, report)
 
 
@@ -365,7 +474,7 @@ def _describe_validation(validation: dict[str, Any] | None) -> str:
     return f"{what} {validation['accuracy']:.4f} (majority-class rate {validation['majority_class_rate']:.4f}{balanced})"
 
 
-def _cross_validate_before_fit(classifier, data: str, cv: int, jobs: int = 1, backend: str | None = None) -> dict[str, Any]:
+def _cross_validate_before_fit(classifier, data, cv: int, jobs: int = 1, backend: str | None = None) -> dict[str, Any]:
     from sklearn.base import clone
 
     from transferkit.data import decode_images, duplicate_groups, resolve_data
@@ -401,10 +510,10 @@ def _default_size(backbone: str) -> int:
     return get_backbone_spec(backbone).preprocessing.input_size
 
 
-@app.command(cls=_RegistryHelp)
+@app.command(cls=_Command)
 def compare(
     data: DataArg,
-    strategies: Annotated[str, typer.Option(help="Comma-separated, any of: {strategy_list}.")] = "svm,head,finetune,full,scratch",
+    strategies: Annotated[str, typer.Option(help="Comma-separated, any of: {strategy_list}; all: every registered strategy (the ones auto races).")] = "all",
     cv: Annotated[int, typer.Option("--cv", help="Stratified K-fold cross-validation (grouped when the CSV has a group column).")] = 5,
     repeats: Annotated[int, typer.Option(help="Repeat the K folds with new shuffles.")] = 1,
     jobs: JobsOpt = 1,
@@ -414,31 +523,31 @@ def compare(
     epochs: Annotated[Optional[int], typer.Option(help="Override every network strategy's epochs.")] = None,
     seed: Annotated[int, typer.Option(help="Folds and training seed.")] = 0,
     weights: Annotated[Optional[Path], typer.Option(help="Local pretrained weights file.")] = None,
-    cache_dir: Annotated[Optional[Path], typer.Option(help="Cache folder for decoded images and features.")] = None,
-    device: Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N.")] = "auto",
-    precision: Annotated[str, typer.Option(help="auto | fp32 | bf16 | fp16.")] = "auto",
+    cache_dir: CacheOpt = None,
+    device: DeviceOpt = "auto",
+    precision: PrecisionOpt = "auto",
     out_dir: Annotated[Optional[Path], typer.Option("--out", help="Refit the best strategy on all data and save it here.")] = None,
     plot: Annotated[Optional[Path], typer.Option(help="Bar chart PNG (default: next to --json or --out).")] = None,
     json_path: JsonOpt = None,
     report_dir: Annotated[Optional[Path], typer.Option("--report", help="Also write report.html (CV table, bar chart with error bars) to this folder.")] = None,
 ) -> None:
     """Cross-validate several strategies on the same folds and rank them."""
-    from transferkit.data import describe_conflicts, label_conflicts, resolve_data
-    from transferkit.estimator import ImageClassifier
-    from transferkit.evaluation.compare import compare_strategies, parse_strategies, strategy_params
-    from transferkit.evaluation.metrics import imbalance_note, majority_class_rate
-    from transferkit.persistence import check_output_folder, save_model
-    from transferkit.report import plot_comparison
-    from transferkit.report.tables import comparison_table
-
     _check_jobs(jobs)
     _check_output_file(json_path, "--json")
     _check_output_file(plot, "--plot")
-    with _user_errors():
+    with _user_errors(), _results_to(json_path):
+        images = _resolve_data(data)  # before torch is imported: a wrong path fails at once
+        from transferkit.data import describe_conflicts, label_conflicts
+        from transferkit.estimator import ImageClassifier
+        from transferkit.evaluation.compare import compare_strategies, parse_strategies, strategy_params
+        from transferkit.evaluation.metrics import imbalance_note, majority_class_rate
+        from transferkit.persistence import check_output_folder, save_model
+        from transferkit.report import plot_comparison
+        from transferkit.report.tables import comparison_table
+
         if out_dir is not None:
             check_output_folder(out_dir)
         names = parse_strategies(strategies)
-        images = resolve_data(data)
         base = {"backbone": backbone, "seed": seed, "weights": str(weights) if weights else None,
                 "cache_dir": str(cache_dir) if cache_dir else None, "device": device, "precision": precision}
         overrides = {k: v for k, v in {"image_size": image_size, "epochs": epochs}.items() if v is not None}
@@ -476,7 +585,7 @@ def compare(
         _write_json(json_path, report)
 
 
-@app.command()
+@app.command(cls=_Command)
 def advise(
     data: DataArg,
     backbone: Annotated[Optional[list[str]], typer.Option(help="Candidate backbone (repeat for several; default: every one with offline weights).")] = None,
@@ -484,7 +593,7 @@ def advise(
     image_size: Annotated[Optional[int], typer.Option(help="Measure (and race) at this image size instead of each backbone's and strategy's own.")] = None,
     threshold: Annotated[Optional[list[str]], typer.Option(help="Change a rule's threshold, NAME=VALUE (repeatable), e.g. small_data=500. See AdviceThresholds.")] = None,
     measure: Annotated[bool, typer.Option("--measure", help="Also race the candidate strategies under CV and say whether the measurement agrees with the rule.")] = False,
-    budget_minutes: Annotated[Optional[float], typer.Option(help="Fit time the advice must keep within, in minutes on this machine.")] = None,
+    budget_minutes: BudgetOpt = "auto",
     epochs: Annotated[int, typer.Option(help="Epochs of the planned fit (for the --budget-minutes estimate).")] = 10,
     race_images: Annotated[int, typer.Option(help="--measure: race on a stratified sample of about this many images.")] = 600,
     race_cv: Annotated[int, typer.Option(help="--measure: folds (= successive-halving rounds) of the race.")] = 3,
@@ -492,24 +601,24 @@ def advise(
     backend: BackendOpt = None,
     race_epochs: Annotated[Optional[int], typer.Option(help="--measure: epochs of every network strategy (default: compare's per-strategy defaults).")] = None,
     weights: Annotated[Optional[Path], typer.Option(help="Local pretrained weights file (with exactly one --backbone).")] = None,
-    cache_dir: Annotated[Optional[Path], typer.Option(help="Cache folder for decoded images and features.")] = None,
-    device: Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N.")] = "auto",
+    cache_dir: CacheOpt = None,
+    device: DeviceOpt = "auto",
     seed: Annotated[int, typer.Option(help="Seed of the samples and folds.")] = 0,
     json_path: JsonOpt = None,
 ) -> None:
     """Recommend how to train on DATA (strategy, backbone, freeze depth, learning rate, augmentation, image size), and why."""
-    from transferkit.advise import advise as advise_data
-    from transferkit.evaluation.race import race_strategies
-    from transferkit.data import resolve_data
-    from transferkit.report.tables import race_table
-
     _check_jobs(jobs)
-    with _user_errors():
-        images = resolve_data(data)
+    _check_output_file(json_path, "--json")
+    with _user_errors(), _results_to(json_path):
+        images = _resolve_data(data)  # before torch is imported: a wrong path fails at once
+        from transferkit.advise import advise as advise_data
+        from transferkit.evaluation.race import race_strategies
+        from transferkit.report.tables import race_table
+
         err.print(_literal(f"measuring {images.describe()}"))
         advice = advise_data(images, backbones=backbone, max_images=max_images, image_size=image_size, thresholds=_thresholds(threshold),
                              weights_path=weights, device=device, seed=seed, epochs=epochs,
-                             budget_seconds=None if budget_minutes is None else 60.0 * budget_minutes)
+                             budget_seconds=_budget_seconds(_budget_minutes(budget_minutes)))
         report = advice.to_dict()
         _print_advice(advice)
         if measure:
@@ -535,6 +644,15 @@ def _budget_minutes(text: str) -> float | str | None:
     if text.strip().lower() == "none":
         return None
     return _positive_or_auto(text, "--budget-minutes", "a positive number of minutes, auto or none")
+
+
+def _budget_seconds(minutes: float | str | None) -> float | None:
+    """``--budget-minutes`` in seconds: auto is fit's default budget (10 minutes), none no bound."""
+    if minutes == "auto":
+        from transferkit.estimator import DEFAULT_BUDGET_MINUTES
+
+        return 60.0 * DEFAULT_BUDGET_MINUTES
+    return None if minutes is None else 60.0 * float(minutes)
 
 
 def _positive_or_auto(text: str, option: str, expected: str = "a positive number or auto") -> float | str:
@@ -595,32 +713,35 @@ def _print_advice(advice) -> None:
     out.print(f"measured on {advice.probed_images} images in {advice.seconds:.1f} s", markup=False, highlight=False)
 
 
-@app.command()
+@app.command(cls=_Command)
 def evaluate(
-    model_dir: Annotated[Path, typer.Argument(help="Model folder written by `transferkit fit --out`.")],
+    model_dir: ModelArg,
     data: DataArg,
     json_path: JsonOpt = None,
     unknown_as_errors: Annotated[bool, typer.Option("--unknown-as-errors", help="Score images of classes the model never saw as errors (default: stop and name those classes).")] = False,
+    skip_bad: SkipBadOpt = False,
+    quiet: QuietOpt = False,
     device: DeviceOpt = "auto",
     precision: PrecisionOpt = "auto",
     cache_dir: CacheOpt = None,
     report_dir: ReportOpt = None,
 ) -> None:
     """Score a saved model on labelled DATA: accuracy, balanced accuracy, macro-F1, confusion matrix."""
-    from collections import Counter
-
-    from transferkit.data import resolve_data, train_test_overlap
-    from transferkit.data.builtin import binary_metrics_if_builtin
-    from transferkit.errors import DataError
-    from transferkit.evaluation import classification_metrics
-    from transferkit.persistence import load_model
-    from transferkit.report.tables import confusion_table, metrics_table
-
     _check_output_file(json_path, "--json")
-    with _user_errors():
+    with _user_errors(), _results_to(json_path):
         started = time.perf_counter()
+        _check_model_dir(model_dir)
+        images = _resolve_data(data, skip_bad)  # before torch is imported: a wrong path fails at once
+        from collections import Counter
+
+        from transferkit.data import train_test_overlap
+        from transferkit.data.builtin import binary_metrics_if_builtin
+        from transferkit.errors import DataError
+        from transferkit.evaluation import classification_metrics
+        from transferkit.persistence import load_model
+        from transferkit.report.tables import confusion_table, metrics_table
+
         classifier = load_model(model_dir, device=device, precision=precision, cache_dir=str(cache_dir) if cache_dir else None)
-        images = resolve_data(data)
         known = {str(c) for c in classifier.classes_}
         unknown = Counter(label for label in images.labels if label not in known)
         if unknown and not unknown_as_errors:
@@ -630,12 +751,14 @@ def evaluate(
                 f"The model knows {', '.join(repr(c) for c in sorted(known))}. Remove those images, or pass "
                 "--unknown-as-errors to score them as errors."
             )
-        predictions = np.asarray(classifier.predict(images)).astype(str)  # by name, as the labels of DATA
+        pixels, images, skipped = _decode_kept(images, classifier.image_size_, skip_bad=skip_bad, cache_dir=classifier.cache_dir, quiet=quiet)
+        predictions = np.asarray(classifier.predict(pixels)).astype(str)  # by name, as the labels of DATA
         classes = [str(c) for c in classifier.classes_] + sorted(unknown)
         metrics = classification_metrics(images.labels, predictions, classes)
         metrics["unknown_classes"] = dict(sorted(unknown.items()))
         metrics["train_test_overlap"] = train_test_overlap(classifier.training_digests_, images)
         metrics.update(binary_metrics_if_builtin(data, images.labels, predictions))
+        metrics["skipped"] = [vars(item) for item in skipped]
         metrics["seconds"] = round(time.perf_counter() - started, 1)
         if unknown:
             err.print(_literal(f"scoring {sum(unknown.values())} image(s) of unknown classes ({', '.join(sorted(unknown))}) as errors"))
@@ -649,7 +772,7 @@ def evaluate(
         out.print(summary)
         _write_json(json_path, metrics)
         if report_dir is not None:
-            _write_model_report(model_dir, data, report_dir, classifier=classifier, images=images)
+            _write_model_report(model_dir, data, report_dir, classifier=classifier, images=images, progress=not quiet)
 
 
 def _warn_about_test_data(metrics: dict[str, Any]) -> None:
@@ -664,58 +787,50 @@ def _warn_about_test_data(metrics: dict[str, Any]) -> None:
             f"{len(metrics['classes']) - len(absent)} classes present."))
 
 
-@app.command()
+@app.command(cls=_Command)
 def predict(
-    model_dir: Annotated[Path, typer.Argument(help="Model folder written by `transferkit fit --out`, or an .onnx file from `transferkit export` (onnxruntime, no torch).")],
-    inputs: Annotated[list[Path], typer.Argument(help="Image files or folders (searched recursively).")],
-    csv_path: Annotated[Optional[Path], typer.Option("--csv", help="Write path,label,probability (+ top-k) rows to this CSV.")] = None,
+    model_dir: Annotated[Path, typer.Argument(metavar="MODEL", help="Model folder written by `transferkit fit --out`, or an .onnx file from `transferkit export` (onnxruntime, no torch).")],
+    inputs: Annotated[list[Path], typer.Argument(metavar="INPUT...", help="Image files or folders (searched recursively); rows come out in this order.")],
+    csv_path: Annotated[Optional[Path], typer.Option("--csv", help="Also write path,label,probability (+ label_2,probability_2, ... for --top-k) rows to this CSV.")] = None,
     json_path: JsonOpt = None,
     top_k: Annotated[int, typer.Option(help="Also list the k most likely classes per image.")] = 1,
+    skip_bad: SkipBadOpt = False,
+    quiet: QuietOpt = False,
     device: DeviceOpt = "auto",
     precision: PrecisionOpt = "auto",
     cache_dir: CacheOpt = None,
     explain: Annotated[Optional[Path], typer.Option(help="Write one heatmap overlay PNG per image (Grad-CAM of the predicted class) to this folder.")] = None,
 ) -> None:
-    """Predict the class of each image."""
-    from transferkit.data import find_images
-
+    """Predict the class of each image: a table on stdout (a header row, then one row per image in the order given)."""
     if top_k < 1:
         raise typer.BadParameter(f"expected a positive integer. Received: {top_k}", param_hint="--top-k")
     _check_output_file(csv_path, "--csv")
     _check_output_file(json_path, "--json")
-    with _user_errors():
+    with _user_errors(), _results_to(json_path):
+        from transferkit.data import ImageSet, find_images
+
+        _check_model_dir(model_dir)
+        paths = find_images([str(p) for p in inputs])  # before torch is imported: a wrong path fails at once
         if model_dir.suffix == ".onnx":
             classifier = _onnx_classifier(model_dir)
+            pixels, kept, skipped = _decode_kept(ImageSet(paths, None), classifier.image_size_, skip_bad=skip_bad, cache_dir=False, quiet=quiet)
         else:
             from transferkit.persistence import load_model
 
             classifier = load_model(model_dir, device=device, precision=precision, cache_dir=str(cache_dir) if cache_dir else None)
-        paths = find_images([str(p) for p in inputs])
-        probabilities = classifier.predict_proba(paths)
+            pixels, kept, skipped = _decode_kept(ImageSet(paths, None), classifier.image_size_, skip_bad=skip_bad,
+                                                 cache_dir=classifier.cache_dir, quiet=quiet)
+        paths = list(kept.sources)
+        if not paths:
+            raise TransferkitError("every input was unreadable and skipped; nothing to predict.")
+        probabilities = classifier.predict_proba(pixels)
         k = min(top_k, len(classifier.classes_))
-        rows = []
-        for path, row in zip(paths, probabilities):
-            order = row.argsort()[::-1][:k]
-            record = {"path": path, "label": str(classifier.classes_[order[0]]), "probability": round(float(row[order[0]]), 6)}
-            for rank, index in enumerate(order[1:], start=2):
-                record[f"label_{rank}"] = str(classifier.classes_[index])
-                record[f"probability_{rank}"] = round(float(row[index]), 6)
-            rows.append(record)
+        rows = _prediction_rows(classifier.classes_, paths, probabilities, k)
         if csv_path is not None and _main_rank():
-            from transferkit.persistence import atomic_write
-
-            def write_csv(tmp: str) -> None:
-                # surrogateescape: a file name that is not valid UTF-8 is written back byte for byte
-                with open(tmp, "w", newline="", encoding="utf-8", errors="surrogateescape") as handle:
-                    writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
-                    writer.writeheader()
-                    writer.writerows(rows)
-
-            csv_path.parent.mkdir(parents=True, exist_ok=True)
-            atomic_write(csv_path, write_csv)  # all rows or no file: never a CSV cut short
-            err.print(_literal(f"wrote {csv_path}"))
+            _write_prediction_csv(csv_path, rows)
         note = _probability_note(classifier)
-        _write_json(json_path, {"predictions": rows, "classes": [str(c) for c in classifier.classes_], "probabilities": note})
+        _write_json(json_path, {"predictions": rows, "classes": [str(c) for c in classifier.classes_], "probabilities": note,
+                                "skipped": [vars(item) for item in skipped]})
         if note is not None and _main_rank():
             err.print(Wrapped.prose(f"probabilities: {note['description']}", indent="  "))
         if explain is not None and _main_rank():
@@ -725,14 +840,53 @@ def predict(
 
             written = write_explanations(classifier, paths, explain, probabilities=probabilities)
             err.print(f"wrote {len(written)} heatmaps to {explain}")
-        if csv_path is None and json_path is None:
-            for record in rows:  # path, then each of the k labels with its probability
-                ranked = [f"{record['label']}\t{record['probability']:.4f}"]
-                ranked += [f"{record[f'label_{rank}']}\t{record[f'probability_{rank}']:.4f}" for rank in range(2, k + 1)]
-                out.print(_literal("\t".join([record["path"], *ranked])))
+        header = ["path", "label", "probability"] + [f"{name}_{rank}" for rank in range(2, k + 1) for name in ("label", "probability")]
+        lines = ["\t".join(header)]
+        for record in rows:
+            lines.append("\t".join([record["path"]] + [f"{c['label']}\t{c['probability']:.4f}" for c in record["top_k"]]))
+        _print_tab_separated(lines)
 
 
-@app.command()
+def _print_tab_separated(lines: list[str]) -> None:
+    """Rows for `cut`, `sort` and spreadsheets: real tabs on stdout (rich would expand them to
+    spaces), any file name printable; nothing when stdout carries JSON (``--json -``)."""
+    if out.quiet or not _main_rank():
+        return
+    for line in lines:
+        sys.stdout.write(line.encode("utf-8", "backslashreplace").decode("utf-8") + "\n")
+    sys.stdout.flush()
+
+
+def _prediction_rows(classes, paths: list[str], probabilities: np.ndarray, k: int) -> list[dict[str, Any]]:
+    """One record per image, in input order: path, label, probability and ``top_k``, the k best
+    ``{label, probability}`` (the shape ``serve`` answers with)."""
+    rows = []
+    for path, row in zip(paths, probabilities):
+        order = row.argsort()[::-1][:k]
+        top = [{"label": str(classes[i]), "probability": round(float(row[i]), 6)} for i in order]
+        rows.append({"path": path, "label": top[0]["label"], "probability": top[0]["probability"], "top_k": top})
+    return rows
+
+
+def _write_prediction_csv(csv_path: Path, rows: list[dict[str, Any]]) -> None:
+    """path,label,probability and, for --top-k K, label_2,probability_2 ... label_K,probability_K."""
+    from transferkit.persistence import atomic_write
+
+    def write_csv(tmp: str) -> None:
+        # surrogateescape: a file name that is not valid UTF-8 is written back byte for byte
+        with open(tmp, "w", newline="", encoding="utf-8", errors="surrogateescape") as handle:
+            writer = csv.writer(handle)
+            k = len(rows[0]["top_k"])
+            writer.writerow(["path", "label", "probability"] + [f"{n}_{r}" for r in range(2, k + 1) for n in ("label", "probability")])
+            for record in rows:
+                writer.writerow([record["path"]] + [v for c in record["top_k"] for v in (c["label"], c["probability"])])
+
+    csv_path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(csv_path, write_csv)  # all rows or no file: never a CSV cut short
+    err.print(_literal(f"wrote {csv_path}"))
+
+
+@app.command(cls=_Command)
 def report(
     model_dir: ModelArg,
     data: DataArg,
@@ -740,17 +894,28 @@ def report(
     advice: Annotated[Optional[Path], typer.Option(help="`transferkit advise --json` output to show (with --measure: the race); default: the advice stored with the model.")] = None,
     positive: Annotated[Optional[list[str]], typer.Option(help="A class of the positive side of a binary view (repeatable), e.g. --positive 0.67 --positive 1.00.")] = None,
     mistakes: Annotated[int, typer.Option(help="How many of the most confident mistakes to show with heatmaps.")] = 12,
+    skip_bad: SkipBadOpt = False,
+    quiet: QuietOpt = False,
+    device: DeviceOpt = "auto",
+    precision: PrecisionOpt = "auto",
+    cache_dir: CacheOpt = None,
 ) -> None:
     """Write an HTML report of MODEL on labelled DATA: metrics, confusion matrix, curves, advice, mistakes with heatmaps."""
     with _user_errors():
-        _write_model_report(model_dir, data, out_dir, advice_path=advice, positive=positive, mistakes=mistakes)
+        _check_model_dir(model_dir)
+        images = _resolve_data(data, skip_bad)  # before torch is imported: a wrong path fails at once
+        from transferkit.persistence import load_model
+
+        classifier = load_model(model_dir, device=device, precision=precision, cache_dir=str(cache_dir) if cache_dir else None)
+        _, images, _ = _decode_kept(images, classifier.image_size_, skip_bad=skip_bad, cache_dir=classifier.cache_dir, quiet=quiet)
+        _write_model_report(model_dir, data, out_dir, classifier=classifier, images=images, advice_path=advice, positive=positive,
+                            mistakes=mistakes, progress=not quiet)
 
 
-def _write_model_report(model_dir: Path, data: str, out_dir: Path, *, classifier=None, images=None, advice_path: Path | None = None,
-                        positive: list[str] | None = None, mistakes: int = 12) -> None:
+def _write_model_report(model_dir: Path, data: str, out_dir: Path, *, classifier, images, advice_path: Path | None = None,
+                        positive: list[str] | None = None, mistakes: int = 12, progress: bool = True) -> None:
     from transferkit.card import CARD_NAME
-    from transferkit.data import resolve_data
-    from transferkit.persistence import load_model, read_config
+    from transferkit.persistence import read_config
     from transferkit.report.build import write_report
 
     if not _main_rank():
@@ -762,36 +927,37 @@ def _write_model_report(model_dir: Path, data: str, out_dir: Path, *, classifier
         except (OSError, json.JSONDecodeError) as exc:
             raise TransferkitError(f"cannot read the advice file {advice_path}: {exc}; expected `transferkit advise --json` output.") from None
     path = write_report(
-        load_model(model_dir) if classifier is None else classifier, resolve_data(data) if images is None else images, out_dir, data_name=data, model_name=str(model_dir),
-        config=read_config(model_dir), advice=advice, positive=positive, top_mistakes=mistakes, progress=True,
+        classifier, images, out_dir, data_name=data, model_name=str(model_dir),
+        config=read_config(model_dir), advice=advice, positive=positive, top_mistakes=mistakes, progress=progress,
         card=model_dir / CARD_NAME if (model_dir / CARD_NAME).is_file() else None,
     )
     out.print(f"wrote {path}")
 
 
-@app.command()
+@app.command(cls=_Command)
 def serve(
     model_dir: ModelArg,
     host: Annotated[str, typer.Option(help="Interface to listen on (127.0.0.1: this machine only).")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
     max_upload_mb: Annotated[float, typer.Option(help="Largest accepted image file, in MiB.")] = 10.0,
     max_files: Annotated[int, typer.Option(help="Most images per request.")] = 16,
+    quiet: QuietOpt = False,
+    device: DeviceOpt = "auto",
     precision: PrecisionOpt = "auto",
 ) -> None:
     """Serve MODEL over HTTP: POST /predict, GET /health, GET /model, and a page at / to drop images on."""
-    from transferkit.serve import UploadLimits, create_app
-
     with _user_errors():
+        from transferkit.serve import UploadLimits, create_app
         import uvicorn
 
         app_ = create_app(model_dir, limits=UploadLimits(max_bytes=int(max_upload_mb * 2**20), max_files=max_files),
-                          precision=precision)
+                          precision=precision, device=device)
         err.print(f"serving {model_dir} on http://{host}:{port}/ (Ctrl+C stops)")
-        uvicorn.run(app_, host=host, port=port, log_level="info")
+        uvicorn.run(app_, host=host, port=port, log_level="warning" if quiet else "info")
 
 
-@app.command()
-def models(json_path: JsonOutOpt = None) -> None:
+@app.command(cls=_Command)
+def models(json_path: JsonOpt = None) -> None:
     """List the registered backbones, their stages, input size and offline weights."""
     from transferkit.info import backbone_details
     from transferkit.report.tables import backbones_table
@@ -804,7 +970,7 @@ def models(json_path: JsonOutOpt = None) -> None:
         _write_json(json_path, {"backbones": details})
 
 
-@app.command("augment-preview")
+@app.command("augment-preview", cls=_Command)
 def augment_preview(
     data: DataArg,
     out_dir: Annotated[Path, typer.Option("--out", help="Folder for augment_<preset>.png, one per preset.")],
@@ -826,25 +992,33 @@ def augment_preview(
             out.print(_literal(f"wrote {path}"))
 
 
-@app.command("export-data")
+@app.command("export-data", cls=_Command)
 def export_data(
     data: DataArg,
-    out_dir: Annotated[Path, typer.Argument(help="Folder to write: one sub-folder per class.")],
+    legacy_out: Annotated[Optional[Path], typer.Argument(metavar="[OUT_DIR]", help="Deprecated: the folder as a second argument; use --out.", show_default=False)] = None,
+    out_dir: Annotated[Optional[Path], typer.Option("--out", help="Folder to write: one sub-folder per class.")] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Write into a non-empty folder.")] = False,
 ) -> None:
-    """Write DATA (e.g. elpv:train) out as image folders, one sub-folder per class."""
+    """Write DATA (e.g. elpv:train) out as image folders, one sub-folder per class, to --out."""
     from transferkit.data import export_image_folders, resolve_data
 
+    if out_dir is not None and legacy_out is not None:
+        raise typer.BadParameter("give the folder once, as --out DIR.", param_hint="--out")
+    if out_dir is None and legacy_out is None:
+        raise typer.BadParameter("expected a folder to write. Received: nothing; pass --out DIR.", param_hint="--out")
+    if out_dir is None:
+        err.print(Text("note: ", style="yellow") + _literal("export-data DATA OUT_DIR is deprecated; write export-data DATA --out OUT_DIR."))
+        out_dir = legacy_out
     with _user_errors():
         images = resolve_data(data)
         export_image_folders(images, out_dir, overwrite=overwrite)
         out.print(_literal(f"wrote {len(images)} images in {len(images.classes)} class folders to {out_dir}"))
 
 
-@app.command()
+@app.command(cls=_Command)
 def info(
-    cache_dir: Annotated[Optional[Path], typer.Option(help="Cache folder to measure (default ~/.cache/transferkit, or $TRANSFERKIT_CACHE).")] = None,
-    json_path: JsonOutOpt = None,
+    cache_dir: CacheOpt = None,
+    json_path: JsonOpt = None,
     torch_view: Annotated[bool, typer.Option("--torch", help="Also import torch (a few seconds) and add its view: CPU kernel level, its thread counts, CUDA availability and devices.")] = False,
 ) -> None:
     """Show what transferkit found on this machine: versions, CPU features, threads, GPUs, cache, offline weights.
@@ -864,11 +1038,10 @@ def info(
 
 cache_app = typer.Typer(no_args_is_help=True, help="Look into or empty the disk cache of decoded images and bottleneck features.")
 app.add_typer(cache_app, name="cache")
-CacheDirOpt = Annotated[Optional[Path], typer.Option(help="Cache folder (default ~/.cache/transferkit, or $TRANSFERKIT_CACHE).")]
 
 
-@cache_app.command("info")
-def cache_info(cache_dir: CacheDirOpt = None, json_path: JsonOutOpt = None) -> None:
+@cache_app.command("info", cls=_Command)
+def cache_info(cache_dir: CacheOpt = None, json_path: JsonOpt = None) -> None:
     """Show where the cache is, what it holds and how big it is."""
     from transferkit.data.cache_admin import cache_summary
     from transferkit.report.tables import cache_table
@@ -880,8 +1053,8 @@ def cache_info(cache_dir: CacheDirOpt = None, json_path: JsonOutOpt = None) -> N
         _write_json(json_path, summary.to_dict())
 
 
-@cache_app.command("clear")
-def cache_clear(cache_dir: CacheDirOpt = None) -> None:
+@cache_app.command("clear", cls=_Command)
+def cache_clear(cache_dir: CacheOpt = None) -> None:
     """Delete the cached decoded images and features; the next run recomputes what it needs."""
     from transferkit.data.cache_admin import clear_cache
     from transferkit.report.tables import format_bytes
@@ -891,7 +1064,7 @@ def cache_clear(cache_dir: CacheDirOpt = None) -> None:
         out.print(f"removed {removed.files} files ({format_bytes(removed.bytes)}) from {removed.root}", highlight=False)
 
 
-@app.command()
+@app.command(cls=_Command)
 def export(
     model_dir: ModelArg,
     out_path: Annotated[Path, typer.Option("--out", help="The .onnx file to write.")],
@@ -909,6 +1082,11 @@ def export(
     for mode in modes:
         if mode not in ("dynamic", "static"):
             raise typer.BadParameter(f"expected dynamic or static. Received: {mode!r}", param_hint="--quantize")
+    if modes and not (check or test):
+        raise typer.BadParameter("int8 is measured on labelled images before it is worth shipping; pass --check DATA "
+                                 "(static calibrates on it) or --test DATA.", param_hint="--quantize")
+    _check_output_file(out_path, "--out")
+    _check_output_file(json_path, "--json")
     from transferkit.export.onnx import PARITY_TOLERANCE, export_onnx
 
     with _user_errors():
@@ -956,13 +1134,32 @@ def _measure_exports(model_dir: Path, fp32: Path, modes: list[str], calibration:
     for name, path in files.items():
         measurement, _ = measure_onnx(path, pixels, np.asarray(images.labels), name=name, reference=reference)
         measurements.append(measurement.to_dict())
+        verdict = "reference" if path == fp32 else _int8_verdict(measurement, measurements[0], len(pixels))
+        measurements[-1]["verdict"] = verdict
         rows.append((name, f"{measurement.accuracy:.4f}", f"{measurement.agreement:.3f}", f"{measurement.images_per_second:.1f}",
-                     f"{measurement.size_mb:.1f}"))
+                     f"{measurement.size_mb:.1f}", verdict))
         if path != fp32:
             err.print(f"wrote {path}")
-    table = fold_table(("model", "accuracy", "agrees with PyTorch", "images/s", "MB"), rows, title=f"on {test} (n={len(pixels)})")
+    table = fold_table(("model", "accuracy", "agrees with PyTorch", "images/s", "MB", "verdict"), rows,
+                       title=f"on {test} (n={len(pixels)})")
     out.print(table)
     return measurements
+
+
+def _int8_verdict(int8, fp32, n: int) -> str:
+    """Whether an int8 file is worth shipping against fp32 on the same test images: it must keep
+    the accuracy within the test set's noise (one standard error of the fp32 accuracy, at least one
+    image) and be faster."""
+    speedup = int8.images_per_second / max(fp32.images_per_second, 1e-9)
+    if fp32.accuracy is None or int8.accuracy is None:
+        return f"unlabelled: compare agreement ({int8.agreement:.3f}); {speedup:.1f}x the fp32 speed"
+    noise = max(1.0 / n, math.sqrt(max(fp32.accuracy * (1 - fp32.accuracy), 1e-12) / n))
+    loss = fp32.accuracy - int8.accuracy
+    if loss > noise:
+        return f"keep fp32: int8 loses {loss:.3f} accuracy (noise {noise:.3f})"
+    if speedup <= 1.0:
+        return f"keep fp32: int8 is not faster ({speedup:.2f}x)"
+    return f"ship int8: {speedup:.1f}x faster, accuracy within the noise"
 
 
 def _spread(pixels: np.ndarray, n: int) -> np.ndarray:
@@ -987,11 +1184,18 @@ def _onnx_classifier(path: Path):
 
 
 def main() -> None:
-    """Console-script entry point: the process-wide settings live here, not in the library."""
+    """Console-script entry point: the process-wide settings live here, not in the library.
+
+    ``--debug`` may stand anywhere (``transferkit fit DATA --debug``): it is moved before the
+    command, where the program's own option lives.
+    """
     from transferkit.training.allocator import keep_freed_memory  # no torch: `info` and `--help` start fast
 
     keep_freed_memory()  # measured 1.75-2.6x on CPU; the library never changes the allocator itself
-    app()
+    args = sys.argv[1:]
+    if "--debug" in args[1:]:
+        args = ["--debug", *[a for a in args if a != "--debug"]]
+    app(args=args, prog_name="transferkit")
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ transferkit.errors.ConfigError: ImageClassifier: epochs expected a positive inte
 
 from __future__ import annotations
 
+import difflib
 import math
 import numbers
 from collections.abc import Mapping, Sequence
@@ -110,7 +111,21 @@ def validate_params(params: Mapping[str, Any], constraints: Mapping[str, Sequenc
         value = params[name]
         if not any(constraint.accepts(value) for constraint in allowed):
             expected = ", or ".join(constraint.describe() for constraint in allowed)
-            raise ConfigError(f"{owner}: {name} expected {expected}. Received: {name}={value!r}")
+            raise ConfigError(f"{owner}: {name} expected {expected}. Received: {name}={value!r}{_did_you_mean(value, allowed)}")
+
+
+def _did_you_mean(value: Any, allowed: Sequence[Constraint]) -> str:
+    """``". Did you mean 'balanced'?"`` for a string close to one of the named options, else ``""``."""
+    if not isinstance(value, str):
+        return ""
+    names: list[str] = []
+    for constraint in allowed:
+        if isinstance(constraint, Options):
+            names += [v for v in constraint.values if isinstance(v, str)]
+        elif isinstance(constraint, Registered):
+            names += list(constraint.names())
+    close = difflib.get_close_matches(value.lower(), names, n=1, cutoff=0.6)
+    return f". Did you mean {close[0]!r}?" if close else ""
 
 
 @dataclass(frozen=True)

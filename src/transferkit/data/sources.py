@@ -271,7 +271,9 @@ def find_images(inputs: Sequence[str | os.PathLike]) -> list[str]:
     Returns
     -------
     list of str
-        Absolute paths, sorted and de-duplicated.
+        Absolute paths in the order given (a folder's images sorted by path, where the folder
+        stands), each once: the first time it appears. As ``ls`` and Ultralytics do, the output
+        follows the input.
 
     Raises
     ------
@@ -280,7 +282,7 @@ def find_images(inputs: Sequence[str | os.PathLike]) -> list[str]:
     """
     if isinstance(inputs, (str, os.PathLike)):
         inputs = [inputs]
-    found: set[str] = set()
+    found: dict[str, None] = {}  # ordered set: input order, first occurrence kept
     for item in inputs:
         path = os.path.abspath(os.fspath(item))
         if os.path.isdir(path):
@@ -290,7 +292,7 @@ def find_images(inputs: Sequence[str | os.PathLike]) -> list[str]:
                     f"{len(walk.problems)} file(s) in {path} cannot be read as images:\n"
                     f"{_list_bad([SkippedFile(p, r) for p, r in walk.problems])}\nRemove them or move them out of the folder."
                 )
-            found.update(walk.images)
+            found.update(dict.fromkeys(sorted(walk.images)))
             continue
         problem = file_problem(path)
         if problem == "file not found":
@@ -301,11 +303,11 @@ def find_images(inputs: Sequence[str | os.PathLike]) -> list[str]:
             if (unknown := unreadable_format(path)) is not None:
                 raise DataError(f"cannot read image {path}: {unknown}.")
             raise DataError(f"expected an image file ({_extensions_hint()}) or a folder. Received: {path}")
-        found.add(path)
+        found[path] = None
     if not found:
         shown = ", ".join(os.fspath(i) for i in inputs) or "(no inputs)"
         raise DataError(f"no image files ({_extensions_hint()}) found in: {shown}")
-    return sorted(found)
+    return list(found)
 
 
 def check_classes(imageset: ImageSet, *, min_per_class: int = 1, purpose: str = "") -> None:
@@ -614,10 +616,7 @@ def _from_list(items: Sequence, labels: Any, *, skip_bad: bool) -> ImageSet:
 
 def _from_array(array: np.ndarray, labels: Any) -> ImageSet:
     if array.dtype != np.uint8:
-        raise DataError(
-            "an image array expected dtype uint8 (0-255); convert it with "
-            f"np.clip(x, 0, 255).astype(np.uint8). Received: dtype={array.dtype}"
-        )
+        raise DataError(_uint8_hint(array))
     ok = array.ndim == 3 or (array.ndim == 4 and array.shape[-1] in (1, 3, 4))
     if not ok or array.shape[0] == 0:
         raise DataError(
@@ -692,6 +691,26 @@ def _label_values(given: Any, names: list[str]) -> dict[str, Any] | None:
             "Convert them to one type, e.g. [str(v) for v in labels]."
         ) from None
     return {name: by_name[name] for name in order}
+
+
+def _uint8_hint(array: np.ndarray) -> str:
+    """How to turn this array into uint8 0-255, judged by its values (0-1 floats scale by 255, never clip)."""
+    head = "an image array expected dtype uint8 (0-255); "
+    received = f"Received: dtype={array.dtype}"
+    if array.dtype == bool:
+        return head + f"convert it with x.astype(np.uint8) * 255. {received}"
+    if not np.issubdtype(array.dtype, np.number) or array.size == 0:
+        return head + f"convert it to pixel values 0-255. {received}"
+    finite = array[np.isfinite(array)] if np.issubdtype(array.dtype, np.floating) else array
+    low, high = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 0.0)
+    found = f"{received}, values {low:g} to {high:g}"
+    if np.issubdtype(array.dtype, np.floating) and low >= 0 and high <= 1:
+        return head + f"these look like 0-1 floats: convert them with np.rint(x * 255).astype(np.uint8). {found}"
+    if low >= 0 and high <= 255:
+        return head + f"convert it with np.rint(x).astype(np.uint8). {found}"
+    if low >= 0 and high <= 65535 and not np.issubdtype(array.dtype, np.floating):
+        return head + f"for 16-bit images use (x // 257).astype(np.uint8), one scale for every image. {found}"
+    return head + (f"scale every image by one factor into 0-255 (not each by its own range), then .astype(np.uint8). {found}")
 
 
 def _reject_labels(labels: Any, source: str) -> None:

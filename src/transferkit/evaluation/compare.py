@@ -56,6 +56,9 @@ class Comparison:
 
 
 def parse_strategies(text: str) -> list[str]:
+    """``"svm,pixels"`` -> ``["svm", "pixels"]``; ``"all"``: every registered strategy, in registry order."""
+    if text.strip().lower() == "all":
+        return list_strategies()
     names = [s.strip() for s in text.split(",") if s.strip()]
     unknown = [s for s in names if s not in list_strategies()]
     if unknown or not names:

@@ -24,16 +24,16 @@ except ImportError as exc:  # pragma: no cover - the dev and serve extras instal
 MAX_TOP_K = 100
 
 
-def create_app(model, *, limits: UploadLimits | None = None, precision: str = "auto") -> FastAPI:
+def create_app(model, *, limits: UploadLimits | None = None, precision: str = "auto", device: str = "cpu") -> FastAPI:
     """A FastAPI application serving ``model`` (a model folder, or a :class:`ServedModel`).
 
-    ``precision`` (auto | fp32 | bf16 | fp16) applies to a model folder: ``"auto"`` serves in
-    bf16 only where the CPU runs it natively and the measurement finds it faster and in
-    agreement with fp32 (probabilities then differ from fp32 in the third decimal).
+    ``device`` and ``precision`` (auto | fp32 | bf16 | fp16) apply to a model folder, as for
+    ``transferkit predict``: under ``"auto"`` a CPU computes in fp32, so the server answers with
+    predict's and the ONNX file's probabilities.
     """
     from transferkit.serve.model import ServedModel
 
-    served = model if isinstance(model, ServedModel) else ServedModel(model, precision=precision)
+    served = model if isinstance(model, ServedModel) else ServedModel(model, precision=precision, device=device)
     limits = limits or UploadLimits()
     page = resources.files("transferkit.serve").joinpath("static/index.html").read_text(encoding="utf-8")
     app = FastAPI(title="transferkit", summary="Image classification with a fitted transferkit model.")

@@ -25,10 +25,10 @@ class ServedModel:
     never see each other's activations.
     """
 
-    def __init__(self, model_dir: str | os.PathLike, *, precision: str = "auto") -> None:
+    def __init__(self, model_dir: str | os.PathLike, *, precision: str = "auto", device: str = "cpu") -> None:
         # The classifier predicts exactly as `transferkit predict` does (predict_proba: the same
-        # views, the same precision decision), on the CPU.
-        self.classifier = load_model(model_dir, device="cpu", precision=precision, cache_dir=False)
+        # views, the same precision decision).
+        self.classifier = load_model(model_dir, device=device, precision=precision, cache_dir=False)
         self.config = read_config(model_dir)
         self._lock = threading.Lock()
 

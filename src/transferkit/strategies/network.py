@@ -55,9 +55,11 @@ class NetworkPlan:
 
     def describe(self) -> str:
         frozen = ", ".join(self.frozen_stages) or "nothing"
+        head_only = self.trainable_stages in ((), ("head",))
+        rates = "the new head only" if head_only else f"pretrained layers at lr x {self.backbone_lr_factor:g}"
         return (
             f"{self.strategy}: frozen {frozen}; training {self.trainable_parameters:,} of "
-            f"{self.total_parameters:,} parameters (pretrained layers at lr x {self.backbone_lr_factor:g})"
+            f"{self.total_parameters:,} parameters ({rates})"
         )
 
 
