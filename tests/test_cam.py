@@ -150,3 +150,43 @@ def test_the_explanation_shows_the_image_the_overlay_and_a_colour_scale():
     assert scale[0, 0, 0] > scale[0, 0, 2] and scale[-1, 0, 2] > scale[-1, 0, 0]  # red (high) on top, blue at the bottom
     flat = explanation_panel(image, None, size=160)
     assert flat.shape == panel.shape
+
+
+@pytest.fixture(scope="module")
+def binary_folder(tmp_path_factory):
+    """Two colour classes: a binary model, whose folded svm head had an all-zero row for class 0."""
+    from conftest import write_image_folder
+
+    root = write_image_folder(tmp_path_factory.mktemp("binary"), n_per_class=6, size=32)
+    import shutil
+
+    shutil.rmtree(root / "blue")
+    return root
+
+
+@pytest.mark.parametrize("strategy", ["svm", "logistic"])
+def test_a_binary_model_explains_images_predicted_as_either_class(binary_folder, tiny_weights, tmp_path, strategy):
+    # issue 33 item 4: the head folded from one decision value d is [0, d]; Grad-CAM of class 0's
+    # logit had no gradient at all, so every image predicted as class 0 got "no useful heatmap".
+    from transferkit import load
+
+    classifier = load(fit_tiny_model(binary_folder, tiny_weights, tmp_path / "model", strategy=strategy))
+    paths = sorted(binary_folder.rglob("*.png"))
+    pixels = np.stack([np.asarray(Image.open(p)) for p in paths])
+    predicted = classifier.predict_proba(paths).argmax(axis=1)
+    assert set(predicted) == {0, 1}
+    result = heatmaps(classifier.model_, pixels, classifier.preprocessing_, predicted)
+    for label in (0, 1):
+        chosen = predicted == label
+        assert result.useful[chosen].all(), (label, [result.describe(i) for i in np.flatnonzero(chosen)])
+        assert all(np.ptp(result.maps[i]) >= FLAT for i in np.flatnonzero(chosen))
+
+
+def test_the_note_of_a_flat_map_does_not_blame_the_image(defect_model, monkeypatch):
+    from transferkit.report import cam
+
+    model, preprocessing = defect_model
+    images, _, _ = patch_images(1, seed=4)
+    monkeypatch.setattr(cam, "_grad_cam", lambda *args: np.zeros((len(args[2]), SIZE, SIZE), np.float32))
+    note = heatmaps(model, images, preprocessing).describe(0)
+    assert note.startswith("no useful heatmap") and "no evidence" not in note and "image" not in note
