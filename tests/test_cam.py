@@ -152,6 +152,39 @@ def test_the_explanation_shows_the_image_the_overlay_and_a_colour_scale():
     assert flat.shape == panel.shape
 
 
+def test_the_explanation_keeps_the_input_size_and_enlarges_small_images_smoothly():
+    # issue 33 item 15: 224 px inputs were shrunk to 160 px, and every input resized by nearest neighbour
+    large = np.random.default_rng(0).integers(0, 256, (224, 224, 3)).astype(np.uint8)
+    panel = explanation_panel(large, np.zeros((224, 224), np.float32), size=160)
+    assert np.array_equal(panel[:224, :224], large)  # the model's input size, pixel for pixel
+    halves = np.zeros((32, 32, 3), np.uint8)
+    halves[:, 16:] = 255
+    enlarged = explanation_panel(halves, None, size=160)[:160, :160, 0]
+    assert len(np.unique(enlarged)) > 4  # a smooth filter: greys between the black and the white half
+
+
+def test_the_explanation_writes_the_prediction_and_wraps_its_caption_between_words():
+    from PIL import Image, ImageDraw, ImageFont
+
+    from transferkit.report.cam import caption_lines
+
+    image = np.full((32, 32, 3), 90, np.uint8)
+    plain = explanation_panel(image, None, size=160)
+    red = explanation_panel(image, None, size=160, title="predicted red (0.931)")
+    green = explanation_panel(image, None, size=160, title="predicted green (0.931)")
+    assert red.shape[0] > plain.shape[0] and red.shape == green.shape
+    assert (red[160:] < 128).any() and not np.array_equal(red, green)  # dark text below the images, the class in it
+    note = "no useful heatmap: Grad-CAM's map was flat down to stage1, so it cannot show where the network looked " * 2
+    width = plain.shape[1] - 4
+    lines = caption_lines(note, width)
+    assert len(lines) > 1 and " ".join(lines).split() == note.split()  # every word whole, in order
+    draw, font = ImageDraw.Draw(Image.new("RGB", (1, 1))), ImageFont.load_default()
+    assert all(draw.textlength(line, font=font) <= width for line in lines)
+    captioned = explanation_panel(image, None, size=160, title="predicted red (0.931)", note=note)
+    assert captioned.shape[0] >= red.shape[0] + (len(lines) - 1) * 10 and captioned.shape[1] == red.shape[1]
+    assert caption_lines("a" * 300, 50) == ["a" * 300]  # a word wider than the line stays whole
+
+
 @pytest.fixture(scope="module")
 def binary_folder(tmp_path_factory):
     """Two colour classes: a binary model, whose folded svm head had an all-zero row for class 0."""

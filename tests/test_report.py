@@ -125,6 +125,27 @@ def test_evaluate_report_and_predict_explain(hostile_model, hostile_folder, tmp_
     assert panel.shape[0] >= 160 and panel.shape[1] > 2 * 160  # the image, the overlay and the colour scale, enlarged
 
 
+def test_a_binary_models_explain_maps_images_predicted_as_either_class(tiny_weights, tmp_path):
+    # issue 33 item 4: a 2-class svm model's folded head has a constant logit for class 0, and every
+    # image predicted as class 0 got "no useful heatmap"
+    import shutil
+
+    from conftest import write_image_folder
+
+    folder = write_image_folder(tmp_path / "data", n_per_class=6, size=32)
+    shutil.rmtree(folder / "blue")
+    model = fit_tiny_model(folder, tiny_weights, tmp_path / "model", strategy="svm")
+    images = sorted(folder.rglob("*.png"))
+    result = invoke("predict", model, *images, "--explain", tmp_path / "heatmaps", "--json", tmp_path / "predictions.json")
+    assert result.exit_code == 0, result.output
+    predicted = {row["label"] for row in json.loads((tmp_path / "predictions.json").read_text())["predictions"]}
+    assert predicted == {"green", "red"}
+    for path in sorted((tmp_path / "heatmaps").iterdir()):
+        panel = np.asarray(Image.open(path).convert("RGB")).astype(int)
+        middle = panel[:160, 168:328]
+        assert np.ptp(middle, axis=2).max() > 40, path.name  # a coloured overlay, not the greyed "no useful map"
+
+
 def test_compare_report_has_the_cv_table_and_chart(image_folder, tiny_weights, tmp_path):
     result = invoke(
         "compare", image_folder, "--strategies", "svm,logistic", "--cv", 2, "--backbone", TINY_BACKBONE, "--weights", tiny_weights,

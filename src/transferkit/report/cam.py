@@ -229,35 +229,69 @@ def colour_scale(height: int = 160, width: int = 14, colormap: str = COLORMAP) -
     return (colormaps[colormap](values)[..., :3] * 255 + 0.5).astype(np.uint8)
 
 
-def explanation_panel(image: np.ndarray, heatmap: np.ndarray | None, *, size: int = 160, note: str = "") -> np.ndarray:
-    """The image, its heatmap overlay and the colour scale side by side, uint8 RGB.
+def explanation_panel(image: np.ndarray, heatmap: np.ndarray | None, *, size: int = 160, title: str = "",
+                      note: str = "") -> np.ndarray:
+    """The image, its heatmap overlay and the colour scale side by side, uint8 RGB, with ``title``
+    (e.g. the predicted class and its probability) and ``note`` (where the map comes from) written
+    below, wrapped between words.
 
-    Small inputs are enlarged (nearest neighbour) to ``size`` pixels. ``heatmap`` None: the
-    middle panel is the greyed image with "no useful map" written on it.
+    The image is shown at its own size; one narrower than ``size`` pixels is enlarged to ``size``
+    with a Lanczos filter. ``heatmap`` None: the middle panel is the greyed image with "no useful
+    map" written on it.
     """
-    from PIL import Image, ImageDraw
+    from PIL import Image, ImageDraw, ImageFont
 
-    def enlarged(pixels: np.ndarray) -> Image.Image:
+    width = max(size, int(image.shape[1]))
+
+    def shown(pixels: np.ndarray) -> Image.Image:
         picture = Image.fromarray(np.ascontiguousarray(pixels))
-        return picture.resize((size, size * picture.height // picture.width), Image.Resampling.NEAREST)
+        if picture.width == width:
+            return picture
+        return picture.resize((width, max(1, round(width * picture.height / picture.width))), Image.Resampling.LANCZOS)
 
-    left = enlarged(image)
+    font = ImageFont.load_default()
+    left = shown(image)
     if heatmap is None:
         grey = np.asarray(Image.fromarray(image).convert("L").convert("RGB")) // 2 + 64
-        middle = enlarged(grey)
-        ImageDraw.Draw(middle).text((6, 6), "no useful map", fill=(255, 255, 255))
+        middle = shown(grey)
+        ImageDraw.Draw(middle).text((6, 6), "no useful map", fill=(255, 255, 255), font=font)
     else:
-        middle = enlarged(overlay(image, heatmap))
+        middle = shown(overlay(image, heatmap))
     scale = Image.fromarray(colour_scale(left.height - 24, 14))
     gap, label_width = 8, 34
-    panel = Image.new("RGB", (left.width * 2 + gap * 3 + scale.width + label_width, left.height + (16 if note else 0)), "white")
+    panel_width = left.width * 2 + gap * 3 + scale.width + label_width
+    measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    line_height = measure.textbbox((0, 0), "Mg", font=font)[3] + 4
+    captions = [(line, (0, 0, 0)) for line in caption_lines(title, panel_width - 4, font)]
+    captions += [(line, (60, 60, 60)) for line in caption_lines(note, panel_width - 4, font)]
+    panel = Image.new("RGB", (panel_width, left.height + (len(captions) * line_height + 4 if captions else 0)), "white")
     panel.paste(left, (0, 0))
     panel.paste(middle, (left.width + gap, 0))
     x = 2 * left.width + 2 * gap
     panel.paste(scale, (x, 12))
     draw = ImageDraw.Draw(panel)
-    draw.text((x + scale.width + 3, 8), "high", fill=(0, 0, 0))
-    draw.text((x + scale.width + 3, left.height - 20), "low", fill=(0, 0, 0))
-    if note:
-        draw.text((2, left.height + 2), note, fill=(60, 60, 60))
+    draw.text((x + scale.width + 3, 8), "high", fill=(0, 0, 0), font=font)
+    draw.text((x + scale.width + 3, left.height - 20), "low", fill=(0, 0, 0), font=font)
+    for row, (line, colour) in enumerate(captions):
+        draw.text((2, left.height + 2 + row * line_height), line, fill=colour, font=font)
     return np.asarray(panel)
+
+
+def caption_lines(text: str, width: int, font=None) -> list[str]:
+    """``text`` in lines at most ``width`` pixels wide in ``font`` (Pillow's default), broken
+    between words only (:func:`transferkit.lines.pack`); a word wider than that keeps a line to itself."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    from transferkit.lines import pack
+
+    words = text.split()
+    if not words:
+        return []
+    font = font or ImageFont.load_default()
+    draw = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    characters = len(" ".join(words))
+    while True:
+        lines = pack(words, characters)
+        if characters <= 1 or all(draw.textlength(line, font=font) <= width or " " not in line for line in lines):
+            return lines
+        characters -= 1
