@@ -112,6 +112,47 @@ def test_advice_section_shows_the_advisors_measurements_and_race(hostile_model, 
     assert {"domain_shift.png", f"logme_{TINY_BACKBONE}.png"} <= {p.name for p in (tmp_path / "report").iterdir()}
 
 
+def test_an_auto_models_report_shows_its_search(image_folder, tiny_weights, tmp_path):
+    # issue 33 item 7: a model whose auto search raced its candidates was reported as "No race"
+    model = fit_tiny_model(image_folder, tiny_weights, tmp_path / "model", strategy="auto", budget_minutes=None)
+    advice = json.loads((model / "config.json").read_text())["advice"]
+    trials = advice["trials"]
+    assert len([t for t in trials if t["accuracy"] is not None]) >= 2
+    result = invoke("report", model, image_folder, "--out", tmp_path / "report")
+    assert result.exit_code == 0, result.output
+    html = (tmp_path / "report" / "report.html").read_text()
+    advice_html = html.split('<section id="advice">')[1].split("</section>")[0]
+    assert "No race" not in advice_html and "The search" in advice_html
+    rows = re.findall(r"<tr( class=\"winner\")?><td>(.*?)</td>.*?</tr>", advice_html.split("The search")[1], re.S)
+    labels = [label for _, label in rows]
+    assert labels == [t["label"] for t in trials]  # every candidate, in the order they ran
+    winners = [label for marked, label in rows if marked]
+    assert winners == [t["label"] for t in trials][advice["chosen"]:advice["chosen"] + 1]
+    assert advice["strategy"] == trials[advice["chosen"]]["strategy"]
+    for trial in trials:
+        if trial["accuracy"] is not None:
+            assert f"{trial['accuracy']:.4f}" in advice_html
+    assert advice["reasons"][-1].split(":")[0] in advice_html  # the decision, in the reasons
+
+
+def test_the_winner_of_advice_saved_before_it_was_recorded_is_found_from_its_settings():
+    from transferkit.report.build import search_trials
+
+    settings = {"strategy": "svm", "image_size": 32, "class_weight": None, "symmetries": "none", "feature_layers": "bottleneck", "freeze": None}
+    advice = {**settings, "trials": [{**settings, "class_weight": "balanced", "accuracy": 0.9}, {**settings, "accuracy": 0.8},
+                                     {**settings, "accuracy": None, "skipped": "over budget"}]}
+    assert [t["winner"] for t in search_trials(advice)] == [False, True, False]
+    assert [t["winner"] for t in search_trials({**advice, "chosen": 0})] == [True, False, False]
+    assert search_trials({"strategy": "svm", "trials": None}) == []
+
+
+def test_no_race_is_said_only_when_there_was_none(hostile_model, hostile_folder, tmp_path):
+    result = invoke("report", hostile_model, hostile_folder, "--out", tmp_path / "report")
+    assert result.exit_code == 0, result.output
+    advice_html = (tmp_path / "report" / "report.html").read_text().split('<section id="advice">')[1].split("</section>")[0]
+    assert "explicit strategy" in advice_html and "The search" not in advice_html
+
+
 def test_evaluate_report_and_predict_explain(hostile_model, hostile_folder, tmp_path):
     result = invoke("evaluate", hostile_model, hostile_folder, "--report", tmp_path / "report")
     assert result.exit_code == 0, result.output

@@ -148,7 +148,25 @@ def write_report(
         all_figures = figures + [scale] + [f for m in mistakes for f in (m.thumbnail, m.heatmap)]
         return _write(out, "model.html.j2", all_figures, summary,
                       {"summary": summary, "metrics": metrics, "figures": figures, "mistakes": mistakes, "advice": advice,
-                       "history": history, "positive": list(positive or []), "scale": scale})
+                       "search": search_trials(advice), "history": history, "positive": list(positive or []), "scale": scale})
+
+
+def search_trials(advice: dict[str, Any]) -> list[dict[str, Any]]:
+    """The candidates of an ``auto`` fit's search (``advice["trials"]``, as config.json stores them),
+    each with ``winner`` True for the one chosen. Empty when there was no search.
+
+    ``advice["chosen"]`` names the winner; advice saved before it existed is matched on the
+    settings the winner handed to the recommendation (the first measured trial that has them).
+    """
+    trials = [dict(trial) for trial in advice.get("trials") or []]
+    chosen = advice.get("chosen")
+    if chosen is None:
+        keys = ("strategy", "image_size", "class_weight", "symmetries", "feature_layers", "freeze")
+        chosen = next((i for i, trial in enumerate(trials)
+                       if trial.get("accuracy") is not None and all(trial.get(k) == advice.get(k) for k in keys)), None)
+    for index, trial in enumerate(trials):
+        trial["winner"] = index == chosen
+    return trials
 
 
 def _figures(metrics: dict[str, Any], classes: list[str], history: list, advice: dict[str, Any]) -> list[Figure]:
