@@ -133,6 +133,13 @@ def test_an_auto_models_report_shows_its_search(image_folder, tiny_weights, tmp_
         if trial["accuracy"] is not None:
             assert f"{trial['accuracy']:.4f}" in advice_html
     assert advice["reasons"][-1].split(":")[0] in advice_html  # the decision, in the reasons
+    # a race from `advise --measure` (--advice) joins the search rather than hiding it
+    race = {"strategy": "svm", "reasons": [], "race": {"verdict": "the race agrees", "results": []}}
+    (tmp_path / "advice.json").write_text(json.dumps(race))
+    result = invoke("report", model, image_folder, "--out", tmp_path / "raced", "--advice", tmp_path / "advice.json", "--mistakes", 0)
+    assert result.exit_code == 0, result.output
+    html = (tmp_path / "raced" / "report.html").read_text()
+    assert "The search" in html and "the race agrees" in html and "No race" not in html
 
 
 def test_the_winner_of_advice_saved_before_it_was_recorded_is_found_from_its_settings():

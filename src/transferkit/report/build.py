@@ -145,10 +145,12 @@ def write_report(
             "model_card": None if card is None else os.path.relpath(Path(card).absolute(), Path(out_dir).absolute()),
         }
         scale = colour_scale_figure()
+        # an auto model's own search stays on the page when --advice brings a race from `advise --measure`
+        search = search_trials(advice if advice.get("trials") else config.get("advice") or {})
         all_figures = figures + [scale] + [f for m in mistakes for f in (m.thumbnail, m.heatmap)]
         return _write(out, "model.html.j2", all_figures, summary,
                       {"summary": summary, "metrics": metrics, "figures": figures, "mistakes": mistakes, "advice": advice,
-                       "search": search_trials(advice), "history": history, "positive": list(positive or []), "scale": scale})
+                       "search": search, "history": history, "positive": list(positive or []), "scale": scale})
 
 
 def search_trials(advice: dict[str, Any]) -> list[dict[str, Any]]:
