@@ -228,6 +228,35 @@ def test_a_pixels_model_reports_without_heatmaps(tmp_path):
     assert "no heatmap: this model has no convolutional stages" in path.read_text()
 
 
+def test_a_report_removes_the_files_it_wrote_before_and_no_longer_writes(tmp_path):
+    # issue 33 item 17: mistake PNGs of an earlier run stayed in the folder after --mistakes 0
+    import transferkit
+    from transferkit.data import ImageSet
+    from transferkit.report.build import write_report
+
+    images, labels = make_images(6, 16)
+    clf = transferkit.ImageClassifier(strategy="pixels", image_size=16, device="cpu", precision="fp32", cache_dir=False).fit(images, labels)
+    wrong = ImageSet(sources=list(images), labels=list(reversed(labels)))
+    out = tmp_path / "r"
+
+    def mistake_files():
+        return sorted(p.name for p in out.glob("mistake_*"))
+
+    write_report(clf, wrong, out, data_name="x", top_mistakes=3, progress=False)
+    assert len(mistake_files()) == 6
+    (out / "mine.png").write_bytes(b"the user's")  # not the report's: stays
+    write_report(clf, wrong, out, data_name="x", top_mistakes=0, progress=False)
+    assert mistake_files() == [] and (out / "mine.png").read_bytes() == b"the user's"
+    assert {"report.html", "report.json", "confusion_counts.png"} <= {p.name for p in out.iterdir()}
+    # a report written before the list of files existed: its mistakes are found from report.json
+    write_report(clf, wrong, out, data_name="x", top_mistakes=2, progress=False)
+    summary = json.loads((out / "report.json").read_text())
+    del summary["files"]
+    (out / "report.json").write_text(json.dumps(summary))
+    write_report(clf, wrong, out, data_name="x", top_mistakes=1, progress=False)
+    assert mistake_files() == ["mistake_01.png", "mistake_01_heatmap.png"] and (out / "mine.png").exists()
+
+
 def test_augment_preview_writes_one_grid_per_preset(image_folder, tmp_path):
     result = invoke("augment-preview", image_folder, "--out", tmp_path / "aug", "--presets", "none,strong", "--views", 3,
                     "--image-size", 32)

@@ -264,14 +264,37 @@ def binary_metrics(labels: Sequence[str], predictions: Sequence[str], positive: 
 
 
 def _write(out: Path, template: str, figures: list[Figure], summary: dict[str, Any], context: dict[str, Any]) -> Path:
+    """Write the figures, ``report.json`` (listing the figures under ``files``) and ``report.html``;
+    then remove the figures an earlier report wrote to ``out`` that this one does not."""
     out.mkdir(parents=True, exist_ok=True)
+    earlier = _earlier_figures(out)
     for figure in figures:
         (out / figure.name).write_bytes(figure.png)
-    (out / "report.json").write_text(json.dumps(summary, indent=2, default=str))
+    names = sorted(figure.name for figure in figures)
+    (out / "report.json").write_text(json.dumps({**summary, "files": names}, indent=2, default=str))
     html = _environment().get_template(template).render(**context)
     path = out / "report.html"
     path.write_text(html, encoding="utf-8")
+    for name in sorted(earlier - set(names)):
+        (out / name).unlink(missing_ok=True)
     return path
+
+
+def _earlier_figures(out: Path) -> set[str]:
+    """The PNGs the report in ``out`` (if any) wrote: its ``report.json``'s ``files``, or, for one written
+    before that list existed, its mistakes' images. Only plain ``.png`` names in ``out``: never a user's file."""
+    try:
+        earlier = json.loads((out / "report.json").read_text())
+    except (OSError, ValueError):
+        return set()
+    if not isinstance(earlier, dict):
+        return set()
+    names = earlier.get("files")
+    if not isinstance(names, list):
+        ranks = [m.get("rank") for m in earlier.get("mistakes") or [] if isinstance(m, dict)]
+        names = [name for rank in ranks if isinstance(rank, int) for name in (f"mistake_{rank:02d}.png", f"mistake_{rank:02d}_heatmap.png")]
+    return {name for name in names if isinstance(name, str) and name.endswith(".png") and Path(name).name == name
+            and not name.startswith(".")}
 
 
 def _environment():
