@@ -257,6 +257,25 @@ def test_a_report_removes_the_files_it_wrote_before_and_no_longer_writes(tmp_pat
     assert mistake_files() == ["mistake_01.png", "mistake_01_heatmap.png"] and (out / "mine.png").exists()
 
 
+def test_augment_preview_gives_torch_only_writable_arrays(image_folder, tmp_path, monkeypatch):
+    # issue 33 item 17: the cached images are a read-only memory map, and torch.from_numpy on them
+    # warned "The given NumPy array is not writable" (once per process, so checked at the call)
+    import torch
+
+    from transferkit.data import resolve_data
+    from transferkit.report.augment_preview import write_augment_preview
+
+    real, seen = torch.from_numpy, []
+
+    def from_numpy(array):
+        seen.append(array.flags.writeable)
+        return real(array)
+
+    monkeypatch.setattr(torch, "from_numpy", from_numpy)
+    write_augment_preview(resolve_data(image_folder), tmp_path / "aug", presets=["standard"], per_class=1, views=2, image_size=32)
+    assert seen and all(seen)
+
+
 def test_augment_preview_writes_one_grid_per_preset(image_folder, tmp_path):
     result = invoke("augment-preview", image_folder, "--out", tmp_path / "aug", "--presets", "none,strong", "--views", 3,
                     "--image-size", 32)
