@@ -150,3 +150,76 @@ def test_the_explanation_shows_the_image_the_overlay_and_a_colour_scale():
     assert scale[0, 0, 0] > scale[0, 0, 2] and scale[-1, 0, 2] > scale[-1, 0, 0]  # red (high) on top, blue at the bottom
     flat = explanation_panel(image, None, size=160)
     assert flat.shape == panel.shape
+
+
+def test_the_explanation_keeps_the_input_size_and_enlarges_small_images_smoothly():
+    # issue 33 item 15: 224 px inputs were shrunk to 160 px, and every input resized by nearest neighbour
+    large = np.random.default_rng(0).integers(0, 256, (224, 224, 3)).astype(np.uint8)
+    panel = explanation_panel(large, np.zeros((224, 224), np.float32), size=160)
+    assert np.array_equal(panel[:224, :224], large)  # the model's input size, pixel for pixel
+    halves = np.zeros((32, 32, 3), np.uint8)
+    halves[:, 16:] = 255
+    enlarged = explanation_panel(halves, None, size=160)[:160, :160, 0]
+    assert len(np.unique(enlarged)) > 4  # a smooth filter: greys between the black and the white half
+
+
+def test_the_explanation_writes_the_prediction_and_wraps_its_caption_between_words():
+    from PIL import Image, ImageDraw, ImageFont
+
+    from transferkit.report.cam import caption_lines
+
+    image = np.full((32, 32, 3), 90, np.uint8)
+    plain = explanation_panel(image, None, size=160)
+    red = explanation_panel(image, None, size=160, title="predicted red (0.931)")
+    green = explanation_panel(image, None, size=160, title="predicted green (0.931)")
+    assert red.shape[0] > plain.shape[0] and red.shape == green.shape
+    assert (red[160:] < 128).any() and not np.array_equal(red, green)  # dark text below the images, the class in it
+    note = "no useful heatmap: Grad-CAM's map was flat down to stage1, so it cannot show where the network looked " * 2
+    width = plain.shape[1] - 4
+    lines = caption_lines(note, width)
+    assert len(lines) > 1 and " ".join(lines).split() == note.split()  # every word whole, in order
+    draw, font = ImageDraw.Draw(Image.new("RGB", (1, 1))), ImageFont.load_default()
+    assert all(draw.textlength(line, font=font) <= width for line in lines)
+    captioned = explanation_panel(image, None, size=160, title="predicted red (0.931)", note=note)
+    assert captioned.shape[0] >= red.shape[0] + (len(lines) - 1) * 10 and captioned.shape[1] == red.shape[1]
+    assert caption_lines("a" * 300, 50) == ["a" * 300]  # a word wider than the line stays whole
+
+
+@pytest.fixture(scope="module")
+def binary_folder(tmp_path_factory):
+    """Two colour classes: a binary model, whose folded svm head had an all-zero row for class 0."""
+    from conftest import write_image_folder
+
+    root = write_image_folder(tmp_path_factory.mktemp("binary"), n_per_class=6, size=32)
+    import shutil
+
+    shutil.rmtree(root / "blue")
+    return root
+
+
+@pytest.mark.parametrize("strategy", ["svm", "logistic"])
+def test_a_binary_model_explains_images_predicted_as_either_class(binary_folder, tiny_weights, tmp_path, strategy):
+    # issue 33 item 4: the head folded from one decision value d is [0, d]; Grad-CAM of class 0's
+    # logit had no gradient at all, so every image predicted as class 0 got "no useful heatmap".
+    from transferkit import load
+
+    classifier = load(fit_tiny_model(binary_folder, tiny_weights, tmp_path / "model", strategy=strategy))
+    paths = sorted(binary_folder.rglob("*.png"))
+    pixels = np.stack([np.asarray(Image.open(p)) for p in paths])
+    predicted = classifier.predict_proba(paths).argmax(axis=1)
+    assert set(predicted) == {0, 1}
+    result = heatmaps(classifier.model_, pixels, classifier.preprocessing_, predicted)
+    for label in (0, 1):
+        chosen = predicted == label
+        assert result.useful[chosen].all(), (label, [result.describe(i) for i in np.flatnonzero(chosen)])
+        assert all(np.ptp(result.maps[i]) >= FLAT for i in np.flatnonzero(chosen))
+
+
+def test_the_note_of_a_flat_map_does_not_blame_the_image(defect_model, monkeypatch):
+    from transferkit.report import cam
+
+    model, preprocessing = defect_model
+    images, _, _ = patch_images(1, seed=4)
+    monkeypatch.setattr(cam, "_grad_cam", lambda *args: np.zeros((len(args[2]), SIZE, SIZE), np.float32))
+    note = heatmaps(model, images, preprocessing).describe(0)
+    assert note.startswith("no useful heatmap") and "no evidence" not in note and "image" not in note

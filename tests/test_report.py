@@ -112,6 +112,54 @@ def test_advice_section_shows_the_advisors_measurements_and_race(hostile_model, 
     assert {"domain_shift.png", f"logme_{TINY_BACKBONE}.png"} <= {p.name for p in (tmp_path / "report").iterdir()}
 
 
+def test_an_auto_models_report_shows_its_search(image_folder, tiny_weights, tmp_path):
+    # issue 33 item 7: a model whose auto search raced its candidates was reported as "No race"
+    model = fit_tiny_model(image_folder, tiny_weights, tmp_path / "model", strategy="auto", budget_minutes=None)
+    advice = json.loads((model / "config.json").read_text())["advice"]
+    trials = advice["trials"]
+    assert len([t for t in trials if t["accuracy"] is not None]) >= 2
+    result = invoke("report", model, image_folder, "--out", tmp_path / "report")
+    assert result.exit_code == 0, result.output
+    html = (tmp_path / "report" / "report.html").read_text()
+    advice_html = html.split('<section id="advice">')[1].split("</section>")[0]
+    assert "No race" not in advice_html and "The search" in advice_html
+    rows = re.findall(r"<tr( class=\"winner\")?><td>(.*?)</td>.*?</tr>", advice_html.split("The search")[1], re.S)
+    labels = [label for _, label in rows]
+    assert labels == [t["label"] for t in trials]  # every candidate, in the order they ran
+    winners = [label for marked, label in rows if marked]
+    assert winners == [t["label"] for t in trials][advice["chosen"]:advice["chosen"] + 1]
+    assert advice["strategy"] == trials[advice["chosen"]]["strategy"]
+    for trial in trials:
+        if trial["accuracy"] is not None:
+            assert f"{trial['accuracy']:.4f}" in advice_html
+    assert advice["reasons"][-1].split(":")[0] in advice_html  # the decision, in the reasons
+    # a race from `advise --measure` (--advice) joins the search rather than hiding it
+    race = {"strategy": "svm", "reasons": [], "race": {"verdict": "the race agrees", "results": []}}
+    (tmp_path / "advice.json").write_text(json.dumps(race))
+    result = invoke("report", model, image_folder, "--out", tmp_path / "raced", "--advice", tmp_path / "advice.json", "--mistakes", 0)
+    assert result.exit_code == 0, result.output
+    html = (tmp_path / "raced" / "report.html").read_text()
+    assert "The search" in html and "the race agrees" in html and "No race" not in html
+
+
+def test_the_winner_of_advice_saved_before_it_was_recorded_is_found_from_its_settings():
+    from transferkit.report.build import search_trials
+
+    settings = {"strategy": "svm", "image_size": 32, "class_weight": None, "symmetries": "none", "feature_layers": "bottleneck", "freeze": None}
+    advice = {**settings, "trials": [{**settings, "class_weight": "balanced", "accuracy": 0.9}, {**settings, "accuracy": 0.8},
+                                     {**settings, "accuracy": None, "skipped": "over budget"}]}
+    assert [t["winner"] for t in search_trials(advice)] == [False, True, False]
+    assert [t["winner"] for t in search_trials({**advice, "chosen": 0})] == [True, False, False]
+    assert search_trials({"strategy": "svm", "trials": None}) == []
+
+
+def test_no_race_is_said_only_when_there_was_none(hostile_model, hostile_folder, tmp_path):
+    result = invoke("report", hostile_model, hostile_folder, "--out", tmp_path / "report")
+    assert result.exit_code == 0, result.output
+    advice_html = (tmp_path / "report" / "report.html").read_text().split('<section id="advice">')[1].split("</section>")[0]
+    assert "explicit strategy" in advice_html and "The search" not in advice_html
+
+
 def test_evaluate_report_and_predict_explain(hostile_model, hostile_folder, tmp_path):
     result = invoke("evaluate", hostile_model, hostile_folder, "--report", tmp_path / "report")
     assert result.exit_code == 0, result.output
@@ -123,6 +171,27 @@ def test_evaluate_report_and_predict_explain(hostile_model, hostile_folder, tmp_
     assert len(written) == 4 and all(p.name.endswith(".heatmap.png") for p in written)
     panel = np.asarray(Image.open(written[0]).convert("RGB"))
     assert panel.shape[0] >= 160 and panel.shape[1] > 2 * 160  # the image, the overlay and the colour scale, enlarged
+
+
+def test_a_binary_models_explain_maps_images_predicted_as_either_class(tiny_weights, tmp_path):
+    # issue 33 item 4: a 2-class svm model's folded head has a constant logit for class 0, and every
+    # image predicted as class 0 got "no useful heatmap"
+    import shutil
+
+    from conftest import write_image_folder
+
+    folder = write_image_folder(tmp_path / "data", n_per_class=6, size=32)
+    shutil.rmtree(folder / "blue")
+    model = fit_tiny_model(folder, tiny_weights, tmp_path / "model", strategy="svm")
+    images = sorted(folder.rglob("*.png"))
+    result = invoke("predict", model, *images, "--explain", tmp_path / "heatmaps", "--json", tmp_path / "predictions.json")
+    assert result.exit_code == 0, result.output
+    predicted = {row["label"] for row in json.loads((tmp_path / "predictions.json").read_text())["predictions"]}
+    assert predicted == {"green", "red"}
+    for path in sorted((tmp_path / "heatmaps").iterdir()):
+        panel = np.asarray(Image.open(path).convert("RGB")).astype(int)
+        middle = panel[:160, 168:328]
+        assert np.ptp(middle, axis=2).max() > 40, path.name  # a coloured overlay, not the greyed "no useful map"
 
 
 def test_compare_report_has_the_cv_table_and_chart(image_folder, tiny_weights, tmp_path):
@@ -157,6 +226,54 @@ def test_a_pixels_model_reports_without_heatmaps(tmp_path):
     clf = transferkit.ImageClassifier(strategy="pixels", image_size=16, device="cpu", precision="fp32", cache_dir=False).fit(images, labels)
     path = write_report(clf, ImageSet(sources=list(images), labels=list(reversed(labels))), tmp_path / "r", data_name="x", top_mistakes=3, progress=False)
     assert "no heatmap: this model has no convolutional stages" in path.read_text()
+
+
+def test_a_report_removes_the_files_it_wrote_before_and_no_longer_writes(tmp_path):
+    # issue 33 item 17: mistake PNGs of an earlier run stayed in the folder after --mistakes 0
+    import transferkit
+    from transferkit.data import ImageSet
+    from transferkit.report.build import write_report
+
+    images, labels = make_images(6, 16)
+    clf = transferkit.ImageClassifier(strategy="pixels", image_size=16, device="cpu", precision="fp32", cache_dir=False).fit(images, labels)
+    wrong = ImageSet(sources=list(images), labels=list(reversed(labels)))
+    out = tmp_path / "r"
+
+    def mistake_files():
+        return sorted(p.name for p in out.glob("mistake_*"))
+
+    write_report(clf, wrong, out, data_name="x", top_mistakes=3, progress=False)
+    assert len(mistake_files()) == 6
+    (out / "mine.png").write_bytes(b"the user's")  # not the report's: stays
+    write_report(clf, wrong, out, data_name="x", top_mistakes=0, progress=False)
+    assert mistake_files() == [] and (out / "mine.png").read_bytes() == b"the user's"
+    assert {"report.html", "report.json", "confusion_counts.png"} <= {p.name for p in out.iterdir()}
+    # a report written before the list of files existed: its mistakes are found from report.json
+    write_report(clf, wrong, out, data_name="x", top_mistakes=2, progress=False)
+    summary = json.loads((out / "report.json").read_text())
+    del summary["files"]
+    (out / "report.json").write_text(json.dumps(summary))
+    write_report(clf, wrong, out, data_name="x", top_mistakes=1, progress=False)
+    assert mistake_files() == ["mistake_01.png", "mistake_01_heatmap.png"] and (out / "mine.png").exists()
+
+
+def test_augment_preview_gives_torch_only_writable_arrays(image_folder, tmp_path, monkeypatch):
+    # issue 33 item 17: the cached images are a read-only memory map, and torch.from_numpy on them
+    # warned "The given NumPy array is not writable" (once per process, so checked at the call)
+    import torch
+
+    from transferkit.data import resolve_data
+    from transferkit.report.augment_preview import write_augment_preview
+
+    real, seen = torch.from_numpy, []
+
+    def from_numpy(array):
+        seen.append(array.flags.writeable)
+        return real(array)
+
+    monkeypatch.setattr(torch, "from_numpy", from_numpy)
+    write_augment_preview(resolve_data(image_folder), tmp_path / "aug", presets=["standard"], per_class=1, views=2, image_size=32)
+    assert seen and all(seen)
 
 
 def test_augment_preview_writes_one_grid_per_preset(image_folder, tmp_path):

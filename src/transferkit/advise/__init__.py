@@ -101,6 +101,8 @@ class Advice:
             "seconds": round(self.seconds, 2),
             "forward_images_per_second": self.forward_images_per_second,
             "trials": None if self.search is None else [trial.to_dict() for trial in self.search.trials],
+            "chosen": None if self.search is None else next(
+                i for i, trial in enumerate(self.search.trials) if trial is self.search.chosen),
             "symmetry": None if self.search is None or self.search.symmetry is None else self.search.symmetry.to_dict(),
         }
 

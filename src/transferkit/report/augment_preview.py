@@ -20,6 +20,7 @@ from PIL import Image, ImageDraw
 from transferkit.data import ImageSet, load_pixels
 from transferkit.errors import ConfigError
 from transferkit.training.augment import AUGMENT_PRESETS, build_augmentation
+from transferkit.training.inputs import pixels_to_tensor
 
 GAP = 4
 LABEL_WIDTH = 96
@@ -73,7 +74,9 @@ def _sample(images: ImageSet, per_class: int, seed: int) -> np.ndarray:
 def _augmented(transform, image: np.ndarray) -> np.ndarray:
     if transform is None:
         return image
-    return transform(torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)).permute(1, 2, 0).numpy()
+    # pixels_to_tensor copies: the decoded images may be a read-only memory map of the cache, and
+    # torch.from_numpy on one warned that "the given NumPy array is not writable"
+    return transform(pixels_to_tensor(image[None])[0]).permute(1, 2, 0).numpy()
 
 
 def _grid(rows: list[list[np.ndarray]], labels: list[str], title: str) -> Image.Image:

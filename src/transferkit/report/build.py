@@ -145,10 +145,30 @@ def write_report(
             "model_card": None if card is None else os.path.relpath(Path(card).absolute(), Path(out_dir).absolute()),
         }
         scale = colour_scale_figure()
+        # an auto model's own search stays on the page when --advice brings a race from `advise --measure`
+        search = search_trials(advice if advice.get("trials") else config.get("advice") or {})
         all_figures = figures + [scale] + [f for m in mistakes for f in (m.thumbnail, m.heatmap)]
         return _write(out, "model.html.j2", all_figures, summary,
                       {"summary": summary, "metrics": metrics, "figures": figures, "mistakes": mistakes, "advice": advice,
-                       "history": history, "positive": list(positive or []), "scale": scale})
+                       "search": search, "history": history, "positive": list(positive or []), "scale": scale})
+
+
+def search_trials(advice: dict[str, Any]) -> list[dict[str, Any]]:
+    """The candidates of an ``auto`` fit's search (``advice["trials"]``, as config.json stores them),
+    each with ``winner`` True for the one chosen. Empty when there was no search.
+
+    ``advice["chosen"]`` names the winner; advice saved before it existed is matched on the
+    settings the winner handed to the recommendation (the first measured trial that has them).
+    """
+    trials = [dict(trial) for trial in advice.get("trials") or []]
+    chosen = advice.get("chosen")
+    if chosen is None:
+        keys = ("strategy", "image_size", "class_weight", "symmetries", "feature_layers", "freeze")
+        chosen = next((i for i, trial in enumerate(trials)
+                       if trial.get("accuracy") is not None and all(trial.get(k) == advice.get(k) for k in keys)), None)
+    for index, trial in enumerate(trials):
+        trial["winner"] = index == chosen
+    return trials
 
 
 def _figures(metrics: dict[str, Any], classes: list[str], history: list, advice: dict[str, Any]) -> list[Figure]:
@@ -244,14 +264,37 @@ def binary_metrics(labels: Sequence[str], predictions: Sequence[str], positive: 
 
 
 def _write(out: Path, template: str, figures: list[Figure], summary: dict[str, Any], context: dict[str, Any]) -> Path:
+    """Write the figures, ``report.json`` (listing the figures under ``files``) and ``report.html``;
+    then remove the figures an earlier report wrote to ``out`` that this one does not."""
     out.mkdir(parents=True, exist_ok=True)
+    earlier = _earlier_figures(out)
     for figure in figures:
         (out / figure.name).write_bytes(figure.png)
-    (out / "report.json").write_text(json.dumps(summary, indent=2, default=str))
+    names = sorted(figure.name for figure in figures)
+    (out / "report.json").write_text(json.dumps({**summary, "files": names}, indent=2, default=str))
     html = _environment().get_template(template).render(**context)
     path = out / "report.html"
     path.write_text(html, encoding="utf-8")
+    for name in sorted(earlier - set(names)):
+        (out / name).unlink(missing_ok=True)
     return path
+
+
+def _earlier_figures(out: Path) -> set[str]:
+    """The PNGs the report in ``out`` (if any) wrote: its ``report.json``'s ``files``, or, for one written
+    before that list existed, its mistakes' images. Only plain ``.png`` names in ``out``: never a user's file."""
+    try:
+        earlier = json.loads((out / "report.json").read_text())
+    except (OSError, ValueError):
+        return set()
+    if not isinstance(earlier, dict):
+        return set()
+    names = earlier.get("files")
+    if not isinstance(names, list):
+        ranks = [m.get("rank") for m in earlier.get("mistakes") or [] if isinstance(m, dict)]
+        names = [name for rank in ranks if isinstance(rank, int) for name in (f"mistake_{rank:02d}.png", f"mistake_{rank:02d}_heatmap.png")]
+    return {name for name in names if isinstance(name, str) and name.endswith(".png") and Path(name).name == name
+            and not name.startswith(".")}
 
 
 def _environment():

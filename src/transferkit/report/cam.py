@@ -5,10 +5,16 @@ on PyPI), on the deepest stage of the backbone (:func:`transferkit.backbones.bac
 whose output grid is still at least :data:`MIN_GRID` cells a side *at the input size used*.
 The last stage has the most class-specific features but the coarsest grid (input / 32): 7 x 7
 at 224 px, 2 x 2 at 64 px and 1 x 1 at 32 px, where every map was one flat tint. So at 224 px
-the maps come from the ``neck``, at 32 px from ``stage2`` (8 x 8). A map that is still flat (the
-gradients found no evidence anywhere: Grad-CAM's ReLU leaves zeros) is retried one stage
+the maps come from the ``neck``, at 32 px from ``stage2`` (8 x 8). A map that is still flat (no
+channel's weighted activation rises above the rest: Grad-CAM's ReLU leaves zeros) is retried one stage
 earlier, and if it is flat there too it is reported as "no useful map", never drawn as a tint.
 Maps are upsampled to the image size and drawn with :data:`COLORMAP` (:func:`colour_scale`).
+
+What is differentiated is the class's logit *margin* (:class:`MarginTarget`): its logit minus the
+mean of the others. A softmax does not change when the same amount is added to every logit, so
+only such differences carry the evidence; a bare logit can carry none. The feature strategies'
+binary heads show it: one decision value d is folded into logits ``[0, d]``, and class 0's logit,
+a constant 0, had no gradient at all, so every image predicted as class 0 got no map.
 """
 
 from __future__ import annotations
@@ -51,9 +57,26 @@ class Heatmaps:
     def describe(self, index: int) -> str:
         """One line for a caption: the stage and its grid, or why there is no map."""
         if not self.useful[index]:
-            return f"no useful heatmap: Grad-CAM found no evidence for the class at any place (down to {self.layers[index]})"
+            return (f"no useful heatmap: Grad-CAM's map was flat down to {self.layers[index]}, "
+                    "so it cannot show where the network looked")
         side = self.grids[index]
         return f"Grad-CAM at {self.layers[index]} ({side} x {side} grid)"
+
+
+class MarginTarget:
+    """Grad-CAM's target: class ``category``'s logit minus the mean of the other classes' logits.
+
+    Adding one amount to every logit changes no probability, so a map of the bare logit may
+    show nothing the prediction depends on (a folded binary head's class 0 is the constant 0);
+    the margin is what separates the class from the rest. Called with one image's logits (K,).
+    """
+
+    def __init__(self, category: int) -> None:
+        self.category = int(category)
+
+    def __call__(self, logits: torch.Tensor) -> torch.Tensor:
+        others = torch.cat([logits[..., : self.category], logits[..., self.category + 1 :]], dim=-1)
+        return logits[..., self.category] - others.mean(dim=-1)
 
 
 def last_stage_layer(model: nn.Module) -> nn.Module:
@@ -170,7 +193,6 @@ def _grad_cam(model: nn.Module, layer: nn.Module, pixels: np.ndarray, preprocess
     """Grad-CAM of ``targets`` at ``layer``, float32 (N, H, W) in [0, 1]."""
     try:
         from pytorch_grad_cam import GradCAM
-        from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
     except ImportError as exc:  # pragma: no cover - the dev and report extras install it
         raise ConfigError("heatmaps need pytorch-grad-cam; install it with: pip install 'transferkit[report]'") from exc
 
@@ -182,7 +204,7 @@ def _grad_cam(model: nn.Module, layer: nn.Module, pixels: np.ndarray, preprocess
             # gradient-requiring input keeps the graph that Grad-CAM differentiates.
             batch.requires_grad_(True)
             chosen = targets[start : start + batch_size]
-            maps.append(cam(input_tensor=batch, targets=[ClassifierOutputTarget(t) for t in chosen]).astype(np.float32))
+            maps.append(cam(input_tensor=batch, targets=[MarginTarget(t) for t in chosen]).astype(np.float32))
     # Leave no gradient buffers behind: the model may be served or saved next.
     model.zero_grad(set_to_none=True)
     return np.concatenate(maps)
@@ -207,35 +229,69 @@ def colour_scale(height: int = 160, width: int = 14, colormap: str = COLORMAP) -
     return (colormaps[colormap](values)[..., :3] * 255 + 0.5).astype(np.uint8)
 
 
-def explanation_panel(image: np.ndarray, heatmap: np.ndarray | None, *, size: int = 160, note: str = "") -> np.ndarray:
-    """The image, its heatmap overlay and the colour scale side by side, uint8 RGB.
+def explanation_panel(image: np.ndarray, heatmap: np.ndarray | None, *, size: int = 160, title: str = "",
+                      note: str = "") -> np.ndarray:
+    """The image, its heatmap overlay and the colour scale side by side, uint8 RGB, with ``title``
+    (e.g. the predicted class and its probability) and ``note`` (where the map comes from) written
+    below, wrapped between words.
 
-    Small inputs are enlarged (nearest neighbour) to ``size`` pixels. ``heatmap`` None: the
-    middle panel is the greyed image with "no useful map" written on it.
+    The image is shown at its own size; one narrower than ``size`` pixels is enlarged to ``size``
+    with a Lanczos filter. ``heatmap`` None: the middle panel is the greyed image with "no useful
+    map" written on it.
     """
-    from PIL import Image, ImageDraw
+    from PIL import Image, ImageDraw, ImageFont
 
-    def enlarged(pixels: np.ndarray) -> Image.Image:
+    width = max(size, int(image.shape[1]))
+
+    def shown(pixels: np.ndarray) -> Image.Image:
         picture = Image.fromarray(np.ascontiguousarray(pixels))
-        return picture.resize((size, size * picture.height // picture.width), Image.Resampling.NEAREST)
+        if picture.width == width:
+            return picture
+        return picture.resize((width, max(1, round(width * picture.height / picture.width))), Image.Resampling.LANCZOS)
 
-    left = enlarged(image)
+    font = ImageFont.load_default()
+    left = shown(image)
     if heatmap is None:
         grey = np.asarray(Image.fromarray(image).convert("L").convert("RGB")) // 2 + 64
-        middle = enlarged(grey)
-        ImageDraw.Draw(middle).text((6, 6), "no useful map", fill=(255, 255, 255))
+        middle = shown(grey)
+        ImageDraw.Draw(middle).text((6, 6), "no useful map", fill=(255, 255, 255), font=font)
     else:
-        middle = enlarged(overlay(image, heatmap))
+        middle = shown(overlay(image, heatmap))
     scale = Image.fromarray(colour_scale(left.height - 24, 14))
     gap, label_width = 8, 34
-    panel = Image.new("RGB", (left.width * 2 + gap * 3 + scale.width + label_width, left.height + (16 if note else 0)), "white")
+    panel_width = left.width * 2 + gap * 3 + scale.width + label_width
+    measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    line_height = measure.textbbox((0, 0), "Mg", font=font)[3] + 4
+    captions = [(line, (0, 0, 0)) for line in caption_lines(title, panel_width - 4, font)]
+    captions += [(line, (60, 60, 60)) for line in caption_lines(note, panel_width - 4, font)]
+    panel = Image.new("RGB", (panel_width, left.height + (len(captions) * line_height + 4 if captions else 0)), "white")
     panel.paste(left, (0, 0))
     panel.paste(middle, (left.width + gap, 0))
     x = 2 * left.width + 2 * gap
     panel.paste(scale, (x, 12))
     draw = ImageDraw.Draw(panel)
-    draw.text((x + scale.width + 3, 8), "high", fill=(0, 0, 0))
-    draw.text((x + scale.width + 3, left.height - 20), "low", fill=(0, 0, 0))
-    if note:
-        draw.text((2, left.height + 2), note, fill=(60, 60, 60))
+    draw.text((x + scale.width + 3, 8), "high", fill=(0, 0, 0), font=font)
+    draw.text((x + scale.width + 3, left.height - 20), "low", fill=(0, 0, 0), font=font)
+    for row, (line, colour) in enumerate(captions):
+        draw.text((2, left.height + 2 + row * line_height), line, fill=colour, font=font)
     return np.asarray(panel)
+
+
+def caption_lines(text: str, width: int, font=None) -> list[str]:
+    """``text`` in lines at most ``width`` pixels wide in ``font`` (Pillow's default), broken
+    between words only (:func:`transferkit.lines.pack`); a word wider than that keeps a line to itself."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    from transferkit.lines import pack
+
+    words = text.split()
+    if not words:
+        return []
+    font = font or ImageFont.load_default()
+    draw = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    characters = len(" ".join(words))
+    while True:
+        lines = pack(words, characters)
+        if characters <= 1 or all(draw.textlength(line, font=font) <= width or " " not in line for line in lines):
+            return lines
+        characters -= 1
