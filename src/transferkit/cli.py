@@ -445,11 +445,10 @@ def fit(
             "history": history,
         }
         val = _describe_validation(classifier.validation_)
-        if classifier.advice_ is not None and quiet:
+        if classifier.advice_ is not None and classifier.advice_.search is not None and quiet:
             # Without --quiet the estimator has already printed the choice and its reasons.
-            out.print(f"strategy auto chose {report['strategy']}:")
-            for reason in classifier.advice_.recommendation.reasons:
-                out.print(Wrapped.prose(reason, first="  - "))
+            for line in classifier.advice_.recommendation.explanation(classifier.advice_.search.chosen.candidate.label):
+                out.print(Wrapped.prose(line[4:], first="  - ") if line.startswith("  - ") else _literal(line))
         if quiet and report["imbalance_note"]:
             err.print(_literal(f"note: {report['imbalance_note']}"))  # without --quiet the estimator printed it
         if quiet and classifier.skipped_:
@@ -592,7 +591,7 @@ def advise(
     max_images: Annotated[Optional[int], typer.Option(help="Measure on a stratified sample of about this many images (default: all).")] = None,
     image_size: Annotated[Optional[int], typer.Option(help="Measure (and race) at this image size instead of each backbone's and strategy's own.")] = None,
     threshold: Annotated[Optional[list[str]], typer.Option(help="Change a rule's threshold, NAME=VALUE (repeatable), e.g. small_data=500. See AdviceThresholds.")] = None,
-    measure: Annotated[bool, typer.Option("--measure", help="Also race the candidate strategies under CV and say whether the measurement agrees with the rule.")] = False,
+    measure: Annotated[bool, typer.Option("--measure", help="Also race, under CV, every strategy `fit --strategy auto` would race on DATA (svm, logistic, pixels on small sets, the trained network) and say whether the measurement agrees with the rule.")] = False,
     budget_minutes: BudgetOpt = "auto",
     epochs: Annotated[int, typer.Option(help="Epochs of the planned fit (for the --budget-minutes estimate).")] = 10,
     race_images: Annotated[int, typer.Option(help="--measure: race on a stratified sample of about this many images.")] = 600,
@@ -612,6 +611,7 @@ def advise(
     with _user_errors(), _results_to(json_path):
         images = _resolve_data(data)  # before torch is imported: a wrong path fails at once
         from transferkit.advise import advise as advise_data
+        from transferkit.advise.select import auto_strategies
         from transferkit.evaluation.race import race_strategies
         from transferkit.report.tables import race_table
 
@@ -628,7 +628,7 @@ def advise(
             base = {"backbone": rec.backbone, "seed": seed, "weights": str(weights) if weights else None,
                     "cache_dir": str(cache_dir) if cache_dir else None, "device": device, "class_weight": rec.class_weight or "none"}
             race = race_strategies(
-                images, rec.strategy, cv=race_cv, max_images=race_images, base=base,
+                images, rec.strategy, candidates=auto_strategies(advice.facts, rec), cv=race_cv, max_images=race_images, base=base,
                 advised_params={"freeze": rec.freeze} if rec.strategy == "finetune" else {},
                 overrides={k: v for k, v in {"epochs": race_epochs, "image_size": image_size}.items() if v},
                 on_fold=_print_fold, n_jobs=jobs, backend=backend,

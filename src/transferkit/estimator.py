@@ -339,7 +339,8 @@ class ImageClassifier(ClassifierMixin, BaseEstimator):
 
         classes = np.array(images.classes)
         targets = images.targets()
-        console.print(f"data: {len(images)} images, {len(classes)} classes; {settings.image_size}x{settings.image_size} px; {runtime.describe()}")
+        console.print(f"data: {len(images)} images, {len(classes)} classes; network input {settings.image_size}x{settings.image_size} px "
+                      f"(every image resized to it); {runtime.describe()}")
         note = imbalance_note(images.labels)  # for every strategy: accuracy alone misleads here
         if note is not None:
             console.print(f"note: {note}")
@@ -479,12 +480,11 @@ class ImageClassifier(ClassifierMixin, BaseEstimator):
             lr=None if not get_strategy(chosen.strategy).trains_network else recommendation.lr,
             backbone_lr_factor=(None if not get_strategy(chosen.strategy).trains_network
                                 else extra.get("backbone_lr_factor", recommendation.backbone_lr_factor)),
-            reasons=[*recommendation.reasons, f"the rules proposed {recommendation.strategy} at {recommendation.image_size} px",
-                     *found.reasons],
+            reasons=list(found.reasons), proposed=f"{recommendation.strategy} at {recommendation.image_size} px",
+            rule_reasons=list(recommendation.reasons), warnings=_answered_warnings(recommendation.warnings, found.chosen),
         )
-        console.print(f"strategy auto -> {chosen.label}, because:", markup=False, highlight=False)
-        for reason in decided.reasons:
-            console.print(Wrapped.prose(reason, first="  - "))
+        for line in decided.explanation(chosen.label):
+            console.print(Wrapped.prose(line[4:], first="  - ") if line.startswith("  - ") else line, markup=False, highlight=False)
         for warning in decided.warnings:
             console.print(Wrapped.prose(warning, first="  warning: "))
         return dataclasses.replace(advice, recommendation=decided, search=found)
@@ -560,6 +560,19 @@ class ImageClassifier(ClassifierMixin, BaseEstimator):
         fingerprint = {key: getattr(self, key) for key in keys}
         fingerprint.update(settings.to_dict(), n_images=n_images, classes=[str(c) for c in classes])
         return fingerprint
+
+
+def _answered_warnings(warnings: list[str], chosen) -> list[str]:
+    """The rules' warnings, less the doubt the search has answered: "frozen features may transfer
+    poorly" is a guess before measuring; once a frozen-feature candidate won on held-out images,
+    the measurement is said instead."""
+    if chosen.accuracy is None or not get_strategy(chosen.candidate.strategy).frozen_backbone:
+        return list(warnings)
+    kept = [w for w in warnings if "transfer poorly" not in w]
+    if len(kept) < len(warnings):
+        kept.append(f"the rules doubted frozen features here (domain shift); measured, {chosen.candidate.label} reached "
+                    f"{chosen.accuracy:.3f} on held-out images, so the doubt did not hold on this data")
+    return kept
 
 
 def class_values(images: ImageSet) -> np.ndarray:

@@ -220,10 +220,16 @@ class Recommendation:
         Side to train at.
     class_weight : {"balanced"} or None
     reasons : list of str
-        One plain line per decision, naming the number that triggered it.
+        One plain line per decision, naming the number that triggered it. After ``auto``'s
+        search: the measurements that chose (the rules' own lines move to ``rule_reasons``).
     warnings : list of str
     rules : list of RuleResult
         Every rule, fired or not.
+    proposed : str or None
+        After ``auto``'s search: what the rules proposed before anything was measured
+        (``"svm at 96 px"``), which the search may have overruled; None before a search.
+    rule_reasons : list of str
+        After ``auto``'s search: the rules' reasons for ``proposed``.
     """
 
     strategy: AdvisedStrategy
@@ -239,6 +245,19 @@ class Recommendation:
     reasons: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     rules: list[RuleResult] = field(default_factory=list)
+    proposed: str | None = None
+    rule_reasons: list[str] = field(default_factory=list)
+
+    def explanation(self, label: str) -> list[str]:
+        """The lines that say why ``label`` was chosen, from this record alone (what ``fit``
+        prints is what its JSON holds): the measured reasons under the choice, then the rules'
+        proposal under its own heading, never as the reason for the choice."""
+        if self.proposed is None:
+            return [f"strategy auto -> {label}, because:", *(f"  - {r}" for r in self.reasons)]
+        lines = [f"strategy auto -> {label}, chosen by measurement:", *(f"  - {r}" for r in self.reasons)]
+        lines.append(f"before measuring, the rules proposed {self.proposed}:")
+        lines += [f"  - {r}" for r in self.rule_reasons]
+        return lines
 
     def to_dict(self) -> dict:
         """A JSON-ready dict."""

@@ -134,7 +134,10 @@ class Symmetry:
         plain = self.accuracy["none"]
 
         def verdict(kind: str, name: str, kept: bool) -> str:
-            return f"{name} {'keeps' if kept else 'changes'} the class ({self.accuracy[kind]:.3f})"
+            # "kept" is "not measurably worse": within the tolerance, the test cannot say more
+            if kept:
+                return f"{name}: no detectable change ({self.accuracy[kind]:.3f})"
+            return f"{name} changes the class ({self.accuracy[kind]:.3f}, beyond the tolerance)"
 
         turn = f", {verdict('rotate90', 'a turn by 90 degrees', self.rotation)}" if "rotate90" in self.accuracy else ""
         return (f"symmetry test on the held-out images: {plain:.3f} as they are; {verdict('horizontal', 'horizontal flip', self.horizontal)}, "
@@ -317,6 +320,18 @@ def search_auto(
     chosen = winner(trials)
     reasons += trial_reasons(trials, chosen, len(fold[1]))
     return AutoSearch(trials=trials, chosen=chosen, symmetry=symmetry, reasons=reasons, augment=augment, seconds=clock() - begun)
+
+
+def auto_strategies(facts: DataFacts, recommendation: Recommendation) -> list[str]:
+    """The strategies :func:`search_auto` races on data with these ``facts``: svm and logistic on
+    frozen features, pixels on small sets (up to :data:`MAX_PIXEL_IMAGES`), and the trained
+    network (finetune at the advised depth, full where it freezes nothing). ``advise --measure``
+    races these, so the measurement can find what ``fit`` would choose."""
+    names = ["svm", "logistic"]
+    if facts.n_samples <= MAX_PIXEL_IMAGES:
+        names.append("pixels")
+    names.append("finetune" if recommendation.strategy == "finetune" and recommendation.freeze else "full")
+    return names
 
 
 def _frozen_features_round(search: CandidateSearch, size: int, weights: str | None, layers: str | None, warmed: set) -> Candidate:

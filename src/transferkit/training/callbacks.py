@@ -91,6 +91,12 @@ class EarlyStopping(Callback):
         else:
             self.bad_epochs += 1
         state.stop = self.bad_epochs >= self.patience
+        if state.stop:
+            best = state.result.history[state.result.best_epoch - 1] if state.result.best_epoch else None
+            kept = "" if best is None else (f"; keeping epoch {best.epoch}'s weights (validation loss {best.val_loss:.4f}, "
+                                            f"accuracy {best.val_accuracy:.4f})")
+            state.console.print(f"stopped early after epoch {record.epoch}: no lower validation loss for {self.patience} "
+                                f"epochs (patience){kept}")
 
     def on_train_end(self, state: TrainState) -> None:
         if self.best_weights is not None:
