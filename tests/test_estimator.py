@@ -105,7 +105,8 @@ def test_auto_strategy_follows_the_advisor_and_says_why(tiny_params):
     # 18 images are far below the small-data threshold: the playbook says features + SVM.
     assert clf.settings_["strategy"] == "svm"
     assert clf.advice_.recommendation.strategy == "svm"
-    assert any("1,000" in reason or "1000" in reason for reason in clf.advice_.recommendation.reasons)
+    assert any("1,000" in reason or "1000" in reason for reason in clf.advice_.recommendation.rule_reasons)  # the rule, as proposed
+    assert clf.advice_.recommendation.proposed.startswith("svm")
     assert clf.settings_["image_size"] == clf.image_size_ == clf.advice_.recommendation.image_size
     assert clf.predict(images).shape == (18,)
 

@@ -1130,11 +1130,12 @@ def _measure_exports(model_dir: Path, fp32: Path, modes: list[str], calibration:
     for mode in modes:
         files[f"onnxruntime int8 {mode}"] = quantize_onnx(fp32, fp32.with_name(f"{fp32.stem}.int8.{mode}.onnx"), mode,
                                                           calibration=_spread(calibration_pixels, 64))
-    measurements, rows = [], []
+    measurements, rows, baseline = [], [], None
     for name, path in files.items():
         measurement, _ = measure_onnx(path, pixels, np.asarray(images.labels), name=name, reference=reference)
         measurements.append(measurement.to_dict())
-        verdict = "reference" if path == fp32 else _int8_verdict(measurement, measurements[0], len(pixels))
+        baseline = baseline or measurement  # fp32 comes first
+        verdict = "reference" if path == fp32 else _int8_verdict(measurement, baseline, len(pixels))
         measurements[-1]["verdict"] = verdict
         rows.append((name, f"{measurement.accuracy:.4f}", f"{measurement.agreement:.3f}", f"{measurement.images_per_second:.1f}",
                      f"{measurement.size_mb:.1f}", verdict))

@@ -91,7 +91,7 @@ class EarlyStopping(Callback):
         else:
             self.bad_epochs += 1
         state.stop = self.bad_epochs >= self.patience
-        if state.stop:
+        if state.stop and state.console is not None:
             best = state.result.history[state.result.best_epoch - 1] if state.result.best_epoch else None
             kept = "" if best is None else (f"; keeping epoch {best.epoch}'s weights (validation loss {best.val_loss:.4f}, "
                                             f"accuracy {best.val_accuracy:.4f})")
