@@ -276,3 +276,16 @@ def test_every_prediction_path_decides_precision_in_one_place(monkeypatch):
     chosen = runtime.prediction_runtime("cpu", "auto")
     assert chosen.precision == "fp32" and not chosen.auto_precision and "ONNX" in chosen.precision_reason
     assert runtime.prediction_runtime("cpu", "bf16").precision == "bf16"
+
+
+def test_validation_runs_in_the_precision_predictions_use(bf16_native, tiny_params, monkeypatch):
+    """Issue 33 item 8: the epoch table's validation accuracy is the figure the fitted model gives
+    (a bf16 training run validated in bf16, predictions ran in fp32: 0.733 in the table, 0.750 reported)."""
+    import transferkit.training.loop as loop
+
+    seen = []
+    real = loop.for_predictions
+    monkeypatch.setattr(loop, "for_predictions", lambda runtime: seen.append(real(runtime)) or seen[-1])
+    images, labels = make_images(6, 32)
+    ImageClassifier(**dict(tiny_params, epochs=1, precision="auto")).fit(images, labels)
+    assert seen and all(runtime.precision == "fp32" for runtime in seen)

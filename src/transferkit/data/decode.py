@@ -401,10 +401,14 @@ def _with_progress(results: Iterable, total: int, show: bool) -> Iterator:
     if not show:
         yield from results
         return
+    from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+    # On stderr (stdout carries results, e.g. `predict --json -`), and only on a terminal: piped,
+    # a transient bar would leave a blank line behind.
+    console = Console(stderr=True, emoji=False, markup=False, highlight=False)
     columns = (TextColumn("decoding images"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
-    with Progress(*columns, transient=True) as bar:
+    with Progress(*columns, transient=True, console=console, disable=not console.is_terminal) as bar:
         task = bar.add_task("decode", total=total)
         for result in results:
             bar.advance(task)

@@ -127,7 +127,9 @@ def backbones_table(backbones: Sequence[Mapping[str, Any]]) -> Table:
 
 def comparison_settings(strategy: str, params: Mapping[str, Any]) -> str:
     """The settings a strategy was measured at: image size, and epochs for network strategies."""
-    keys = ("image_size",) if strategy in ("svm", "logistic") else ("image_size", "epochs")
+    from transferkit.strategies import get_strategy  # a strategy trains epochs only if it trains the network
+
+    keys = ("image_size", "epochs") if get_strategy(strategy).trains_network else ("image_size",)
     return ", ".join(f"{key}={params[key]}" for key in keys if params.get(key) is not None)
 
 

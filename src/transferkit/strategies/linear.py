@@ -193,11 +193,17 @@ class FeaturePlan:
         )
 
 
+def _loss(value: float) -> str:
+    """A log loss for people: 3 decimals, never "-0.000" (a loss is >= 0; below 0.0005 it reads "< 0.001")."""
+    value = max(0.0, float(value))
+    return "< 0.001" if value < 0.0005 else f"{value:.3f}"
+
+
 def calibration_text(calibration: dict[str, Any] | None) -> str:
     """How a feature model's probabilities were calibrated, in a few words."""
     if calibration and calibration.get("method") == "temperature":
         return (f"calibrated by temperature scaling (T={calibration['temperature']:.3g}, on {calibration['folds']}-fold "
-                f"held-out scores: log loss {calibration['log_loss_before']:.3f} -> {calibration['log_loss_after']:.3f})")
+                f"held-out scores: log loss {_loss(calibration['log_loss_before'])} -> {_loss(calibration['log_loss_after'])})")
     reason = (calibration or {}).get("reason", "fitted before calibration existed")
     return f"not calibrated ({reason}): softmax of the classifier's decision values, read them as scores"
 

@@ -28,7 +28,7 @@ from transferkit.training.inputs import LoopInputs, TrainData, pixel_inputs, pix
 from transferkit.training.optim import build_optimizer, build_scheduler
 from transferkit.training.prefix import prefix_inputs
 from transferkit.training.progress import progress_bar
-from transferkit.training.runtime import Runtime, unwrap
+from transferkit.training.runtime import Runtime, for_predictions, unwrap
 
 
 @dataclass(frozen=True)
@@ -199,10 +199,11 @@ def _validate(model, inputs, targets, prepare, runtime, criterion, batch_size) -
     ``inputs`` are uint8 pixels or cached prefix activations."""
     model.eval()
     logits = []
+    predicting = for_predictions(runtime)  # validate as the fitted model will predict (fp32 on a CPU under auto)
     for start in range(0, len(inputs), batch_size):
         chunk = inputs[start : start + batch_size]
         batch = pixels_to_tensor(chunk) if isinstance(chunk, np.ndarray) else chunk
-        with runtime.autocast():
+        with predicting.autocast():
             logits.append(model(prepare(batch)).float())
     logits = torch.cat(logits)
     targets = runtime.to_device(torch.as_tensor(targets, dtype=torch.long))

@@ -1,4 +1,5 @@
-"""A transient rich progress bar (silent when the console is quiet)."""
+"""A transient rich progress bar (silent when the console is quiet or not a terminal: piped
+output gets the result lines alone, not a blank line per bar)."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ class progress_bar:
             TimeRemainingColumn(),
             console=console,
             transient=True,
-            disable=console.quiet,
+            disable=console.quiet or not console.is_terminal,
         )
         self.description, self.total = description, total
 

@@ -446,7 +446,13 @@ def prediction_runtime(device: str = "auto", precision: Precision = "auto") -> R
     asked for (``precision="bf16"``). On a GPU ``"auto"`` keeps the GPU's native reduced
     precision, as :func:`resolve_runtime` chooses it.
     """
-    runtime = resolve_runtime(device, precision)
+    return for_predictions(resolve_runtime(device, precision))
+
+
+def for_predictions(runtime: Runtime) -> Runtime:
+    """``runtime`` as predictions use it (:func:`prediction_runtime`'s rule): a CPU's measured or
+    tentative bf16 under ``"auto"`` becomes fp32. The training loop validates in it, so the
+    epoch table's validation accuracy is the one the fitted model then gives."""
     if runtime.auto_precision and runtime.device.type == "cpu" and runtime.precision != "fp32":
         return dataclasses.replace(runtime, precision="fp32", auto_precision=False, precision_reason=PREDICTION_PRECISION_REASON)
     return runtime
