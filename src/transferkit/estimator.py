@@ -36,6 +36,7 @@ from transferkit.strategies import FitRequest, Settings, get_strategy, list_stra
 from transferkit.strategies.features import SYMMETRIES, FeatureExtractor, symmetric_features
 from transferkit.search import Arena
 from transferkit.training.augment import is_augmentation
+from transferkit.training.regularize import REGULARIZATION
 from transferkit.training.inputs import pixels_to_tensor, predict_logits, to_model_input
 from transferkit.training.runtime import is_main_process, prediction_runtime, resolve_runtime
 
@@ -114,6 +115,16 @@ class ImageClassifier(ClassifierMixin, BaseEstimator):
         BatchNorm statistics move in training, so for finetune/full it is a starting point
         only. ``scratch`` always starts random.
     label_smoothing, weight_decay : float
+    regularization : {"auto", "none", "light", "strong"}
+        Network strategies: the regularisers of modern small-data recipes, as presets of
+        :data:`transferkit.training.regularize.REGULARIZATION`: ``"light"`` adds stochastic
+        depth 0.05 and a weight average (EMA, validated beside the raw weights, the better
+        kept); ``"strong"`` adds mixup 0.2 / cutmix 1.0 on half the batches, random erasing 0.25
+        and stochastic depth 0.1. ``"auto"``: ``"none"`` (the recipe before these existed)
+        until a measurement chooses.
+    sampling : {"shuffle", "balanced"}
+        Network strategies: each image once per epoch in random order, or class-balanced draws
+        (rare classes seen more often; the alternative to ``class_weight="balanced"``).
     seed : int
         Fixes the split, initialisation, shuffling and augmentation: same seed, same model.
     weights : str or None
@@ -210,6 +221,8 @@ class ImageClassifier(ClassifierMixin, BaseEstimator):
         "dropout": [Interval(float, 0, 1, closed="left")],
         "head_init": [Options("random", "probe")],
         "label_smoothing": [Interval(float, 0, 1, closed="left")],
+        "regularization": [Options(AUTO, *REGULARIZATION)],
+        "sampling": [Options("shuffle", "balanced")],
         "weight_decay": [Interval(float, 0, None)],
         "seed": [Interval(int, 0, None)],
         "weights": [Options(None), InstanceOf((str,), "a weights file path")],
@@ -246,6 +259,8 @@ class ImageClassifier(ClassifierMixin, BaseEstimator):
         dropout: float = 0.2,
         head_init: Literal["random", "probe"] = "random",
         label_smoothing: float = 0.1,
+        regularization: str = AUTO,
+        sampling: Literal["shuffle", "balanced"] = "shuffle",
         weight_decay: float = 1e-4,
         seed: int = 0,
         weights: str | None = None,
@@ -278,6 +293,8 @@ class ImageClassifier(ClassifierMixin, BaseEstimator):
         self.dropout = dropout
         self.head_init = head_init
         self.label_smoothing = label_smoothing
+        self.regularization = regularization
+        self.sampling = sampling
         self.weight_decay = weight_decay
         self.seed = seed
         self.weights = weights
@@ -556,7 +573,8 @@ class ImageClassifier(ClassifierMixin, BaseEstimator):
     def _fingerprint(self, n_images: int, classes: np.ndarray, settings: Settings) -> dict[str, Any]:
         """Settings that must not change between a run and its resume."""
         keys = ("backbone", "strategy", "freeze", "epochs", "lr", "backbone_lr_factor", "image_size",
-                "augment", "batch_size", "val_fraction", "seed", "class_weight", "dropout", "head_init", "label_smoothing", "weight_decay", "prefix_views")
+                "augment", "batch_size", "val_fraction", "seed", "class_weight", "dropout", "head_init", "label_smoothing", "weight_decay",
+                "prefix_views", "regularization", "sampling")
         fingerprint = {key: getattr(self, key) for key in keys}
         fingerprint.update(settings.to_dict(), n_images=n_images, classes=[str(c) for c in classes])
         return fingerprint

@@ -144,6 +144,7 @@ def create_backbone(
     pretrained: bool = True,
     weights_path: str | os.PathLike | None = None,
     drop_rate: float = 0.0,
+    drop_path_rate: float = 0.0,
 ) -> tuple[nn.Module, Preprocessing]:
     """Build a timm network with a new ``num_classes``-way head, and its preprocessing.
 
@@ -166,6 +167,9 @@ def create_backbone(
         ``num_classes`` equals the original class count), so a K-class head is no error.
     drop_rate : float, default 0.0
         Dropout before the head.
+    drop_path_rate : float, default 0.0
+        Stochastic depth (timm's ``drop_path_rate``): the deepest residual block is skipped
+        with this probability in training, shallower ones linearly less; no effect in eval.
 
     Returns
     -------
@@ -194,12 +198,13 @@ def create_backbone(
     spec = get_backbone_spec(name)
     _check_options(num_classes, drop_rate, pretrained, weights_path)
     if not pretrained:
-        return timm.create_model(spec.timm_name, num_classes=num_classes, drop_rate=drop_rate), spec.preprocessing
+        return timm.create_model(spec.timm_name, num_classes=num_classes, drop_rate=drop_rate,
+                                 drop_path_rate=drop_path_rate), spec.preprocessing
     if weights_path is None and spec.weights is None:
-        return _create_timm_pretrained(spec, num_classes, drop_rate), spec.preprocessing
+        return _create_timm_pretrained(spec, num_classes, drop_rate, drop_path_rate), spec.preprocessing
 
     # the original class count first, so the pretrained classifier can be kept when it fits
-    model = timm.create_model(spec.timm_name, drop_rate=drop_rate)
+    model = timm.create_model(spec.timm_name, drop_rate=drop_rate, drop_path_rate=drop_path_rate)
     target = model.state_dict()
     if weights_path is not None:
         source = f"'{weights_path}'"
@@ -229,7 +234,7 @@ def _check_options(
         )
 
 
-def _create_timm_pretrained(spec: BackboneSpec, num_classes: int, drop_rate: float) -> nn.Module:
+def _create_timm_pretrained(spec: BackboneSpec, num_classes: int, drop_rate: float, drop_path_rate: float = 0.0) -> nn.Module:
     import timm
     from timm.models import get_pretrained_cfg
 
@@ -242,7 +247,8 @@ def _create_timm_pretrained(spec: BackboneSpec, num_classes: int, drop_rate: flo
         )
     try:
         # timm drops the pretrained classifier itself when num_classes differs
-        return timm.create_model(spec.timm_name, pretrained=True, num_classes=num_classes, drop_rate=drop_rate)
+        return timm.create_model(spec.timm_name, pretrained=True, num_classes=num_classes, drop_rate=drop_rate,
+                                 drop_path_rate=drop_path_rate)
     except Exception as exc:  # network, hub and cache errors come in many types
         raise BackboneError(
             f"weights for {spec.name} could not be downloaded ({type(exc).__name__}: {exc}); "

@@ -37,6 +37,7 @@ from transferkit.training.callbacks import Checkpoint
 from transferkit.training.inputs import TrainData, pixels_to_tensor, predict_logits, to_model_input
 from transferkit.training.runtime import fastest_training_precision
 from transferkit.training.loop import TrainConfig, train_model
+from transferkit.training.regularize import resolve_regularization
 
 DEFAULT_FREEZE = 3
 """Stages frozen by ``finetune`` unless the user or the advisor says otherwise (see docs/ARCHITECTURE.md)."""
@@ -95,9 +96,11 @@ class NetworkStrategy(Strategy):
             train_idx, val_idx = _copies_together(pixel_groups(request.pixels), train_idx, val_idx)
         n_val = len(val_idx) if request.validation is None else len(request.validation[1])
         request.console.print(f"training on {len(train_idx)}, validating on {n_val}")
+        setting = resolve_regularization(params.get("regularization", "auto"))
         model, preprocessing = create_backbone(
             params["backbone"], num_classes=len(classes), pretrained=self.pretrained,
             weights_path=params["weights"] if self.pretrained else None, drop_rate=params["dropout"],
+            drop_path_rate=setting.drop_path_rate,
         )
         probe = None
         if self.pretrained and params["head_init"] == "probe":
@@ -116,6 +119,7 @@ class NetworkStrategy(Strategy):
             epochs=params["epochs"], lr=params["lr"], backbone_lr_factor=plan.backbone_lr_factor,
             weight_decay=params["weight_decay"], batch_size=params["batch_size"], patience=params["patience"],
             label_smoothing=params["label_smoothing"], seed=params["seed"], prefix_views=params["prefix_views"],
+            regularization=setting, balanced_sampling=params.get("sampling", "shuffle") == "balanced",
         )
         pixels = request.pixels
         validation = request.validation or ((pixels[val_idx], targets[val_idx]) if len(val_idx) else None)
@@ -132,7 +136,8 @@ class NetworkStrategy(Strategy):
             callbacks.append(Checkpoint(params["checkpoint_dir"], resume=params["resume"], fingerprint=request.fingerprint))
         runtime = _training_runtime(request, model, preprocessing, data)
         result = train_model(model, (head, backbone), data, config=config, runtime=runtime, callbacks=callbacks, verbose=params["verbose"])
-        history = {**result.to_dict(), "precision": runtime.precision, "precision_why": runtime.precision_reason,
+        history = {**result.to_dict(), "regularization": {"preset": params.get("regularization", "auto"), **setting.to_dict()},
+                   "sampling": params.get("sampling", "shuffle"), "precision": runtime.precision, "precision_why": runtime.precision_reason,
                    "precision_measured": runtime.measured, "head_init": probe.to_dict() if probe else "random"}
         return FitOutcome(model=model, preprocessing=preprocessing, history=history, plan=plan)
 

@@ -46,9 +46,12 @@ class TrainResult:
     resumed_from_epoch: int = 0
     prefix_seconds: float = 0.0
     """Time spent computing the frozen-prefix cache (0 without ``prefix_views``)."""
+    ema: dict[str, Any] | None = None
+    """With a weight average: both validations and which weights were kept (``"ema"`` or ``"raw"``)."""
 
     def to_dict(self) -> dict[str, Any]:
         return {
+            "ema": self.ema,
             "history": [asdict(record) for record in self.history],
             "best_epoch": self.best_epoch,
             "stopped_early": self.stopped_early,

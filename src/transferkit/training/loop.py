@@ -28,6 +28,7 @@ from transferkit.training.inputs import LoopInputs, TrainData, pixel_inputs, pix
 from transferkit.training.optim import build_optimizer, build_scheduler
 from transferkit.training.prefix import prefix_inputs
 from transferkit.training.progress import progress_bar
+from transferkit.training.regularize import BatchMixer, Regularization, balanced_sampler, build_ema, soft_target_loss
 from transferkit.training.runtime import Runtime, for_predictions, unwrap
 
 
@@ -51,6 +52,11 @@ class TrainConfig:
     num_workers: int = 0
     prefix_views: int = 0
     """Cached views of the frozen prefix (0: plain loop); see :mod:`transferkit.training.prefix`."""
+    regularization: Regularization = Regularization()
+    """Mixup/cutmix, random erasing, the weight average (:mod:`transferkit.training.regularize`);
+    stochastic depth is set when the network is built."""
+    balanced_sampling: bool = False
+    """Draw batches class-balanced (rare classes more often) instead of shuffling each image once per epoch."""
 
 
 def train_model(
@@ -84,7 +90,7 @@ def train_model(
                                batch_size=config.batch_size * 2, console=console)
     inputs = inputs or pixel_inputs(model, data, runtime)
     net = runtime.prepare_model(inputs.net, train=True)
-    loader = build_loader(inputs.train_set, config, runtime)
+    loader = build_loader(inputs.train_set, config, runtime, targets=data.train[1])
     optimizer = build_optimizer(*lr_groups, config)
     scheduler = build_scheduler(optimizer, config.warmup_epochs, config.epochs, len(loader))
     criterion = nn.CrossEntropyLoss(
@@ -95,6 +101,11 @@ def train_model(
         model=unwrap(net), optimizer=optimizer, scheduler=scheduler, scaler=runtime.grad_scaler(), runtime=runtime, console=console,
         callbacks=[EarlyStopping(config.patience), *callbacks], result=TrainResult(prefix_seconds=inputs.prefix_seconds),
     )
+    n_classes = _n_classes(model, data)
+    # cutmix pastes a box of pixels: only where the loop trains on images, not on cached activations
+    mixer = BatchMixer(config.regularization, n_classes, images=config.prefix_views == 0)
+    mixing = _Mixing(mixer if mixer.active else None, build_ema(state.model, config.regularization.ema_decay),
+                     config.label_smoothing, None if data.class_weights is None else runtime.to_device(data.class_weights.float()))
     for callback in state.callbacks:
         callback.on_train_start(state)
     if data.val is not None and len(data.val[0]):
@@ -111,7 +122,7 @@ def train_model(
         inputs.train_set.set_epoch(epoch)
 
         with progress_bar(console, f"epoch {epoch + 1}/{config.epochs}", len(loader)) as bar:
-            record = _train_epoch(net, loader, inputs, criterion, state, config.grad_clip, bar)
+            record = _train_epoch(net, loader, inputs, criterion, state, config.grad_clip, bar, mixing)
         # DDP keeps the weights in step, not the BatchNorm statistics: take rank 0's everywhere.
         runtime.broadcast_buffers(state.model)
         if data.val is not None and len(data.val[0]):
@@ -127,13 +138,56 @@ def train_model(
     state.result.stopped_early = len(state.result.history) < config.epochs
     for callback in state.callbacks:
         callback.on_train_end(state)
+    if mixing.ema is not None:
+        state.result.ema = _keep_better_of_ema(state, mixing.ema, inputs, data, runtime, criterion, config.batch_size * 2)
     state.model.eval()
     return state.result
 
 
-def build_loader(dataset: Dataset, config: TrainConfig, runtime: Runtime) -> DataLoader:
-    """Shuffled batches; under torchrun each process draws a disjoint shard (``DistributedSampler``)."""
+def _n_classes(model: nn.Module, data: TrainData) -> int:
+    """The head's outputs (a class may have no image in the training part)."""
+    head = model.get_classifier() if hasattr(model, "get_classifier") else None
+    if isinstance(head, nn.Linear):
+        return int(head.out_features)
+    seen = [int(np.max(data.train[1]))] + ([int(np.max(data.val[1]))] if data.val is not None and len(data.val[1]) else [])
+    return max(seen) + 1
+
+
+@dataclass
+class _Mixing:
+    """What the regularisers add to a step: the batch mixer, the weight average, and the loss of soft targets."""
+
+    mixer: BatchMixer | None
+    ema: object | None
+    label_smoothing: float
+    class_weights: torch.Tensor | None
+    steps: int = 0
+
+
+def _keep_better_of_ema(state: TrainState, ema, inputs: LoopInputs, data: TrainData, runtime: Runtime, criterion,
+                        batch_size: int) -> dict:
+    """Validate the weight average beside the kept raw weights and keep the better (lower
+    validation loss); without a validation split the average is kept (the recipes' default)."""
+    if data.val is None or not len(data.val[0]):
+        state.model.load_state_dict(ema.module.state_dict())
+        return {"kept": "ema", "why": "no validation split: the average is the recipes' default"}
+    raw = _validate(state.model, inputs.val_inputs, data.val[1], inputs.prepare, runtime, criterion, batch_size)
+    averaged = _validate(ema.module, inputs.val_inputs, data.val[1], inputs.prepare, runtime, criterion, batch_size)
+    kept = "ema" if averaged[0] < raw[0] else "raw"
+    if kept == "ema":
+        state.model.load_state_dict(ema.module.state_dict())
+    state.console.print(f"weight average: validation loss {averaged[0]:.4f} (accuracy {averaged[1]:.4f}) against the kept epoch's "
+                        f"{raw[0]:.4f} ({raw[1]:.4f}): keeping the {'average' if kept == 'ema' else 'raw weights'}")
+    return {"kept": kept, "raw": {"val_loss": raw[0], "val_accuracy": raw[1], "val_balanced_accuracy": raw[2]},
+            "ema": {"val_loss": averaged[0], "val_accuracy": averaged[1], "val_balanced_accuracy": averaged[2]}}
+
+
+def build_loader(dataset: Dataset, config: TrainConfig, runtime: Runtime, targets: np.ndarray | None = None) -> DataLoader:
+    """Shuffled batches; under torchrun each process draws a disjoint shard (``DistributedSampler``);
+    with ``config.balanced_sampling`` (one process) class-balanced draws of ``targets``."""
     sampler = DistributedSampler(dataset, seed=config.seed) if runtime.distributed else None
+    if config.balanced_sampling and sampler is None and targets is not None:
+        sampler = balanced_sampler(targets, len(dataset), config.seed)
     return DataLoader(
         dataset,
         batch_size=config.batch_size,
@@ -146,7 +200,8 @@ def build_loader(dataset: Dataset, config: TrainConfig, runtime: Runtime) -> Dat
     )
 
 
-def _train_epoch(net, loader, inputs: LoopInputs, criterion, state: TrainState, grad_clip: float, bar) -> EpochRecord:
+def _train_epoch(net, loader, inputs: LoopInputs, criterion, state: TrainState, grad_clip: float, bar,
+                 mixing: _Mixing | None = None) -> EpochRecord:
     """One pass over this process's shard; loss and accuracy are summed over all processes."""
     runtime, optimizer, scaler = state.runtime, state.optimizer, state.scaler
     progress, task = bar
@@ -159,9 +214,16 @@ def _train_epoch(net, loader, inputs: LoopInputs, criterion, state: TrainState, 
     for images, targets in loader:
         inputs_on_device = inputs.prepare(images)
         targets = runtime.to_device(targets)
+        soft = None
+        if mixing is not None and mixing.mixer is not None:  # mixed images, soft targets (timm's Mixup, RandomErasing)
+            inputs_on_device, soft = mixing.mixer(inputs_on_device, targets)
         with runtime.autocast():
             logits = net(inputs_on_device)
-            loss = criterion(logits.float(), targets)
+            if soft is None:
+                loss = criterion(logits.float(), targets)
+            else:
+                loss = soft_target_loss(logits.float(), soft, label_smoothing=mixing.label_smoothing,
+                                        class_weights=mixing.class_weights)
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         # Clip after unscaling so the threshold means the same in every precision.
@@ -170,6 +232,9 @@ def _train_epoch(net, loader, inputs: LoopInputs, criterion, state: TrainState, 
         scaler.step(optimizer)
         scaler.update()
         state.scheduler.step()
+        if mixing is not None and mixing.ema is not None:
+            mixing.steps += 1  # timm's warm-up of the decay reads the step: a short run averages a short past
+            mixing.ema.update(state.model, step=mixing.steps)
 
         # Accumulate on the device; .item() here would force a sync every step.
         loss_sum += loss.detach() * len(targets)
