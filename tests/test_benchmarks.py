@@ -88,3 +88,16 @@ def test_scale_smoke(tmp_path):
     for row in rows:
         assert row["peak_rss_mb"] > 100 and row["wall_seconds"] > 0
         assert row["cache_bytes_per_image"] > 224 * 224 * 3  # the decode cache at 224 px, plus features
+
+
+def test_gpu_check_runs_and_says_what_it_found(tmp_path):
+    """benchmarks/gpu_check.sh must run anywhere: on a CPU it says it found no GPU (issue 32)."""
+    import os
+    import shutil
+
+    env = dict(os.environ, PYTHON=sys.executable, OUT=str(tmp_path / "gpu_check"))
+    result = subprocess.run(["bash", str(BENCHMARKS / "gpu_check.sh")], capture_output=True, text=True, env=env, timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    found_gpu = shutil.which("nvidia-smi") is not None and subprocess.run(["nvidia-smi", "-L"], capture_output=True).returncode == 0
+    expected = "gpu_check: device:" if found_gpu else "gpu_check: no GPU found"
+    assert expected in result.stdout and "gpu_check: done" in result.stdout
