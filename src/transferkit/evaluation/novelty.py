@@ -1,0 +1,178 @@
+"""How unlike the training images an image is: a novelty score and an ``unknown`` flag.
+
+A classifier gives every image one of its classes, a digit or a face as readily as a shirt.
+The score here says how far an image's features lie from the training images' features: the
+cosine distance to the nearest training feature (deep k-nearest-neighbour novelty, Sun et al.
+2022, "Out-of-distribution detection with deep nearest neighbors", with k = 1). The features
+are the model's own pooled pre-logits features (for ``svm``/``logistic``: the frozen
+backbone's, averaged over the model's symmetries), scaled to unit length.
+
+Why this score: measured on Lite0 features at 96 px (benchmarks/novelty.py, RESULTS.md), k = 1
+separated other domains from a set's own test images at least as well as k = 5, 10, 50 and as a
+per-class Mahalanobis distance (Ledoit-Wolf shared covariance, on raw or unit features) on all
+five benchmark sets, and classes held out of training (near novelty) best or within 0.01.
+
+The threshold is calibrated at fit time on held-out training images: each training image's
+score against the *other* training images (leave one out; identical copies of a picture are
+left out together), and the threshold is the ``1 - false_alarm_rate`` quantile of those
+scores, so about ``false_alarm_rate`` of new images like the training ones are flagged.
+
+Numpy only: the ONNX predictor (no torch) scores with this very code, on features its graph
+returns, against the same stored reference.
+"""
+
+from __future__ import annotations
+
+import base64
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+FALSE_ALARM_RATE = 0.05
+"""Default share of images like the training images that the calibrated threshold flags."""
+NEIGHBOURS = 1
+"""The score is the distance to the k-th nearest training feature; k = 1 measured best."""
+MAX_REFERENCE = 4096
+"""Most training features kept (a stratified-by-order random subset beyond that): 10 MB in
+float16 at 1,280 dimensions, and each score costs one (n, 4096) matrix product."""
+CHUNK = 256
+"""Images scored per matrix product (memory: CHUNK x reference rows floats)."""
+METHOD = "knn-cosine"
+
+
+@dataclass(frozen=True)
+class NoveltyScorer:
+    """The training features and the calibrated threshold that score new images.
+
+    Parameters
+    ----------
+    reference : ndarray, float16 (n_reference, n_features)
+        Unit-length training features.
+    threshold : float
+        Scores above it are flagged ``unknown``.
+    false_alarm_rate : float
+        The share of held-out training images above ``threshold`` it was calibrated to.
+    neighbours : int
+        k: the score is the cosine distance to the k-th nearest reference feature.
+    calibration : dict
+        How the threshold was found: held-out images, their score quantiles.
+    """
+
+    reference: np.ndarray
+    threshold: float
+    false_alarm_rate: float = FALSE_ALARM_RATE
+    neighbours: int = NEIGHBOURS
+    calibration: dict[str, Any] | None = None
+
+    def score(self, features: np.ndarray) -> np.ndarray:
+        """Novelty of each row of ``features`` (n, n_features): float64 (n,), the cosine
+        distance (0 = the direction of a training image, up to 2) to the k-th nearest training
+        feature. Raises ``ValueError`` when the feature width differs from the reference's."""
+        features = np.asarray(features, dtype=np.float32)
+        if features.ndim != 2 or features.shape[1] != self.reference.shape[1]:
+            raise ValueError(f"novelty expected features of shape (n, {self.reference.shape[1]}). Received: {features.shape}")
+        reference = self.reference.astype(np.float32)
+        scores = np.empty(len(features), np.float64)
+        for start in range(0, len(features), CHUNK):
+            similarity = unit_rows(features[start : start + CHUNK]) @ reference.T
+            scores[start : start + CHUNK] = 1.0 - kth_largest(similarity, self.neighbours)
+        return scores
+
+    def unknown(self, scores: np.ndarray, threshold: float | None = None) -> np.ndarray:
+        """Boolean (n,): which ``scores`` lie above ``threshold`` (None: the calibrated one)."""
+        return np.asarray(scores) > (self.threshold if threshold is None else float(threshold))
+
+    def to_config(self) -> dict[str, Any]:
+        """JSON-ready description (everything but the reference array)."""
+        return {
+            "method": METHOD, "neighbours": self.neighbours, "threshold": self.threshold,
+            "false_alarm_rate": self.false_alarm_rate, "n_reference": int(len(self.reference)),
+            "n_features": int(self.reference.shape[1]), "calibration": self.calibration,
+        }
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any], reference: np.ndarray) -> "NoveltyScorer":
+        """The scorer of :meth:`to_config` and its reference array; ``ValueError`` on a mismatch."""
+        if config.get("method") != METHOD:
+            raise ValueError(f"novelty method expected {METHOD!r}. Received: {config.get('method')!r}")
+        reference = np.asarray(reference, dtype=np.float16)
+        if reference.ndim != 2 or reference.shape != (config["n_reference"], config["n_features"]):
+            raise ValueError(f"novelty reference expected shape ({config['n_reference']}, {config['n_features']}). "
+                             f"Received: {reference.shape}")
+        return cls(reference=reference, threshold=float(config["threshold"]), false_alarm_rate=float(config["false_alarm_rate"]),
+                   neighbours=int(config["neighbours"]), calibration=config.get("calibration"))
+
+    def to_metadata(self) -> dict[str, Any]:
+        """:meth:`to_config` plus the reference as base64 float16 (for an ONNX file's metadata)."""
+        data = np.ascontiguousarray(self.reference, dtype="<f2").tobytes()
+        return {**self.to_config(), "reference_float16_base64": base64.b64encode(data).decode("ascii")}
+
+    @classmethod
+    def from_metadata(cls, metadata: dict[str, Any]) -> "NoveltyScorer":
+        """The scorer that :meth:`to_metadata` describes."""
+        raw = base64.b64decode(metadata["reference_float16_base64"])
+        reference = np.frombuffer(raw, dtype="<f2").reshape(int(metadata["n_reference"]), int(metadata["n_features"]))
+        return cls.from_config(metadata, reference)
+
+
+def fit_novelty(
+    features: np.ndarray,
+    groups: np.ndarray | None = None,
+    *,
+    false_alarm_rate: float = FALSE_ALARM_RATE,
+    neighbours: int = NEIGHBOURS,
+    max_reference: int = MAX_REFERENCE,
+    seed: int = 0,
+) -> NoveltyScorer:
+    """Keep the training ``features`` (n, n_features) and calibrate the threshold on them, held out.
+
+    ``groups`` (n,) marks identical copies of one picture (``data.pixel_groups``): a copy is
+    never another copy's neighbour in the calibration, which would score it 0. Beyond
+    ``max_reference`` images a random subset is kept. Raises ``ValueError`` for fewer than
+    ``neighbours + 1`` images or a rate outside (0, 1).
+    """
+    features = np.asarray(features, dtype=np.float32)
+    if not 0 < false_alarm_rate < 1:
+        raise ValueError(f"false_alarm_rate expected a number in (0, 1). Received: {false_alarm_rate}")
+    if features.ndim != 2 or len(features) < neighbours + 1:
+        raise ValueError(f"novelty needs at least {neighbours + 1} training features (n, d). Received: shape {features.shape}")
+    groups = np.arange(len(features)) if groups is None else np.asarray(groups)
+    keep = np.arange(len(features))
+    if len(keep) > max_reference:
+        keep = np.sort(np.random.default_rng(seed).choice(len(keep), max_reference, replace=False))
+    reference = unit_rows(features[keep]).astype(np.float16)
+    held_out = leave_one_out_scores(reference.astype(np.float32), groups[keep], neighbours)
+    threshold = float(np.quantile(held_out, 1.0 - false_alarm_rate))
+    calibration = {
+        "held_out": "leave one out (copies of a picture left out together)", "n_images": int(len(held_out)),
+        "quantiles": {q: round(float(np.quantile(held_out, float(q))), 6) for q in ("0.5", "0.9", "0.95", "0.99")},
+    }
+    return NoveltyScorer(reference=reference, threshold=threshold, false_alarm_rate=float(false_alarm_rate),
+                         neighbours=int(neighbours), calibration=calibration)
+
+
+def leave_one_out_scores(reference: np.ndarray, groups: np.ndarray, neighbours: int) -> np.ndarray:
+    """Each unit row's score against the other rows, rows of its own group left out: (n,) float64."""
+    scores = np.empty(len(reference), np.float64)
+    for start in range(0, len(reference), CHUNK):
+        similarity = reference[start : start + CHUNK] @ reference.T
+        similarity[groups[start : start + CHUNK, None] == groups[None, :]] = -np.inf
+        nearest = kth_largest(similarity, neighbours)
+        scores[start : start + CHUNK] = 1.0 - np.where(np.isfinite(nearest), nearest, -1.0)  # no other image: farthest
+    return scores
+
+
+def unit_rows(features: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit L2 length (all-zero rows stay zero), float32."""
+    features = np.asarray(features, dtype=np.float32)
+    norms = np.linalg.norm(features, axis=1, keepdims=True)
+    return features / np.maximum(norms, 1e-12)
+
+
+def kth_largest(similarity: np.ndarray, k: int) -> np.ndarray:
+    """The k-th largest value of each row (k = 1: the maximum)."""
+    k = min(k, similarity.shape[1])
+    if k == 1:
+        return similarity.max(axis=1)
+    return -np.partition(-similarity, k - 1, axis=1)[:, k - 1]
