@@ -19,7 +19,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from transferkit.errors import ConfigError
+from transferkit.errors import ConfigError, MissingExtraError
 
 TOP_MISTAKES = 12
 THUMBNAIL_PX = 160
@@ -258,7 +258,7 @@ def _environment():
     try:
         import jinja2
     except ImportError as exc:  # pragma: no cover - the dev and report extras install it
-        raise ConfigError("reports need Jinja2; install it with: pip install 'transferkit[report]'") from exc
+        raise MissingExtraError("reports need Jinja2; install it with: pip install 'transferkit[report]'") from exc
     # autoescape=True for every template: user-supplied strings are data, never markup.
     environment = jinja2.Environment(loader=jinja2.PackageLoader("transferkit.report", "templates"), autoescape=True,
                                      undefined=jinja2.ChainableUndefined)
