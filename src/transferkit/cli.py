@@ -223,6 +223,7 @@ BackendOpt = Annotated[Optional[str], typer.Option(help="joblib backend for --jo
 JsonOpt = Annotated[Optional[Path], typer.Option("--json", help="Also write the results as JSON to this file.")]
 STDOUT = Path("-")
 JsonOutOpt = Annotated[Optional[Path], typer.Option("--json", allow_dash=True, help="Write the table's content as JSON to this file; '-' prints it instead of the table.")]
+UnknownThresholdOpt = Annotated[Optional[float], typer.Option("--unknown-threshold", help="Flag images whose novelty (how unlike the training images they are: cosine distance to the nearest training image) is above this as unknown; default: the threshold calibrated at fit time (5 % of held-out training images flagged).")]
 
 
 # long: typer declares each of its ~30 options as a parameter, one line each
@@ -605,8 +606,9 @@ def evaluate(
     precision: PrecisionOpt = "auto",
     cache_dir: CacheOpt = None,
     report_dir: ReportOpt = None,
+    unknown_threshold: UnknownThresholdOpt = None,
 ) -> None:
-    """Score a saved model on labelled DATA: accuracy, balanced accuracy, macro-F1, confusion matrix."""
+    """Score a saved model on labelled DATA: accuracy, balanced accuracy, macro-F1, confusion matrix, share flagged unknown."""
     from collections import Counter
 
     from transferkit.data import resolve_data, train_test_overlap
@@ -630,12 +632,17 @@ def evaluate(
                 f"The model knows {', '.join(repr(c) for c in sorted(known))}. Remove those images, or pass "
                 "--unknown-as-errors to score them as errors."
             )
-        predictions = classifier.predict(images)
+        probabilities, novelty = classifier.predict_proba(images, return_novelty=True)
+        predictions = classifier.classes_[probabilities.argmax(axis=1)]
         classes = [str(c) for c in classifier.classes_] + sorted(unknown)
         metrics = classification_metrics(images.labels, predictions, classes)
         metrics["unknown_classes"] = dict(sorted(unknown.items()))
         metrics["train_test_overlap"] = train_test_overlap(classifier.training_digests_, images)
         metrics.update(binary_metrics_if_builtin(data, images.labels, predictions))
+        flags = _unknown_flags(classifier, novelty, unknown_threshold)
+        metrics["novelty"] = {**_novelty_note(classifier, unknown_threshold),
+                              "flagged": None if flags is None else int(flags.sum()),
+                              "flagged_share": None if flags is None else round(float(flags.mean()), 4)}
         metrics["seconds"] = round(time.perf_counter() - started, 1)
         if unknown:
             err.print(_literal(f"scoring {sum(unknown.values())} image(s) of unknown classes ({', '.join(sorted(unknown))}) as errors"))
@@ -647,6 +654,9 @@ def evaluate(
         if "binary_accuracy" in metrics:
             summary += f"  binary accuracy {metrics['binary_accuracy']:.4f}"
         out.print(summary)
+        if flags is not None:
+            out.print(f"flagged unknown (novelty above {metrics['novelty']['threshold']:.4g}): {int(flags.sum())} of {len(flags)} "
+                      f"({flags.mean():.1%}); images like the training ones: about {classifier.novelty_.false_alarm_rate:.0%}")
         _write_json(json_path, metrics)
         if report_dir is not None:
             _write_model_report(model_dir, data, report_dir, classifier=classifier, images=images)
@@ -675,8 +685,9 @@ def predict(
     precision: PrecisionOpt = "auto",
     cache_dir: CacheOpt = None,
     explain: Annotated[Optional[Path], typer.Option(help="Write one heatmap overlay PNG per image (Grad-CAM of the predicted class) to this folder.")] = None,
+    unknown_threshold: UnknownThresholdOpt = None,
 ) -> None:
-    """Predict the class of each image."""
+    """Predict the class of each image, with its novelty and whether it is unknown (unlike the training images)."""
     from transferkit.data import find_images
 
     if top_k < 1:
@@ -691,15 +702,19 @@ def predict(
 
             classifier = load_model(model_dir, device=device, precision=precision, cache_dir=str(cache_dir) if cache_dir else None)
         paths = find_images([str(p) for p in inputs])
-        probabilities = classifier.predict_proba(paths)
+        probabilities, novelty = classifier.predict_proba(paths, return_novelty=True)
+        unknown = _unknown_flags(classifier, novelty, unknown_threshold)
         k = min(top_k, len(classifier.classes_))
         rows = []
-        for path, row in zip(paths, probabilities):
+        for i, (path, row) in enumerate(zip(paths, probabilities)):
             order = row.argsort()[::-1][:k]
             record = {"path": path, "label": str(classifier.classes_[order[0]]), "probability": round(float(row[order[0]]), 6)}
             for rank, index in enumerate(order[1:], start=2):
                 record[f"label_{rank}"] = str(classifier.classes_[index])
                 record[f"probability_{rank}"] = round(float(row[index]), 6)
+            # None (empty in the CSV): a model saved before novelty existed has no score
+            record["novelty"] = None if novelty is None else round(float(novelty[i]), 6)
+            record["unknown"] = None if unknown is None else bool(unknown[i])
             rows.append(record)
         if csv_path is not None and _main_rank():
             from transferkit.persistence import atomic_write
@@ -715,7 +730,8 @@ def predict(
             atomic_write(csv_path, write_csv)  # all rows or no file: never a CSV cut short
             err.print(_literal(f"wrote {csv_path}"))
         note = _probability_note(classifier)
-        _write_json(json_path, {"predictions": rows, "classes": [str(c) for c in classifier.classes_], "probabilities": note})
+        _write_json(json_path, {"predictions": rows, "classes": [str(c) for c in classifier.classes_], "probabilities": note,
+                                "novelty": _novelty_note(classifier, unknown_threshold)})
         if note is not None and _main_rank():
             err.print(Wrapped.prose(f"probabilities: {note['description']}", indent="  "))
         if explain is not None and _main_rank():
@@ -729,6 +745,8 @@ def predict(
             for record in rows:  # path, then each of the k labels with its probability
                 ranked = [f"{record['label']}\t{record['probability']:.4f}"]
                 ranked += [f"{record[f'label_{rank}']}\t{record[f'probability_{rank}']:.4f}" for rank in range(2, k + 1)]
+                if record["novelty"] is not None:
+                    ranked.append(f"novelty {record['novelty']:.4f}" + ("\tunknown" if record["unknown"] else ""))
                 out.print(_literal("\t".join([record["path"], *ranked])))
 
 
@@ -777,15 +795,24 @@ def serve(
     max_upload_mb: Annotated[float, typer.Option(help="Largest accepted image file, in MiB.")] = 10.0,
     max_files: Annotated[int, typer.Option(help="Most images per request.")] = 16,
     precision: PrecisionOpt = "auto",
+    unknown_threshold: UnknownThresholdOpt = None,
+    max_batch_size: Annotated[int, typer.Option(help="Most images per forward pass: requests that arrive together share one.")] = 32,
+    max_delay_ms: Annotated[float, typer.Option(help="How long a request waits for others to share its forward pass (ms).")] = 5.0,
 ) -> None:
-    """Serve MODEL over HTTP: POST /predict, GET /health, GET /model, and a page at / to drop images on."""
-    from transferkit.serve import UploadLimits, create_app
-
+    """Serve MODEL (a model folder, or an .onnx file on onnxruntime) over HTTP: POST /predict, GET /health, GET /model, and a page at /."""
+    if max_batch_size < 1 or max_delay_ms < 0:
+        raise typer.BadParameter(f"expected --max-batch-size >= 1 and --max-delay-ms >= 0. Received: {max_batch_size}, {max_delay_ms}")
     with _user_errors():
-        import uvicorn
+        from transferkit.errors import MissingExtraError
+        from transferkit.serve import UploadLimits, create_app
 
+        try:
+            import uvicorn
+        except ImportError as exc:
+            raise MissingExtraError("serving needs uvicorn; install it with: pip install 'transferkit[serve]'") from exc
         app_ = create_app(model_dir, limits=UploadLimits(max_bytes=int(max_upload_mb * 2**20), max_files=max_files),
-                          precision=precision)
+                          precision=precision, unknown_threshold=unknown_threshold, max_batch_size=max_batch_size,
+                          max_delay_ms=max_delay_ms)
         err.print(f"serving {model_dir} on http://{host}:{port}/ (Ctrl+C stops)")
         uvicorn.run(app_, host=host, port=port, log_level="info")
 
@@ -909,9 +936,9 @@ def export(
     for mode in modes:
         if mode not in ("dynamic", "static"):
             raise typer.BadParameter(f"expected dynamic or static. Received: {mode!r}", param_hint="--quantize")
-    from transferkit.export.onnx import PARITY_TOLERANCE, export_onnx
-
     with _user_errors():
+        from transferkit.export.onnx import PARITY_TOLERANCE, export_onnx
+
         result = export_onnx(model_dir, out_path, check_images=check, max_check_images=check_images)
         report = result.to_dict()
         if check:
@@ -978,6 +1005,27 @@ def _probability_note(classifier) -> dict[str, Any] | None:
     from transferkit.card import probability_note
 
     return probability_note(history)
+
+
+def _unknown_flags(classifier, novelty, threshold: float | None):
+    """Which images are unknown (novelty above ``threshold``, or the model's calibrated one);
+    None when the model has no novelty score."""
+    if novelty is None:
+        return None
+    return classifier.novelty_.unknown(novelty, threshold)
+
+
+def _novelty_note(classifier, threshold: float | None) -> dict[str, Any]:
+    """The threshold in use and where it came from, or why there is no score."""
+    scorer = getattr(classifier, "novelty_", None)
+    if scorer is None:
+        return {"threshold": None, "description": "this model has no novelty score (saved before novelty scores existed, or "
+                                                  "the pixels strategy); refit to get one"}
+    used = scorer.threshold if threshold is None else float(threshold)
+    source = (f"calibrated at fit time: {scorer.false_alarm_rate:.0%} of held-out training images above it"
+              if threshold is None else "--unknown-threshold")
+    return {"threshold": used, "calibrated_threshold": scorer.threshold, "false_alarm_rate": scorer.false_alarm_rate,
+            "description": f"unknown = novelty above {used:.4g} ({source})"}
 
 
 def _onnx_classifier(path: Path):
