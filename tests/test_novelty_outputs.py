@@ -69,7 +69,7 @@ def test_predict_json_and_csv_carry_novelty_and_unknown(svm_dir, image_folder, s
         csv_rows = list(csv.DictReader(handle))
     assert {"novelty", "unknown"} <= set(csv_rows[0]) and len(csv_rows) == len(inputs)
 
-    everything = invoke("predict", svm_dir, *inputs, "--json", tmp_path / "all.json", "--unknown-threshold", "0")
+    everything = invoke("predict", svm_dir, *inputs, "--json", tmp_path / "all.json", "--unknown-threshold", "-1")
     nothing = invoke("predict", svm_dir, *inputs, "--json", tmp_path / "none.json", "--unknown-threshold", "2")
     assert everything.exit_code == 0 and nothing.exit_code == 0
     assert all(row["unknown"] for row in json.loads((tmp_path / "all.json").read_text())["predictions"])
@@ -77,10 +77,10 @@ def test_predict_json_and_csv_carry_novelty_and_unknown(svm_dir, image_folder, s
 
 
 def test_evaluate_reports_the_share_flagged(svm_dir, image_folder, tmp_path):
-    result = invoke("evaluate", svm_dir, image_folder, "--json", tmp_path / "e.json", "--unknown-threshold", "0")
+    result = invoke("evaluate", svm_dir, image_folder, "--json", tmp_path / "e.json", "--unknown-threshold", "-1")
     assert result.exit_code == 0, result.output
     novelty = json.loads((tmp_path / "e.json").read_text())["novelty"]
-    assert novelty["flagged_share"] == 1.0 and novelty["threshold"] == 0.0
+    assert novelty["flagged_share"] == 1.0 and novelty["threshold"] == -1.0  # below every score: all flagged
     assert "flagged unknown" in result.output
 
 
@@ -204,3 +204,15 @@ def test_a_missing_extra_is_one_line_naming_it(command, module, extra, svm_dir, 
     lines = [line for line in result.output.splitlines() if line.strip()]
     assert len(lines) == 1 and f"pip install 'transferkit[{extra}]'" in lines[0], result.output
     assert "Traceback" not in result.output
+
+
+def test_the_report_shows_the_most_novel_images(svm_dir, image_folder, tmp_path):
+    pytest.importorskip("jinja2")
+    result = invoke("report", svm_dir, image_folder, "--out", tmp_path / "report", "--mistakes", 0)
+    assert result.exit_code == 0, result.output
+    summary = json.loads((tmp_path / "report" / "report.json").read_text())
+    novel = summary["most_novel"]
+    assert len(novel) == 8 and [n["novelty"] for n in novel] == sorted((n["novelty"] for n in novel), reverse=True)
+    assert summary["metrics"]["novelty"]["threshold"] == load(svm_dir).novelty_.threshold
+    page = (tmp_path / "report" / "report.html").read_text()
+    assert "The most novel images" in page and 'alt="novel image 1"' in page

@@ -639,10 +639,7 @@ def evaluate(
         metrics["unknown_classes"] = dict(sorted(unknown.items()))
         metrics["train_test_overlap"] = train_test_overlap(classifier.training_digests_, images)
         metrics.update(binary_metrics_if_builtin(data, images.labels, predictions))
-        flags = _unknown_flags(classifier, novelty, unknown_threshold)
-        metrics["novelty"] = {**_novelty_note(classifier, unknown_threshold),
-                              "flagged": None if flags is None else int(flags.sum()),
-                              "flagged_share": None if flags is None else round(float(flags.mean()), 4)}
+        metrics["novelty"] = _novelty_note(classifier, unknown_threshold, novelty)
         metrics["seconds"] = round(time.perf_counter() - started, 1)
         if unknown:
             err.print(_literal(f"scoring {sum(unknown.values())} image(s) of unknown classes ({', '.join(sorted(unknown))}) as errors"))
@@ -654,9 +651,11 @@ def evaluate(
         if "binary_accuracy" in metrics:
             summary += f"  binary accuracy {metrics['binary_accuracy']:.4f}"
         out.print(summary)
-        if flags is not None:
-            out.print(f"flagged unknown (novelty above {metrics['novelty']['threshold']:.4g}): {int(flags.sum())} of {len(flags)} "
-                      f"({flags.mean():.1%}); images like the training ones: about {classifier.novelty_.false_alarm_rate:.0%}")
+        if metrics["novelty"]["flagged"] is not None:
+            flagged = metrics["novelty"]
+            out.print(f"flagged unknown (novelty above {flagged['threshold']:.4g}): {flagged['flagged']} of {metrics['n']} "
+                      f"({flagged['flagged_share']:.1%}); the calibrated threshold flags about {flagged['false_alarm_rate']:.0%} "
+                      "of images like the training images")
         _write_json(json_path, metrics)
         if report_dir is not None:
             _write_model_report(model_dir, data, report_dir, classifier=classifier, images=images)
@@ -734,6 +733,9 @@ def predict(
                                 "novelty": _novelty_note(classifier, unknown_threshold)})
         if note is not None and _main_rank():
             err.print(Wrapped.prose(f"probabilities: {note['description']}", indent="  "))
+        if unknown is not None and _main_rank():
+            err.print(Wrapped.prose(f"{int(unknown.sum())} of {len(unknown)} images flagged unknown: unlike the training images "
+                                    f"({_novelty_note(classifier, unknown_threshold)['description']}; --json/--csv list them)", indent="  "))
         if explain is not None and _main_rank():
             if model_dir.suffix == ".onnx":
                 raise TransferkitError("--explain needs the model folder (heatmaps need the network's gradients), not an .onnx file.")
@@ -745,8 +747,6 @@ def predict(
             for record in rows:  # path, then each of the k labels with its probability
                 ranked = [f"{record['label']}\t{record['probability']:.4f}"]
                 ranked += [f"{record[f'label_{rank}']}\t{record[f'probability_{rank}']:.4f}" for rank in range(2, k + 1)]
-                if record["novelty"] is not None:
-                    ranked.append(f"novelty {record['novelty']:.4f}" + ("\tunknown" if record["unknown"] else ""))
                 out.print(_literal("\t".join([record["path"], *ranked])))
 
 
@@ -1015,17 +1015,11 @@ def _unknown_flags(classifier, novelty, threshold: float | None):
     return classifier.novelty_.unknown(novelty, threshold)
 
 
-def _novelty_note(classifier, threshold: float | None) -> dict[str, Any]:
-    """The threshold in use and where it came from, or why there is no score."""
-    scorer = getattr(classifier, "novelty_", None)
-    if scorer is None:
-        return {"threshold": None, "description": "this model has no novelty score (saved before novelty scores existed, or "
-                                                  "the pixels strategy); refit to get one"}
-    used = scorer.threshold if threshold is None else float(threshold)
-    source = (f"calibrated at fit time: {scorer.false_alarm_rate:.0%} of held-out training images above it"
-              if threshold is None else "--unknown-threshold")
-    return {"threshold": used, "calibrated_threshold": scorer.threshold, "false_alarm_rate": scorer.false_alarm_rate,
-            "description": f"unknown = novelty above {used:.4g} ({source})"}
+def _novelty_note(classifier, threshold: float | None, novelty=None) -> dict[str, Any]:
+    """The threshold in use and where it came from (with ``novelty``: how many it flags), or why there is no score."""
+    from transferkit.evaluation.novelty import novelty_summary
+
+    return novelty_summary(getattr(classifier, "novelty_", None), novelty, threshold)
 
 
 def _onnx_classifier(path: Path):

@@ -176,3 +176,22 @@ def kth_largest(similarity: np.ndarray, k: int) -> np.ndarray:
     if k == 1:
         return similarity.max(axis=1)
     return -np.partition(-similarity, k - 1, axis=1)[:, k - 1]
+
+
+def novelty_summary(scorer: NoveltyScorer | None, scores: np.ndarray | None = None, threshold: float | None = None) -> dict[str, Any]:
+    """What ``evaluate``, ``predict --json`` and the report say about novelty: the threshold in use
+    (``threshold``, else the calibrated one), where it comes from, and with ``scores`` how many
+    of them it flags. ``threshold`` is None throughout when the model has no score."""
+    if scorer is None:
+        return {"threshold": None, "flagged": None, "flagged_share": None,
+                "description": "this model has no novelty score (saved before novelty scores existed, or the pixels "
+                               "strategy); refit to get one"}
+    used = scorer.threshold if threshold is None else float(threshold)
+    source = (f"calibrated at fit time: {scorer.false_alarm_rate:.0%} of held-out training images above it"
+              if threshold is None else "set by the user")
+    summary = {"threshold": used, "calibrated_threshold": scorer.threshold, "false_alarm_rate": scorer.false_alarm_rate,
+               "description": f"unknown = novelty above {used:.4g} ({source})", "flagged": None, "flagged_share": None}
+    if scores is not None:
+        flags = scorer.unknown(scores, used)
+        summary.update(flagged=int(flags.sum()), flagged_share=round(float(flags.mean()), 4) if len(flags) else None)
+    return summary
