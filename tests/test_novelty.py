@@ -109,3 +109,18 @@ def test_a_damaged_or_missing_novelty_file_is_a_clear_error(svm_dir, tmp_path):
     (damaged / NOVELTY_NAME).unlink()
     with pytest.raises(ModelFileError, match="missing"):
         load(damaged)
+
+
+def test_a_trained_network_calibrates_on_its_validation_images():
+    rng = np.random.default_rng(4)
+    tight = clusters(300, 1, CENTRES, spread=0.05)  # as a network pulls its own training images together
+    loose = clusters(100, 2, CENTRES, spread=0.3)  # its validation images, as new images will be
+    features = np.concatenate([tight, loose])
+    held_out = np.arange(300, 400)
+    leave_one_out = fit_novelty(features)
+    calibrated = fit_novelty(features, held_out=held_out)
+    assert "validation" in calibrated.calibration["held_out"] and calibrated.calibration["n_images"] == 100
+    new = clusters(2000, int(rng.integers(100)), CENTRES, spread=0.3)
+    assert calibrated.unknown(calibrated.score(new)).mean() < 0.12
+    assert leave_one_out.unknown(leave_one_out.score(new)).mean() > 0.2  # what leave one out would have flagged
+    assert len(calibrated.reference) == 400  # the validation images are kept as references too

@@ -216,3 +216,33 @@ def test_the_report_shows_the_most_novel_images(svm_dir, image_folder, tmp_path)
     assert summary["metrics"]["novelty"]["threshold"] == load(svm_dir).novelty_.threshold
     page = (tmp_path / "report" / "report.html").read_text()
     assert "The most novel images" in page and 'alt="novel image 1"' in page
+
+
+def test_serving_an_onnx_file_answers_like_predict_without_importing_torch(svm_dir, image_folder, strangers, tmp_path):
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("fastapi")
+    from transferkit.export import OnnxClassifier, export_onnx
+
+    path = export_onnx(svm_dir, tmp_path / "model.onnx").path
+    inputs = [str(image_folder / "red" / "000.png"), *map(str, strangers)]
+    expected, novelty = OnnxClassifier(path).predict_proba(inputs, return_novelty=True)
+    code = f"""
+import json, sys
+from fastapi.testclient import TestClient
+from transferkit.serve import create_app
+answers = []
+with TestClient(create_app({path!r})) as client:
+    for name in {inputs!r}:
+        response = client.post("/predict", files=[("files", (name, open(name, "rb").read(), "image/png"))])
+        answers.append(response.json()["predictions"][0])
+    info = client.get("/model").json()
+    explain = client.post("/predict?explain=true", files=[("files", ("a.png", open({inputs[0]!r}, "rb").read(), "image/png"))])
+print(json.dumps({{"answers": answers, "runtime": info["runtime"], "explain": explain.status_code, "torch": "torch" in sys.modules}}))
+"""
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert report["torch"] is False and report["runtime"] == "onnxruntime" and report["explain"] == 400
+    for answer, row, score in zip(report["answers"], expected, novelty):
+        assert answer["probability"] == pytest.approx(row.max(), abs=1e-5)
+        assert answer["novelty"] == pytest.approx(score, abs=1e-5) and answer["unknown"] is not None

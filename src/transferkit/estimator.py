@@ -366,7 +366,9 @@ class ImageClassifier(ClassifierMixin, BaseEstimator):
         # One more inference pass over the training images (for a frozen backbone the features
         # are cached already): what "like the training images" means, and where it ends.
         features = self._outputs(pixels, runtime)[1]
-        self.novelty_ = None if features is None else fit_novelty(features, pixel_groups(pixels), seed=self.seed)
+        # held_out indexes the request's pixels: those of this fit, unless the search trained the network
+        held_out = outcome.held_out if searched is None else None
+        self.novelty_ = None if features is None else fit_novelty(features, pixel_groups(pixels), held_out=held_out, seed=self.seed)
         return self
 
     def _set_fitted(

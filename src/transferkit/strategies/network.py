@@ -132,7 +132,8 @@ class NetworkStrategy(Strategy):
         result = train_model(model, (head, backbone), data, config=config, runtime=runtime, callbacks=callbacks, verbose=params["verbose"])
         history = {**result.to_dict(), "precision": runtime.precision, "precision_why": runtime.precision_reason,
                    "precision_measured": runtime.measured, "head_init": probe.to_dict() if probe else "random"}
-        return FitOutcome(model=model, preprocessing=preprocessing, history=history, plan=plan)
+        return FitOutcome(model=model, preprocessing=preprocessing, history=history, plan=plan,
+                          held_out=np.sort(val_idx) if len(val_idx) else None)
 
     def shared_features(self, request: FitRequest):
         """A cached bottleneck-feature function the frozen-prefix path may reuse (``head`` only)."""
