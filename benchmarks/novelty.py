@@ -8,7 +8,10 @@ its own test images and on test images of every other set (``--per-other`` of ea
   the set's own test images (bar <= 10 %; calibrated to 5 % of held-out training images);
 - near novelty (reported, not barred): fit on the first half of the classes, then the AUROC and
   shares flagged between the test images of kept and of held-out classes;
-- ``--onnx``: the exported model's flags on the same images, and how many differ.
+- ``--onnx``: the exported model's flags on the same images, and how many differ;
+- ``--network SETS``: the same for a ``finetune`` network (``--epochs``), whose threshold is
+  calibrated on its validation split, next to what leave-one-out calibration on its training
+  features would have flagged (the trained features pull training images together).
 
 ``--methods`` first compares candidate scores on the backbone's features of the same images
 (fp32): cosine k-NN distance for k = 1, 5, 10, 50 and a per-class Mahalanobis distance
@@ -111,6 +114,34 @@ def near(name: str, sets: dict, args, out_root: Path) -> dict:
             "flagged_kept": float(scorer.unknown(inside).mean()), "flagged_held_out": float(scorer.unknown(outside).mean())}
 
 
+def network(name: str, sets: dict, args, out_root: Path) -> dict:
+    """finetune on the set: flagged shares with the validation-split threshold and with leave one out."""
+    from transferkit.data import load_pixels, pixel_groups
+    from transferkit.evaluation.novelty import fit_novelty
+    from transferkit.training.runtime import resolve_runtime
+
+    train, test = sets[name]
+    folder = out_root / f"{name}-finetune"
+    started = time.perf_counter()
+    if (folder / "config.json").is_file():
+        classifier = load(folder)
+    else:
+        classifier = ImageClassifier(strategy="finetune", image_size=args.image_size, epochs=args.epochs).fit(train)
+        save(classifier, folder)
+    seconds = time.perf_counter() - started
+    pixels = load_pixels(train, args.image_size)
+    features = classifier._outputs(pixels, resolve_runtime("cpu", "auto"))[1]
+    leave_one_out = fit_novelty(features, pixel_groups(pixels))
+    _, own = classifier.predict_proba(test, return_novelty=True)
+    outside = np.concatenate([classifier.predict_proba(sample(sets[o][1], args.per_other), return_novelty=True)[1] for o in sets if o != name])
+    scorer = classifier.novelty_
+    return {"set": name, "fit_seconds": round(seconds, 1), "calibration": scorer.calibration["held_out"], "auroc": auroc(own, outside),
+            "threshold": scorer.threshold, "flagged_own": float(scorer.unknown(own).mean()),
+            "flagged_other": float(scorer.unknown(outside).mean()), "leave_one_out_threshold": leave_one_out.threshold,
+            "leave_one_out_flagged_own": float(leave_one_out.unknown(own).mean()),
+            "leave_one_out_flagged_other": float(leave_one_out.unknown(outside).mean())}
+
+
 def methods(sets: dict, size: int, per_other: int) -> list[dict]:
     """Candidate scores on the backbone's fp32 features: AUROC far (other sets) and near (half the classes)."""
     from sklearn.covariance import LedoitWolf
@@ -161,6 +192,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--near", nargs="*", default=None, help="sets for the near-novelty fit (default: all of --sets)")
     parser.add_argument("--methods", action="store_true")
     parser.add_argument("--onnx", action="store_true")
+    parser.add_argument("--network", nargs="*", default=[], help="sets to fit a finetune network on as well")
+    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--skip-far", action="store_true", help="only --methods / --near / --network")
     parser.add_argument("--json")
     args = parser.parse_args(argv)
 
@@ -173,7 +207,7 @@ def main(argv: list[str] | None = None) -> int:
         for row in report["methods"]:
             print(f"  {row['set']:8s} " + "  ".join(f"{k} {v:.3f}" for k, v in row.items() if k != "set"), flush=True)
     report["far"] = []
-    for name in args.sets:
+    for name in [] if args.skip_far else args.sets:
         row = far(name, sets, args, out_root)
         report["far"].append(row)
         line = (f"{name:8s} AUROC {row['auroc']:.3f}; flagged: other domains {row['flagged_other']:.1%} (n={row['n_other']}), "
@@ -183,11 +217,22 @@ def main(argv: list[str] | None = None) -> int:
         print(line, flush=True)
     report["near"] = []
     for name in args.sets if args.near is None else args.near:
+        if len(set(sets[name][0].labels)) < 4:
+            print(f"{name:8s} near: skipped (fewer than 4 classes: half of them would leave one)", flush=True)
+            continue
         row = near(name, sets, args, out_root)
         report["near"].append(row)
         auc = "-" if row["auroc"] is None else f"{row['auroc']:.3f}"
         print(f"{name:8s} near (classes {', '.join(row['kept_classes'])} kept): AUROC {auc}; flagged held-out classes "
               f"{row['flagged_held_out']:.1%}, kept classes {row['flagged_kept']:.1%}", flush=True)
+    report["network"] = []
+    for name in args.network:
+        row = network(name, sets, args, out_root)
+        report["network"].append(row)
+        print(f"{name:8s} finetune ({args.epochs} epochs): AUROC {row['auroc']:.3f}; validation-split threshold "
+              f"{row['threshold']:.4f}: other domains {row['flagged_other']:.1%}, own test {row['flagged_own']:.1%}; "
+              f"leave one out would be {row['leave_one_out_threshold']:.4f}: other {row['leave_one_out_flagged_other']:.1%}, "
+              f"own {row['leave_one_out_flagged_own']:.1%}", flush=True)
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(report, indent=2, default=str))

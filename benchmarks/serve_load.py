@@ -145,11 +145,15 @@ def time_serve(model: str, bodies: list[tuple[str, bytes]], concurrency: int, de
         ready = time.perf_counter()
         result = hammer(port, bodies, concurrency, timeout)
         finished = time.perf_counter()
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        connection.request("GET", "/model")
+        batching = json.loads(connection.getresponse().read())["batching"]
     finally:
         stop_server(process)
     ok = [latency for latency, status in zip(result["latencies"], result["statuses"]) if status == 200]
     return {"delay_ms": delay_ms, "seconds_whole": finished - started, "seconds_start": ready - started,
             "seconds_requests": finished - ready, "answered": len(ok), "failures": result["failures"][:5],
+            "forward_passes": batching["batches"], "mean_batch": batching["images"] / max(1, batching["batches"]),
             "p50_ms": 1000 * percentile(ok, 50), "p99_ms": 1000 * percentile(ok, 99),
             "images_per_second_whole": len(ok) / (finished - started), "images_per_second_running": len(ok) / (finished - ready)}
 
@@ -164,7 +168,7 @@ def soak(model: str, bodies: list[tuple[str, bytes]], total: int, junk_share: fl
     junk = junk_bodies()
     mixed = []
     for i in range(total):
-        if (i * junk_share) % 1 + junk_share >= 1:  # every 1/junk_share-th request is junk
+        if junk_share and i % round(1 / junk_share) == 0:  # every (1/junk_share)-th request is junk
             mixed.append((f"junk:{junk[i % len(junk)][0]}", junk[i % len(junk)][1]))
         else:
             mixed.append(bodies[i % len(bodies)])
@@ -233,7 +237,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"serve --max-delay-ms {delay:g} --max-batch-size {batch}: {result['answered']} answered; whole process {result['seconds_whole']:.1f} s "
                   f"({result['images_per_second_whole']:.1f} images/s, ratio to predict {result['ratio_whole']:.2f}); "
                   f"after start-up ({result['seconds_start']:.1f} s) {result['images_per_second_running']:.1f} images/s; "
-                  f"latency p50 {result['p50_ms']:.0f} ms, p99 {result['p99_ms']:.0f} ms", flush=True)
+                  f"latency p50 {result['p50_ms']:.0f} ms, p99 {result['p99_ms']:.0f} ms; {result['forward_passes']} forward "
+                  f"passes, {result['mean_batch']:.1f} images each", flush=True)
         if args.soak:
             result = soak(args.model, bodies, args.soak, args.junk, args.concurrency, args.timeout)
             report["soak"] = result

@@ -152,6 +152,7 @@ def test_batched_answers_equal_predict_and_carry_the_flag(client, svm_dir, stran
         assert answer["unknown"] is bool(score > classifier.novelty_.threshold)
     info = client.get("/model").json()
     assert info["novelty"]["threshold"] == classifier.novelty_.threshold and info["runtime"] == "pytorch"
+    assert info["batching"]["images"] == len(payloads) and info["batching"]["batches"] < len(payloads)  # some were shared
 
 
 def classifier_pixels(classifier, paths) -> np.ndarray:

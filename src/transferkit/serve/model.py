@@ -48,7 +48,8 @@ class ServedModel:
 
     def info(self) -> dict[str, Any]:
         """What ``GET /model`` shows: classes, backbone, strategy, input size, preprocessing,
-        metrics, probabilities, and the novelty threshold (None: the model has no score)."""
+        metrics, probabilities, the novelty threshold (None: the model has no score), the runtime
+        (pytorch or onnxruntime) and the batching so far (forward passes and images)."""
         novelty = self.network.novelty
         return {
             "classes": self.classes,
@@ -60,6 +61,8 @@ class ServedModel:
                 "false_alarm_rate": novelty.false_alarm_rate, "method": novelty.to_config()["method"],
             },
             "runtime": self.network.description["runtime"],
+            "batching": {"max_batch_size": self.batcher.max_batch_size, "max_delay_ms": 1000 * self.batcher.max_delay,
+                         "batches": self.batcher.batches, "images": self.batcher.images},
         }
 
     @property
