@@ -51,7 +51,7 @@ def test_fit_evaluate_predict_end_to_end(image_folder, tiny_weights, tmp_path):
     assert result.exit_code == 0, result.output
     rows = list(csv.DictReader(open(tmp_path / "p.csv")))
     assert len(rows) == 24
-    assert list(rows[0]) == ["path", "label", "probability", "label_2", "probability_2"]
+    assert list(rows[0]) == ["path", "label", "probability", "label_2", "probability_2", "novelty", "unknown"]
     assert all(float(r["probability"]) >= float(r["probability_2"]) for r in rows)
 
     result = invoke("predict", model_dir, image_folder / "blue" / "016.png")

@@ -16,7 +16,8 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 
 LAYERS: list[tuple[str, ...]] = [
     ("transferkit._version", "transferkit.errors"),
-    ("transferkit.constraints", "transferkit.evaluation.metrics", "transferkit.evaluation.jobs", "transferkit.lines"),
+    ("transferkit.constraints", "transferkit.evaluation.metrics", "transferkit.evaluation.novelty", "transferkit.evaluation.jobs",
+     "transferkit.lines"),
     ("transferkit.data", "transferkit.backbones"),
     ("transferkit.training",),
     ("transferkit.evaluation.cv",),

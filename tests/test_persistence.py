@@ -10,7 +10,7 @@ import pytest
 import transferkit
 from conftest import make_images
 from transferkit import ImageClassifier, ModelFileError
-from transferkit.persistence import CONFIG_NAME, WEIGHTS_NAME
+from transferkit.persistence import CONFIG_NAME, NOVELTY_NAME, WEIGHTS_NAME
 
 
 @pytest.fixture(scope="module")
@@ -25,7 +25,7 @@ def fitted(tiny_weights):
 def test_save_and_load_round_trip_gives_identical_predictions(fitted, tmp_path):
     clf, images = fitted
     transferkit.save(clf, tmp_path / "model", metrics={"val_accuracy": 0.5})
-    assert sorted(p.name for p in (tmp_path / "model").iterdir()) == sorted([CONFIG_NAME, WEIGHTS_NAME, "MODEL_CARD.md"])
+    assert sorted(p.name for p in (tmp_path / "model").iterdir()) == sorted([CONFIG_NAME, WEIGHTS_NAME, NOVELTY_NAME, "MODEL_CARD.md"])
     config = json.loads((tmp_path / "model" / CONFIG_NAME).read_text())
     assert config["classes"] == ["blue", "green", "red"]
     assert config["backbone"] == "test_efficientnet" and config["image_size"] == 32

@@ -316,11 +316,13 @@ CacheOpt = Annotated[Optional[Path], typer.Option("--cache-dir", help="Cache fol
 JobsOpt = Annotated[int, typer.Option("--jobs", help="Run independent (strategy, fold) jobs in parallel through joblib; -1: one per core. Each job uses $TRANSFERKIT_JOB_THREADS torch threads (default 1), so any N gives the same table.")]
 BackendOpt = Annotated[Optional[str], typer.Option("--backend", help="joblib backend for --jobs: loky (this machine, default), threading (one job at a time, in this process), dask (the scheduler in $DASK_SCHEDULER_ADDRESS) or ray ($RAY_ADDRESS).")]
 JsonOpt = Annotated[Optional[Path], typer.Option("--json", allow_dash=True, help="Also write the results as JSON to this file; '-' prints the JSON instead of the tables (stdout parses as JSON).")]
+UnknownThresholdOpt = Annotated[Optional[float], typer.Option("--unknown-threshold", help="Flag images whose novelty (how unlike the training images they are: cosine distance to the nearest training image) is above this as unknown; default: the threshold calibrated at fit time (5 % of held-out training images flagged).")]
 BudgetOpt = Annotated[str, typer.Option("--budget-minutes", help="strategy auto: the whole fit (probe, candidate search incl. a trained network, final fit) within this many minutes on this machine; candidates that would not fit are skipped, saying so. auto: 10; none: no bound.")]
 
 SHARED_OPTIONS: dict[str, Any] = {
     "--skip-bad": SkipBadOpt, "--quiet": QuietOpt, "--device": DeviceOpt, "--precision": PrecisionOpt, "--cache-dir": CacheOpt,
     "--jobs": JobsOpt, "--backend": BackendOpt, "--json": JsonOpt, "--budget-minutes": BudgetOpt,
+    "--unknown-threshold": UnknownThresholdOpt,
 }
 """Flag -> its one declaration; every command that has the flag declares it from here."""
 DATA_OPTIONS = ("--skip-bad", "--quiet", "--device", "--precision", "--cache-dir")
@@ -729,8 +731,9 @@ def evaluate(
     precision: PrecisionOpt = "auto",
     cache_dir: CacheOpt = None,
     report_dir: ReportOpt = None,
+    unknown_threshold: UnknownThresholdOpt = None,
 ) -> None:
-    """Score a saved model on labelled DATA: accuracy, balanced accuracy, macro-F1, confusion matrix."""
+    """Score a saved model on labelled DATA: accuracy, balanced accuracy, macro-F1, confusion matrix, share flagged unknown."""
     _check_output_file(json_path, "--json")
     with _user_errors(), _results_to(json_path):
         started = time.perf_counter()
@@ -756,13 +759,15 @@ def evaluate(
                 "--unknown-as-errors to score them as errors."
             )
         pixels, images, skipped = _decode_kept(images, classifier.image_size_, skip_bad=skip_bad, cache_dir=classifier.cache_dir, quiet=quiet)
-        predictions = np.asarray(classifier.predict(pixels)).astype(str)  # by name, as the labels of DATA
+        probabilities, novelty = classifier.predict_proba(pixels, return_novelty=True)
+        predictions = np.asarray(classifier.classes_).astype(str)[probabilities.argmax(axis=1)]  # by name, as the labels of DATA
         classes = [str(c) for c in classifier.classes_] + sorted(unknown)
         metrics = classification_metrics(images.labels, predictions, classes)
         metrics["unknown_classes"] = dict(sorted(unknown.items()))
         metrics["train_test_overlap"] = train_test_overlap(classifier.training_digests_, images)
         metrics.update(binary_metrics_if_builtin(data, images.labels, predictions))
         metrics["skipped"] = [vars(item) for item in skipped]
+        metrics["novelty"] = _novelty_note(classifier, unknown_threshold, novelty)
         metrics["seconds"] = round(time.perf_counter() - started, 1)
         if unknown:
             err.print(_literal(f"scoring {sum(unknown.values())} image(s) of unknown classes ({', '.join(sorted(unknown))}) as errors"))
@@ -774,6 +779,11 @@ def evaluate(
         if "binary_accuracy" in metrics:
             summary += f"  binary accuracy {metrics['binary_accuracy']:.4f}"
         out.print(summary)
+        if metrics["novelty"]["flagged"] is not None:
+            flagged = metrics["novelty"]
+            out.print(f"flagged unknown (novelty above {flagged['threshold']:.4g}): {flagged['flagged']} of {metrics['n']} "
+                      f"({flagged['flagged_share']:.1%}); the calibrated threshold flags about {flagged['false_alarm_rate']:.0%} "
+                      "of images like the training images")
         _write_json(json_path, metrics)
         if report_dir is not None:
             _write_model_report(model_dir, data, report_dir, classifier=classifier, images=images, progress=not quiet)
@@ -804,8 +814,10 @@ def predict(
     precision: PrecisionOpt = "auto",
     cache_dir: CacheOpt = None,
     explain: Annotated[Optional[Path], typer.Option(help="Write one heatmap overlay PNG per image (Grad-CAM of the predicted class) to this folder.")] = None,
+    unknown_threshold: UnknownThresholdOpt = None,
 ) -> None:
-    """Predict the class of each image: a table on stdout (a header row, then one row per image in the order given)."""
+    """Predict the class of each image, with its novelty and whether it is unknown (unlike the training images):
+    a table on stdout (a header row, then one row per image in the order given)."""
     if top_k < 1:
         raise typer.BadParameter(f"expected a positive integer. Received: {top_k}", param_hint="--top-k")
     _check_output_file(csv_path, "--csv")
@@ -827,16 +839,20 @@ def predict(
         paths = list(kept.sources)
         if not paths:
             raise TransferkitError("every input was unreadable and skipped; nothing to predict.")
-        probabilities = classifier.predict_proba(pixels)
+        probabilities, novelty = classifier.predict_proba(pixels, return_novelty=True)
+        unknown = _unknown_flags(classifier, novelty, unknown_threshold)
         k = min(top_k, len(classifier.classes_))
-        rows = _prediction_rows(classifier.classes_, paths, probabilities, k)
+        rows = _prediction_rows(classifier.classes_, paths, probabilities, k, novelty, unknown)
         if csv_path is not None and _main_rank():
             _write_prediction_csv(csv_path, rows)
         note = _probability_note(classifier)
         _write_json(json_path, {"predictions": rows, "classes": [str(c) for c in classifier.classes_], "probabilities": note,
-                                "skipped": [vars(item) for item in skipped]})
+                                "novelty": _novelty_note(classifier, unknown_threshold), "skipped": [vars(item) for item in skipped]})
         if note is not None and _main_rank():
             err.print(Wrapped.prose(f"probabilities: {note['description']}", indent="  "))
+        if unknown is not None and _main_rank():
+            err.print(Wrapped.prose(f"{int(unknown.sum())} of {len(unknown)} images flagged unknown: unlike the training images "
+                                    f"({_novelty_note(classifier, unknown_threshold)['description']}; --json/--csv list them)", indent="  "))
         if explain is not None and _main_rank():
             if model_dir.suffix == ".onnx":
                 raise TransferkitError("--explain needs the model folder (heatmaps need the network's gradients), not an .onnx file.")
@@ -845,9 +861,13 @@ def predict(
             written = write_explanations(classifier, paths, explain, probabilities=probabilities)
             err.print(f"wrote {len(written)} heatmaps to {explain}")
         header = ["path", "label", "probability"] + [f"{name}_{rank}" for rank in range(2, k + 1) for name in ("label", "probability")]
-        lines = ["\t".join(header)]
+        scored = novelty is not None  # a model saved before novelty existed has no such columns
+        lines = ["\t".join(header + (["novelty", "unknown"] if scored else []))]
         for record in rows:
-            lines.append("\t".join([record["path"]] + [f"{c['label']}\t{c['probability']:.4f}" for c in record["top_k"]]))
+            cells = [record["path"]] + [f"{c['label']}\t{c['probability']:.4f}" for c in record["top_k"]]
+            if scored:
+                cells += [f"{record['novelty']:.4f}", "unknown" if record["unknown"] else "-"]
+            lines.append("\t".join(cells))
         _print_tab_separated(lines)
 
 
@@ -861,19 +881,24 @@ def _print_tab_separated(lines: list[str]) -> None:
     sys.stdout.flush()
 
 
-def _prediction_rows(classes, paths: list[str], probabilities: np.ndarray, k: int) -> list[dict[str, Any]]:
-    """One record per image, in input order: path, label, probability and ``top_k``, the k best
-    ``{label, probability}`` (the shape ``serve`` answers with)."""
+def _prediction_rows(classes, paths: list[str], probabilities: np.ndarray, k: int, novelty: np.ndarray | None = None,
+                     unknown: np.ndarray | None = None) -> list[dict[str, Any]]:
+    """One record per image, in input order: path, label, probability, ``top_k`` (the k best
+    ``{label, probability}``, the shape ``serve`` answers with), ``novelty`` and ``unknown``
+    (None where the model has no score: saved before novelty existed)."""
     rows = []
-    for path, row in zip(paths, probabilities):
+    for i, (path, row) in enumerate(zip(paths, probabilities)):
         order = row.argsort()[::-1][:k]
-        top = [{"label": str(classes[i]), "probability": round(float(row[i]), 6)} for i in order]
-        rows.append({"path": path, "label": top[0]["label"], "probability": top[0]["probability"], "top_k": top})
+        top = [{"label": str(classes[j]), "probability": round(float(row[j]), 6)} for j in order]
+        rows.append({"path": path, "label": top[0]["label"], "probability": top[0]["probability"], "top_k": top,
+                     "novelty": None if novelty is None else round(float(novelty[i]), 6),
+                     "unknown": None if unknown is None else bool(unknown[i])})
     return rows
 
 
 def _write_prediction_csv(csv_path: Path, rows: list[dict[str, Any]]) -> None:
-    """path,label,probability and, for --top-k K, label_2,probability_2 ... label_K,probability_K."""
+    """path,label,probability, for --top-k K label_2,probability_2 ... label_K,probability_K, then
+    novelty,unknown (empty for a model without a novelty score)."""
     from transferkit.persistence import atomic_write
 
     def write_csv(tmp: str) -> None:
@@ -881,9 +906,11 @@ def _write_prediction_csv(csv_path: Path, rows: list[dict[str, Any]]) -> None:
         with open(tmp, "w", newline="", encoding="utf-8", errors="surrogateescape") as handle:
             writer = csv.writer(handle)
             k = len(rows[0]["top_k"])
-            writer.writerow(["path", "label", "probability"] + [f"{n}_{r}" for r in range(2, k + 1) for n in ("label", "probability")])
+            writer.writerow(["path", "label", "probability"] + [f"{n}_{r}" for r in range(2, k + 1) for n in ("label", "probability")]
+                            + ["novelty", "unknown"])
             for record in rows:
-                writer.writerow([record["path"]] + [v for c in record["top_k"] for v in (c["label"], c["probability"])])
+                flags = ["" if record[key] is None else record[key] for key in ("novelty", "unknown")]
+                writer.writerow([record["path"]] + [v for c in record["top_k"] for v in (c["label"], c["probability"])] + flags)
 
     csv_path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(csv_path, write_csv)  # all rows or no file: never a CSV cut short
@@ -948,14 +975,24 @@ def serve(
     quiet: QuietOpt = False,
     device: DeviceOpt = "auto",
     precision: PrecisionOpt = "auto",
+    unknown_threshold: UnknownThresholdOpt = None,
+    max_batch_size: Annotated[int, typer.Option(help="Most images per forward pass: requests that arrive together share one.")] = 32,
+    max_delay_ms: Annotated[float, typer.Option(help="How long a request waits for others to share its forward pass (ms).")] = 5.0,
 ) -> None:
-    """Serve MODEL over HTTP: POST /predict, GET /health, GET /model, and a page at / to drop images on."""
+    """Serve MODEL (a model folder, or an .onnx file on onnxruntime) over HTTP: POST /predict, GET /health, GET /model, and a page at /."""
+    if max_batch_size < 1 or max_delay_ms < 0:
+        raise typer.BadParameter(f"expected --max-batch-size >= 1 and --max-delay-ms >= 0. Received: {max_batch_size}, {max_delay_ms}")
     with _user_errors():
+        from transferkit.errors import MissingExtraError
         from transferkit.serve import UploadLimits, create_app
-        import uvicorn
 
+        try:
+            import uvicorn
+        except ImportError as exc:
+            raise MissingExtraError("serving needs uvicorn; install it with: pip install 'transferkit[serve]'") from exc
         app_ = create_app(model_dir, limits=UploadLimits(max_bytes=int(max_upload_mb * 2**20), max_files=max_files),
-                          precision=precision, device=device)
+                          precision=precision, device=device, unknown_threshold=unknown_threshold, max_batch_size=max_batch_size,
+                          max_delay_ms=max_delay_ms)
         err.print(f"serving {model_dir} on http://{host}:{port}/ (Ctrl+C stops)")
         uvicorn.run(app_, host=host, port=port, log_level="warning" if quiet else "info")
 
@@ -1091,9 +1128,9 @@ def export(
                                  "(static calibrates on it) or --test DATA.", param_hint="--quantize")
     _check_output_file(out_path, "--out")
     _check_output_file(json_path, "--json")
-    from transferkit.export.onnx import PARITY_TOLERANCE, export_onnx
-
     with _user_errors():
+        from transferkit.export.onnx import PARITY_TOLERANCE, export_onnx
+
         result = export_onnx(model_dir, out_path, check_images=check, max_check_images=check_images)
         report = result.to_dict()
         if check:
@@ -1180,6 +1217,21 @@ def _probability_note(classifier) -> dict[str, Any] | None:
     from transferkit.card import probability_note
 
     return probability_note(history)
+
+
+def _unknown_flags(classifier, novelty, threshold: float | None):
+    """Which images are unknown (novelty above ``threshold``, or the model's calibrated one);
+    None when the model has no novelty score."""
+    if novelty is None:
+        return None
+    return classifier.novelty_.unknown(novelty, threshold)
+
+
+def _novelty_note(classifier, threshold: float | None, novelty=None) -> dict[str, Any]:
+    """The threshold in use and where it came from (with ``novelty``: how many it flags), or why there is no score."""
+    from transferkit.evaluation.novelty import novelty_summary
+
+    return novelty_summary(getattr(classifier, "novelty_", None), novelty, threshold)
 
 
 def _onnx_classifier(path: Path):

@@ -29,6 +29,11 @@ class ModelFileError(TransferkitError, OSError):
     """A saved model folder is missing, incomplete or was written by an incompatible version."""
 
 
+class MissingExtraError(TransferkitError, ImportError):
+    """An optional dependency is not installed; the message names the extra that installs it,
+    e.g. ``pip install 'transferkit[serve]'`` (the CLI prints it in one line, exit code 1)."""
+
+
 def __getattr__(name: str) -> Any:
     # NotFittedError also subclasses scikit-learn's, and importing scikit-learn costs more than
     # a second (scipy.stats): it is made on first use, so that `transferkit info` and an

@@ -27,17 +27,18 @@ from transferkit.backbones.multilayer import FEATURE_LAYERS
 from transferkit.constraints import AUTO, InstanceOf, Interval, Options, Registered, Satisfies, validate_params
 from transferkit.data import (
     ImageSet, check_classes, content_digests, decode_images, default_cache_dir, describe_conflicts, duplicate_groups, is_decoded,
-    label_conflicts, load_pixels, resolve_data,
+    label_conflicts, load_pixels, pixel_groups, resolve_data,
 )
 from transferkit.errors import ConfigError, DataError, NotFittedError
 from transferkit.evaluation.metrics import imbalance_note, majority_class_rate
+from transferkit.evaluation.novelty import NoveltyScorer, fit_novelty
 from transferkit.lines import Wrapped
 from transferkit.strategies import FitRequest, Settings, get_strategy, list_strategies
 from transferkit.strategies.features import SYMMETRIES, FeatureExtractor, symmetric_features
 from transferkit.search import Arena
 from transferkit.training.augment import is_augmentation
 from transferkit.training.regularize import REGULARIZATION
-from transferkit.training.inputs import pixels_to_tensor, predict_logits, to_model_input
+from transferkit.training.inputs import network_outputs, pixels_to_tensor, to_model_input
 from transferkit.training.runtime import is_main_process, prediction_runtime, resolve_runtime
 
 Strategy = Literal["auto", "svm", "logistic", "head", "finetune", "full", "scratch", "pixels"]
@@ -197,6 +198,11 @@ class ImageClassifier(ClassifierMixin, BaseEstimator):
     training_digests_ : list of str or None
         Content hashes of the training images (``transferkit.data.content_digests``), saved
         with the model so that ``evaluate`` counts the test images it was trained on.
+    novelty_ : NoveltyScorer or None
+        The training images' features and the threshold above which an image is flagged
+        unknown (:mod:`transferkit.evaluation.novelty`; ``predict_proba(X, return_novelty=True)``).
+        None for the ``pixels`` strategy (no pooled features) and for models saved before
+        novelty existed: they have no score.
 
     Examples
     --------
@@ -377,13 +383,19 @@ class ImageClassifier(ClassifierMixin, BaseEstimator):
             class_counts={str(c): int(n) for c, n in zip(classes, np.bincount(targets, minlength=len(classes)))},
         )
         self.validation_ = validation_summary(self.history_, self.class_counts_)
+        # One more inference pass over the training images (for a frozen backbone the features
+        # are cached already): what "like the training images" means, and where it ends.
+        features = self._outputs(pixels, runtime)[1]
+        # held_out indexes the request's pixels: those of this fit, unless the search trained the network
+        held_out = outcome.held_out if searched is None else None
+        self.novelty_ = None if features is None else fit_novelty(features, pixel_groups(pixels), held_out=held_out, seed=self.seed)
         return self
 
     def _set_fitted(
         self, *, classes, model, preprocessing: Preprocessing, image_size: int, settings: dict[str, Any],
         history: dict[str, Any], plan=None, advice: Advice | None = None, skipped=(), n_train: int | None = None,
         fit_seconds: float | None = None, metrics: dict[str, Any] | None = None, training_digests=None,
-        class_counts: dict[str, int] | None = None,
+        class_counts: dict[str, int] | None = None, novelty: NoveltyScorer | None = None,
     ) -> None:
         """Set every fitted attribute; ``fit`` and :func:`transferkit.load` both come through here."""
         self.classes_ = np.asarray(classes)
@@ -403,13 +415,29 @@ class ImageClassifier(ClassifierMixin, BaseEstimator):
         self.estimated_fit_seconds_ = estimated_fit_seconds(advice)
         self.metrics_ = dict(metrics or {})
         self.training_digests_ = None if training_digests is None else list(training_digests)
+        self.novelty_ = novelty
 
     # ------------------------------------------------------------ predict
-    def predict_proba(self, X: Any) -> np.ndarray:
-        """Class probabilities, shape (n_images, n_classes), columns in ``classes_`` order."""
+    def predict_proba(self, X: Any, *, return_novelty: bool = False) -> np.ndarray | tuple[np.ndarray, np.ndarray | None]:
+        """Class probabilities, shape (n_images, n_classes), columns in ``classes_`` order.
+
+        With ``return_novelty=True``: ``(probabilities, novelty)``, where ``novelty`` (n_images,)
+        float64 says how unlike the training images each image is (0: like one of them; up to 2),
+        from the same forward pass; ``novelty_.unknown(novelty)`` flags those above the
+        calibrated threshold. ``novelty`` is None when the model has no score (``novelty_`` is
+        None: a model saved before novelty existed, or the ``pixels`` strategy).
+        """
         self._check_fitted()
         pixels = load_pixels(X, self.image_size_, cache_dir=self.cache_dir, progress=self.verbose)
-        runtime = prediction_runtime(self.device, self.precision)  # the one precision of every prediction path
+        logits, features = self._outputs(pixels, prediction_runtime(self.device, self.precision))  # the one precision of every prediction path
+        probabilities = torch.softmax(logits, dim=1).numpy()
+        if not return_novelty:
+            return probabilities
+        scorer = getattr(self, "novelty_", None)
+        return probabilities, None if scorer is None or features is None else scorer.score(features)
+
+    def _outputs(self, pixels: np.ndarray, runtime) -> tuple[torch.Tensor, np.ndarray | None]:
+        """Logits (N, K) and the pooled features (N, D) the novelty score reads (None: none)."""
         strategy = self.settings_.get("strategy")
         if strategy in list_strategies() and get_strategy(strategy).frozen_backbone:
             # The backbone is the pretrained one: its features may already sit in the cache.
@@ -419,11 +447,11 @@ class ImageClassifier(ClassifierMixin, BaseEstimator):
             with torch.no_grad():
                 logits = extractor.model.get_classifier()(features).float().cpu()
             self.model_ = extractor.model.cpu()
-        else:
-            model = runtime.prepare_model(self.model_)
-            logits = predict_logits(model, pixels, self.preprocessing_, runtime, batch_size=self.batch_size * 2)
-            self.model_ = model.cpu()
-        return torch.softmax(logits, dim=1).numpy()
+            return logits, features
+        model = runtime.prepare_model(self.model_)
+        logits, features = network_outputs(model, pixels, self.preprocessing_, runtime, batch_size=self.batch_size * 2)
+        self.model_ = model.cpu()
+        return logits, features
 
     def predict(self, X: Any) -> np.ndarray:
         """Predicted class name of each image."""

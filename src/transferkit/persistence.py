@@ -1,5 +1,9 @@
 """Model folders: ``model.safetensors`` + ``config.json``; nothing is ever unpickled.
 
+A model with a novelty score also has ``novelty.safetensors`` (the training images' unit
+features, float16) described, with its SHA-256, under ``config.json["novelty"]``; a folder
+without them (saved before novelty existed) loads with ``novelty_ = None``.
+
 ``config.json`` holds everything needed to rebuild the network (backbone, classes,
 preprocessing, image size), the training settings, metrics and the package version, a
 ``"format": "transferkit"`` mark, and the SHA-256 of ``model.safetensors`` so that a weights
@@ -29,17 +33,21 @@ from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
+from safetensors.numpy import load_file as load_arrays
+from safetensors.numpy import save_file as save_arrays
 from safetensors.torch import load_file, save_file
 
 from transferkit._version import __version__
 from transferkit.backbones import Preprocessing, create_backbone
 from transferkit.card import CARD_NAME, model_card
 from transferkit.errors import ModelFileError
+from transferkit.evaluation.novelty import NoveltyScorer
 from transferkit.estimator import RUNTIME_PARAMS, ImageClassifier
 from transferkit.strategies import get_strategy, list_strategies
 from transferkit.training.runtime import is_main_process
 
 WEIGHTS_NAME = "model.safetensors"
+NOVELTY_NAME = "novelty.safetensors"
 CONFIG_NAME = "config.json"
 CHECKPOINT_NAME = "checkpoint.pt"  # training/loop.py writes it; the swap leaves it behind
 FORMAT_VERSION = 1
@@ -111,6 +119,7 @@ def save_model(classifier, out_dir: str | os.PathLike, *, metrics: dict[str, Any
         _fsync(weights_path)
         _step("weights-written")
         config = _config(classifier, metrics, _sha256(weights_path))
+        config["novelty"] = _save_novelty(getattr(classifier, "novelty_", None), new / NOVELTY_NAME)
         if data is not None:
             config["data"] = str(data)
         (new / CONFIG_NAME).write_text(json.dumps(config, indent=2))
@@ -190,6 +199,35 @@ def _config(classifier, metrics: dict[str, Any] | None, weights_sha256: str) -> 
     }
 
 
+def _save_novelty(scorer: NoveltyScorer | None, path: Path) -> dict[str, Any] | None:
+    """Write the scorer's reference features to ``path``; its config.json entry (None: no score)."""
+    if scorer is None:
+        return None
+    save_arrays({"reference": np.ascontiguousarray(scorer.reference)}, str(path), metadata={"format": "transferkit-novelty"})
+    _fsync(path)
+    return {**scorer.to_config(), "file": NOVELTY_NAME, "sha256": _sha256(path)}
+
+
+def read_novelty(folder: Path, config: dict[str, Any]) -> NoveltyScorer | None:
+    """The novelty scorer of a model folder; None when it has none (saved before novelty existed).
+
+    Raises :class:`ModelFileError` when config.json names a novelty file that is missing,
+    damaged or from another run (SHA-256 differs).
+    """
+    record = config.get("novelty")
+    if not isinstance(record, dict):
+        return None
+    path = folder / NOVELTY_NAME
+    if not path.is_file():
+        raise ModelFileError(f"{folder / CONFIG_NAME} names {NOVELTY_NAME}, which is missing: restore it, or refit.")
+    if _sha256(path) != record.get("sha256"):
+        raise ModelFileError(f"{path} does not match {folder / CONFIG_NAME} (SHA-256 differs): refit, or restore both files together.")
+    try:
+        return NoveltyScorer.from_config(record, load_arrays(str(path))["reference"])
+    except Exception as exc:  # noqa: BLE001 - safetensors raises several types for a bad file
+        raise ModelFileError(f"cannot read the novelty file {path}: {exc}") from exc
+
+
 def _training_images(classifier) -> dict[str, Any] | None:
     digests = getattr(classifier, "training_digests_", None)
     return None if digests is None else {"hash": "sha256-128", "digests": list(digests)}
@@ -222,7 +260,7 @@ def _fsync(path: Path) -> None:
 def _link_extras(old: Path, new: Path) -> None:
     """Hard-link (or copy) the files the user keeps in the old folder into the new one."""
     for entry in old.iterdir():
-        if entry.name in (WEIGHTS_NAME, CONFIG_NAME, CHECKPOINT_NAME, CARD_NAME) or entry.name.endswith(".tmp"):
+        if entry.name in (WEIGHTS_NAME, NOVELTY_NAME, CONFIG_NAME, CHECKPOINT_NAME, CARD_NAME) or entry.name.endswith(".tmp"):
             continue
         target = new / entry.name
         if entry.is_dir() and not entry.is_symlink():
@@ -454,6 +492,7 @@ def _load(folder: Path, *, device: str, precision: str, cache_dir: str | bool | 
         history=config.get("history") or {}, metrics=config.get("metrics"),
         training_digests=training_digests(config),
         class_counts=config.get("class_counts") if isinstance(config.get("class_counts"), dict) else None,
+        novelty=read_novelty(folder, config),
         # the advisor's measurements stay readable in config.json["advice"]
     )
     return classifier

@@ -2,9 +2,11 @@
 
 Every strategy saves an ordinary network (``svm``/``logistic`` are folded into the head), so
 one export covers them all. The graph takes float32 ``pixels`` (N, 3, S, S), RGB scaled to
-[0, 1] and normalised with the stored mean and std, and returns ``logits`` (N, K). The
-metadata (``transferkit.classes``, ``.image_size``, ``.preprocessing``, ``.backbone``,
-``.strategy``, ``.input``) makes the file usable without transferkit's config.json.
+[0, 1] and normalised with the stored mean and std, and returns ``logits`` (N, K) and, for a
+model with a novelty score, its pooled pre-logits ``features`` (N, D). The metadata
+(``transferkit.classes``, ``.image_size``, ``.preprocessing``, ``.backbone``, ``.strategy``,
+``.input``, ``.novelty``: the threshold and the training features as base64 float16) makes the
+file usable without transferkit's config.json.
 
 The export uses PyTorch's TorchScript-based exporter (``dynamo=False``): it handles timm's
 EfficientNet without extra packages, while the torch.export-based one needs onnxscript.
@@ -24,9 +26,9 @@ import numpy as np
 import torch
 
 from transferkit.data.views import SYMMETRIES, mean_over_views, view
-from transferkit.errors import ConfigError
-from transferkit.export.predictor import INPUT_NAME, METADATA_PREFIX, OUTPUT_NAME, OnnxClassifier
-from transferkit.training.inputs import predict_logits
+from transferkit.errors import ConfigError, MissingExtraError
+from transferkit.export.predictor import FEATURES_NAME, INPUT_NAME, METADATA_PREFIX, OUTPUT_NAME, OnnxClassifier
+from transferkit.training.inputs import has_pooled_features, predict_logits
 from transferkit.training.runtime import resolve_runtime
 
 OPSET = 17
@@ -76,7 +78,10 @@ def export_onnx(
     ExportResult
         ``max_abs_diff`` is the largest absolute logit difference (fp32).
     """
-    import onnx
+    try:
+        import onnx
+    except ImportError as exc:
+        raise MissingExtraError("ONNX export needs onnx; install it with: pip install 'transferkit[export]'") from exc
 
     from transferkit.persistence import load_model, read_config
 
@@ -93,12 +98,16 @@ def export_onnx(
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     example = torch.zeros(1, 3, size, size)
+    novelty = getattr(classifier, "novelty_", None)
+    outputs = [OUTPUT_NAME]
+    if novelty is not None and has_pooled_features(network):
+        network, outputs = LogitsAndFeatures(network), [OUTPUT_NAME, FEATURES_NAME]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notice
         torch.onnx.export(
             network, (example,), str(path), dynamo=False, opset_version=opset,
-            input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
-            dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
+            input_names=[INPUT_NAME], output_names=outputs,
+            dynamic_axes={name: {0: "batch"} for name in [INPUT_NAME, *outputs]},
         )
     proto = onnx.load(str(path))
     metadata = {
@@ -114,6 +123,8 @@ def export_onnx(
         "input": f"float32 (N, 3, {size}, {size}) RGB: pixels / 255, minus mean, divided by std",
         "metrics": metrics,
     }
+    if len(outputs) == 2:
+        metadata["novelty"] = novelty.to_metadata()
     onnx.helper.set_model_props(proto, {METADATA_PREFIX + key: json.dumps(value) for key, value in metadata.items()})
     onnx.save(proto, str(path))
     onnx.checker.check_model(str(path), full_check=True)
@@ -124,6 +135,18 @@ def export_onnx(
         path=str(path), opset=opset, size_mb=round(path.stat().st_size / 2**20, 2), checked_images=len(pixels),
         max_abs_diff=diff, seconds=round(time.perf_counter() - started, 2),
     )
+
+
+class LogitsAndFeatures(torch.nn.Module):
+    """A timm network that returns its logits and its pooled pre-logits features (for novelty)."""
+
+    def __init__(self, network: torch.nn.Module) -> None:
+        super().__init__()
+        self.network = network
+
+    def forward(self, inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        pooled = self.network.forward_head(self.network.forward_features(inputs), pre_logits=True)
+        return self.network.get_classifier()(pooled), pooled
 
 
 def torch_logits(classifier, pixels: np.ndarray) -> np.ndarray:

@@ -1,8 +1,10 @@
 """Predict with an exported ``.onnx`` model: onnxruntime and Pillow, no torch.
 
 The model file carries what it needs (see :mod:`transferkit.export.onnx`): class names, image
-size, mean, std and interpolation in its metadata. Images are decoded exactly as for the
-PyTorch model (:func:`transferkit.data.decode_images`), so both see the same pixels.
+size, mean, std and interpolation in its metadata, and the novelty reference and threshold
+when the model has a score. Images are decoded exactly as for the PyTorch model
+(:func:`transferkit.data.decode_images`), so both see the same pixels, and novelty is scored by
+the same numpy code (:mod:`transferkit.evaluation.novelty`) on the graph's ``features`` output.
 """
 
 from __future__ import annotations
@@ -16,11 +18,13 @@ import numpy as np
 
 from transferkit.data import ImageSet, decode_images, resolve_data
 from transferkit.data.views import SYMMETRIES, mean_over_views, view
-from transferkit.errors import ConfigError, ModelFileError
+from transferkit.errors import MissingExtraError, ModelFileError
+from transferkit.evaluation.novelty import NoveltyScorer
 
 METADATA_PREFIX = "transferkit."
 INPUT_NAME = "pixels"
 OUTPUT_NAME = "logits"
+FEATURES_NAME = "features"
 
 
 def import_onnxruntime():
@@ -28,7 +32,7 @@ def import_onnxruntime():
     try:
         import onnxruntime
     except ImportError as exc:  # pragma: no cover - the dev extra installs it
-        raise ConfigError("ONNX support needs onnxruntime; install it with: pip install 'transferkit[export]'") from exc
+        raise MissingExtraError("ONNX support needs onnxruntime; install it with: pip install 'transferkit[export]'") from exc
     return onnxruntime
 
 
@@ -58,6 +62,8 @@ class OnnxClassifier:
     image_size_ : int
     metadata_ : dict
         Everything the exporter stored: backbone, strategy, preprocessing, metrics, ...
+    novelty_ : NoveltyScorer or None
+        The novelty reference and threshold (None: the model was exported without a score).
     """
 
     def __init__(self, path: str | os.PathLike, *, threads: int | None = None):
@@ -78,6 +84,9 @@ class OnnxClassifier:
         preprocessing = self.metadata_["preprocessing"]
         self._mean = np.asarray(preprocessing["mean"], dtype=np.float32).reshape(1, 3, 1, 1)
         self._std = np.asarray(preprocessing["std"], dtype=np.float32).reshape(1, 3, 1, 1)
+        outputs = {output.name for output in self.session_.get_outputs()}
+        record = self.metadata_.get("novelty")
+        self.novelty_ = NoveltyScorer.from_metadata(record) if record and FEATURES_NAME in outputs else None
 
     def decode(self, X: Any) -> np.ndarray:
         """uint8 (N, S, S, 3) pixels of X: paths, a folder or CSV, an ImageSet, or pixels already."""
@@ -97,26 +106,42 @@ class OnnxClassifier:
         A model fitted with ``symmetries`` (flips, dihedral) averaged its features over those
         views of each image; its head is linear, so the mean of the views' logits is the logit of
         the mean features, and that is what this returns (the same answer as transferkit's)."""
+        return self.outputs(X, batch_size=batch_size)[0]
+
+    def outputs(self, X: Any, *, batch_size: int = 32) -> tuple[np.ndarray, np.ndarray | None]:
+        """Logits (n_images, n_classes) and, for a model with a novelty score, its pooled features
+        (n_images, n_features), both float32 and averaged over the model's symmetry views."""
         pixels = self.decode(X)
         views = SYMMETRIES.get(str(self.metadata_.get("symmetries", "none")), SYMMETRIES["none"])
-        outputs = [np.empty((0, len(self.classes_)), np.float32)]
+        names = [OUTPUT_NAME] if self.novelty_ is None else [OUTPUT_NAME, FEATURES_NAME]
+        logits, features = [np.empty((0, len(self.classes_)), np.float32)], []
         for start in range(0, len(pixels), batch_size):
             batch = pixels[start : start + batch_size]
-            runs = [self.session_.run([OUTPUT_NAME], {INPUT_NAME: self.normalise(view(batch, name))})[0] for name in views]
-            outputs.append(mean_over_views(runs))
-        return np.concatenate(outputs)
+            runs = [self.session_.run(names, {INPUT_NAME: self.normalise(view(batch, name))}) for name in views]
+            logits.append(mean_over_views([run[0] for run in runs]))
+            if self.novelty_ is not None:
+                features.append(mean_over_views([run[1] for run in runs]))
+        return np.concatenate(logits), (np.concatenate(features) if features else None)
 
     def normalise(self, pixels: np.ndarray) -> np.ndarray:
         """uint8 (N, S, S, 3) to the graph's input: float32 (N, 3, S, S), ``(x / 255 - mean) / std``."""
         batch = np.asarray(pixels).transpose(0, 3, 1, 2).astype(np.float32) / 255.0
         return np.ascontiguousarray((batch - self._mean) / self._std, dtype=np.float32)
 
-    def predict_proba(self, X: Any) -> np.ndarray:
-        """Class probabilities, columns in ``classes_`` order."""
-        logits = self.logits(X).astype(np.float64)
+    def predict_proba(self, X: Any, *, return_novelty: bool = False) -> np.ndarray | tuple[np.ndarray, np.ndarray | None]:
+        """Class probabilities, columns in ``classes_`` order.
+
+        With ``return_novelty=True``: ``(probabilities, novelty)`` as
+        :meth:`transferkit.ImageClassifier.predict_proba` returns them (``novelty`` None when
+        the file has no score; ``novelty_.unknown(novelty)`` flags)."""
+        logits, features = self.outputs(X)
+        logits = logits.astype(np.float64)
         logits -= logits.max(axis=1, keepdims=True)
         probabilities = np.exp(logits)
-        return probabilities / probabilities.sum(axis=1, keepdims=True)
+        probabilities /= probabilities.sum(axis=1, keepdims=True)
+        if not return_novelty:
+            return probabilities
+        return probabilities, None if features is None else self.novelty_.score(features)
 
     def predict(self, X: Any) -> np.ndarray:
         """Predicted class name of each image."""

@@ -19,9 +19,11 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from transferkit.errors import ConfigError
+from transferkit.errors import ConfigError, MissingExtraError
 
 TOP_MISTAKES = 12
+TOP_NOVEL = 8
+"""How many of the most novel images (least like the training images) the report shows."""
 THUMBNAIL_PX = 160
 
 
@@ -36,6 +38,20 @@ class Figure:
     @property
     def data_uri(self) -> str:
         return "data:image/png;base64," + base64.b64encode(self.png).decode("ascii")
+
+
+@dataclass(frozen=True)
+class NovelImage:
+    """One of the images least like the training images: its novelty and what the model said."""
+
+    rank: int
+    source: str
+    true_label: str
+    predicted: str
+    probability: float
+    novelty: float
+    unknown: bool
+    thumbnail: Figure
 
 
 @dataclass(frozen=True)
@@ -98,6 +114,7 @@ def write_report(
     from transferkit.data.builtin import binary_metrics_if_builtin
     from transferkit.data import load_pixels, train_test_overlap
     from transferkit.evaluation import classification_metrics
+    from transferkit.evaluation.novelty import novelty_summary
     if images.labels is None:
         raise ConfigError("a report needs labelled images (a class folder, a CSV with labels, or a built-in name).")
     if top_mistakes < 0:
@@ -112,7 +129,7 @@ def write_report(
     with _Steps(progress, total=5) as steps:
         steps.next("decoding and predicting")
         pixels = load_pixels(images, classifier.image_size_, cache_dir=classifier.cache_dir, progress=progress)
-        probabilities = classifier.predict_proba(pixels)
+        probabilities, novelty = classifier.predict_proba(pixels, return_novelty=True)
         predicted_index = probabilities.argmax(axis=1)
         predictions = np.asarray(classifier.classes_).astype(str)[predicted_index]
         labels = np.asarray(images.labels).astype(str)
@@ -126,6 +143,8 @@ def write_report(
         metrics.update(binary_metrics_if_builtin(data_name, labels, predictions))
         if positive:
             metrics.update(binary_metrics(labels, predictions, positive))
+        novel = _most_novel(classifier, images, pixels, probabilities, labels, novelty)
+        metrics["novelty"] = novelty_summary(getattr(classifier, "novelty_", None), novelty)
         history = (config.get("history") or getattr(classifier, "history_", {}) or {}).get("history") or []
         figures = _figures(metrics, classes, history, advice)
 
@@ -140,6 +159,8 @@ def write_report(
             "image_size": int(classifier.image_size_), "metrics": metrics,
             "mistakes": [{"rank": m.rank, "source": m.source, "true": m.true_label, "predicted": m.predicted,
                           "probability": m.probability, "heatmap": m.note} for m in mistakes],
+            "most_novel": [{"rank": n.rank, "source": n.source, "true": n.true_label, "predicted": n.predicted,
+                            "probability": n.probability, "novelty": n.novelty, "unknown": n.unknown} for n in novel],
             "advice": advice or None,
             "probabilities": probability_note(getattr(classifier, "history_", None) or config.get("history")),
             "model_card": None if card is None else os.path.relpath(Path(card).absolute(), Path(out_dir).absolute()),
@@ -147,9 +168,9 @@ def write_report(
         scale = colour_scale_figure()
         # an auto model's own search stays on the page when --advice brings a race from `advise --measure`
         search = search_trials(advice if advice.get("trials") else config.get("advice") or {})
-        all_figures = figures + [scale] + [f for m in mistakes for f in (m.thumbnail, m.heatmap)]
+        all_figures = figures + [scale] + [f for m in mistakes for f in (m.thumbnail, m.heatmap)] + [n.thumbnail for n in novel]
         return _write(out, "model.html.j2", all_figures, summary,
-                      {"summary": summary, "metrics": metrics, "figures": figures, "mistakes": mistakes, "advice": advice,
+                      {"summary": summary, "metrics": metrics, "figures": figures, "mistakes": mistakes, "novel": novel, "advice": advice,
                        "search": search, "history": history, "positive": list(positive or []), "scale": scale})
 
 
@@ -187,6 +208,22 @@ def _figures(metrics: dict[str, Any], classes: list[str], history: list, advice:
                          stage_bars_png(scores.get("stages") or {}, title=f"LogME per stage, {backbone}", ylabel="LogME")))
     figures += [Figure(name, caption, png) for name, caption, png in optional if png is not None]
     return figures
+
+
+def _most_novel(classifier, images, pixels, probabilities, labels, novelty: np.ndarray | None) -> list[NovelImage]:
+    """The :data:`TOP_NOVEL` images with the highest novelty, most novel first (none without a score)."""
+    from transferkit.report.figures import image_png
+
+    if novelty is None:
+        return []
+    predicted = probabilities.argmax(axis=1)
+    flags = classifier.novelty_.unknown(novelty)
+    chosen = np.argsort(-novelty, kind="stable")[:TOP_NOVEL]
+    return [NovelImage(rank=rank, source=images.source_name(int(index)), true_label=labels[index],
+                       predicted=str(classifier.classes_[predicted[index]]), probability=float(probabilities[index, predicted[index]]),
+                       novelty=float(novelty[index]), unknown=bool(flags[index]),
+                       thumbnail=Figure(f"novel_{rank:02d}.png", "image", image_png(np.asarray(pixels[index]), size=THUMBNAIL_PX)))
+            for rank, index in enumerate(chosen, start=1)]
 
 
 def _confident_mistakes(classifier, images, pixels, probabilities, labels, top_mistakes: int, steps) -> list[Mistake]:
@@ -301,7 +338,7 @@ def _environment():
     try:
         import jinja2
     except ImportError as exc:  # pragma: no cover - the dev and report extras install it
-        raise ConfigError("reports need Jinja2; install it with: pip install 'transferkit[report]'") from exc
+        raise MissingExtraError("reports need Jinja2; install it with: pip install 'transferkit[report]'") from exc
     # autoescape=True for every template: user-supplied strings are data, never markup.
     environment = jinja2.Environment(loader=jinja2.PackageLoader("transferkit.report", "templates"), autoescape=True,
                                      undefined=jinja2.ChainableUndefined)

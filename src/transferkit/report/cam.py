@@ -27,7 +27,7 @@ from torch import nn
 
 from transferkit.backbones import Preprocessing, backbone_stages
 from transferkit.backbones.multilayer import inner_network
-from transferkit.errors import ConfigError
+from transferkit.errors import ConfigError, MissingExtraError
 from transferkit.training.inputs import pixels_to_tensor
 
 
@@ -194,7 +194,7 @@ def _grad_cam(model: nn.Module, layer: nn.Module, pixels: np.ndarray, preprocess
     try:
         from pytorch_grad_cam import GradCAM
     except ImportError as exc:  # pragma: no cover - the dev and report extras install it
-        raise ConfigError("heatmaps need pytorch-grad-cam; install it with: pip install 'transferkit[report]'") from exc
+        raise MissingExtraError("heatmaps need pytorch-grad-cam; install it with: pip install 'transferkit[report]'") from exc
 
     maps = [np.zeros((0, *pixels.shape[1:3]), np.float32)]
     with GradCAM(model=model, target_layers=[layer]) as cam:

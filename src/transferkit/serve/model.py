@@ -1,4 +1,4 @@
-"""The model behind the server: load once, predict (and explain) one request at a time."""
+"""The model behind the server: load once; batch concurrent requests into one forward pass."""
 
 from __future__ import annotations
 
@@ -11,67 +11,126 @@ from typing import Any, Sequence
 import numpy as np
 from PIL import Image
 
-from transferkit.card import probability_note
-from transferkit.data import ImageSet
-from transferkit.estimator import load_pixels
-from transferkit.persistence import load_model, read_config
+from transferkit.serve.batcher import MAX_BATCH_SIZE, MAX_DELAY_MS, Batcher
+from transferkit.serve.networks import open_network
 
 
 class ServedModel:
-    """A fitted model folder ready to answer requests.
+    """A fitted model folder, or an ``.onnx`` file (onnxruntime, no torch), ready to answer requests.
 
-    Decoding and resizing uploads run in parallel in the server's threads; the network itself
-    runs under one lock, because Grad-CAM hooks into the model's layers and two requests must
-    never see each other's activations.
+    Decoding and resizing uploads run in parallel in the server's threads; the network runs in
+    one :class:`~transferkit.serve.batcher.Batcher` thread, on the images of every request that
+    arrived together. Heatmaps (``explain``) run one request at a time under the same lock as
+    the batches, because Grad-CAM hooks into the model's layers and no other forward pass may
+    see them.
+
+    Parameters
+    ----------
+    model : str or os.PathLike
+        A model folder or an ``.onnx`` file.
+    precision : {"auto", "fp32", "bf16", "fp16"}
+    device : str
+        For a model folder, as ``transferkit predict --precision`` and ``--device``.
+    unknown_threshold : float or None
+        Novelty above which an answer says ``"unknown": true`` (None: the model's calibrated one).
+    max_batch_size : int
+        Most images per forward pass.
+    max_delay_ms : float
+        How long a request waits for others to share its forward pass, in milliseconds.
     """
 
-    def __init__(self, model_dir: str | os.PathLike, *, precision: str = "auto", device: str = "cpu") -> None:
-        # The classifier predicts exactly as `transferkit predict` does (predict_proba: the same
-        # views, the same precision decision).
-        self.classifier = load_model(model_dir, device=device, precision=precision, cache_dir=False)
-        self.config = read_config(model_dir)
+    def __init__(self, model: str | os.PathLike, *, precision: str = "auto", device: str = "cpu", unknown_threshold: float | None = None,
+                 max_batch_size: int = MAX_BATCH_SIZE, max_delay_ms: float = MAX_DELAY_MS) -> None:
+        self.network = open_network(model, precision=precision, device=device)
+        self.classes = self.network.classes
+        self.unknown_threshold = unknown_threshold
         self._lock = threading.Lock()
+        self.batcher = Batcher(self._forward_batch, max_batch_size=max_batch_size, max_delay_ms=max_delay_ms)
 
     def info(self) -> dict[str, Any]:
-        """What ``GET /model`` shows: classes, backbone, strategy, input size, preprocessing, metrics."""
+        """What ``GET /model`` shows: classes, backbone, strategy, input size, preprocessing,
+        metrics, probabilities, the novelty threshold (None: the model has no score), the runtime
+        (pytorch or onnxruntime) and the batching so far (forward passes and images)."""
+        novelty = self.network.novelty
         return {
-            "classes": [str(c) for c in self.classifier.classes_],
-            "backbone": self.config["backbone"],
-            "strategy": self.config.get("strategy"),
-            "image_size": int(self.classifier.image_size_),
-            "preprocessing": self.config["preprocessing"],
-            "metrics": self.config.get("metrics") or {},
-            "probabilities": probability_note(self.config.get("history")),
+            "classes": self.classes,
+            **{key: self.network.description[key] for key in ("backbone", "strategy")},
+            "image_size": int(self.network.image_size),
+            **{key: self.network.description[key] for key in ("preprocessing", "metrics", "probabilities")},
+            "novelty": None if novelty is None else {
+                "threshold": self.threshold, "calibrated_threshold": novelty.threshold,
+                "false_alarm_rate": novelty.false_alarm_rate, "method": novelty.to_config()["method"],
+            },
+            "runtime": self.network.description["runtime"],
+            "batching": {"max_batch_size": self.batcher.max_batch_size, "max_delay_ms": 1000 * self.batcher.max_delay,
+                         "batches": self.batcher.batches, "images": self.batcher.images},
         }
 
+    @property
+    def threshold(self) -> float | None:
+        """The novelty threshold in use (None: the model has no score)."""
+        if self.network.novelty is None:
+            return None
+        return self.network.novelty.threshold if self.unknown_threshold is None else float(self.unknown_threshold)
+
+    def decode(self, images: Sequence[Image.Image]) -> np.ndarray:
+        """uint8 (N, S, S, 3) pixels of PIL images, decoded as ``transferkit predict`` decodes files."""
+        return self.network.decode(list(images))
+
+    def submit(self, pixels: np.ndarray):
+        """Queue decoded pixels for the next batch; a future of one (probabilities, novelty) per image."""
+        return self.batcher.submit(pixels)
+
     def predict(self, images: Sequence[Image.Image], *, top_k: int = 3, explain: bool = False) -> list[dict[str, Any]]:
-        """Top-k classes and probabilities per image, with a heatmap overlay PNG (data URI) if ``explain``."""
-        classifier = self.classifier
-        # Same decoding as `transferkit predict`: the same pixels give the same answer.
-        pixels = np.asarray(load_pixels(ImageSet(sources=list(images), labels=None), classifier.image_size_, cache_dir=False))
+        """Top-k classes and probabilities, novelty and ``unknown`` per image (blocking), with a
+        heatmap overlay PNG (data URI) if ``explain``."""
+        pixels = self.decode(images)
+        if explain:
+            return self.explain(pixels, top_k=top_k)
+        return self.answers(self.submit(pixels).result(), top_k=top_k)
+
+    def explain(self, pixels: np.ndarray, *, top_k: int = 3) -> list[dict[str, Any]]:
+        """As :meth:`predict` with heatmaps, one request at a time (not batched)."""
+        if not self.network.can_explain:
+            from transferkit.errors import ConfigError
+
+            raise ConfigError("heatmaps need the model folder (the network's gradients), not an .onnx file.")
         with self._lock:
-            probabilities = classifier.predict_proba(pixels)
-            heatmaps = self._heatmaps(pixels, probabilities.argmax(axis=1)) if explain else [None] * len(pixels)
-        k = min(top_k, len(classifier.classes_))
-        answers = []
-        for row, image, heatmap in zip(probabilities, pixels, heatmaps):
-            order = row.argsort()[::-1][:k]
-            top = [{"label": str(classifier.classes_[i]), "probability": round(float(row[i]), 6)} for i in order]
-            answer: dict[str, Any] = {"label": top[0]["label"], "probability": top[0]["probability"], "top_k": top}
-            if heatmap is not None:
-                picture, note = heatmap
-                answer["heatmap"] = None if picture is None else _data_uri(picture)  # None: Grad-CAM found no evidence anywhere
-                answer["heatmap_note"] = note
-            answers.append(answer)
+            probabilities, novelty = self.network.forward(pixels)
+            found = self.network.heatmaps(pixels, probabilities.argmax(axis=1))
+        answers = self.answers(_rows(probabilities, novelty), top_k=top_k)
+        for answer, (picture, note) in zip(answers, found):
+            answer["heatmap"] = None if picture is None else _data_uri(picture)  # None: Grad-CAM found no evidence anywhere
+            answer["heatmap_note"] = note
         return answers
 
-    def _heatmaps(self, pixels: np.ndarray, predicted: np.ndarray) -> list[tuple[np.ndarray | None, str]]:
-        """Per image: the overlay (None when the map would be a flat tint) and where it comes from."""
-        from transferkit.report.cam import heatmaps, overlay
+    def answers(self, rows: Sequence[tuple[np.ndarray, float | None]], *, top_k: int = 3) -> list[dict[str, Any]]:
+        """One JSON answer per (probabilities, novelty) row: label, probability, top_k, novelty, unknown."""
+        k = min(top_k, len(self.classes))
+        threshold = self.threshold
+        answers = []
+        for row, novelty in rows:
+            order = row.argsort()[::-1][:k]
+            top = [{"label": self.classes[i], "probability": round(float(row[i]), 6)} for i in order]
+            answers.append({
+                "label": top[0]["label"], "probability": top[0]["probability"], "top_k": top,
+                "novelty": None if novelty is None else round(float(novelty), 6),
+                "unknown": None if novelty is None else bool(novelty > threshold),
+            })
+        return answers
 
-        found = heatmaps(self.classifier.model_, pixels, self.classifier.preprocessing_, predicted)
-        return [(overlay(image, heatmap) if found.useful[i] else None, found.describe(i))
-                for i, (image, heatmap) in enumerate(zip(pixels, found.maps))]
+    def close(self) -> None:
+        """Stop the batching thread (after the requests already queued)."""
+        self.batcher.close()
+
+    def _forward_batch(self, pixels: np.ndarray) -> list[tuple[np.ndarray, float | None]]:
+        with self._lock:
+            probabilities, novelty = self.network.forward(pixels)
+        return _rows(probabilities, novelty)
+
+
+def _rows(probabilities: np.ndarray, novelty: np.ndarray | None) -> list[tuple[np.ndarray, float | None]]:
+    return [(row, None if novelty is None else float(novelty[i])) for i, row in enumerate(probabilities)]
 
 
 def _data_uri(pixels: np.ndarray) -> str:

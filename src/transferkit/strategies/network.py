@@ -139,7 +139,8 @@ class NetworkStrategy(Strategy):
         history = {**result.to_dict(), "regularization": {"preset": params.get("regularization", "auto"), **setting.to_dict()},
                    "sampling": params.get("sampling", "shuffle"), "precision": runtime.precision, "precision_why": runtime.precision_reason,
                    "precision_measured": runtime.measured, "head_init": probe.to_dict() if probe else "random"}
-        return FitOutcome(model=model, preprocessing=preprocessing, history=history, plan=plan)
+        return FitOutcome(model=model, preprocessing=preprocessing, history=history, plan=plan,
+                          held_out=np.sort(val_idx) if len(val_idx) else None)
 
     def shared_features(self, request: FitRequest):
         """A cached bottleneck-feature function the frozen-prefix path may reuse (``head`` only)."""

@@ -111,6 +111,9 @@ class FitOutcome:
     history: dict[str, Any]
     plan: Any
     """A ``NetworkPlan`` or ``FeaturePlan``: has ``describe()``; its fields go to config.json."""
+    held_out: np.ndarray | None = None
+    """Indices of the request's images the network did not train on (its validation split), where
+    the novelty threshold is calibrated; None: none (a frozen backbone's features trained on none)."""
 
 
 class Strategy:

@@ -117,3 +117,33 @@ def predict_logits(
     if not outputs:
         return torch.empty(0)
     return torch.cat(outputs)
+
+
+def has_pooled_features(model: nn.Module) -> bool:
+    """Whether ``model`` keeps timm's contract (``forward_features``, ``forward_head(pre_logits=True)``,
+    ``get_classifier``): its pooled pre-logits features can be read beside its logits."""
+    return all(hasattr(unwrap(model), name) for name in ("forward_features", "forward_head", "get_classifier"))
+
+
+def network_outputs(
+    model: nn.Module, pixels: np.ndarray, preprocessing: Preprocessing, runtime: Runtime, batch_size: int = 64,
+) -> tuple[torch.Tensor, np.ndarray | None]:
+    """Logits (N, K) and pooled pre-logits features (N, D) of ``model`` for uint8 (N, S, S, 3) pixels.
+
+    One forward pass gives both: the logits are the classifier applied to the pooled features,
+    which in eval mode is exactly ``model(inputs)``. Both fp32 on the CPU (logits a tensor,
+    features an array); the features are None for a network without timm's contract
+    (:func:`has_pooled_features`), whose logits come from ``model(inputs)``.
+    """
+    if not has_pooled_features(model):
+        return predict_logits(model, pixels, preprocessing, runtime, batch_size=batch_size), None
+
+    def pooled_then_logits(net: nn.Module, inputs: torch.Tensor) -> torch.Tensor:
+        pooled = net.forward_head(net.forward_features(inputs), pre_logits=True)
+        return torch.cat([pooled, net.get_classifier()(pooled)], dim=1)
+
+    both = predict_logits(model, pixels, preprocessing, runtime, batch_size=batch_size, forward=pooled_then_logits)
+    n_classes = int(unwrap(model).get_classifier().out_features)
+    if both.numel() == 0:
+        return both, None
+    return both[:, -n_classes:].contiguous(), both[:, :-n_classes].numpy()
