@@ -10,7 +10,9 @@ The cache is per image, not per data set: a CV fold's training part, a subset or
 data set that shares images all hit the entries written by the first extraction. It is
 written by hand because no library offers a content-addressed array store that is this small;
 entries are append-only shards (``<id>.npy`` + ``<id>.json`` naming the image hashes, the JSON
-written last), so a crash mid-write leaves no entry rather than a wrong one.
+written last), so a crash mid-write leaves no entry rather than a wrong one. A shard is the
+unit the cache's size cap evicts (:mod:`transferkit.data.cache_limit`): reading a row marks its
+shard used, and a shard another process evicted is computed again.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from torch import nn
 from transferkit.backbones import Preprocessing, create_backbone, get_backbone_spec
 from transferkit.backbones.multilayer import inner_network, with_feature_layers
 from transferkit.data import default_cache_dir, load_pixels, release_pages
+from transferkit.data.cache_limit import enforce_cap, note_used
 from transferkit.data.decode import pixels_digest
 from transferkit.data.views import SYMMETRIES, mean_over_views
 from transferkit.data.views import view as view_of
@@ -96,8 +99,10 @@ class FeatureCache:
     """
 
     def __init__(self, root: Path | None, model_key: str):
+        self._root = None if root is None else Path(root)
         self.folder = None if root is None else Path(root) / "features" / model_key
         self._rows: dict[str, np.ndarray] = {}
+        self._shard_of: dict[str, Path] = {}  # image digest -> its shard's .json (marked used on read)
         if self.folder is not None and self.folder.is_dir():
             for keys_path in sorted(self.folder.glob("*.json")):
                 self._load_shard(keys_path)
@@ -122,11 +127,14 @@ class FeatureCache:
                 path.unlink(missing_ok=True)  # shards are immutable: no writer is using it
             return
         self._rows.update(zip(keys, values))
+        self._shard_of.update(dict.fromkeys(keys, keys_path))
 
     def missing(self, digests: list[str]) -> list[int]:
         return [i for i, d in enumerate(digests) if d not in self._rows]
 
     def get(self, digests: list[str]) -> np.ndarray:
+        for shard in {self._shard_of[d] for d in digests if d in self._shard_of}:
+            note_used(shard)
         return np.stack([np.asarray(self._rows[d], dtype=np.float32) for d in digests])
 
     def put(self, digests: list[str], values: np.ndarray) -> None:
@@ -140,6 +148,9 @@ class FeatureCache:
             _atomic(shard.with_suffix(".npy"), lambda handle: np.save(handle, values))
             meta = {"images": digests, "sha256": pixels_digest(values)}
             _atomic(shard.with_suffix(".json"), lambda handle: handle.write(json.dumps(meta).encode()))
+            self._shard_of.update(dict.fromkeys(digests, shard.with_suffix(".json")))
+            note_used(shard.with_suffix(".json"))
+            enforce_cap(self._root)
         except OSError:
             pass  # a read-only cache costs speed, never correctness
 
