@@ -39,8 +39,9 @@ from transferkit.data.decode import pixels_digest
 from transferkit.data.views import SYMMETRIES, mean_over_views
 from transferkit.data.views import view as view_of
 from transferkit.errors import ConfigError
+from transferkit.training.allocator import release_freed_memory
 from transferkit.training.inputs import pixels_to_tensor, to_model_input
-from transferkit.training.runtime import Runtime, measured_inference_precision, resolve_runtime
+from transferkit.training.runtime import INFERENCE_BATCH, Runtime, measured_inference_precision, resolve_runtime
 
 def symmetric_features(extractor: "FeatureExtractor", pixels: np.ndarray, symmetries: str = "none") -> np.ndarray:
     """The extractor's features of ``pixels``, averaged over the views of ``symmetries``.
@@ -186,7 +187,7 @@ class FeatureExtractor:
         weights: str | None = None,
         runtime: Runtime,
         cache_dir: str | bool | None = None,
-        batch_size: int = 64,
+        batch_size: int = INFERENCE_BATCH,
         layers: str = "bottleneck",
     ):
         model, preprocessing = create_backbone(backbone, num_classes=1, pretrained=True, weights_path=weights)
@@ -201,7 +202,7 @@ class FeatureExtractor:
     @classmethod
     def from_model(
         cls, model: nn.Module, preprocessing: Preprocessing, *, runtime: Runtime, cache_dir: str | bool | None = None,
-        batch_size: int = 64,
+        batch_size: int = INFERENCE_BATCH,
     ) -> "FeatureExtractor":
         """The extractor of an existing timm model (e.g. a fitted ``svm`` or ``head`` model).
 
@@ -295,6 +296,7 @@ class FeatureExtractor:
         cache = self.cache_for(int(pixels.shape[1]))
         shared = self.cache_for(int(pixels.shape[1]), bottleneck=True) if self._bottleneck_key is not None else None
         digests: list[str] = []
+        computed_any = False
         for start in range(0, count, EXTRACT_CHUNK):
             chunk = read(start, start + EXTRACT_CHUNK)
             chunk_digests = image_digests(chunk)
@@ -302,6 +304,9 @@ class FeatureExtractor:
             # De-duplicate identical images inside this chunk too.
             first = {d: i for i, d in reversed(list(enumerate(chunk_digests)))}
             unique = list(dict.fromkeys(chunk_digests[i] for i in cache.missing(chunk_digests)))
+            if unique and not computed_any:
+                release_freed_memory()  # what the passes before this one freed: this pass's peak is not added to theirs
+                computed_any = True
             computed = []
             for batch_start in range(0, len(unique), self.batch_size):
                 index = [first[d] for d in unique[batch_start : batch_start + self.batch_size]]
@@ -315,6 +320,8 @@ class FeatureExtractor:
                         shared.put([unique[i] for i in keep], values[keep][:, self.model.bottleneck_columns])
             del chunk
             release_pages(pixels)
+        if computed_any:
+            release_freed_memory()
         return cache.get(digests)
 
 
@@ -335,7 +342,9 @@ class BottleneckFeatures(TransformerMixin, BaseEstimator):
         Feature and image cache root (None: the default cache; False: memory only).
     device, precision : str
         See :func:`transferkit.training.runtime.resolve_runtime`.
-    batch_size : int
+    batch_size : int, default 16
+        Images per forward pass (:data:`~transferkit.training.runtime.INFERENCE_BATCH`); the
+        pass's peak memory grows with it (about 20 MB per image at 224 px).
     feature_layers : {"bottleneck", "stages"}
         ``"stages"``: multi-layer features, the bottleneck plus the mean- and max-pooled output
         of every stage at stride 4 or deeper
@@ -354,7 +363,7 @@ class BottleneckFeatures(TransformerMixin, BaseEstimator):
         cache_dir: str | bool | None = None,
         device: str = "auto",
         precision: str = "auto",
-        batch_size: int = 64,
+        batch_size: int = INFERENCE_BATCH,
         feature_layers: str = "bottleneck",
     ):
         self.backbone = backbone
