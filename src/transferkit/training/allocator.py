@@ -70,10 +70,12 @@ def release_freed_memory() -> None:
     Kept freed memory makes the batches of one pass reuse their activations' pages; between
     passes of a different shape (the probe, a feature pass at batch 64, a network's training)
     the pages one pass freed are fragmented for the next, so without a release the process's
-    resident memory grew by each pass's peak: a 300-image ``fit`` reached 4.5 GB. Called where
-    one pass ends and another begins (a feature pass, each candidate of the search), it bounds
-    the peak to the largest pass, at the cost of page-faulting that pass's memory in once.
-    Measured: ``benchmarks/RESULTS.md`` (issue 33). A no-op unless freed memory is kept.
+    resident memory grew by each pass's peak: a 300-image ``fit`` reached 4.5 GB. Each pass
+    calls it when it ends (the probe, the timed forward and training steps, the precision
+    measurement, a feature pass, each candidate of the search), which bounds the peak to the
+    largest pass, at the cost of page-faulting that pass's memory in once (milliseconds against
+    a pass's seconds). Measured: ``benchmarks/RESULTS.md`` (issue 33). A no-op unless freed
+    memory is kept.
     """
     if not _FREED_MEMORY_KEPT:
         return

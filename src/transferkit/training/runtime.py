@@ -24,7 +24,12 @@ import torch
 from torch import nn
 
 from transferkit.errors import ConfigError
-from transferkit.training.allocator import ALLOCATOR_ENV, freed_memory_kept, keep_freed_memory  # noqa: F401 - re-exported
+from transferkit.training.allocator import (  # noqa: F401 - re-exported
+    ALLOCATOR_ENV,
+    freed_memory_kept,
+    keep_freed_memory,
+    release_freed_memory,
+)
 from transferkit.training.machine import (  # noqa: F401 - re-exported: the runtime's settings, defined without torch
     FEATURE_TOLERANCE,
     MIN_SPEEDUP,
@@ -388,6 +393,7 @@ def measured_inference_precision(
     if runtime.device.type != "cpu" or runtime.precision != "bf16" or not runtime.auto_precision:
         return runtime
     sample = sample[:INFERENCE_SAMPLE]
+    release_freed_memory()  # runs in the middle of other work: start from a released heap, as every pass does
     path = speed_file(cache_root, key) if cache_root is not None else None
     speed = _read_speed(path)
     candidates = {p: dataclasses.replace(runtime, precision=p) for p in ("fp32", "bf16")}
@@ -403,6 +409,7 @@ def measured_inference_precision(
             _write_speed(path, {**speed, "key": key, "machine": machine_key(), "batch": SPEED_BATCH})
         outputs = {p: torch.cat([forward(candidate, part).float().cpu() for part in sample.split(INFERENCE_BATCH)])
                    for p, candidate in candidates.items()}
+    release_freed_memory()
     agrees, figures = _disagreement(check, outputs["fp32"], outputs["bf16"])
     faster = speed["bf16"] >= MIN_SPEEDUP * speed["fp32"]
     chosen = "bf16" if faster and agrees else "fp32"
