@@ -37,11 +37,13 @@ from pathlib import Path
 from transferkit.errors import ConfigError
 
 DEFAULT_CACHE_MAX_MB = 2048
-"""The cap when ``$TRANSFERKIT_CACHE_MAX_MB`` is not set: 2 GiB. Measured (benchmarks/RESULTS.md,
-issue 33): ``make run`` (ELPV, 1,968 images, auto) leaves about 0.6 GB of images and features,
-so 2 GiB keeps the entries of about three data sets of that size, or one of about 13,000
-images at 224 px (150,528 bytes each). A larger data set needs a larger cap to be served
-from the cache on the next run; the run itself never evicts its own entries."""
+"""The cap when ``$TRANSFERKIT_CACHE_MAX_MB`` is not set: 2 GiB. A default ``fit`` of 300 ELPV
+images left 64-79 MB (measured, benchmarks/RESULTS.md, issue 33); ``make run`` (1,968 images)
+leaves about 0.5 GB by count (296 MB of pixels at 224 px, 97 MB at 128 px, ~30 MB of features
+per view), so 2 GiB keeps the entries of about four data sets of that size, or one of about
+13,000 images at 224 px (150,528 bytes each), while staying small next to a laptop's disk. A
+larger data set needs a larger cap to be served from the cache on the next run; the run
+itself never evicts its own entries."""
 
 CACHE_MAX_ENV = "TRANSFERKIT_CACHE_MAX_MB"
 """Environment variable: the cap in MiB (a positive number), or ``none`` for no cap."""
