@@ -34,6 +34,7 @@ from rich.console import Console
 
 from transferkit.errors import ConfigError
 from transferkit.strategies import FitOutcome, FitRequest, FoldFit, Settings, get_strategy
+from transferkit.training.allocator import release_freed_memory
 from transferkit.training.callbacks import Deadline, FallingBehind
 from transferkit.training.runtime import Runtime, reproducible_job, resolve_runtime
 
@@ -284,7 +285,9 @@ class CandidateSearch:
                 return
         estimate = f" (~{trial.estimate:.0f} s)" if trial.estimate is not None else ""
         self.on_event(f"{self.stamp()} measuring {candidate.label}{estimate}: {candidate.proposed_by}")
+        release_freed_memory()  # the costing's timed steps, the last candidate's network: each pass peaks on its own
         fitted = score_candidate(self.arena, candidate, (train, test), self._callbacks(candidate), reproducible=self.reproducible)
+        release_freed_memory()
         self._record(trial, number, fitted)
         self.on_event(f"{self.stamp()} {candidate.label}: {fitted.accuracy:.3f} held-out accuracy in {fitted.seconds:.0f} s"
                       + (f" ({fitted.stopped})" if fitted.stopped else ""))

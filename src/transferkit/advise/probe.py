@@ -19,6 +19,7 @@ from torch import nn
 
 from transferkit.backbones import Preprocessing, backbone_stages
 from transferkit.errors import ConfigError, DataError
+from transferkit.training.allocator import release_freed_memory
 from transferkit.training.inputs import pixels_to_tensor, to_model_input
 from transferkit.training.runtime import Runtime, resolve_runtime
 
@@ -230,6 +231,7 @@ def probe_backbone(
         for handle in handles:
             handle.remove()
         model.train(was_training)
+        release_freed_memory()  # the pass is over: its activations' heap must not add to the next pass's
 
     per_stage: dict[str, list[float]] = {}
     for layer, stage in batchnorms.items():

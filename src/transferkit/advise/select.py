@@ -58,6 +58,7 @@ from transferkit.strategies.features import SYMMETRIES, FeatureExtractor, symmet
 from transferkit.strategies.linear import fit_linear_classifier
 from transferkit.strategies.network import PLAYBOOK_LR_FACTOR
 from transferkit.strategies.pixels import DEFAULT_SIDE
+from transferkit.training.allocator import release_freed_memory
 
 MAX_PIXEL_IMAGES = 5_000
 """A kernel machine's fit grows with the square of the images: ``pixels`` is proposed up to here."""
@@ -188,7 +189,9 @@ def forward_speed(model, pixels: np.ndarray, preprocessing, runtime, batch_size:
         predict_logits(model, sample[:2], preprocessing, runtime, batch_size)
         started = time.perf_counter()
         predict_logits(model, sample, preprocessing, runtime, batch_size)
-    return len(sample) / max(time.perf_counter() - started, 1e-9)
+        seconds = time.perf_counter() - started
+    release_freed_memory()  # a pass of its own: see release_freed_memory
+    return len(sample) / max(seconds, 1e-9)
 
 
 def _time_training_step(backbone: str, weights, runtime, size: int, batch: int = 16) -> float:
@@ -211,6 +214,8 @@ def _time_training_step(backbone: str, weights, runtime, size: int, batch: int =
         loss.backward()
         optimizer.step()
         seconds.append(time.perf_counter() - started)
+    del model, optimizer, loss
+    release_freed_memory()  # the step's activations and gradients: a pass of its own
     return seconds[-1] / batch
 
 

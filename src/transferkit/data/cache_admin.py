@@ -8,10 +8,11 @@ The cache (:func:`~transferkit.data.decode.default_cache_dir`: ``$TRANSFERKIT_CA
 - ``features/``: bottleneck features, one folder per (backbone weights, image size,
   precision) of shards written by :class:`~transferkit.strategies.features.FeatureCache`.
 
-Neither part ever deletes an entry (a changed image gets a new key), so the cache grows with
-every new data set, size and backbone. Clearing removes only these two parts, never other
-files that may share a folder named by ``$TRANSFERKIT_CACHE``; the next run recomputes what
-it needs and writes it again.
+Entries are content-addressed (a changed image gets a new key, never a stale entry); the two
+parts together are kept under a size cap by evicting the least recently used entries after
+each write (:mod:`transferkit.data.cache_limit`; ``cache info`` shows the cap). Clearing
+removes only these two parts, never other files that may share a folder named by
+``$TRANSFERKIT_CACHE``; the next run recomputes what it needs and writes it again.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from transferkit.data.cache_limit import CacheCap, cache_cap
 from transferkit.data.decode import default_cache_dir
 from transferkit.errors import DataError
 
@@ -68,6 +70,7 @@ class CacheSummary:
     root: Path
     exists: bool
     parts: list[CachePart]
+    cap: CacheCap
 
     @property
     def files(self) -> int:
@@ -79,6 +82,7 @@ class CacheSummary:
 
     def to_dict(self) -> dict[str, Any]:
         return {"root": str(self.root), "exists": self.exists, "files": self.files, "bytes": self.bytes,
+                "max_bytes": self.cap.max_bytes, "max_bytes_source": self.cap.source,
                 "parts": [part.to_dict() for part in self.parts]}
 
 
@@ -101,7 +105,7 @@ def cache_summary(cache_dir: str | os.PathLike | None = None) -> CacheSummary:
         folder = root / name
         files, size = _disk_usage(folder)
         parts.append(CachePart(name, description, folder, _count_entries(name, folder), files, size))
-    return CacheSummary(root=root, exists=root.is_dir(), parts=parts)
+    return CacheSummary(root=root, exists=root.is_dir(), parts=parts, cap=cache_cap())
 
 
 def clear_cache(cache_dir: str | os.PathLike | None = None) -> CacheSummary:

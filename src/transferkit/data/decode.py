@@ -24,6 +24,7 @@ import numpy as np
 import PIL
 from PIL import Image, ImageOps
 
+from transferkit.data.cache_limit import enforce_cap, note_used
 from transferkit.data.sources import ImageSet, SkippedFile, _list_bad
 from transferkit.data.validate import file_problem, unreadable_format
 from transferkit.errors import ConfigError, DataError
@@ -153,8 +154,8 @@ def decode_images(
         Folder of the disk cache; ``None`` (or ``True``) uses :func:`default_cache_dir`,
         ``False`` disables the cache. Entries are keyed by the SHA-256 of every image's content
         (file bytes, or array bytes and shape), ``size``, ``interpolation`` and the format and
-        Pillow versions, so a changed image is never served stale. Entries are never evicted;
-        delete the folder to reclaim space.
+        Pillow versions, so a changed image is never served stale. The cache has a size cap;
+        the least recently used entries go first (:mod:`transferkit.data.cache_limit`).
     interpolation : {"bicubic", "bilinear", "nearest", "lanczos", "box", "hamming"}
     progress : bool, default=True
         Show a transient progress bar when there are more than 200 images to decode.
@@ -507,6 +508,7 @@ def _load_cached(folder: Path, key: str, imageset: ImageSet, size: int) -> Decod
         )
         return None
     skipped = [SkippedFile(imageset.source_name(s["index"]), s["reason"]) for s in meta["skipped"]]
+    note_used(meta_path)
     return DecodedImages(pixels, indices, skipped)
 
 
@@ -540,7 +542,10 @@ def _store(cache: tuple[Path, str], temp_path: str, pixels: np.ndarray, meta: di
                 if os.path.exists(kept_path):
                     os.remove(kept_path)
         _write_atomic(meta_path, json.dumps(meta))  # written last: its presence marks a complete entry
-        return np.load(data_path, mmap_mode="r")
+        stored = np.load(data_path, mmap_mode="r")  # mapped before any eviction: the pages stay readable
+        note_used(meta_path)
+        enforce_cap(folder.parent)
+        return stored
     except OSError as error:
         warnings.warn(f"image cache not written to {folder} ({error})", stacklevel=4)
         return pixels

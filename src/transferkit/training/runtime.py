@@ -24,7 +24,12 @@ import torch
 from torch import nn
 
 from transferkit.errors import ConfigError
-from transferkit.training.allocator import ALLOCATOR_ENV, freed_memory_kept, keep_freed_memory  # noqa: F401 - re-exported
+from transferkit.training.allocator import (  # noqa: F401 - re-exported
+    ALLOCATOR_ENV,
+    freed_memory_kept,
+    keep_freed_memory,
+    release_freed_memory,
+)
 from transferkit.training.machine import (  # noqa: F401 - re-exported: the runtime's settings, defined without torch
     FEATURE_TOLERANCE,
     MIN_SPEEDUP,
@@ -297,6 +302,16 @@ def in_reproducible_job() -> bool:
 
 INFERENCE_SAMPLE = 32
 """Images of the data at hand that the bf16-vs-fp32 accuracy check runs on (at most)."""
+
+INFERENCE_BATCH = 16
+"""Images per forward pass when nothing is learned (features, predictions, the precision check).
+
+A forward pass without gradients of EfficientNet-Lite0 at 224 px on the CPU peaks at about
+20 MB per image of the batch (its activations, oneDNN's reordered copies, and with freed memory
+kept the heap they leave), so the batch sets a pass's peak: measured +1.45 GB at 64 images,
++0.32 GB at 16 (issue 33, ``benchmarks/RESULTS.md``). With freed memory kept, batches of 8 to 64
+ran at the same images/s (issue 5), and each image's features do not depend on the batch
+(bit-identical at 16 and 64, fp32 and bf16)."""
 # FEATURE_TOLERANCE, MIN_SPEEDUP and SPEED_FOLDER live in training/machine.py, where
 # `transferkit info` reads them without torch.
 
@@ -378,6 +393,7 @@ def measured_inference_precision(
     if runtime.device.type != "cpu" or runtime.precision != "bf16" or not runtime.auto_precision:
         return runtime
     sample = sample[:INFERENCE_SAMPLE]
+    release_freed_memory()  # runs in the middle of other work: start from a released heap, as every pass does
     path = speed_file(cache_root, key) if cache_root is not None else None
     speed = _read_speed(path)
     candidates = {p: dataclasses.replace(runtime, precision=p) for p in ("fp32", "bf16")}
@@ -391,7 +407,9 @@ def measured_inference_precision(
                 forward(candidate, batch)
                 speed[precision] = SPEED_BATCH / max(time.perf_counter() - started, 1e-9)
             _write_speed(path, {**speed, "key": key, "machine": machine_key(), "batch": SPEED_BATCH})
-        outputs = {p: forward(candidate, sample).float().cpu() for p, candidate in candidates.items()}
+        outputs = {p: torch.cat([forward(candidate, part).float().cpu() for part in sample.split(INFERENCE_BATCH)])
+                   for p, candidate in candidates.items()}
+    release_freed_memory()
     agrees, figures = _disagreement(check, outputs["fp32"], outputs["bf16"])
     faster = speed["bf16"] >= MIN_SPEEDUP * speed["fp32"]
     chosen = "bf16" if faster and agrees else "fp32"
