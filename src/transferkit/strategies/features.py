@@ -228,9 +228,15 @@ class FeatureExtractor:
     def _set_keys(self) -> None:
         """The cache keys of this model's features and, for multi-layer features, of the bottleneck's."""
         precision = self.runtime.precision
-        self._base_key = model_digest(self.model, f"v{FEATURE_CACHE_VERSION}|{precision}")
         inner = inner_network(self.model)
-        self._bottleneck_key = None if inner is self.model else model_digest(inner, f"v{FEATURE_CACHE_VERSION}|{precision}")
+        if self._root is None:
+            # Memory only: the entries live and die with this extractor, so the key needs no digest
+            # of the weights (40 ms for Lite0: a server that predicts per batch skips it).
+            self._base_key = f"memory|{precision}"
+            self._bottleneck_key = None if inner is self.model else f"memory-bottleneck|{precision}"
+        else:
+            self._base_key = model_digest(self.model, f"v{FEATURE_CACHE_VERSION}|{precision}")
+            self._bottleneck_key = None if inner is self.model else model_digest(inner, f"v{FEATURE_CACHE_VERSION}|{precision}")
         self._caches.clear()
 
     def _settle_precision(self, pixels: np.ndarray) -> None:
