@@ -117,6 +117,28 @@ def test_uploading_on_the_page_shows_the_top_class_of_predict(browser, server, m
     assert severe_console_messages(browser) == []
 
 
+def test_one_refused_file_fails_alone_and_pictures_keep_their_box(browser, server, image_folder, tmp_path):
+    """Issue 33 item 15: one non-image among the dropped files failed the whole batch on the page,
+    and square pictures showed at 160 x 194 (stretched to the text's height)."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    junk = tmp_path / "notes.png"
+    junk.write_text("not an image")
+    browser.get(server + "/")
+    WebDriverWait(browser, 20).until(lambda d: "classes:" in d.find_element(By.ID, "model").text)
+    browser.find_element(By.ID, "files").send_keys("\n".join([str(image_folder / "red" / "003.png"), str(junk)]))
+    WebDriverWait(browser, 30).until(lambda d: d.find_element(By.ID, "status").text.startswith("done"))
+    assert len(browser.find_elements(By.CLASS_NAME, "top-class")) == 1  # the good file is answered
+    refused = browser.find_elements(By.CSS_SELECTOR, ".result .error")
+    assert refused and "notes.png" in refused[0].text
+    assert "1 of 2" in browser.find_element(By.ID, "status").text
+    box = browser.find_element(By.CSS_SELECTOR, ".result img.original")
+    assert (box.size["width"], box.size["height"]) == (160, 160)
+    # the browser logs the refused upload's 415, and nothing else
+    assert all("415" in message for message in severe_console_messages(browser))
+
+
 def test_report_html_loads_every_image_without_console_errors(browser, model_dir, image_folder, tmp_path):
     result = CliRunner().invoke(app, ["report", str(model_dir), str(image_folder), "--out", str(tmp_path / "report")])
     assert result.exit_code == 0, result.output
