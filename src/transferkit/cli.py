@@ -484,7 +484,7 @@ def _cross_validate_before_fit(classifier, data, cv: int, jobs: int = 1, backend
     size = classifier.image_size if classifier.image_size != "auto" else _default_size(classifier.backbone)
     decoded = decode_images(images, size, skip_bad=classifier.skip_bad, cache_dir=classifier.cache_dir, progress=classifier.verbose)
     images = images.subset(decoded.indices)
-    groups = duplicate_groups(images)  # exact copies of one picture stay in one fold
+    groups = duplicate_groups(images, pixels=decoded.pixels)  # copies and near-copies of one picture stay in one fold
     folds = make_folds(np.asarray(images.labels), cv=cv, groups=groups, seed=classifier.seed)
     quiet = clone(classifier).set_params(verbose=False, checkpoint_dir=None, resume=False)
     result = cross_validate(quiet, decoded.pixels, np.asarray(images.labels), folds, on_fold=_print_fold, n_jobs=jobs, backend=backend)
@@ -757,6 +757,7 @@ def evaluate(
         metrics = classification_metrics(images.labels, predictions, classes)
         metrics["unknown_classes"] = dict(sorted(unknown.items()))
         metrics["train_test_overlap"] = train_test_overlap(classifier.training_digests_, images)
+        metrics["train_test_near_duplicates"] = _near_duplicates_of_training(classifier, images, pixels)
         metrics.update(binary_metrics_if_builtin(data, images.labels, predictions))
         metrics["skipped"] = [vars(item) for item in skipped]
         metrics["seconds"] = round(time.perf_counter() - started, 1)
@@ -775,12 +776,30 @@ def evaluate(
             _write_model_report(model_dir, data, report_dir, classifier=classifier, images=images, progress=not quiet)
 
 
+def _near_duplicates_of_training(classifier, images, pixels) -> list[dict[str, Any]] | None:
+    """evaluate's ``train_test_near_duplicates``: None for a model saved without its training thumbnails."""
+    from transferkit.data import thumbnails
+    from transferkit.data.near_copies import train_test_near_copies
+
+    if classifier.training_thumbnails_ is None:
+        return None
+    names = [images.source_name(i) for i in range(len(images))]
+    return train_test_near_copies(classifier.training_thumbnails_, classifier.training_names_, thumbnails(pixels), names)
+
+
 def _warn_about_test_data(metrics: dict[str, Any]) -> None:
     overlap, absent = metrics.get("train_test_overlap"), metrics.get("absent_classes") or []
+    near = metrics.get("train_test_near_duplicates") or []
     if overlap:
         err.print(Text("warning: ", style="yellow") + _literal(
             f"{overlap} of the {metrics['n']} test images are byte copies of training images: the model has seen "
             "them, so these scores overstate what it does on new images. Remove the copies from the test data."))
+    if len(near) > (overlap or 0):
+        shown = "; ".join(f"{item['test']} ~ {item['train']} ({item['similarity']:.3f})" for item in near[:5])
+        more = f"; and {len(near) - 5} more (all in --json)" if len(near) > 5 else ""
+        err.print(Text("warning: ", style="yellow") + _literal(
+            f"{len(near)} of the {metrics['n']} test images are near-copies (resized, re-encoded, shifted or identical) of "
+            f"training images: {shown}{more}. Scores on them overstate what the model does on new pictures."))
     if absent:
         err.print(Text("note: ", style="yellow") + _literal(
             f"no test images of {', '.join(repr(c) for c in absent)}: balanced accuracy and macro-F1 average over the "

@@ -34,6 +34,7 @@ from safetensors.torch import load_file, save_file
 from transferkit._version import __version__
 from transferkit.backbones import Preprocessing, create_backbone
 from transferkit.card import CARD_NAME, model_card
+from transferkit.data.near_copies import THUMB_SIDE, decode_thumbnails, encode_thumbnails
 from transferkit.errors import ModelFileError
 from transferkit.estimator import RUNTIME_PARAMS, ImageClassifier
 from transferkit.strategies import get_strategy, list_strategies
@@ -192,7 +193,31 @@ def _config(classifier, metrics: dict[str, Any] | None, weights_sha256: str) -> 
 
 def _training_images(classifier) -> dict[str, Any] | None:
     digests = getattr(classifier, "training_digests_", None)
-    return None if digests is None else {"hash": "sha256-128", "digests": list(digests)}
+    if digests is None:
+        return None
+    record: dict[str, Any] = {"hash": "sha256-128", "digests": list(digests)}
+    thumbs, names = getattr(classifier, "training_thumbnails_", None), getattr(classifier, "training_names_", None)
+    if thumbs is not None and names is not None and len(thumbs) == len(names):
+        # 24x24 grey thumbnails (576 bytes per image, base64): `evaluate` names near-copies of these
+        record["thumbnails"] = {"side": THUMB_SIDE, "base64": encode_thumbnails(thumbs)}
+        record["names"] = [str(name) for name in names]
+    return record
+
+
+def training_thumbnails(config: dict[str, Any]) -> tuple[np.ndarray | None, list[str] | None]:
+    """The training images' thumbnails and names a model folder's config holds ((None, None): none kept)."""
+    record = config.get("training_images")
+    if not isinstance(record, dict) or not isinstance(record.get("thumbnails"), dict) or not isinstance(record.get("names"), list):
+        return None, None
+    thumbs = record["thumbnails"]
+    if thumbs.get("side") != THUMB_SIDE or not isinstance(thumbs.get("base64"), str):
+        return None, None
+    try:
+        values = decode_thumbnails(thumbs["base64"])
+    except ValueError:
+        return None, None
+    names = [str(name) for name in record["names"]]
+    return (values, names) if len(values) == len(names) else (None, None)
 
 
 def training_digests(config: dict[str, Any]) -> list[str] | None:
@@ -441,6 +466,7 @@ def _load(folder: Path, *, device: str, precision: str, cache_dir: str | bool | 
         raise ModelFileError(f"cannot read {weights_path}: {exc}") from exc
 
     classifier = ImageClassifier(**_saved_params(config), device=device, precision=precision, cache_dir=cache_dir)
+    thumbnails, names = training_thumbnails(config)
     try:
         strategy = config.get("strategy") or (config.get("settings") or {}).get("strategy")
         built = get_strategy(strategy).empty_model(config) if strategy in list_strategies() else None
@@ -453,6 +479,7 @@ def _load(folder: Path, *, device: str, precision: str, cache_dir: str | bool | 
         image_size=config["image_size"], settings=config.get("settings") or {"strategy": config.get("strategy")},
         history=config.get("history") or {}, metrics=config.get("metrics"),
         training_digests=training_digests(config),
+        training_thumbnails=thumbnails, training_names=names,
         class_counts=config.get("class_counts") if isinstance(config.get("class_counts"), dict) else None,
         # the advisor's measurements stay readable in config.json["advice"]
     )
