@@ -358,6 +358,7 @@ def fit(
     symmetries: Annotated[str, typer.Option(help="svm/logistic: average features over image flips (and turns by 90 degrees) at fit and predict (auto: measured | none | flips | dihedral: flips and 90-degree turns).")] = "auto",
     feature_layers: Annotated[str, typer.Option(help="svm/logistic: the features read (auto: measured | bottleneck: the layer before the classifier | stages: that plus every stage's pooled output, for data far from ImageNet).")] = "auto",
     weights: Annotated[Optional[Path], typer.Option(help="Local pretrained weights file (.safetensors or .pth).")] = None,
+    init: Annotated[Optional[Path], typer.Option("--init", help="Start from a saved model: its backbone, strategy and image size; a network warm-starts from its weights (new head rows for new classes), a feature strategy reuses its cached features. DATA holds the same classes or more.")] = None,
     skip_bad: SkipBadOpt = False,
     cache_dir: CacheOpt = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted fit from the checkpoint in --out.")] = False,
@@ -412,6 +413,12 @@ def fit(
             precision=precision,
             verbose=not quiet,
         )
+        if init is not None:
+            _check_model_dir(init)
+            from transferkit.persistence import init_params
+
+            classifier.set_params(**init_params(init, list(images.classes)))
+            err.print(_literal(f"starting from {init}: {classifier.strategy} on {classifier.backbone} at {classifier.image_size} px"))
         cv_report = _cross_validate_before_fit(classifier, images, cv, jobs, backend) if cv else None
         classifier.fit(images)
         history = classifier.history_["history"]

@@ -532,3 +532,41 @@ def _jsonable(value: Any) -> Any:
     if value is None or isinstance(value, (bool, int, float, str)):
         return value
     return str(value)
+
+
+INIT_PARAMS = ("backbone", "strategy", "image_size", "freeze", "symmetries", "feature_layers", "C", "class_weight", "augment")
+"""What ``fit --init`` takes from the saved model (the rest is the command's own)."""
+
+
+def init_params(model_dir: str | os.PathLike, classes: list[str]) -> dict[str, Any]:
+    """Estimator parameters that start a new fit from the model in ``model_dir`` (``fit --init``).
+
+    The same backbone, strategy and image size as the saved model. A network strategy warm-starts:
+    ``weights`` is the saved ``model.safetensors`` (its classifier is dropped and a new head of
+    ``len(classes)`` rows is made). A feature strategy keeps the original pretrained weights, so
+    the features cached when the saved model was fitted are reused and only the linear classifier
+    is fitted again. ``classes`` (the new data's) must hold every class of the saved model.
+
+    Raises :class:`ModelFileError` for a missing or foreign folder, :class:`DataError` when a
+    class of the saved model is missing from ``classes``.
+    """
+    from transferkit.errors import DataError
+
+    folder = Path(model_dir)
+    config = read_config(folder)
+    missing = [name for name in config["classes"] if name not in set(classes)]
+    if missing:
+        raise DataError(
+            f"--init {folder}: the model knows {', '.join(repr(c) for c in missing)}, which the new data lacks. "
+            "fit --init takes the same classes or more; add images of those classes, or fit without --init."
+        )
+    saved = _saved_params(config)
+    params = {name: saved[name] for name in INIT_PARAMS if name in saved}
+    params["image_size"] = int(config["image_size"])
+    params["strategy"] = config.get("strategy") or params.get("strategy")
+    strategy = params["strategy"]
+    if strategy in list_strategies() and get_strategy(strategy).frozen_backbone:
+        params["weights"] = saved.get("weights")
+    else:
+        params["weights"] = str(folder / WEIGHTS_NAME)
+    return params
