@@ -743,6 +743,7 @@ def evaluate(
         from collections import Counter
 
         from transferkit.data import train_test_overlap
+        from transferkit.data.near_copies import near_copies_of_training
         from transferkit.data.builtin import binary_metrics_if_builtin
         from transferkit.errors import DataError
         from transferkit.evaluation import classification_metrics
@@ -765,7 +766,7 @@ def evaluate(
         metrics = classification_metrics(images.labels, predictions, classes)
         metrics["unknown_classes"] = dict(sorted(unknown.items()))
         metrics["train_test_overlap"] = train_test_overlap(classifier.training_digests_, images)
-        metrics["train_test_near_duplicates"] = _near_duplicates_of_training(classifier, images, pixels)
+        metrics["train_test_near_duplicates"] = near_copies_of_training(classifier, [images.source_name(i) for i in range(len(images))], pixels)
         metrics.update(binary_metrics_if_builtin(data, images.labels, predictions))
         metrics["skipped"] = [vars(item) for item in skipped]
         metrics["seconds"] = round(time.perf_counter() - started, 1)
@@ -782,17 +783,6 @@ def evaluate(
         _write_json(json_path, metrics)
         if report_dir is not None:
             _write_model_report(model_dir, data, report_dir, classifier=classifier, images=images, progress=not quiet)
-
-
-def _near_duplicates_of_training(classifier, images, pixels) -> list[dict[str, Any]] | None:
-    """evaluate's ``train_test_near_duplicates``: None for a model saved without its training thumbnails."""
-    from transferkit.data import thumbnails
-    from transferkit.data.near_copies import train_test_near_copies
-
-    if classifier.training_thumbnails_ is None:
-        return None
-    names = [images.source_name(i) for i in range(len(images))]
-    return train_test_near_copies(classifier.training_thumbnails_, classifier.training_names_, thumbnails(pixels), names)
 
 
 def _warn_about_test_data(metrics: dict[str, Any]) -> None:

@@ -154,6 +154,16 @@ def near_copy_pairs(thumbs: np.ndarray) -> list[NearCopy]:
     return [NearCopy(a, b, s) for (a, b), s in ordered]
 
 
+def near_copies_of_training(classifier, names: list[str], pixels: np.ndarray) -> list[dict] | None:
+    """``evaluate``'s and the report's ``train_test_near_duplicates``: :func:`train_test_near_copies`
+    of the test images (``names`` and decoded ``pixels``, row for row) against a fitted model's
+    ``training_thumbnails_``; None for a model saved without them (before issue 30)."""
+    thumbs = getattr(classifier, "training_thumbnails_", None)
+    if thumbs is None:
+        return None
+    return train_test_near_copies(thumbs, classifier.training_names_, thumbnails(pixels), names)
+
+
 def train_test_near_copies(
     train_thumbs: np.ndarray, train_names: list[str], test_thumbs: np.ndarray, test_names: list[str]
 ) -> list[dict]:
