@@ -838,7 +838,8 @@ def audit(
                               cache_dir=str(cache_dir) if cache_dir else None, device=device, precision=precision, cv=cv, seed=seed,
                               budget_seconds=_budget_seconds(_budget_minutes(budget_minutes)), say=say)
         for line in _audit_lines(result):
-            out.print(Wrapped.prose(_literal(line).plain))
+            for piece in line.split("\n"):  # one finding per line, wrapped between words
+                out.print(Wrapped.prose(_literal(piece.strip()).plain, first="  " if piece.startswith("  ") else ""))
         payload = {"data": data, **result.to_dict(), "skipped": [vars(item) for item in skipped]}
         _write_json(json_path, payload)
         if report_dir is not None and _main_rank():
@@ -859,11 +860,13 @@ def _audit_lines(result) -> list[str]:
     lines.append(f"outliers: {len(result.outliers)}" + "".join(f"\n  {item['path']} ({item['score']:.3f})" for item in result.outliers[:5]))
     curve = result.learning_curve
     if curve is not None:
-        last = max(curve["n_images"])
-        now = float(np.mean([a for n, a in zip(curve["n_images"], curve["accuracy"]) if n == last]))
+        from transferkit.audit.curve import power_law
+
+        last, params = max(curve["n_images"]), curve["params"]
+        now = float(power_law(last, params["a"], params["b"], params["c"]))  # the curve's own value, not one noisy point
         for p in curve["predicted"]:
             lines.append(f"learning curve: with {p['n_images']} images about {p['accuracy']:.3f} (90 % interval {p['low']:.3f}-{p['high']:.3f}), "
-                         f"{100 * (p['accuracy'] - now):+.1f} points over the {now:.3f} measured at {last}")
+                         f"{100 * (p['accuracy'] - now):+.1f} points over the curve's {now:.3f} at {last} training images")
     lines += [f"skipped: {step}" for step in result.skipped_steps]
     return lines
 
