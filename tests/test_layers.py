@@ -28,6 +28,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("transferkit.persistence",),
     ("transferkit.evaluation",),
     ("transferkit.report", "transferkit.export", "transferkit.info"),
+    ("transferkit.audit",),
     ("transferkit.serve",),
     ("transferkit.cli",),
     ("transferkit",),

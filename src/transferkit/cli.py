@@ -329,6 +329,7 @@ DATA_OPTIONS = ("--skip-bad", "--quiet", "--device", "--precision", "--cache-dir
 """What every command that reads images takes, as ``fit`` does (``serve`` reads uploads: no --skip-bad, no cache)."""
 COMMAND_DATA_OPTIONS: dict[str, tuple[str, ...]] = {
     "fit": DATA_OPTIONS, "predict": DATA_OPTIONS, "evaluate": DATA_OPTIONS, "report": DATA_OPTIONS,
+    "audit": DATA_OPTIONS, "suggest": DATA_OPTIONS,
     "serve": ("--quiet", "--device", "--precision"),
 }
 
@@ -361,6 +362,7 @@ def fit(
     symmetries: Annotated[str, typer.Option(help="svm/logistic: average features over image flips (and turns by 90 degrees) at fit and predict (auto: measured | none | flips | dihedral: flips and 90-degree turns).")] = "auto",
     feature_layers: Annotated[str, typer.Option(help="svm/logistic: the features read (auto: measured | bottleneck: the layer before the classifier | stages: that plus every stage's pooled output, for data far from ImageNet).")] = "auto",
     weights: Annotated[Optional[Path], typer.Option(help="Local pretrained weights file (.safetensors or .pth).")] = None,
+    init: Annotated[Optional[Path], typer.Option("--init", help="Start from a saved model: its backbone, strategy and image size; a network warm-starts from its weights (new head rows for new classes), a feature strategy reuses its cached features. DATA holds the same classes or more.")] = None,
     skip_bad: SkipBadOpt = False,
     cache_dir: CacheOpt = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted fit from the checkpoint in --out.")] = False,
@@ -417,6 +419,12 @@ def fit(
             precision=precision,
             verbose=not quiet,
         )
+        if init is not None:
+            _check_model_dir(init)
+            from transferkit.persistence import init_params
+
+            classifier.set_params(**init_params(init, list(images.classes)))
+            err.print(_literal(f"starting from {init}: {classifier.strategy} on {classifier.backbone} at {classifier.image_size} px"))
         cv_report = _cross_validate_before_fit(classifier, images, cv, jobs, backend) if cv else None
         classifier.fit(images)
         history = classifier.history_["history"]
@@ -490,7 +498,7 @@ def _cross_validate_before_fit(classifier, data, cv: int, jobs: int = 1, backend
     size = classifier.image_size if classifier.image_size != "auto" else _default_size(classifier.backbone)
     decoded = decode_images(images, size, skip_bad=classifier.skip_bad, cache_dir=classifier.cache_dir, progress=classifier.verbose)
     images = images.subset(decoded.indices)
-    groups = duplicate_groups(images)  # exact copies of one picture stay in one fold
+    groups = duplicate_groups(images, pixels=decoded.pixels)  # copies and near-copies of one picture stay in one fold
     folds = make_folds(np.asarray(images.labels), cv=cv, groups=groups, seed=classifier.seed)
     quiet = clone(classifier).set_params(verbose=False, checkpoint_dir=None, resume=False)
     result = cross_validate(quiet, decoded.pixels, np.asarray(images.labels), folds, on_fold=_print_fold, n_jobs=jobs, backend=backend)
@@ -742,6 +750,7 @@ def evaluate(
         from collections import Counter
 
         from transferkit.data import train_test_overlap
+        from transferkit.data.near_copies import near_copies_of_training
         from transferkit.data.builtin import binary_metrics_if_builtin
         from transferkit.errors import DataError
         from transferkit.evaluation import classification_metrics
@@ -765,6 +774,7 @@ def evaluate(
         metrics = classification_metrics(images.labels, predictions, classes)
         metrics["unknown_classes"] = dict(sorted(unknown.items()))
         metrics["train_test_overlap"] = train_test_overlap(classifier.training_digests_, images)
+        metrics["train_test_near_duplicates"] = near_copies_of_training(classifier, [images.source_name(i) for i in range(len(images))], pixels)
         metrics.update(binary_metrics_if_builtin(data, images.labels, predictions))
         metrics["skipped"] = [vars(item) for item in skipped]
         metrics["novelty"] = _novelty_note(classifier, unknown_threshold, novelty)
@@ -791,14 +801,140 @@ def evaluate(
 
 def _warn_about_test_data(metrics: dict[str, Any]) -> None:
     overlap, absent = metrics.get("train_test_overlap"), metrics.get("absent_classes") or []
+    near = metrics.get("train_test_near_duplicates") or []
     if overlap:
         err.print(Text("warning: ", style="yellow") + _literal(
             f"{overlap} of the {metrics['n']} test images are byte copies of training images: the model has seen "
             "them, so these scores overstate what it does on new images. Remove the copies from the test data."))
+    if len(near) > (overlap or 0):
+        shown = "; ".join(f"{item['test']} ~ {item['train']} ({item['similarity']:.3f})" for item in near[:5])
+        more = f"; and {len(near) - 5} more (all in --json)" if len(near) > 5 else ""
+        err.print(Text("warning: ", style="yellow") + _literal(
+            f"{len(near)} of the {metrics['n']} test images are near-copies (resized, re-encoded, shifted or identical) of "
+            f"training images: {shown}{more}. Scores on them overstate what the model does on new pictures."))
     if absent:
         err.print(Text("note: ", style="yellow") + _literal(
             f"no test images of {', '.join(repr(c) for c in absent)}: balanced accuracy and macro-F1 average over the "
             f"{len(metrics['classes']) - len(absent)} classes present."))
+
+
+@app.command(cls=_Command)
+def audit(
+    data: DataArg,
+    json_path: JsonOpt = None,
+    report_dir: Annotated[Optional[Path], typer.Option("--report", help="Also write audit.html (thumbnails of every finding, the learning curve) to this folder.")] = None,
+    budget_minutes: BudgetOpt = "auto",
+    backbone: Annotated[str, typer.Option(help="Backbone whose frozen features score the images.")] = "efficientnet_lite0",
+    image_size: Annotated[Optional[int], typer.Option(help="Square image side in pixels (default: the backbone's).")] = None,
+    cv: Annotated[int, typer.Option("--cv", help="Folds of the out-of-fold probabilities.")] = 5,
+    seed: Annotated[int, typer.Option(help="Seed of the folds and the learning curve's subsets.")] = 0,
+    weights: Annotated[Optional[Path], typer.Option(help="Local pretrained weights file.")] = None,
+    skip_bad: SkipBadOpt = False,
+    quiet: QuietOpt = False,
+    device: DeviceOpt = "auto",
+    precision: PrecisionOpt = "auto",
+    cache_dir: CacheOpt = None,
+) -> None:
+    """Look at labelled DATA for wrong labels, near-duplicates and outliers, and measure what more labels would buy."""
+    _check_output_file(json_path, "--json")
+    if cv < 2:
+        raise typer.BadParameter(f"expected an integer >= 2. Received: {cv}", param_hint="--cv")
+    with _user_errors(), _results_to(json_path):
+        images = _resolve_data(data, skip_bad)  # before torch is imported: a wrong path fails at once
+        from transferkit.audit.run import audit_images
+        from transferkit.data import check_classes
+
+        check_classes(images, min_per_class=cv, purpose=f"out-of-fold probabilities ({cv} folds)")  # before decoding
+        size = image_size or _default_size(backbone)
+        pixels, images, skipped = _decode_kept(images, size, skip_bad=skip_bad, cache_dir=cache_dir, quiet=quiet)
+        say = (lambda text: None) if quiet else (lambda text: err.print(_literal(f"audit: {text}")))
+        result = audit_images(images, pixels, backbone=backbone, weights=str(weights) if weights else None,
+                              cache_dir=str(cache_dir) if cache_dir else None, device=device, precision=precision, cv=cv, seed=seed,
+                              budget_seconds=_budget_seconds(_budget_minutes(budget_minutes)), say=say)
+        for line in _audit_lines(result):
+            for piece in line.split("\n"):  # one finding per line, wrapped between words
+                out.print(Wrapped.prose(_literal(piece.strip()).plain, first="  " if piece.startswith("  ") else ""))
+        payload = {"data": data, **result.to_dict(), "skipped": [vars(item) for item in skipped]}
+        _write_json(json_path, payload)
+        if report_dir is not None and _main_rank():
+            from transferkit.audit.page import write_audit_page
+
+            out.print(_literal(f"wrote {write_audit_page(result, images, pixels, report_dir, data_name=data)}"))
+
+
+def _audit_lines(result) -> list[str]:
+    model = result.model
+    lines = [f"{result.n_images} images, {len(result.classes)} classes; out-of-fold accuracy {model['out_of_fold_accuracy']:.4f} "
+             f"({model['strategy']} on {model['backbone']} features, {model['folds']} folds)"]
+    lines.append(f"label issues: {len(result.label_issues)}" + "".join(
+        f"\n  {item['path']}: labelled {item['label']!r}, looks like {item['suggested']!r} (score {item['score']:.3f})"
+        for item in result.label_issues[:10]))
+    lines.append(f"near-duplicate groups: {len(result.near_duplicates)}" + "".join(
+        f"\n  {' = '.join(group['paths'][:3])} ({group['similarity']:.3f})" for group in result.near_duplicates[:5]))
+    lines.append(f"outliers: {len(result.outliers)}" + "".join(f"\n  {item['path']} ({item['score']:.3f})" for item in result.outliers[:5]))
+    curve = result.learning_curve
+    if curve is not None:
+        from transferkit.audit.curve import power_law
+
+        last, params = max(curve["n_images"]), curve["params"]
+        now = float(power_law(last, params["a"], params["b"], params["c"]))  # the curve's own value, not one noisy point
+        for p in curve["predicted"]:
+            lines.append(f"learning curve: with {p['n_images']} images about {p['accuracy']:.3f} (90 % interval {p['low']:.3f}-{p['high']:.3f}), "
+                         f"{100 * (p['accuracy'] - now):+.1f} points over the curve's {now:.3f} at {last} training images")
+    lines += [f"skipped: {step}" for step in result.skipped_steps]
+    return lines
+
+
+@app.command(cls=_Command)
+def suggest(
+    model_dir: ModelArg,
+    inputs: Annotated[list[Path], typer.Argument(metavar="UNLABELLED...", help="Unlabelled image files or folders (searched recursively).")],
+    csv_path: Annotated[Path, typer.Option("--csv", help="Write path,predicted,score rows here, the image to label first on top.")],
+    n: Annotated[int, typer.Option("--n", help="How many images to rank.")] = 100,
+    json_path: JsonOpt = None,
+    seed: Annotated[int, typer.Option(help="Seed of the clustering.")] = 0,
+    skip_bad: SkipBadOpt = False,
+    quiet: QuietOpt = False,
+    device: DeviceOpt = "auto",
+    precision: PrecisionOpt = "auto",
+    cache_dir: CacheOpt = None,
+) -> None:
+    """Rank UNLABELLED images by how much labelling each would help the model in MODEL_DIR."""
+    if n < 1:
+        raise typer.BadParameter(f"expected a positive integer. Received: {n}", param_hint="--n")
+    _check_output_file(csv_path, "--csv")
+    _check_output_file(json_path, "--json")
+    with _user_errors(), _results_to(json_path):
+        _check_model_dir(model_dir)
+        from transferkit.audit.run import suggest_images
+        from transferkit.data import ImageSet, find_images
+        from transferkit.persistence import load_model
+
+        paths = find_images([str(p) for p in inputs])
+        classifier = load_model(model_dir, device=device, precision=precision, cache_dir=str(cache_dir) if cache_dir else None)
+        unlabelled = ImageSet(sources=paths, labels=None, name="unlabelled")
+        pixels, unlabelled, skipped = _decode_kept(unlabelled, classifier.image_size_, skip_bad=skip_bad, cache_dir=classifier.cache_dir, quiet=quiet)
+        labelled = _labelled_pixels(classifier, quiet)
+        order, scores, predicted = suggest_images(classifier, pixels, labelled, n, seed=seed)
+        rows = [{"path": unlabelled.source_name(int(i)), "predicted": str(p), "score": round(float(s), 4)} for i, s, p in zip(order, scores, predicted)]
+        if _main_rank():
+            with open(csv_path, "w", newline="", encoding="utf-8", errors="surrogateescape") as handle:
+                writer = csv.DictWriter(handle, fieldnames=["path", "predicted", "score"])
+                writer.writeheader()
+                writer.writerows(rows)
+        out.print(_literal(f"ranked {len(rows)} of {len(unlabelled)} unlabelled images; wrote {csv_path}"))
+        _write_json(json_path, {"model": str(model_dir), "suggestions": rows, "skipped": [vars(item) for item in skipped]})
+
+
+def _labelled_pixels(classifier, quiet: bool):
+    """The model's training images that are still on disk (their regions need no more labels), or None."""
+    from transferkit.data import ImageSet, decode_images
+
+    names = [name for name in (classifier.training_names_ or []) if os.path.isfile(name)]
+    if not names:
+        return None
+    images = ImageSet(sources=names, labels=None, name="labelled")
+    return decode_images(images, classifier.image_size_, skip_bad=True, cache_dir=classifier.cache_dir, progress=not quiet).pixels
 
 
 @app.command(cls=_Command)

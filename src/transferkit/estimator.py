@@ -27,7 +27,7 @@ from transferkit.backbones.multilayer import FEATURE_LAYERS
 from transferkit.constraints import AUTO, InstanceOf, Interval, Options, Registered, Satisfies, validate_params
 from transferkit.data import (
     ImageSet, check_classes, content_digests, decode_images, default_cache_dir, describe_conflicts, duplicate_groups, is_decoded,
-    label_conflicts, load_pixels, pixel_groups, resolve_data,
+    label_conflicts, load_pixels, pixel_groups, resolve_data, thumbnails,
 )
 from transferkit.errors import ConfigError, DataError, NotFittedError
 from transferkit.evaluation.metrics import imbalance_note, majority_class_rate
@@ -203,6 +203,11 @@ class ImageClassifier(ClassifierMixin, BaseEstimator):
         unknown (:mod:`transferkit.evaluation.novelty`; ``predict_proba(X, return_novelty=True)``).
         None for the ``pixels`` strategy (no pooled features) and for models saved before
         novelty existed: they have no score.
+    training_thumbnails_ : uint8 array (n_train, 24, 24) or None
+        Grey thumbnails of the training images (``transferkit.data.thumbnails``), saved with
+        the model so that ``evaluate`` names test images that are near-copies of them.
+    training_names_ : list of str or None
+        The training images' paths (or ``array[i]``), in the order of the thumbnails.
 
     Examples
     --------
@@ -340,7 +345,7 @@ class ImageClassifier(ClassifierMixin, BaseEstimator):
             first_size = spec.preprocessing.input_size if self.image_size == AUTO else self.image_size
             pixels, images, skipped = self._decode(X, images, first_size)
             digests = content_digests(images)  # groups copies in the search's folds; kept with the model below
-            groups = duplicate_groups(images, digests)
+            groups = duplicate_groups(images, digests, pixels)  # copies and near-copies: one fold
             # torchrun: one decision, rank 0's (the search trains no network there: see select.search_auto)
             advice = runtime.run_on_main(
                 lambda: self._search(images, pixels, self._advise(images, console), runtime, console, started, groups)
@@ -380,12 +385,14 @@ class ImageClassifier(ClassifierMixin, BaseEstimator):
             classes=class_values(images), model=outcome.model, preprocessing=outcome.preprocessing, image_size=settings.image_size,
             settings=settings.to_dict(), history=outcome.history, plan=outcome.plan, advice=advice, skipped=skipped,
             n_train=len(targets), fit_seconds=time.perf_counter() - started, training_digests=digests,
+            # kept with the model: evaluate names test images that are near-copies of these
+            training_thumbnails=thumbnails(pixels), training_names=[images.source_name(i) for i in range(len(images))],
             class_counts={str(c): int(n) for c, n in zip(classes, np.bincount(targets, minlength=len(classes)))},
         )
         self.validation_ = validation_summary(self.history_, self.class_counts_)
         # One more inference pass over the training images (for a frozen backbone the features
         # are cached already): what "like the training images" means, and where it ends.
-        features = self._outputs(pixels, runtime)[1]
+        features = self._outputs(pixels, prediction_runtime(self.device, self.precision))[1]  # as predict will compute them
         # held_out indexes the request's pixels: those of this fit, unless the search trained the network
         held_out = outcome.held_out if searched is None else None
         self.novelty_ = None if features is None else fit_novelty(features, pixel_groups(pixels), held_out=held_out, seed=self.seed)
@@ -395,6 +402,7 @@ class ImageClassifier(ClassifierMixin, BaseEstimator):
         self, *, classes, model, preprocessing: Preprocessing, image_size: int, settings: dict[str, Any],
         history: dict[str, Any], plan=None, advice: Advice | None = None, skipped=(), n_train: int | None = None,
         fit_seconds: float | None = None, metrics: dict[str, Any] | None = None, training_digests=None,
+        training_thumbnails: np.ndarray | None = None, training_names: list[str] | None = None,
         class_counts: dict[str, int] | None = None, novelty: NoveltyScorer | None = None,
     ) -> None:
         """Set every fitted attribute; ``fit`` and :func:`transferkit.load` both come through here."""
@@ -416,6 +424,8 @@ class ImageClassifier(ClassifierMixin, BaseEstimator):
         self.metrics_ = dict(metrics or {})
         self.training_digests_ = None if training_digests is None else list(training_digests)
         self.novelty_ = novelty
+        self.training_thumbnails_ = training_thumbnails
+        self.training_names_ = None if training_names is None else list(training_names)
 
     # ------------------------------------------------------------ predict
     def predict_proba(self, X: Any, *, return_novelty: bool = False) -> np.ndarray | tuple[np.ndarray, np.ndarray | None]:

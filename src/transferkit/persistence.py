@@ -40,6 +40,7 @@ from safetensors.torch import load_file, save_file
 from transferkit._version import __version__
 from transferkit.backbones import Preprocessing, create_backbone
 from transferkit.card import CARD_NAME, model_card
+from transferkit.data.near_copies import THUMB_SIDE, decode_thumbnails, encode_thumbnails
 from transferkit.errors import ModelFileError
 from transferkit.evaluation.novelty import NoveltyScorer
 from transferkit.estimator import RUNTIME_PARAMS, ImageClassifier
@@ -230,7 +231,31 @@ def read_novelty(folder: Path, config: dict[str, Any]) -> NoveltyScorer | None:
 
 def _training_images(classifier) -> dict[str, Any] | None:
     digests = getattr(classifier, "training_digests_", None)
-    return None if digests is None else {"hash": "sha256-128", "digests": list(digests)}
+    if digests is None:
+        return None
+    record: dict[str, Any] = {"hash": "sha256-128", "digests": list(digests)}
+    thumbs, names = getattr(classifier, "training_thumbnails_", None), getattr(classifier, "training_names_", None)
+    if thumbs is not None and names is not None and len(thumbs) == len(names):
+        # 24x24 grey thumbnails (576 bytes per image, base64): `evaluate` names near-copies of these
+        record["thumbnails"] = {"side": THUMB_SIDE, "base64": encode_thumbnails(thumbs)}
+        record["names"] = [str(name) for name in names]
+    return record
+
+
+def training_thumbnails(config: dict[str, Any]) -> tuple[np.ndarray | None, list[str] | None]:
+    """The training images' thumbnails and names a model folder's config holds ((None, None): none kept)."""
+    record = config.get("training_images")
+    if not isinstance(record, dict) or not isinstance(record.get("thumbnails"), dict) or not isinstance(record.get("names"), list):
+        return None, None
+    thumbs = record["thumbnails"]
+    if thumbs.get("side") != THUMB_SIDE or not isinstance(thumbs.get("base64"), str):
+        return None, None
+    try:
+        values = decode_thumbnails(thumbs["base64"])
+    except ValueError:
+        return None, None
+    names = [str(name) for name in record["names"]]
+    return (values, names) if len(values) == len(names) else (None, None)
 
 
 def training_digests(config: dict[str, Any]) -> list[str] | None:
@@ -479,6 +504,7 @@ def _load(folder: Path, *, device: str, precision: str, cache_dir: str | bool | 
         raise ModelFileError(f"cannot read {weights_path}: {exc}") from exc
 
     classifier = ImageClassifier(**_saved_params(config), device=device, precision=precision, cache_dir=cache_dir)
+    thumbnails, names = training_thumbnails(config)
     try:
         strategy = config.get("strategy") or (config.get("settings") or {}).get("strategy")
         built = get_strategy(strategy).empty_model(config) if strategy in list_strategies() else None
@@ -491,6 +517,7 @@ def _load(folder: Path, *, device: str, precision: str, cache_dir: str | bool | 
         image_size=config["image_size"], settings=config.get("settings") or {"strategy": config.get("strategy")},
         history=config.get("history") or {}, metrics=config.get("metrics"),
         training_digests=training_digests(config),
+        training_thumbnails=thumbnails, training_names=names,
         class_counts=config.get("class_counts") if isinstance(config.get("class_counts"), dict) else None,
         novelty=read_novelty(folder, config),
         # the advisor's measurements stay readable in config.json["advice"]
@@ -544,3 +571,41 @@ def _jsonable(value: Any) -> Any:
     if value is None or isinstance(value, (bool, int, float, str)):
         return value
     return str(value)
+
+
+INIT_PARAMS = ("backbone", "strategy", "image_size", "freeze", "symmetries", "feature_layers", "C", "class_weight", "augment")
+"""What ``fit --init`` takes from the saved model (the rest is the command's own)."""
+
+
+def init_params(model_dir: str | os.PathLike, classes: list[str]) -> dict[str, Any]:
+    """Estimator parameters that start a new fit from the model in ``model_dir`` (``fit --init``).
+
+    The same backbone, strategy and image size as the saved model. A network strategy warm-starts:
+    ``weights`` is the saved ``model.safetensors`` (its classifier is dropped and a new head of
+    ``len(classes)`` rows is made). A feature strategy keeps the original pretrained weights, so
+    the features cached when the saved model was fitted are reused and only the linear classifier
+    is fitted again. ``classes`` (the new data's) must hold every class of the saved model.
+
+    Raises :class:`ModelFileError` for a missing or foreign folder, :class:`DataError` when a
+    class of the saved model is missing from ``classes``.
+    """
+    from transferkit.errors import DataError
+
+    folder = Path(model_dir)
+    config = read_config(folder)
+    missing = [name for name in config["classes"] if name not in set(classes)]
+    if missing:
+        raise DataError(
+            f"--init {folder}: the model knows {', '.join(repr(c) for c in missing)}, which the new data lacks. "
+            "fit --init takes the same classes or more; add images of those classes, or fit without --init."
+        )
+    saved = _saved_params(config)
+    params = {name: saved[name] for name in INIT_PARAMS if name in saved}
+    params["image_size"] = int(config["image_size"])
+    params["strategy"] = config.get("strategy") or params.get("strategy")
+    strategy = params["strategy"]
+    if strategy in list_strategies() and get_strategy(strategy).frozen_backbone:
+        params["weights"] = saved.get("weights")
+    else:
+        params["weights"] = str(folder / WEIGHTS_NAME)
+    return params

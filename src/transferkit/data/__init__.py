@@ -15,8 +15,9 @@ Examples
 from transferkit.data.builtin import BUILTIN_DATASETS, elpv_defective, load_elpv
 from transferkit.data.decode import ALPHA_BACKGROUND, DecodedImages, decode_images, default_cache_dir, read_image, release_pages
 from transferkit.data.duplicates import (
-    content_digests, describe_conflicts, duplicate_groups, label_conflicts, pixel_groups, train_test_overlap,
+    content_digests, describe_conflicts, duplicate_groups, label_conflicts, pixel_groups, thumbnail_pixels, train_test_overlap,
 )
+from transferkit.data.near_copies import NearCopy, near_copies, near_copy_pairs, thumbnails
 from transferkit.data.export import export_image_folders
 from transferkit.data.pixels import as_unlabelled, is_decoded, load_pixels
 from transferkit.data.sources import (
@@ -35,6 +36,7 @@ __all__ = [
     "BUILTIN_DATASETS",
     "IMAGE_EXTENSIONS",
     "DecodedImages",
+    "NearCopy",
     "ImageSet",
     "SkippedFile",
     "as_unlabelled",
@@ -51,11 +53,15 @@ __all__ = [
     "label_conflicts",
     "load_pixels",
     "load_elpv",
+    "near_copies",
+    "near_copy_pairs",
     "pixel_groups",
     "read_image",
     "register_dataset",
     "release_pages",
     "resolve_data",
     "stratified_sample",
+    "thumbnail_pixels",
+    "thumbnails",
     "train_test_overlap",
 ]

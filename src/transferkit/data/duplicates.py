@@ -8,6 +8,10 @@ the copy in the test part is then an answer the model has already seen. Two kind
   training images, so ``evaluate`` can say how many test images it has seen.
 - :func:`pixel_groups`: identical decoded pixel rows, for code that only has pixels (the
   inner CV of the feature strategies).
+
+Near-copies (resized, re-encoded, shifted by a pixel: :mod:`transferkit.data.near_copies`)
+join the same groups when the caller passes the decoded pixels to :func:`duplicate_groups`,
+so cross-validation keeps them in one fold exactly as it keeps byte copies.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 from transferkit.data.decode import _content_digest, _worker_count, release_pages
+from transferkit.data.near_copies import near_copy_pairs, thumbnails
 from transferkit.data.sources import ImageSet
 
 DIGEST_CHARS = 32
@@ -33,8 +38,9 @@ def content_digests(imageset: ImageSet) -> list[str]:
         return [digest.hex()[:DIGEST_CHARS] for digest in pool.map(_content_digest, imageset.sources)]
 
 
-def _union_groups(keys: Sequence, groups: Sequence[str] | None) -> np.ndarray:
-    """Group ids (int) joining images that share a key or an existing group id (union-find)."""
+def _union_groups(keys: Sequence, groups: Sequence[str] | None, pairs: Sequence[tuple[int, int]] = ()) -> np.ndarray:
+    """Group ids (int) joining images that share a key or an existing group id, or form one of
+    ``pairs`` (positions), by union-find."""
     parent = list(range(len(keys)))
 
     def find(i: int) -> int:
@@ -51,21 +57,40 @@ def _union_groups(keys: Sequence, groups: Sequence[str] | None) -> np.ndarray:
             j = first.setdefault(value, i)
             if j != i:
                 parent[find(i)] = find(j)
+    for i, j in pairs:
+        parent[find(i)] = find(j)
     roots = [find(i) for i in range(len(keys))]
     _, ids = np.unique(roots, return_inverse=True)
     return ids.astype(np.int64)
 
 
-def duplicate_groups(imageset: ImageSet, digests: Sequence[str] | None = None) -> np.ndarray | None:
+def duplicate_groups(
+    imageset: ImageSet, digests: Sequence[str] | None = None, pixels: np.ndarray | None = None
+) -> np.ndarray | None:
     """CV groups in which exact copies share a group (joined with ``imageset.groups``, if any).
 
+    With ``pixels`` (the decoded images of ``imageset``, uint8 (N, S, S, 3), any size S),
+    near-copies (:func:`transferkit.data.near_copies.near_copy_pairs`) share a group too.
     ``None`` when there is nothing to group (no copies, no groups given): plain stratified
     folds then stay exactly what they were.
     """
     digests = content_digests(imageset) if digests is None else digests
-    if imageset.groups is None and len(set(digests)) == len(digests):
+    pairs = [] if pixels is None else [(p.query, p.reference) for p in near_copy_pairs(thumbnails(pixels))]
+    if imageset.groups is None and len(set(digests)) == len(digests) and not pairs:
         return None
-    return _union_groups(digests, imageset.groups)
+    return _union_groups(digests, imageset.groups, pairs)
+
+
+THUMBNAIL_DECODE_SIDE = 48
+"""Side at which :func:`thumbnail_pixels` decodes (cached) when a caller has no pixels yet."""
+
+
+def thumbnail_pixels(imageset: ImageSet, cache_dir=None) -> np.ndarray:
+    """Pixels of ``imageset`` decoded at :data:`THUMBNAIL_DECODE_SIDE` (disk-cached), for
+    :func:`duplicate_groups` in code that makes its folds before it decodes (compare, the race)."""
+    from transferkit.data.decode import decode_images
+
+    return decode_images(imageset, THUMBNAIL_DECODE_SIDE, cache_dir=cache_dir, progress=False).pixels
 
 
 GROUP_CHUNK = 512

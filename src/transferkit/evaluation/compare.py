@@ -20,7 +20,7 @@ import numpy as np
 
 from transferkit.backbones import get_backbone_spec
 from transferkit.constraints import validate_params
-from transferkit.data import ImageSet, check_classes, decode_images, duplicate_groups
+from transferkit.data import ImageSet, check_classes, decode_images, duplicate_groups, thumbnail_pixels
 from transferkit.errors import ConfigError
 from transferkit.estimator import ImageClassifier
 from transferkit.evaluation.cv import CVResult, FoldScore, json_params, make_folds
@@ -182,7 +182,8 @@ def compare_strategies(
     base, overrides = dict(base or {}), dict(overrides or {})
     check_classes(images, min_per_class=cv, purpose=f"{cv}-fold cross-validation")
     labels = np.asarray(images.labels)
-    folds = make_folds(labels, cv=cv, repeats=repeats, groups=duplicate_groups(images), seed=base.get("seed", 0))
+    groups = duplicate_groups(images, pixels=thumbnail_pixels(images, base.get("cache_dir")))  # copies and near-copies: one fold
+    folds = make_folds(labels, cv=cv, repeats=repeats, groups=groups, seed=base.get("seed", 0))
     decoded: dict[int, np.ndarray] = {}
     arena, candidates = candidates_for(images, strategies, base, overrides, decoded)
     search = CandidateSearch(arena, folds, n_jobs=n_jobs, backend=backend, reproducible=True)

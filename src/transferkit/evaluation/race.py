@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from transferkit.data import ImageSet, check_classes, duplicate_groups, stratified_sample
+from transferkit.data import ImageSet, check_classes, duplicate_groups, stratified_sample, thumbnail_pixels
 from transferkit.errors import ConfigError
 from transferkit.evaluation.compare import candidates_for, cv_result, report_folds
 from transferkit.evaluation.cv import CVResult, FoldScore, make_folds
@@ -143,7 +143,8 @@ def race_strategies(
     base = dict(base or {})
     sample = stratified_sample(images, max_images, base.get("seed", 0))
     check_classes(sample, min_per_class=cv, purpose=f"a {cv}-fold race")
-    folds = make_folds(np.asarray(sample.labels), cv=cv, groups=duplicate_groups(sample), seed=base.get("seed", 0))
+    groups = duplicate_groups(sample, pixels=thumbnail_pixels(sample, base.get("cache_dir")))  # copies and near-copies: one fold
+    folds = make_folds(np.asarray(sample.labels), cv=cv, groups=groups, seed=base.get("seed", 0))
 
     decoded: dict[int, np.ndarray] = {}
     arena, proposed = candidates_for(sample, names, base, dict(overrides or {}), decoded, proposed_by="race")

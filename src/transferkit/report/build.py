@@ -113,6 +113,7 @@ def write_report(
     from transferkit.card import probability_note
     from transferkit.data.builtin import binary_metrics_if_builtin
     from transferkit.data import load_pixels, train_test_overlap
+    from transferkit.data.near_copies import near_copies_of_training
     from transferkit.evaluation import classification_metrics
     from transferkit.evaluation.novelty import novelty_summary
     if images.labels is None:
@@ -140,6 +141,7 @@ def write_report(
         metrics = classification_metrics(labels, predictions, classes + sorted(unknown))
         metrics["unknown_classes"] = dict(sorted(unknown.items()))
         metrics["train_test_overlap"] = train_test_overlap(getattr(classifier, "training_digests_", None), images)
+        metrics["train_test_near_duplicates"] = near_copies_of_training(classifier, [images.source_name(i) for i in range(len(images))], pixels)
         metrics.update(binary_metrics_if_builtin(data_name, labels, predictions))
         if positive:
             metrics.update(binary_metrics(labels, predictions, positive))
