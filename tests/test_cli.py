@@ -56,13 +56,13 @@ def test_fit_evaluate_predict_end_to_end(image_folder, tiny_weights, tmp_path):
 
     result = invoke("predict", model_dir, image_folder / "blue" / "016.png")
     assert result.exit_code == 0 and "016.png" in result.output
-    assert len(result.output.strip().splitlines()[-1].split()) == 3  # path, label, probability
+    assert len(result.output.strip().splitlines()[-1].split()) == 5  # path, label, probability, novelty, unknown (or -)
 
     # --top-k shows in the terminal too, not only in the CSV/JSON (issue 21)
     result = invoke("predict", model_dir, image_folder / "blue" / "016.png", "--top-k", 3)
     fields = result.output.strip().splitlines()[-1].split()
-    assert result.exit_code == 0 and len(fields) == 1 + 2 * 3, result.output
-    assert sorted(fields[1::2]) == ["blue", "green", "red"]
+    assert result.exit_code == 0 and len(fields) == 1 + 2 * 3 + 2, result.output  # + novelty, unknown
+    assert sorted(fields[1:7:2]) == ["blue", "green", "red"]
 
     # evaluate's help promises a confusion matrix: the terminal shows it
     result = invoke("evaluate", model_dir, image_folder)

@@ -111,7 +111,7 @@ def test_predict_keeps_input_order_prints_a_header_and_json_parses(model, image_
     result = runner.invoke(app, ["predict", str(model), *map(str, files), "--top-k", "2", "--csv", str(tmp_path / "p.csv")])
     assert result.exit_code == 0, result.output
     lines = [line for line in result.stdout.splitlines() if line.strip()]
-    assert lines[0].split("\t") == ["path", "label", "probability", "label_2", "probability_2"]  # --csv also prints
+    assert lines[0].split("\t") == ["path", "label", "probability", "label_2", "probability_2", "novelty", "unknown"]  # --csv also prints
     assert [line.split("\t")[0] for line in lines[1:]] == [str(f) for f in files]  # the order given, not sorted
     with open(tmp_path / "p.csv") as handle:
         assert [row["path"] for row in csv.DictReader(handle)] == [str(f) for f in files]
