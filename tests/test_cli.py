@@ -56,7 +56,7 @@ def test_fit_evaluate_predict_end_to_end(image_folder, tiny_weights, tmp_path):
 
     result = invoke("predict", model_dir, image_folder / "blue" / "016.png")
     assert result.exit_code == 0 and "016.png" in result.output
-    assert len(result.output.strip().splitlines()[-1].split()) == 5  # path, label, probability, novelty, unknown
+    assert len(result.output.strip().splitlines()[-1].split()) == 5  # path, label, probability, novelty, unknown (or -)
 
     # --top-k shows in the terminal too, not only in the CSV/JSON (issue 21)
     result = invoke("predict", model_dir, image_folder / "blue" / "016.png", "--top-k", 3)

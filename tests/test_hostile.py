@@ -282,7 +282,7 @@ def untouched(name: str, text: str):
 
 def previous_model_replaced(tmp, result):
     names = sorted(p.name for p in (tmp / "out").iterdir())
-    assert names == ["MODEL_CARD.md", "config.json", "model.safetensors", "notes.txt"], names  # notes kept, checkpoint gone
+    assert names == ["MODEL_CARD.md", "config.json", "model.safetensors", "notes.txt", "novelty.safetensors"], names  # notes kept, checkpoint gone
     assert not [p for p in tmp.iterdir() if p.name.startswith(".out.")]  # no leftovers beside
 
 
@@ -641,7 +641,7 @@ def test_4_a_checkpoint_is_removed_after_a_successful_fit(tiny_weights, tmp_path
     result = invoke("fit", data, "--out", tmp_path / "m", "--strategy", "finetune", "--epochs", 1, "--backbone", TINY_BACKBONE,
                     "--weights", tiny_weights, "--image-size", 16, "--batch-size", 4, "--device", "cpu", "--quiet")
     assert result.exit_code == 0, result.output
-    assert sorted(p.name for p in (tmp_path / "m").iterdir()) == ["MODEL_CARD.md", "config.json", "model.safetensors"]
+    assert sorted(p.name for p in (tmp_path / "m").iterdir()) == ["MODEL_CARD.md", "config.json", "model.safetensors", "novelty.safetensors"]
 
 
 # ---------------------------------------------------------------------------------------------
