@@ -918,10 +918,15 @@ def suggest(
         order, scores, predicted = suggest_images(classifier, pixels, labelled, n, seed=seed)
         rows = [{"path": unlabelled.source_name(int(i)), "predicted": str(p), "score": round(float(s), 4)} for i, s, p in zip(order, scores, predicted)]
         if _main_rank():
-            with open(csv_path, "w", newline="", encoding="utf-8", errors="surrogateescape") as handle:
-                writer = csv.DictWriter(handle, fieldnames=["path", "predicted", "score"])
-                writer.writeheader()
-                writer.writerows(rows)
+            from transferkit.persistence import atomic_write
+
+            def write_csv(tmp: str) -> None:
+                with open(tmp, "w", newline="", encoding="utf-8", errors="surrogateescape") as handle:
+                    writer = csv.DictWriter(handle, fieldnames=["path", "predicted", "score"])
+                    writer.writeheader()
+                    writer.writerows(rows)
+
+            atomic_write(csv_path, write_csv)  # all rows or no file, as predict's CSV
         out.print(_literal(f"ranked {len(rows)} of {len(unlabelled)} unlabelled images; wrote {csv_path}"))
         _write_json(json_path, {"model": str(model_dir), "suggestions": rows, "skipped": [vars(item) for item in skipped]})
 
