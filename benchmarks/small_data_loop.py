@@ -68,9 +68,11 @@ def label_issue_check(features, targets, noise, seed, cleanlab_python) -> dict:
     noisy = targets.copy()
     noisy[moved] = (targets[moved] + rng.integers(1, k, len(moved))) % k
     oof = out_of_fold_probabilities(features, noisy, None, seed=seed)
-    ours = find_label_issues(noisy, oof.proba)
+    ours = find_label_issues(noisy, oof.proba)  # the default: prune by the noise rate
+    off_diagonal = find_label_issues(noisy, oof.proba, method="confident_joint")
     result = {"n": len(targets), "moved": len(moved), "oof_accuracy_vs_true_labels": round(float((oof.proba.argmax(1) == targets).mean()), 3),
-              "transferkit": precision_recall(ours.indices, set(moved.tolist()))}
+              "transferkit": precision_recall(ours.indices, set(moved.tolist())),
+              "transferkit_confident_joint": precision_recall(off_diagonal.indices, set(moved.tolist()))}
     if cleanlab_python:
         with tempfile.TemporaryDirectory() as tmp:
             np.save(f"{tmp}/labels.npy", noisy)
@@ -79,8 +81,11 @@ def label_issue_check(features, targets, noise, seed, cleanlab_python) -> dict:
                                     capture_output=True, text=True).stdout
         for name, indices in json.loads(output).items():
             result[f"cleanlab_{name}"] = precision_recall(indices, set(moved.tolist()))
-            if name == "confident_learning":
-                result["same_set_as_cleanlab_confident_learning"] = sorted(indices) == sorted(ours.indices.tolist())
+            if name == "confident_learning":  # the same rule on both sides: the same images?
+                result["confident_joint_same_set_as_cleanlab"] = sorted(indices) == sorted(off_diagonal.indices.tolist())
+            else:
+                result["default_overlap_with_cleanlab_default"] = round(
+                    len(set(indices) & set(ours.indices.tolist())) / max(1, len(set(indices) | set(ours.indices.tolist()))), 3)
     return result
 
 

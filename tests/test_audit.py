@@ -277,3 +277,17 @@ def test_suggest_refuses_a_missing_model_and_n_zero(tmp_path):
     assert invoke("suggest", tmp_path / "none", tmp_path, "--csv", tmp_path / "s.csv").exit_code == 1
     result = invoke("suggest", tmp_path / "none", tmp_path, "--csv", tmp_path / "s.csv", "--n", 0)
     assert result.exit_code == 2 and "--n" in result.output
+
+
+def test_both_confident_learning_methods_on_one_problem():
+    """The default (prune by the noise rate) and the off-diagonal rule both find the moved
+    labels; the default never calls an image an issue where the model predicts its label."""
+    labels, proba, moved = noisy_problem()
+    default = find_label_issues(labels, proba)
+    off_diagonal = find_label_issues(labels, proba, method="confident_joint")
+    assert not np.any(proba[default.indices].argmax(axis=1) == labels[default.indices])
+    for issues in (default, off_diagonal):
+        found = set(issues.indices.tolist())
+        assert len(found & moved) / len(moved) > 0.6
+    with pytest.raises(DataError, match="method"):
+        find_label_issues(labels, proba, method="cleanlab")
