@@ -254,13 +254,19 @@ def _decode_kept(images, size: int, *, skip_bad: bool, cache_dir, quiet: bool):
 
     decoded = decode_images(images, size, skip_bad=skip_bad, cache_dir=cache_dir, progress=not quiet)
     skipped = list(images.skipped) + list(decoded.skipped)
-    if skipped:
-        err.print(_literal(f"skipped {len(skipped)} file(s):"))
-        for item in skipped[:20]:
-            err.print(_literal(f"  {item.path}: {item.reason}"))
-        if len(skipped) > 20:
-            err.print(_literal(f"  ... and {len(skipped) - 20} more (all in --json)"))
+    _list_skipped(skipped)
     return decoded.pixels, images.subset(decoded.indices), skipped
+
+
+def _list_skipped(skipped: list) -> None:
+    """Name the files left out (the first 20; all are in --json) on stderr: never a file dropped unmentioned."""
+    if not skipped:
+        return
+    err.print(_literal(f"skipped {len(skipped)} file(s):"))
+    for item in skipped[:20]:
+        err.print(_literal(f"  {item.path}: {item.reason}"))
+    if len(skipped) > 20:
+        err.print(_literal(f"  ... and {len(skipped) - 20} more (all in --json)"))
 
 
 def _check_output_file(path: Path | None, option: str) -> None:
@@ -465,13 +471,8 @@ def fit(
                 out.print(Wrapped.prose(line[4:], first="  - ") if line.startswith("  - ") else _literal(line))
         if quiet and report["imbalance_note"]:
             err.print(_literal(f"note: {report['imbalance_note']}"))  # without --quiet the estimator printed it
-        if quiet and classifier.skipped_:
-            # Without --quiet the estimator has listed them; with it, still never drop a file unmentioned.
-            err.print(_literal(f"skipped {len(classifier.skipped_)} file(s):"))
-            for item in classifier.skipped_[:20]:
-                err.print(_literal(f"  {item.path}: {item.reason}"))
-            if len(classifier.skipped_) > 20:
-                err.print(_literal(f"  ... and {len(classifier.skipped_) - 20} more (all in --json)"))
+        if quiet:  # without --quiet the estimator has listed them
+            _list_skipped(classifier.skipped_)
         out.print(_literal(f"fitted {report['strategy']} on {data}: {val}; {report['fit_seconds']} s; peak memory {report['peak_memory_mb']:.0f} MB"))
         written = "replaced the model in" if replacing else "model written to"
         out.print(_literal(f"{written} {out_dir} (model card: {out_dir / CARD_NAME})"))
@@ -918,15 +919,7 @@ def suggest(
         order, scores, predicted = suggest_images(classifier, pixels, labelled, n, seed=seed)
         rows = [{"path": unlabelled.source_name(int(i)), "predicted": str(p), "score": round(float(s), 4)} for i, s, p in zip(order, scores, predicted)]
         if _main_rank():
-            from transferkit.persistence import atomic_write
-
-            def write_csv(tmp: str) -> None:
-                with open(tmp, "w", newline="", encoding="utf-8", errors="surrogateescape") as handle:
-                    writer = csv.DictWriter(handle, fieldnames=["path", "predicted", "score"])
-                    writer.writeheader()
-                    writer.writerows(rows)
-
-            atomic_write(csv_path, write_csv)  # all rows or no file, as predict's CSV
+            _write_csv(csv_path, ["path", "predicted", "score"], [[r["path"], r["predicted"], r["score"]] for r in rows])
         out.print(_literal(f"ranked {len(rows)} of {len(unlabelled)} unlabelled images; wrote {csv_path}"))
         _write_json(json_path, {"model": str(model_dir), "suggestions": rows, "skipped": [vars(item) for item in skipped]})
 
@@ -1040,21 +1033,26 @@ def _prediction_rows(classes, paths: list[str], probabilities: np.ndarray, k: in
 def _write_prediction_csv(csv_path: Path, rows: list[dict[str, Any]]) -> None:
     """path,label,probability, for --top-k K label_2,probability_2 ... label_K,probability_K, then
     novelty,unknown (empty for a model without a novelty score)."""
+    k = len(rows[0]["top_k"])
+    header = ["path", "label", "probability"] + [f"{n}_{r}" for r in range(2, k + 1) for n in ("label", "probability")]
+    cells = [[record["path"]] + [v for c in record["top_k"] for v in (c["label"], c["probability"])]
+             + ["" if record[key] is None else record[key] for key in ("novelty", "unknown")] for record in rows]
+    _write_csv(csv_path, header + ["novelty", "unknown"], cells)
+
+
+def _write_csv(csv_path: Path, header: list[str], rows: list[list]) -> None:
+    """One CSV file, all rows or none (written beside and renamed: never a CSV cut short)."""
     from transferkit.persistence import atomic_write
 
-    def write_csv(tmp: str) -> None:
+    def write(tmp: str) -> None:
         # surrogateescape: a file name that is not valid UTF-8 is written back byte for byte
         with open(tmp, "w", newline="", encoding="utf-8", errors="surrogateescape") as handle:
             writer = csv.writer(handle)
-            k = len(rows[0]["top_k"])
-            writer.writerow(["path", "label", "probability"] + [f"{n}_{r}" for r in range(2, k + 1) for n in ("label", "probability")]
-                            + ["novelty", "unknown"])
-            for record in rows:
-                flags = ["" if record[key] is None else record[key] for key in ("novelty", "unknown")]
-                writer.writerow([record["path"]] + [v for c in record["top_k"] for v in (c["label"], c["probability"])] + flags)
+            writer.writerow(header)
+            writer.writerows(rows)
 
     csv_path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(csv_path, write_csv)  # all rows or no file: never a CSV cut short
+    atomic_write(csv_path, write)
     err.print(_literal(f"wrote {csv_path}"))
 
 
