@@ -8,10 +8,8 @@ validates them and returns ``self``, and every learned attribute ends in ``_``. 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import time
 import warnings
-from pathlib import Path
 from typing import Any, Callable, Literal
 
 import numpy as np
@@ -26,7 +24,7 @@ from transferkit.backbones import Preprocessing, get_backbone_spec
 from transferkit.backbones.multilayer import FEATURE_LAYERS
 from transferkit.constraints import AUTO, InstanceOf, Interval, Options, Registered, Satisfies, validate_params
 from transferkit.data import (
-    ImageSet, check_classes, content_digests, decode_images, default_cache_dir, describe_conflicts, duplicate_groups, is_decoded,
+    ImageSet, check_classes, content_digests, decode_images, describe_conflicts, duplicate_groups, is_decoded,
     label_conflicts, load_pixels, pixel_groups, resolve_data, thumbnails,
 )
 from transferkit.errors import ConfigError, DataError, NotFittedError
@@ -38,7 +36,7 @@ from transferkit.strategies.features import SYMMETRIES, FeatureExtractor, symmet
 from transferkit.search import Arena
 from transferkit.training.augment import is_augmentation
 from transferkit.training.regularize import REGULARIZATION
-from transferkit.training.inputs import network_outputs, pixels_to_tensor, to_model_input
+from transferkit.training.inputs import network_outputs
 from transferkit.training.runtime import is_main_process, prediction_runtime, resolve_runtime
 
 Strategy = Literal["auto", "svm", "logistic", "head", "finetune", "full", "scratch", "pixels"]
