@@ -16,16 +16,14 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 
 LAYERS: list[tuple[str, ...]] = [
     ("transferkit._version", "transferkit.errors"),
-    ("transferkit.constraints", "transferkit.evaluation.metrics", "transferkit.evaluation.jobs", "transferkit.lines"),
+    ("transferkit.constraints", "transferkit.defaults", "transferkit.evaluation", "transferkit.lines"),
     ("transferkit.data", "transferkit.backbones"),
     ("transferkit.training",),
-    ("transferkit.evaluation.cv",),
     ("transferkit.strategies",),
-    ("transferkit.search",),
+    ("transferkit.selection",),
     ("transferkit.advise",),
     ("transferkit.estimator", "transferkit.card"),
     ("transferkit.persistence",),
-    ("transferkit.evaluation",),
     ("transferkit.report", "transferkit.export", "transferkit.info"),
     ("transferkit.serve",),
     ("transferkit.cli",),

@@ -411,8 +411,11 @@ def fit(
             precision=precision,
             verbose=not quiet,
         )
-        cv_report = _cross_validate_before_fit(classifier, images, cv, jobs, backend) if cv else None
+        auto = strategy == "auto"
+        cv_report = _cross_validate_before_fit(classifier, images, cv, jobs, backend) if cv and not auto else None
         classifier.fit(images)
+        if cv and auto:  # auto's candidate is known only after its search
+            cv_report = _cross_validate_before_fit(classifier, images, cv, jobs, backend)
         history = classifier.history_["history"]
         metrics = {"validation_accuracy": classifier.validation_score_, "validation": classifier.validation_}
         if cv_report is not None:
@@ -474,27 +477,33 @@ def _describe_validation(validation: dict[str, Any] | None) -> str:
 
 
 def _cross_validate_before_fit(classifier, data, cv: int, jobs: int = 1, backend: str | None = None) -> dict[str, Any]:
-    from sklearn.base import clone
-
+    """``fit --cv``: the classifier's candidate on every fold, through the selection engine. With
+    ``--strategy auto`` (fitted first) the candidate auto chose, on the same images it chose on."""
     from transferkit.data import decode_images, duplicate_groups, resolve_data
-    from transferkit.evaluation.cv import cross_validate, make_folds
     from transferkit.evaluation.metrics import majority_class_rate
+    from transferkit.selection.candidates import candidate_from_params
+    from transferkit.selection.compare import cross_validate, cv_result
 
     images = resolve_data(data, skip_bad=classifier.skip_bad)
-    size = classifier.image_size if classifier.image_size != "auto" else _default_size(classifier.backbone)
-    decoded = decode_images(images, size, skip_bad=classifier.skip_bad, cache_dir=classifier.cache_dir, progress=classifier.verbose)
-    images = images.subset(decoded.indices)
-    groups = duplicate_groups(images)  # exact copies of one picture stay in one fold
-    folds = make_folds(np.asarray(images.labels), cv=cv, groups=groups, seed=classifier.seed)
-    quiet = clone(classifier).set_params(verbose=False, checkpoint_dir=None, resume=False)
-    result = cross_validate(quiet, decoded.pixels, np.asarray(images.labels), folds, on_fold=_print_fold, n_jobs=jobs, backend=backend)
+    params = {**classifier.get_params(), "verbose": False, "checkpoint_dir": None, "resume": False}
+    search = classifier.advice_.search if getattr(classifier, "advice_", None) is not None else None
+    candidate = search.chosen.candidate if search is not None else candidate_from_params(params, "fit --cv")
+    usable = decode_images(images, candidate.image_size, skip_bad=classifier.skip_bad, cache_dir=classifier.cache_dir,
+                           progress=classifier.verbose)
+    images = images.subset(usable.indices)  # what the fit reads: unreadable files left out with --skip-bad
+    base = {**params, **dict(candidate.params)}
+    engine, trials, _ = cross_validate(images, [candidate], cv=cv, base=base, on_fold=_print_fold, n_jobs=jobs, backend=backend)
+    result = cv_result(trials[0], engine)
     low, high = result.ci95
     rate, _ = majority_class_rate(images.labels)
     balanced = float(np.mean([fold.balanced_accuracy for fold in result.folds]))
-    out.print(f"{cv}-fold CV accuracy {result.mean:.4f} ± {result.std:.4f} (95% Wilson interval {low:.4f}-{high:.4f}; "
-              f"majority-class rate {rate:.4f}, balanced accuracy {balanced:.4f}); refitting on all data")
+    after = ("; auto chose it on these images, so the figure is optimistic" if search is not None else "; refitting on all data")
+    out.print(f"{cv}-fold CV accuracy of {candidate.label} {result.mean:.4f} ± {result.std:.4f} (95% Wilson interval "
+              f"{low:.4f}-{high:.4f}; majority-class rate {rate:.4f}, balanced accuracy {balanced:.4f}){after}")
     report = result.to_dict()
+    report["candidate"] = candidate.to_dict()
     report["majority_class_rate"] = rate
+    groups = duplicate_groups(images)
     report["grouped_copies"] = 0 if groups is None else int(len(groups) - len(np.unique(groups)))
     return report
 
@@ -538,7 +547,8 @@ def compare(
         images = _resolve_data(data)  # before torch is imported: a wrong path fails at once
         from transferkit.data import describe_conflicts, label_conflicts
         from transferkit.estimator import ImageClassifier
-        from transferkit.evaluation.compare import compare_strategies, parse_strategies, strategy_params
+        from transferkit.selection.candidates import strategy_params
+        from transferkit.selection.compare import compare_strategies, parse_strategies
         from transferkit.evaluation.metrics import imbalance_note, majority_class_rate
         from transferkit.persistence import check_output_folder, save_model
         from transferkit.report import plot_comparison
@@ -559,7 +569,8 @@ def compare(
         out.print(comparison_table(comparison, data))
         best = comparison.best.strategy
         rate, majority = majority_class_rate(images.labels)
-        out.print(_literal(f"best: {best} (* above); CV accuracies against the majority-class rate {rate:.4f} (always {majority!r}); "
+        out.print(_literal(f"best: {best} (* above): {comparison.reason}"))
+        out.print(_literal(f"CV accuracies against the majority-class rate {rate:.4f} (always {majority!r}); "
                            f"{comparison.seconds:.0f} s in all"))
         note = imbalance_note(images.labels)
         if note is not None:
@@ -611,8 +622,8 @@ def advise(
     with _user_errors(), _results_to(json_path):
         images = _resolve_data(data)  # before torch is imported: a wrong path fails at once
         from transferkit.advise import advise as advise_data
-        from transferkit.advise.select import auto_strategies
-        from transferkit.evaluation.race import race_strategies
+        from transferkit.selection.auto import auto_strategies
+        from transferkit.selection.race import race_strategies
         from transferkit.report.tables import race_table
 
         err.print(_literal(f"measuring {images.describe()}"))
