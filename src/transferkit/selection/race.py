@@ -143,7 +143,7 @@ def race_strategies(
         Called with (strategy, FoldScore) after each fold.
     n_jobs, backend :
         Run each round's candidates in parallel through joblib (see
-        :func:`transferkit.evaluation.cv.run_jobs`).
+        :func:`transferkit.evaluation.jobs.run_parallel`).
     """
     started = time.perf_counter()
     names = list(dict.fromkeys([advised, *(RACE_CANDIDATES if candidates is None else candidates)]))

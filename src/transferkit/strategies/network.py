@@ -11,7 +11,7 @@ scratch    random      nothing                everything at lr
 
 ``factor`` is ``backbone_lr_factor``: ``"auto"`` is :data:`PLAYBOOK_LR_FACTOR` (0.1, the
 playbook's "about 10x smaller than for scratch training") for a strategy the user names; under
-strategy ``auto`` a short pilot measures it against 1 (``advise/select.py``).
+strategy ``auto`` a short pilot measures it against 1 (``selection/auto.py``).
 """
 
 from __future__ import annotations
