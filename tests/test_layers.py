@@ -16,7 +16,7 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 
 LAYERS: list[tuple[str, ...]] = [
     ("transferkit._version", "transferkit.errors"),
-    ("transferkit.constraints", "transferkit.defaults", "transferkit.evaluation", "transferkit.lines"),
+    ("transferkit.constraints", "transferkit.defaults", "transferkit.evaluation", "transferkit.files", "transferkit.lines"),
     ("transferkit.data", "transferkit.backbones"),
     ("transferkit.training",),
     ("transferkit.strategies",),

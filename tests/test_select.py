@@ -568,3 +568,23 @@ def test_a_network_trains_at_the_rate_the_user_fixed_without_a_pilot(tiny_params
     networks = [t.candidate for t in found.trials if t.candidate.strategy == "full"]
     assert len(networks) == 1 and dict(networks[0].params)["backbone_lr_factor"] == 0.3  # no pilot ran
     assert networks[0].label.endswith("pretrained lr x0.3") and not any("pilot" in r for r in found.reasons)
+
+
+def test_a_small_set_scores_its_cheap_candidates_by_repeated_k_fold_on_every_image(tiny_params, tmp_path):
+    assert cheap_repeats(2000, 400) == 0  # a held-out fifth of 400 images: one fold suffices
+    assert cheap_repeats(1347, 270) == 1 and cheap_repeats(150, 30) == 2  # digits: 5 folds; 150 face crops: 2 x 5
+    images, labels = make_images(6, 32)
+    arena = arena_of(images, labels, tiny_params, tmp_path, strategy="auto", image_size="auto")
+    found = search_auto(arena, facts(18, 32), recommendation(strategy="svm", freeze=None), backbone_size=32, fixed={},
+                        speeds=None, budget_seconds=None)
+    results = found.results
+    assert len(results.folds) == 10 and results.repeats == 2  # 6 images a class: 5 folds, twice
+    cheap = [t for t in found.trials if t.candidate.kind != "network"]
+    assert cheap and all(sorted(t.folds) == list(range(10)) for t in cheap)
+    for trial in cheap:  # every image held out in each repeat: out-of-fold probabilities for all of them
+        assert not np.isnan(results.oof_proba(trial.candidate)).any()
+        assert (results.held_out_fold(trial.candidate, repeat=1) >= 5).all()
+        assert not np.isnan(results.correct(trial.candidate)).any()
+    assert any(f"{len(cheap)} of the {len(cheap)} cheap candidates were also scored by 2 x 5-fold cross-validation on all 18 images"
+               in r for r in found.reasons)
+    assert found.decision.chosen is found.chosen and found.reasons[-1].startswith("the choice")

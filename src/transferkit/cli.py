@@ -213,7 +213,7 @@ def _write_json(path: Path | None, payload: dict[str, Any]) -> None:
     if path == STDOUT:
         sys.stdout.write(json.dumps(payload, indent=2) + "\n")
         return
-    from transferkit.persistence import atomic_write
+    from transferkit.files import atomic_write
 
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(payload, indent=2)))
@@ -881,7 +881,7 @@ def _prediction_rows(classes, paths: list[str], probabilities: np.ndarray, k: in
 
 def _write_prediction_csv(csv_path: Path, rows: list[dict[str, Any]]) -> None:
     """path,label,probability and, for --top-k K, label_2,probability_2 ... label_K,probability_K."""
-    from transferkit.persistence import atomic_write
+    from transferkit.files import atomic_write
 
     def write_csv(tmp: str) -> None:
         # surrogateescape: a file name that is not valid UTF-8 is written back byte for byte

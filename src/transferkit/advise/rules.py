@@ -34,7 +34,6 @@ from transferkit.advise.probe import DomainShift
 from transferkit.backbones import Preprocessing, backbone_stages, feature_dim
 from transferkit.errors import ConfigError
 from transferkit.selection.cost import Speeds, fit_seconds
-from transferkit.strategies import get_strategy
 from transferkit.strategies.network import PLAYBOOK_LR_FACTOR
 
 AdvisedStrategy = Literal["svm", "head", "finetune", "full", "scratch"]

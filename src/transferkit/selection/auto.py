@@ -250,21 +250,26 @@ def search_auto(
         _shared_feature_pass(search, size, tuple(dict.fromkeys(views)), warmed)
     search.evaluate_candidates(variants, [0])
 
-    # 3b. small held-out fold: the cheap candidates on every other fold too (seconds each; before the
+    # 3b. a small held-out fold: the cheap candidates on every other fold too (seconds each; before the
     # network, which is sized to what is left)
     if len(folds) > 1:
-        cheap = [t.candidate for t in search.trials.values() if is_cheap(t.candidate) and t.scores]
-        (on_event or (lambda line: None))(
-            f"{search.stamp()} {len(fold[1])} held-out images are few: scoring the {len(cheap)} cheap candidates on "
-            f"{repeats} x {len(folds) // repeats}-fold cross-validation of all {len(arena.targets):,} images")
-        search.evaluate_candidates(cheap, list(range(1, len(folds))))
-        reasons.append(f"{len(fold[1])} held-out images are few (one image is {1 / len(fold[1]):.3f} of accuracy): the "
-                       f"{len(cheap)} cheap candidates were also scored by {repeats} x {len(folds) // repeats}-fold "
-                       f"cross-validation on all {len(arena.targets):,} images, each image held out {repeats} time"
-                       f"{'s' if repeats > 1 else ''}, and compared image by image")
+        reasons.append(_cheap_on_every_fold(search, repeats))
 
     # 4. a trained network with what is left
     augment = _network_augment(fixed, symmetry)
+    _network_round(search, recommendation, facts, fixed, speeds, backbone_size, augment, reasons)
+
+    trials = list(search.trials.values())
+    decision = choose(search.results)
+    reasons += trial_reasons(trials, decision, len(fold[1]))
+    return AutoSearch(trials=trials, chosen=decision.chosen, symmetry=symmetry, reasons=reasons, augment=augment,
+                      seconds=clock() - begun, decision=decision, results=search.results)
+
+
+def _network_round(search: Engine, recommendation, facts, fixed, speeds: Speeds | None, backbone_size: int, augment: str,
+                   reasons: list[str]) -> None:
+    """Round 5: the learning-rate pilot, then a trained network sized to what is left, on the held-out fold."""
+    arena, fold = search.arena, search.folds[0]
     network = None
     leader = search.leader()
     perfect = leader is not None and leader.accuracy >= PERFECT
@@ -293,11 +298,21 @@ def search_auto(
         reasons.append("no trained network was measured: the budget left too little time for "
                        f"{MIN_NETWORK_EPOCHS} epochs at {NETWORK_SIDES[-1]} px on this machine (--budget-minutes M for more)")
 
-    trials = list(search.trials.values())
-    decision = choose(search.results)
-    reasons += trial_reasons(trials, decision, len(fold[1]))
-    return AutoSearch(trials=trials, chosen=decision.chosen, symmetry=symmetry, reasons=reasons, augment=augment,
-                      seconds=clock() - begun, decision=decision, results=search.results)
+
+def _cheap_on_every_fold(search: Engine, repeats: int) -> str:
+    """Score every cheap candidate measured so far on the folds after the held-out one; the reason line."""
+    folds, n_images = search.folds, len(search.arena.targets)
+    held_out, k = len(folds[0][1]), len(folds) // repeats
+    cheap = [t.candidate for t in search.trials.values() if is_cheap(t.candidate) and t.scores]
+    search.on_event(f"{search.stamp()} {held_out} held-out images are few: scoring the {len(cheap)} cheap candidates on "
+                    f"{repeats} x {k}-fold cross-validation of all {n_images:,} images")
+    trials = search.evaluate_candidates(cheap, list(range(1, len(folds))))
+    complete = [t for t in trials if len(t.folds) == len(folds)]
+    short = [t.candidate.label for t in trials if len(t.folds) < len(folds)]
+    cut = f" ({', '.join(short)}: the budget allowed {'it' if len(short) == 1 else 'them'} fewer folds)" if short else ""
+    return (f"{held_out} held-out images are few (one image is {1 / held_out:.3f} of accuracy): {len(complete)} of the "
+            f"{len(cheap)} cheap candidates were also scored by {repeats} x {k}-fold cross-validation on all {n_images:,} "
+            f"images, each image held out {repeats} time{'s' if repeats > 1 else ''}{cut}; they are compared image by image")
 
 
 def auto_strategies(facts, recommendation) -> list[str]:

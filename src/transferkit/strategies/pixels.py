@@ -19,7 +19,6 @@ the softmax is a score, not a calibrated probability.
 
 from __future__ import annotations
 
-import os
 import time
 from dataclasses import dataclass
 from types import MappingProxyType
