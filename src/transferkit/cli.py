@@ -31,6 +31,7 @@ from rich.console import Console
 from typer.core import TyperCommand
 from rich.text import Text
 
+from transferkit.defaults import DEFAULTS
 from transferkit.errors import ConfigError, TransferkitError
 from transferkit.lines import Wrapped
 
@@ -336,23 +337,23 @@ COMMAND_DATA_OPTIONS: dict[str, tuple[str, ...]] = {
 def fit(
     data: DataArg,
     out_dir: Annotated[Path, typer.Option("--out", help="Model folder to write (model.safetensors + config.json + checkpoint).")],
-    backbone: Annotated[str, typer.Option(help="Registered backbone (see `transferkit models`) or any timm model name.")] = "efficientnet_lite0",
+    backbone: Annotated[str, typer.Option(help="Registered backbone (see `transferkit models`) or any timm model name.")] = DEFAULTS["backbone"],
     strategy: Annotated[str, typer.Option(help="auto (measure the data, follow the playbook) | {strategies}.")] = "auto",
     freeze: Annotated[Optional[int], typer.Option(help="finetune: freeze the stem and the first N stages (default 3).")] = None,
-    epochs: Annotated[int, typer.Option(help="Network strategies: maximum epochs; early stopping may end sooner (the fit says when and why). --strategy auto sizes the network's epochs to --budget-minutes instead (up to 30).")] = 10,
-    lr: Annotated[float, typer.Option(help="Learning rate of the new head (pretrained layers: lr x backbone-lr-factor).")] = 1e-3,
+    epochs: Annotated[int, typer.Option(help="Network strategies: maximum epochs; early stopping may end sooner (the fit says when and why). --strategy auto sizes the network's epochs to --budget-minutes instead (up to 30).")] = DEFAULTS["epochs"],
+    lr: Annotated[float, typer.Option(help="Learning rate of the new head (pretrained layers: lr x backbone-lr-factor).")] = DEFAULTS["lr"],
     backbone_lr_factor: Annotated[str, typer.Option(help="Pretrained layers train at lr times this. auto: 0.1 (the playbook's 10x smaller), measured against 1 by a short pilot under --strategy auto.")] = "auto",
     image_size: Annotated[Optional[int], typer.Option(help="Square image side in pixels (default: the backbone's).")] = None,
     augment: Annotated[str, typer.Option(help="Network strategies: a preset (none | light | standard | strong) or a composition of hflip, vflip, rot90, rotate, translate, scale, color, e.g. 'rotate,translate' (no flips). auto: with --strategy auto, the flips and 90-degree turns the symmetry test allows; else standard.")] = "auto",
-    batch_size: Annotated[int, typer.Option(help="Images per training step.")] = 32,
-    val_fraction: Annotated[float, typer.Option(help="Stratified hold-out share for early stopping.")] = 0.15,
-    patience: Annotated[int, typer.Option(help="Epochs without better validation loss before stopping.")] = 3,
+    batch_size: Annotated[int, typer.Option(help="Images per training step.")] = DEFAULTS["batch_size"],
+    val_fraction: Annotated[float, typer.Option(help="Stratified hold-out share for early stopping.")] = DEFAULTS["val_fraction"],
+    patience: Annotated[int, typer.Option(help="Epochs without better validation loss before stopping.")] = DEFAULTS["patience"],
     class_weight: Annotated[Optional[str], typer.Option(help="'balanced' to weight classes by inverse frequency; 'none' for equal weights (default: the advisor's choice with --strategy auto, else none).")] = None,
-    seed: Annotated[int, typer.Option(help="Same seed, same model.")] = 0,
+    seed: Annotated[int, typer.Option(help="Same seed, same model.")] = DEFAULTS["seed"],
     c: Annotated[Optional[float], typer.Option("--C", help="svm/logistic: regularisation (default: chosen by inner CV).")] = None,
-    feature_views: Annotated[int, typer.Option(help="svm/logistic: augmented views per training image.")] = 0,
-    prefix_views: Annotated[int, typer.Option(help="head/finetune: compute the frozen stages once for this many augmented views per image and train only the rest on the cached activations (0: plain loop).")] = 0,
-    head_init: Annotated[str, typer.Option(help="head/finetune/full: start the new head at random (random) or from a linear probe on the network's own features (probe: LP-FT).")] = "random",
+    feature_views: Annotated[int, typer.Option(help="svm/logistic: augmented views per training image.")] = DEFAULTS["feature_views"],
+    prefix_views: Annotated[int, typer.Option(help="head/finetune: compute the frozen stages once for this many augmented views per image and train only the rest on the cached activations (0: plain loop).")] = DEFAULTS["prefix_views"],
+    head_init: Annotated[str, typer.Option(help="head/finetune/full: start the new head at random (random) or from a linear probe on the network's own features (probe: LP-FT).")] = DEFAULTS["head_init"],
     budget_minutes: BudgetOpt = "auto",
     symmetries: Annotated[str, typer.Option(help="svm/logistic: average features over image flips (and turns by 90 degrees) at fit and predict (auto: measured | none | flips | dihedral: flips and 90-degree turns).")] = "auto",
     feature_layers: Annotated[str, typer.Option(help="svm/logistic: the features read (auto: measured | bottleneck: the layer before the classifier | stages: that plus every stage's pooled output, for data far from ImageNet).")] = "auto",
