@@ -199,7 +199,7 @@ def test_readme_lists_exactly_the_registered_strategies():
 
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     synopsis = next(line for line in readme.splitlines() if line.startswith("transferkit compare DATA [--strategies"))
-    listed = re.search(r"--strategies ([\w,]+)\]", synopsis).group(1).split(",")
+    listed = re.search(r"--strategies (?:all\|)?([\w,]+)\]", synopsis).group(1).split(",")
     assert listed == list(list_strategies())
     table = [re.match(r"\| `(\w+)` +\|", line).group(1) for line in readme.splitlines() if re.match(r"\| `\w+` +\|", line)]
     assert [name for name in table if name != "auto"] == list(list_strategies())

@@ -18,9 +18,11 @@ points), so the rule reads the evidence the engine kept, the held-out outcome of
    Statistical Learning*, 7.10): the simplest model whose score is within one standard error of
    the best, on paired differences rather than two means.
 
-Averaging the tied candidates' probabilities instead was measured on the benchmark sets with the
-engine's out-of-fold probabilities (``benchmarks/RESULTS.md``, "The winner rule"); the playbook's
-order is the rule because a single candidate is also a single saved network.
+Averaging the tied candidates' probabilities is the alternative the issue names; it is not the
+rule because an average of several candidates is not one saved network (a feature classifier and
+an RBF kernel machine cannot be folded into one head), and ``benchmarks/winner_rule.py`` measures
+it against the rule with the engine's out-of-fold probabilities and the test parts
+(``benchmarks/RESULTS.md``, "The winner rule").
 """
 
 from __future__ import annotations
