@@ -12,8 +12,7 @@ import numpy as np
 from PIL import Image
 
 from transferkit.card import probability_note
-from transferkit.data import ImageSet
-from transferkit.estimator import load_pixels
+from transferkit.data import ImageSet, load_pixels
 from transferkit.persistence import load_model, read_config
 
 
