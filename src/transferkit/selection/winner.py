@@ -123,7 +123,8 @@ def choose(results: Results, trials: Sequence[Trial] | None = None) -> Decision:
 
 def _reason(results: Results, chosen: Trial, best: Trial, tied: list[Trial], paired: dict[int, Paired], order) -> str:
     n = results.n_images
-    score = f"{best.candidate.label} scored best ({best.accuracy:.3f})"
+    shared = paired[id(best)].n_images
+    score = f"{best.candidate.label} scored best on the {shared:,} images every candidate was scored on"
     if len(tied) == 1:
         runner = sorted((p.difference, p.standard_error) for key, p in paired.items() if key != id(best))
         if not runner:
@@ -137,7 +138,10 @@ def _reason(results: Results, chosen: Trial, best: Trial, tied: list[Trial], pai
         return (f"{score}; {others} within {TIE_STANDARD_ERRORS:g} paired standard error of it: the playbook's order for "
                 f"{n:,} images ({ranking}) keeps it")
     pair = paired[id(chosen)]
-    return (f"{score}, but {chosen.candidate.label} ({chosen.accuracy:.3f}) is within {TIE_STANDARD_ERRORS:g} paired standard "
-            f"error of it ({pair.difference:+.3f} per image, standard error {pair.standard_error:.3f} over {pair.n_images:,} "
-            f"images), as are {len(tied) - 2} others: the scores cannot tell them apart, and the playbook's order for {n:,} images "
-            f"({ranking}) prefers {KIND_WORDS[chosen.candidate.kind]}")
+    more = len(tied) - 2
+    also = f", as {'is' if more == 1 else 'are'} {more} other{'s' if more > 1 else ''}" if more else ""
+    within = "of those, it did best against the best image by image" if chosen.candidate.kind == best.candidate.kind else \
+        f"it prefers {KIND_WORDS[chosen.candidate.kind]}"
+    return (f"{score}, but {chosen.candidate.label} is within {TIE_STANDARD_ERRORS:g} paired standard error of it "
+            f"({pair.difference:+.3f} per image, standard error {pair.standard_error:.3f} over {pair.n_images:,} images){also}: "
+            f"the scores cannot tell them apart, and the playbook's order for {n:,} images ({ranking}) decides; {within}")
