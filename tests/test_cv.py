@@ -1,4 +1,5 @@
-"""Cross-validation and `compare`: identical folds, no leakage, the documented JSON."""
+"""Cross-validation and `compare` through the selection engine: identical folds, no leakage, the
+documented JSON, out-of-fold probabilities, learning curves."""
 
 from __future__ import annotations
 
@@ -8,11 +9,18 @@ import numpy as np
 import pytest
 
 from conftest import TINY_BACKBONE, make_images
-from transferkit import ConfigError, DataError, ImageClassifier
+from transferkit import ConfigError, DataError
 from transferkit.data import ImageSet
-from transferkit.evaluation import compare as compare_module
-from transferkit.evaluation.compare import compare_strategies, parse_strategies
-from transferkit.evaluation.cv import CVResult, FoldScore, cross_validate, make_folds, wilson_interval
+from transferkit.selection import candidate_from_params, learning_curve
+from transferkit.selection.compare import compare_strategies, cross_validate, cv_result, parse_strategies
+from transferkit.selection.folds import make_folds
+from transferkit.selection.results import CVResult, FoldScore, wilson_interval
+
+
+def svm_cv(tiny_params, images, labels, cv=3, **params):
+    """``fit --cv``'s path: one candidate from estimator parameters, every fold, through the engine."""
+    candidate = candidate_from_params(dict(tiny_params, strategy="svm", **params), "test")
+    return cross_validate(ImageSet(sources=list(images), labels=labels), [candidate], cv=cv, base=dict(tiny_params, **params))
 
 
 def test_folds_are_stratified_deterministic_and_cover_every_image_once():
@@ -42,26 +50,64 @@ def test_too_few_images_for_the_folds_is_a_clear_error():
 
 def test_cross_validate_reports_per_fold_scores_and_an_interval(tiny_params):
     images, labels = make_images(6, 32)
-    folds = make_folds(np.array(labels), cv=3)
-    result = cross_validate(ImageClassifier(**dict(tiny_params, strategy="svm"), C=0.1), images, np.array(labels), folds)
-    summary = result.to_dict()
+    engine, trials, decision = svm_cv(tiny_params, images, labels, C=0.1)
+    summary = cv_result(trials[0], engine).to_dict()
     assert len(summary["fold_scores"]) == 3 and summary["cv_mean"] == pytest.approx(np.mean(summary["fold_scores"]))
     low, high = summary["ci95"]
     assert low <= summary["cv_mean"] <= high
     assert all(f["n_train"] == 12 and f["n_test"] == 6 for f in summary["folds"])
+    assert decision.chosen is trials[0]
+
+
+def test_the_engine_gives_out_of_fold_probabilities_per_image_and_candidate(tiny_params):
+    images, labels = make_images(6, 32)
+    engine, trials, _ = svm_cv(tiny_params, images, labels, C=0.1)
+    candidate = trials[0].candidate
+    proba = engine.results.oof_proba(candidate)
+    assert proba.shape == (18, 3) and np.allclose(proba.sum(axis=1), 1.0)  # every image held out once
+    folds = engine.results.held_out_fold(candidate)
+    assert sorted(set(folds.tolist())) == [0, 1, 2]
+    for number, (train, test) in enumerate(engine.folds):
+        assert (folds[test] == number).all()
+    # the probabilities' argmax is the fold's prediction, and the accuracy the fold's score
+    targets = engine.arena.targets
+    correct = engine.results.correct(candidate)[0]
+    assert np.array_equal(correct, (proba.argmax(axis=1) == targets).astype(float))
+    assert np.mean(correct) == pytest.approx(np.mean(trials[0].scores))
+    # a candidate scored on one fold only: NaN rows for the images no fold of it held out
+    engine.evaluate_candidates([candidate_from_params(dict(tiny_params, strategy="logistic", C=0.1), "test")], [1])
+    logistic = list(engine.trials)[1]
+    partial = engine.results.oof_proba(logistic)
+    held = np.zeros(18, dtype=bool)
+    held[engine.folds[1][1]] = True
+    assert np.isnan(partial[~held]).all() and not np.isnan(partial[held]).any()
+    assert (engine.results.held_out_fold(logistic)[~held] == -1).all()
+
+
+def test_a_learning_curve_trains_on_growing_parts_and_scores_the_same_held_out_images(tiny_params):
+    images, labels = make_images(8, 32)
+    engine, trials, _ = svm_cv(tiny_params, images, labels, cv=2, C=0.1)
+    seen = []
+    real = engine.score
+    engine.score = lambda candidate, fold: seen.append((len(fold[0]), tuple(fold[1]))) or real(candidate, fold)
+    curve = learning_curve(engine, trials[0].candidate, fractions=(0.5, 1.0), folds=[0])
+    assert [n for n, _ in seen] == [6, 12] and seen[0][1] == seen[1][1] == tuple(engine.folds[0][1])
+    assert curve.scores.shape == (2, 1) and curve.sizes == [6.0, 12.0]
+    assert curve.probabilities[0][0].shape == (12, 3)
+    assert curve.to_dict()["mean"] == curve.scores.mean(axis=1).tolist()
 
 
 def test_compare_gives_every_strategy_identical_folds_and_the_documented_json(tiny_params, monkeypatch):
-    import transferkit.search as search_module
+    import transferkit.selection.engine as engine_module
 
     seen = {}
-    real = search_module.score_candidate
+    real = engine_module.score_candidate
 
     def spy(arena, candidate, fold, callbacks=(), **options):
         seen.setdefault(candidate.strategy, []).append(sorted(fold[1].tolist()))
         return real(arena, candidate, fold, callbacks, **options)
 
-    monkeypatch.setattr(search_module, "score_candidate", spy)
+    monkeypatch.setattr(engine_module, "score_candidate", spy)
     images, labels = make_images(6, 32)
     base = {k: v for k, v in tiny_params.items() if k not in ("image_size", "epochs", "strategy")}
     comparison = compare_strategies(
@@ -89,8 +135,7 @@ def test_nested_choices_see_only_the_fold_training_part(tiny_params, monkeypatch
         lambda features, *a, **k: sizes.append(len(features)) or real(features, *a, **k),
     )
     images, labels = make_images(6, 32)
-    folds = make_folds(np.array(labels), cv=3)
-    cross_validate(ImageClassifier(**dict(tiny_params, strategy="svm")), images, np.array(labels), folds)
+    svm_cv(tiny_params, images, labels)
     assert sizes == [12, 12, 12]
 
 
@@ -158,13 +203,13 @@ def test_jobs_2_gives_the_same_table_as_jobs_1(tiny_params, image_folder, tmp_pa
     assert [name for name, *_ in tables[0]] == ["svm", "logistic", "head"]
 
 
-def test_run_jobs_checks_its_options():
-    from transferkit.evaluation.cv import run_jobs
+def test_the_engines_jobs_check_their_options():
+    from transferkit.evaluation.jobs import run_parallel
 
     with pytest.raises(ConfigError, match="jobs expected a positive integer"):
-        list(run_jobs([], n_jobs=0))
+        list(run_parallel(print, [], n_jobs=0, backend=None))
     with pytest.raises(ConfigError, match="unknown joblib backend"):
-        list(run_jobs([], n_jobs=2, backend="magic"))
+        list(run_parallel(print, [], n_jobs=2, backend="magic"))
 
 
 def test_the_interval_stays_inside_0_and_1_and_says_how_it_was_made():

@@ -133,13 +133,18 @@ def test_budget_minutes_reaches_the_advisor_and_is_validated(tiny_params, monkey
 
 
 def test_class_weight_none_overrides_the_advisors_balanced_weights(tiny_params, monkeypatch):
-    import transferkit.advise.select as select
+    import transferkit.selection.auto as select
 
     images, labels = make_images(6, 32)
     keep = [i for i, label in enumerate(labels) if label != "red" or i % 3 == 0]  # red: 2 of 6 -> imbalance 3
     images, labels = images[keep], [labels[i] for i in keep]
     # the imbalance rule proposes balanced weights; make the measurement pick that candidate where it ran
-    monkeypatch.setattr(select, "winner", lambda trials: next((t for t in trials if t.candidate.class_weight == "balanced"), trials[0]))
+    def balanced_wins(results, trials=None):
+        trials = list(results.trials.values())
+        chosen = next((t for t in trials if t.candidate.class_weight == "balanced"), trials[0])
+        return select.Decision(chosen=chosen, best=chosen, reason="the test's choice")
+
+    monkeypatch.setattr(select, "choose", balanced_wins)
     advised = ImageClassifier(**dict(tiny_params, strategy="auto", budget_minutes=None)).fit(images, labels)
     assert advised.settings_["class_weight"] == "balanced"
     mine = ImageClassifier(**dict(tiny_params, strategy="auto", class_weight="none", budget_minutes=None)).fit(images, labels)

@@ -43,7 +43,7 @@ from transferkit.data import (
 from transferkit.data import validate
 from transferkit.errors import DataError
 from transferkit.evaluation import classification_metrics
-from transferkit.evaluation.cv import make_folds
+from transferkit.selection.folds import make_folds
 
 runner = CliRunner()
 

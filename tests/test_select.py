@@ -14,13 +14,13 @@ import transferkit
 from conftest import TINY_BACKBONE, make_images
 from transferkit.advise import DataFacts
 from transferkit.advise.rules import Recommendation
-from transferkit.advise.select import (
+from transferkit.selection.auto import (
     MAX_NETWORK_EPOCHS,
     MIN_NETWORK_EPOCHS,
     PILOT_FACTORS,
     PILOT_SHARE,
-    Speeds,
     Symmetry,
+    cheap_repeats,
     _learning_rate_pilot,
     _network_augment,
     _network_candidate,
@@ -30,7 +30,8 @@ from transferkit.advise.select import (
     trial_reasons,
 )
 from transferkit.backbones import get_backbone_spec
-from transferkit.search import Arena, Candidate, CandidateSearch, Trial, winner
+from transferkit.selection import Arena, Candidate, Engine, Results, Trial, choose
+from transferkit.selection.cost import CostModel, Speeds
 from transferkit.strategies.pixels import _inputs, fit_pixel_classifier, pixel_kernel_from
 from transferkit.training.callbacks import Deadline
 from transferkit.training.inputs import pixels_to_tensor
@@ -128,21 +129,21 @@ def test_the_network_candidate_takes_the_largest_side_the_budget_affords(tiny_pa
     arena = arena_of(images, labels, tiny_params, tmp_path, batch_size=32)
     fold = (np.arange(14), np.arange(14, 18))
     speeds = FakeSpeeds(forward=0.001, train=0.01)  # at 32 px; x (side / 32)^2
-    search = CandidateSearch(arena, [fold], budget_seconds=100.0, cost=None, clock=itertools.repeat(0.0).__next__)
+    search = Engine(arena, [fold], budget_seconds=100.0, cost=None, clock=itertools.repeat(0.0).__next__)
     candidate = _network_candidate(recommendation(strategy="full", freeze=0), facts(2000, 300), {}, search, speeds, 1600, 400,
                                    224, "rotate,translate")
     # an epoch costs (1,600 x 0.01 + 400 x 0.001) x (s/32)^2 = 16.4 s at 32 px: of the 12 epochs wanted
     # (600 steps of 50) none fits 100 s, and only 32 px affords the minimum of 6
     assert (candidate.strategy, candidate.image_size, dict(candidate.params)["epochs"]) == ("full", 32, MIN_NETWORK_EPOCHS)
     assert dict(candidate.params)["augment"] == "rotate,translate"
-    roomier = CandidateSearch(arena, [fold], budget_seconds=1000.0, cost=None, clock=itertools.repeat(0.0).__next__)
+    roomier = Engine(arena, [fold], budget_seconds=1000.0, cost=None, clock=itertools.repeat(0.0).__next__)
     wide = _network_candidate(recommendation(strategy="full", freeze=0), facts(2000, 300), {}, roomier, speeds, 1600, 400,
                               224, "rotate,translate")
     # 80 px affords 9 epochs (103 s each), 64 px all 12 (66 s each): the whole schedule at the smaller side wins,
     # with the 15 epochs that fit there
     assert (wide.image_size, dict(wide.params)["epochs"]) == (64, 15)
     # a budget with room to spare: the largest side, and the most epochs (a 60-minute ELPV fit had trained 7 of 30)
-    ample = CandidateSearch(arena, [fold], budget_seconds=100_000.0, cost=None, clock=itertools.repeat(0.0).__next__)
+    ample = Engine(arena, [fold], budget_seconds=100_000.0, cost=None, clock=itertools.repeat(0.0).__next__)
     large = _network_candidate(recommendation(strategy="full", freeze=0), facts(2000, 300), {}, ample, speeds, 1600, 400,
                                224, "rotate,translate", min_steps=300)
     assert (large.image_size, dict(large.params)["epochs"]) == (224, MAX_NETWORK_EPOCHS)
@@ -159,26 +160,79 @@ def test_the_network_candidate_takes_the_largest_side_the_budget_affords(tiny_pa
     assert _network_candidate(recommendation(), facts(2000, 300), {}, search, hopeless, 1600, 400, 224, "x") is None
 
 
-def test_the_best_accuracy_wins_ties_go_to_the_earlier_and_a_network_must_win_by_a_margin():
-    a, b, c = (Candidate(s, 224, "") for s in ("svm", "logistic", "pixels"))
-    assert winner([Trial(a, [0.90]), Trial(b, [0.95]), Trial(c, [0.80])]).candidate is b
-    assert winner([Trial(a, [0.951]), Trial(b, [0.952]), Trial(c, skipped="skipped")]).candidate is a
-    network = Candidate("full", 128, "")
-    assert winner([Trial(a, [0.90]), Trial(network, [0.905])]).candidate is a  # within the margin
-    assert winner([Trial(a, [0.90]), Trial(network, [0.93])]).candidate is network
+def scored(candidates_and_outcomes, targets=None):
+    """A Results table with one fold holding out every image, and each candidate's per-image
+    outcomes (1 right, 0 wrong) as its predictions."""
+    n = len(candidates_and_outcomes[0][1])
+    targets = np.zeros(n, dtype=int) if targets is None else targets
+    results = Results([(np.arange(0), np.arange(n))], targets, 2)
+    for candidate, outcome in candidates_and_outcomes:
+        right = np.asarray(outcome, dtype=bool)
+        results.trials[candidate] = Trial(candidate, [float(right.mean())], [0], [np.where(right, targets, 1 - targets)])
+    return results
+
+
+def test_the_best_wins_when_it_is_ahead_beyond_the_paired_noise():
+    a, b = Candidate("svm", 224, ""), Candidate("logistic", 224, "")
+    # b right on 20 more of 100 images, a right on none that b misses: far beyond one standard error
+    results = scored([(a, [1] * 70 + [0] * 30), (b, [1] * 90 + [0] * 10)])
+    decision = choose(results)
+    assert decision.chosen.candidate is b and decision.tied == [decision.chosen]
+    assert "beyond the noise" in decision.reason
+
+
+def test_held_out_scores_that_tie_are_decided_by_the_playbooks_order_not_by_cost_or_accident():
+    """The issue's face crops: pixels and the feature classifiers all near the top of 30 held-out
+    images; within the paired noise the playbook's order for small data (features first) decides,
+    whichever candidate came first or was cheaper, and the reasons say so."""
+    pixels, svm, logistic = Candidate("pixels", 25, ""), Candidate("svm", 224, ""), Candidate("logistic", 224, "")
+    # pixels first (cheap and earliest), one image ahead of svm on 30: within one paired standard error
+    results = scored([(pixels, [1] * 30), (svm, [1] * 29 + [0]), (logistic, [1] * 28 + [0, 0])])
+    decision = choose(results)
+    assert decision.best.candidate is pixels
+    assert decision.chosen.candidate is svm  # features first; of the tied features the closer to the best
+    assert {t.candidate for t in decision.tied} == {pixels, svm}  # two images behind (0.067, SE 0.046) is beyond the noise
+    assert "cannot tell them apart" in decision.reason and "playbook" in decision.reason
+    # the same scores in another order: the same choice (not the earlier one)
+    assert choose(scored([(svm, [1] * 29 + [0]), (pixels, [1] * 30)])).chosen.candidate is svm
+
+
+def test_a_network_counts_its_margin_and_wins_only_beyond_the_noise():
+    a, network = Candidate("svm", 224, ""), Candidate("full", 128, "")
+    # one image better on 100: within the noise, and the network's score chose its epoch: features
+    assert choose(scored([(a, [1] * 90 + [0] * 10), (network, [1] * 91 + [0] * 9)])).chosen.candidate is a
+    # 15 images better: the network
+    assert choose(scored([(a, [1] * 75 + [0] * 25), (network, [1] * 90 + [0] * 10)])).chosen.candidate is network
+    # a skipped candidate never wins; nothing measured: the first, unmeasured
+    skipped = Trial(Candidate("logistic", 224, ""), skipped="skipped")
+    results = scored([(a, [1] * 10)])
+    assert choose(results, [*results.trials.values(), skipped]).chosen.candidate is a
+    assert choose(results, [skipped]).chosen is skipped
+
+
+def test_paired_comparison_pairs_images_across_repeats():
+    from transferkit.selection.winner import paired_difference
+
+    a = np.array([[1, 1, 0, np.nan], [1, 0, 1, 1.0]])
+    b = np.array([[1, 0, 0, 1.0], [np.nan, 0, 0, 1.0]])
+    paired = paired_difference(a, b)
+    # image 0: (1-1)/1; image 1: ((1-0)+(0-0))/2; image 2: (0-0 + 1-0)/2; image 3: (1-1)/1
+    assert paired.n_images == 4 and paired.difference == pytest.approx(np.mean([0, 0.5, 0.5, 0]))
 
 
 def test_the_budget_skips_candidates_that_no_longer_fit_with_a_fake_clock(tiny_params, tmp_path):
     images, labels = make_images(6, 32)
     arena = arena_of(images, labels, tiny_params, tmp_path, strategy="svm")
     ticks = itertools.count(0.0, 1.0)  # every clock reading is one second later
-    cost = lambda candidate, n_train, n_test, done: 0.0 if candidate.strategy == "pixels" else 18.0  # noqa: E731
-    search = CandidateSearch(arena, [(np.arange(0, 18, 2), np.arange(1, 18, 2))], budget_seconds=10.0, cost=cost,
+    cost = lambda candidate, n_train, n_test, trials: 0.0 if candidate.strategy == "pixels" else 18.0  # noqa: E731
+    search = Engine(arena, [(np.arange(0, 18, 2), np.arange(1, 18, 2))], budget_seconds=10.0, cost=cost,
                              clock=lambda: next(ticks))
     trials = search.evaluate_candidates([Candidate("svm", 32, "always"), Candidate("pixels", 16, "y")])
     assert trials[0].skipped.startswith("skipped: ~18 s to measure") and trials[1].accuracy is not None
-    assert winner(trials).candidate.strategy == "pixels"
-    assert trial_reasons(trials, winner(trials), 9)[-1].startswith("measured on the same 9 held-out images: pixels 16 px")
+    decision = choose(search.results)
+    assert decision.chosen.candidate.strategy == "pixels"
+    assert trial_reasons(trials, decision, 9)[-1].startswith("the choice, on the same 9 held-out images")
+    assert "pixels 16 px scored best" in trial_reasons(trials, decision, 9)[-1]
 
 
 def test_a_deadline_stops_training_before_the_budget_ends_with_a_fake_clock(tiny_params):
@@ -221,7 +275,7 @@ def test_the_symmetry_test_finds_the_flip_that_changes_the_class(tiny_weights, t
 def test_a_network_is_raced_and_trains_without_the_flip_the_data_rejects(tiny_params, tmp_path, monkeypatch):
     import transferkit.strategies.network as network
 
-    import transferkit.advise.select as select
+    import transferkit.selection.auto as select
 
     monkeypatch.setattr(select, "PERFECT", 1.01)  # the frozen features separate the ramps perfectly: race a network anyway
     augments = []
@@ -240,7 +294,7 @@ def test_a_network_is_raced_and_trains_without_the_flip_the_data_rejects(tiny_pa
 
 
 def test_an_auto_fit_keeps_the_network_the_search_trained(tiny_params, tmp_path, monkeypatch):
-    import transferkit.advise.select as select
+    import transferkit.selection.auto as select
     import transferkit.strategies.network as network
 
     monkeypatch.setattr(select, "PERFECT", 1.01)
@@ -248,7 +302,11 @@ def test_an_auto_fit_keeps_the_network_the_search_trained(tiny_params, tmp_path,
     real = network.NetworkStrategy.fit
     monkeypatch.setattr(network.NetworkStrategy, "fit", lambda self, request: fits.append(1) or real(self, request))
     # make the network (the last one trained, after the learning-rate pilot) win whatever it scores, to see the fit reuse it
-    monkeypatch.setattr(select, "winner", lambda trials: [t for t in trials if t.candidate.strategy in ("full", "finetune")][-1])
+    def network_wins(results, trials=None):
+        network = [t for t in results.trials.values() if t.candidate.strategy in ("full", "finetune")][-1]
+        return select.Decision(chosen=network, best=network, reason="the test's choice")
+
+    monkeypatch.setattr(select, "choose", network_wins)
     images, labels = ramps(12)
     clf = transferkit.ImageClassifier(**dict(tiny_params, strategy="auto", image_size=32, cache_dir=str(tmp_path),
                                               budget_minutes=None)).fit(images, labels)
@@ -330,33 +388,38 @@ def test_flips_average_the_features_of_the_four_views_at_fit_and_predict(tiny_we
 def test_when_the_budget_measures_nothing_auto_falls_back_to_svm_and_says_so():
     trials = [Trial(Candidate("svm", 224, "always"), skipped="skipped: ~90 s to measure, 3 s of the budget left"),
               Trial(Candidate("logistic", 224, "x"), skipped="skipped: ~90 s to measure, 3 s of the budget left")]
-    chosen = winner(trials)
-    assert chosen.candidate.strategy == "svm"
-    assert trial_reasons(trials, chosen, 100)[-1] == "no candidate could be measured within the budget: auto fits svm 224 px unmeasured"
+    decision = choose(Results([(np.arange(0), np.arange(4))], np.zeros(4, dtype=int), 2), trials)
+    assert decision.chosen.candidate.strategy == "svm"
+    assert trial_reasons(trials, decision, 100)[-1] == "no candidate could be measured within the budget: auto fits svm 224 px unmeasured"
+
+
+def done(*candidates: Candidate) -> dict[Candidate, Trial]:
+    """Trials of candidates already scored (no fold timings recorded)."""
+    return {c: Trial(c, [0.9]) for c in candidates}
 
 
 def test_the_budget_counts_cached_features_as_free():
-    from transferkit.advise.select import _cost
-
-    cost = _cost(FakeSpeeds(forward=1.0, train=1.0), 18)
+    cost = CostModel(FakeSpeeds(forward=1.0, train=1.0), 18)
     svm, logistic, flips = Candidate("svm", 32, "a"), Candidate("logistic", 32, "b"), Candidate("logistic", 32, "c", symmetries="flips")
-    assert cost(svm, 14, 4, []) == 18.0
-    assert cost(logistic, 14, 4, [svm]) == 0.0  # reads the features svm extracted at the same size
-    assert cost(flips, 14, 4, [svm]) == 3 * 18.0  # three flipped views not extracted yet
-    assert cost(Candidate("full", 32, "d", params=(("epochs", 2),)), 14, 4, [svm]) == 2 * (14 * 1.0 + 4 * 1.0)
+    assert cost(svm, 14, 4, {}) == 18.0
+    assert cost(logistic, 14, 4, done(svm)) == 0.0  # reads the features svm extracted at the same size
+    assert cost(flips, 14, 4, done(svm)) == 3 * 18.0  # three flipped views not extracted yet
+    assert cost(Candidate("full", 32, "d", params=(("epochs", 2),)), 14, 4, done(svm)) == 2 * (14 * 1.0 + 4 * 1.0)
+    # a candidate already scored on a fold costs what its last fold took, less the features it cached
+    timed = Trial(svm, [0.9, 0.8], [0, 1], fold_seconds=[12.0, 2.0], extract_seconds=10.0)
+    assert cost(svm, 14, 4, {svm: timed}) == 2.0
+    assert cost(svm, 14, 4, {svm: Trial(svm, [0.9], [0], fold_seconds=[12.0], extract_seconds=10.0)}) == 2.0
 
 
 def test_multi_layer_features_cover_the_bottleneck_in_the_budget():
-    from transferkit.advise.select import _cost
-
     warmed = set()
-    cost = _cost(FakeSpeeds(forward=1.0, train=1.0), 18, warmed)
+    cost = CostModel(FakeSpeeds(forward=1.0, train=1.0), 18, warmed)
     svm, stages = Candidate("svm", 32, "a"), Candidate("svm", 32, "b", feature_layers="stages")
-    assert cost(stages, 14, 4, [svm]) == 18.0  # the bottleneck's features are not the stages'
-    assert cost(svm, 14, 4, [stages]) == 0.0  # the stages' features end with the bottleneck's
+    assert cost(stages, 14, 4, done(svm)) == 18.0  # the bottleneck's features are not the stages'
+    assert cost(svm, 14, 4, done(stages)) == 0.0  # the stages' features end with the bottleneck's
     warmed.add((32, "stages", "identity"))  # a shared pass computed them
-    assert cost(stages, 14, 4, []) == cost(svm, 14, 4, []) == 0.0
-    assert cost(Candidate("logistic", 32, "c", symmetries="flips"), 14, 4, []) == 3 * 18.0
+    assert cost(stages, 14, 4, {}) == cost(svm, 14, 4, {}) == 0.0
+    assert cost(Candidate("logistic", 32, "c", symmetries="flips"), 14, 4, {}) == 3 * 18.0
 
 
 def test_auto_races_multi_layer_features_from_one_shared_pass(tiny_params, tmp_path, monkeypatch):
@@ -397,7 +460,7 @@ def test_auto_races_multi_layer_features_from_one_shared_pass(tiny_params, tmp_p
 def test_the_estimate_counts_the_probe_the_search_and_the_winners_refit():
     from types import SimpleNamespace
 
-    from transferkit.estimator import estimated_fit_seconds
+    from transferkit.selection.cost import estimated_fit_seconds
 
     plain = Trial(Candidate("svm", 224, ""), [0.70], seconds=10.0, extract_seconds=8.0)
     search = SimpleNamespace(chosen=plain, seconds=30.0)
@@ -443,7 +506,7 @@ class PilotSearch:
     def __init__(self, scores, budget_seconds=None, cost=None):
         self.scores, self.budget_seconds, self.cost, self.ran = scores, budget_seconds, cost, []
 
-    def evaluate_candidates(self, candidates):
+    def evaluate_candidates(self, candidates, folds=None):
         self.ran += candidates
         trials = [Trial(c) for c in candidates]
         for trial in trials:
@@ -495,7 +558,7 @@ def test_a_factor_the_user_sets_skips_the_pilot_and_auto_means_the_playbooks_els
 
 
 def test_a_network_trains_at_the_rate_the_user_fixed_without_a_pilot(tiny_params, tmp_path, monkeypatch):
-    import transferkit.advise.select as select
+    import transferkit.selection.auto as select
 
     monkeypatch.setattr(select, "PERFECT", 1.01)
     images, labels = ramps(8)
@@ -505,3 +568,23 @@ def test_a_network_trains_at_the_rate_the_user_fixed_without_a_pilot(tiny_params
     networks = [t.candidate for t in found.trials if t.candidate.strategy == "full"]
     assert len(networks) == 1 and dict(networks[0].params)["backbone_lr_factor"] == 0.3  # no pilot ran
     assert networks[0].label.endswith("pretrained lr x0.3") and not any("pilot" in r for r in found.reasons)
+
+
+def test_a_small_set_scores_its_cheap_candidates_by_repeated_k_fold_on_every_image(tiny_params, tmp_path):
+    assert cheap_repeats(2000, 400) == 0  # a held-out fifth of 400 images: one fold suffices
+    assert cheap_repeats(1347, 270) == 1 and cheap_repeats(150, 30) == 2  # digits: 5 folds; 150 face crops: 2 x 5
+    images, labels = make_images(6, 32)
+    arena = arena_of(images, labels, tiny_params, tmp_path, strategy="auto", image_size="auto")
+    found = search_auto(arena, facts(18, 32), recommendation(strategy="svm", freeze=None), backbone_size=32, fixed={},
+                        speeds=None, budget_seconds=None)
+    results = found.results
+    assert len(results.folds) == 10 and results.repeats == 2  # 6 images a class: 5 folds, twice
+    cheap = [t for t in found.trials if t.candidate.kind != "network"]
+    assert cheap and all(sorted(t.folds) == list(range(10)) for t in cheap)
+    for trial in cheap:  # every image held out in each repeat: out-of-fold probabilities for all of them
+        assert not np.isnan(results.oof_proba(trial.candidate)).any()
+        assert (results.held_out_fold(trial.candidate, repeat=1) >= 5).all()
+        assert not np.isnan(results.correct(trial.candidate)).any()
+    assert any(f"{len(cheap)} of the {len(cheap)} cheap candidates were also scored by 2 x 5-fold cross-validation on all 18 images"
+               in r for r in found.reasons)
+    assert found.decision.chosen is found.chosen and found.reasons[-1].startswith("the choice")

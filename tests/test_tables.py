@@ -15,12 +15,12 @@ from rich.console import Console
 from rich.table import Table
 from typer.testing import CliRunner
 
-from transferkit.evaluation.race import Race
+from transferkit.selection.race import Race
 from transferkit.advise.rules import Recommendation
 from transferkit.cli import app
 from transferkit.data.cache_admin import cache_summary
-from transferkit.evaluation.compare import Comparison
-from transferkit.evaluation.cv import CVResult, FoldScore
+from transferkit.selection.compare import Comparison
+from transferkit.selection.results import CVResult, FoldScore
 from transferkit.info import system_info
 from transferkit.report import tables
 
@@ -95,13 +95,13 @@ def cv_result(strategy: str, image_size: int, epochs: int | None, n_folds: int =
 
 def comparison_table() -> Table:
     results = [cv_result("svm", 224, None), cv_result("head", 160, 5), cv_result("finetune", 128, 4), cv_result("scratch", 128, 6)]
-    comparison = Comparison(results, cv=5, repeats=1, n=1968, classes=["0.0", "0.33", "0.67", "1.0"], seconds=3035.2)
+    comparison = Comparison(results, cv=5, repeats=1, n=1968, classes=["0.0", "0.33", "0.67", "1.0"], seconds=3035.2, chosen="svm")
     return tables.comparison_table(comparison, "/data/solar cells/electroluminescence/elpv_train.csv")
 
 
 def race_table() -> Table:
     results = [cv_result("svm", 224, None, 3), cv_result("head", 160, 5, 2), cv_result("finetune", 128, 4, 1)]
-    race = Race(advised="finetune", results=results, rounds=[["svm", "head", "finetune"], ["svm", "head"], ["svm"]], n_images=600, seconds=412.0)
+    race = Race(advised="finetune", results=results, rounds=[["svm", "head", "finetune"], ["svm", "head"], ["svm"]], n_images=600, seconds=412.0, chosen="svm")
     return tables.race_table(race)
 
 

@@ -31,6 +31,7 @@ from rich.console import Console
 from typer.core import TyperCommand
 from rich.text import Text
 
+from transferkit.defaults import DEFAULTS
 from transferkit.errors import ConfigError, TransferkitError
 from transferkit.lines import Wrapped
 
@@ -213,7 +214,7 @@ def _write_json(path: Path | None, payload: dict[str, Any]) -> None:
     if path == STDOUT:
         sys.stdout.write(json.dumps(payload, indent=2) + "\n")
         return
-    from transferkit.persistence import atomic_write
+    from transferkit.files import atomic_write
 
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(payload, indent=2)))
@@ -345,25 +346,25 @@ COMMAND_DATA_OPTIONS: dict[str, tuple[str, ...]] = {
 def fit(
     data: DataArg,
     out_dir: Annotated[Path, typer.Option("--out", help="Model folder to write (model.safetensors + config.json + checkpoint).")],
-    backbone: Annotated[str, typer.Option(help="Registered backbone (see `transferkit models`) or any timm model name.")] = "efficientnet_lite0",
+    backbone: Annotated[str, typer.Option(help="Registered backbone (see `transferkit models`) or any timm model name.")] = DEFAULTS["backbone"],
     strategy: Annotated[str, typer.Option(help="auto (measure the data, follow the playbook) | {strategies}.")] = "auto",
     freeze: Annotated[Optional[int], typer.Option(help="finetune: freeze the stem and the first N stages (default 3).")] = None,
-    epochs: Annotated[int, typer.Option(help="Network strategies: maximum epochs; early stopping may end sooner (the fit says when and why). --strategy auto sizes the network's epochs to --budget-minutes instead (up to 30).")] = 10,
-    lr: Annotated[float, typer.Option(help="Learning rate of the new head (pretrained layers: lr x backbone-lr-factor).")] = 1e-3,
+    epochs: Annotated[int, typer.Option(help="Network strategies: maximum epochs; early stopping may end sooner (the fit says when and why). --strategy auto sizes the network's epochs to --budget-minutes instead (up to 30).")] = DEFAULTS["epochs"],
+    lr: Annotated[float, typer.Option(help="Learning rate of the new head (pretrained layers: lr x backbone-lr-factor).")] = DEFAULTS["lr"],
     backbone_lr_factor: Annotated[str, typer.Option(help="Pretrained layers train at lr times this. auto: 0.1 (the playbook's 10x smaller), measured against 1 by a short pilot under --strategy auto.")] = "auto",
     image_size: Annotated[Optional[int], typer.Option(help="Square image side in pixels (default: the backbone's).")] = None,
     augment: Annotated[str, typer.Option(help="Network strategies: a preset (none | light | standard | strong) or a composition of hflip, vflip, rot90, rotate, translate, scale, color, e.g. 'rotate,translate' (no flips). auto: with --strategy auto, the flips and 90-degree turns the symmetry test allows; else standard.")] = "auto",
-    batch_size: Annotated[int, typer.Option(help="Images per training step.")] = 32,
-    val_fraction: Annotated[float, typer.Option(help="Stratified hold-out share for early stopping.")] = 0.15,
-    patience: Annotated[int, typer.Option(help="Epochs without better validation loss before stopping.")] = 3,
-    regularization: Annotated[str, typer.Option(help="Network strategies: none | light (stochastic depth, a weight average kept if it validates better) | strong (also mixup/cutmix, random erasing). auto: none until measured.")] = "auto",
-    sampling: Annotated[str, typer.Option(help="Network strategies: shuffle (each image once per epoch) | balanced (rare classes drawn more often).")] = "shuffle",
+    batch_size: Annotated[int, typer.Option(help="Images per training step.")] = DEFAULTS["batch_size"],
+    val_fraction: Annotated[float, typer.Option(help="Stratified hold-out share for early stopping.")] = DEFAULTS["val_fraction"],
+    patience: Annotated[int, typer.Option(help="Epochs without better validation loss before stopping.")] = DEFAULTS["patience"],
+    regularization: Annotated[str, typer.Option(help="Network strategies: none | light (stochastic depth, a weight average kept if it validates better) | strong (also mixup/cutmix, random erasing). auto: none until measured.")] = DEFAULTS["regularization"],
+    sampling: Annotated[str, typer.Option(help="Network strategies: shuffle (each image once per epoch) | balanced (rare classes drawn more often).")] = DEFAULTS["sampling"],
     class_weight: Annotated[Optional[str], typer.Option(help="'balanced' to weight classes by inverse frequency; 'none' for equal weights (default: the advisor's choice with --strategy auto, else none).")] = None,
-    seed: Annotated[int, typer.Option(help="Same seed, same model.")] = 0,
+    seed: Annotated[int, typer.Option(help="Same seed, same model.")] = DEFAULTS["seed"],
     c: Annotated[Optional[float], typer.Option("--C", help="svm/logistic: regularisation (default: chosen by inner CV).")] = None,
-    feature_views: Annotated[int, typer.Option(help="svm/logistic: augmented views per training image.")] = 0,
-    prefix_views: Annotated[int, typer.Option(help="head/finetune: compute the frozen stages once for this many augmented views per image and train only the rest on the cached activations (0: plain loop).")] = 0,
-    head_init: Annotated[str, typer.Option(help="head/finetune/full: start the new head at random (random) or from a linear probe on the network's own features (probe: LP-FT).")] = "random",
+    feature_views: Annotated[int, typer.Option(help="svm/logistic: augmented views per training image.")] = DEFAULTS["feature_views"],
+    prefix_views: Annotated[int, typer.Option(help="head/finetune: compute the frozen stages once for this many augmented views per image and train only the rest on the cached activations (0: plain loop).")] = DEFAULTS["prefix_views"],
+    head_init: Annotated[str, typer.Option(help="head/finetune/full: start the new head at random (random) or from a linear probe on the network's own features (probe: LP-FT).")] = DEFAULTS["head_init"],
     budget_minutes: BudgetOpt = "auto",
     symmetries: Annotated[str, typer.Option(help="svm/logistic: average features over image flips (and turns by 90 degrees) at fit and predict (auto: measured | none | flips | dihedral: flips and 90-degree turns).")] = "auto",
     feature_layers: Annotated[str, typer.Option(help="svm/logistic: the features read (auto: measured | bottleneck: the layer before the classifier | stages: that plus every stage's pooled output, for data far from ImageNet).")] = "auto",
@@ -431,8 +432,11 @@ def fit(
 
             classifier.set_params(**init_params(init, list(images.classes)))
             err.print(_literal(f"starting from {init}: {classifier.strategy} on {classifier.backbone} at {classifier.image_size} px"))
-        cv_report = _cross_validate_before_fit(classifier, images, cv, jobs, backend) if cv else None
+        auto = classifier.strategy == "auto"
+        cv_report = _cross_validate_before_fit(classifier, images, cv, jobs, backend) if cv and not auto else None
         classifier.fit(images)
+        if cv and auto:  # auto's candidate is known only after its search
+            cv_report = _cross_validate_before_fit(classifier, images, cv, jobs, backend)
         history = classifier.history_["history"]
         metrics = {"validation_accuracy": classifier.validation_score_, "validation": classifier.validation_}
         if cv_report is not None:
@@ -489,27 +493,33 @@ def _describe_validation(validation: dict[str, Any] | None) -> str:
 
 
 def _cross_validate_before_fit(classifier, data, cv: int, jobs: int = 1, backend: str | None = None) -> dict[str, Any]:
-    from sklearn.base import clone
-
+    """``fit --cv``: the classifier's candidate on every fold, through the selection engine. With
+    ``--strategy auto`` (fitted first) the candidate auto chose, on the same images it chose on."""
     from transferkit.data import decode_images, duplicate_groups, resolve_data
-    from transferkit.evaluation.cv import cross_validate, make_folds
     from transferkit.evaluation.metrics import majority_class_rate
+    from transferkit.selection.candidates import candidate_from_params
+    from transferkit.selection.compare import cross_validate, cv_result
 
     images = resolve_data(data, skip_bad=classifier.skip_bad)
-    size = classifier.image_size if classifier.image_size != "auto" else _default_size(classifier.backbone)
-    decoded = decode_images(images, size, skip_bad=classifier.skip_bad, cache_dir=classifier.cache_dir, progress=classifier.verbose)
-    images = images.subset(decoded.indices)
-    groups = duplicate_groups(images, pixels=decoded.pixels)  # copies and near-copies of one picture stay in one fold
-    folds = make_folds(np.asarray(images.labels), cv=cv, groups=groups, seed=classifier.seed)
-    quiet = clone(classifier).set_params(verbose=False, checkpoint_dir=None, resume=False)
-    result = cross_validate(quiet, decoded.pixels, np.asarray(images.labels), folds, on_fold=_print_fold, n_jobs=jobs, backend=backend)
+    params = {**classifier.get_params(), "verbose": False, "checkpoint_dir": None, "resume": False}
+    search = classifier.advice_.search if getattr(classifier, "advice_", None) is not None else None
+    candidate = search.chosen.candidate if search is not None else candidate_from_params(params, "fit --cv")
+    usable = decode_images(images, candidate.image_size, skip_bad=classifier.skip_bad, cache_dir=classifier.cache_dir,
+                           progress=classifier.verbose)
+    images = images.subset(usable.indices)  # what the fit reads: unreadable files left out with --skip-bad
+    base = {**params, **dict(candidate.params)}
+    engine, trials, _ = cross_validate(images, [candidate], cv=cv, base=base, on_fold=_print_fold, n_jobs=jobs, backend=backend)
+    result = cv_result(trials[0], engine)
     low, high = result.ci95
     rate, _ = majority_class_rate(images.labels)
     balanced = float(np.mean([fold.balanced_accuracy for fold in result.folds]))
-    out.print(f"{cv}-fold CV accuracy {result.mean:.4f} ± {result.std:.4f} (95% Wilson interval {low:.4f}-{high:.4f}; "
-              f"majority-class rate {rate:.4f}, balanced accuracy {balanced:.4f}); refitting on all data")
+    after = ("; auto chose it on these images, so the figure is optimistic" if search is not None else "; refitting on all data")
+    out.print(f"{cv}-fold CV accuracy of {candidate.label} {result.mean:.4f} ± {result.std:.4f} (95% Wilson interval "
+              f"{low:.4f}-{high:.4f}; majority-class rate {rate:.4f}, balanced accuracy {balanced:.4f}){after}")
     report = result.to_dict()
+    report["candidate"] = candidate.to_dict()
     report["majority_class_rate"] = rate
+    groups = duplicate_groups(images)
     report["grouped_copies"] = 0 if groups is None else int(len(groups) - len(np.unique(groups)))
     return report
 
@@ -553,7 +563,8 @@ def compare(
         images = _resolve_data(data)  # before torch is imported: a wrong path fails at once
         from transferkit.data import describe_conflicts, label_conflicts
         from transferkit.estimator import ImageClassifier
-        from transferkit.evaluation.compare import compare_strategies, parse_strategies, strategy_params
+        from transferkit.selection.candidates import strategy_params
+        from transferkit.selection.compare import compare_strategies, parse_strategies
         from transferkit.evaluation.metrics import imbalance_note, majority_class_rate
         from transferkit.persistence import check_output_folder, save_model
         from transferkit.report import plot_comparison
@@ -574,7 +585,8 @@ def compare(
         out.print(comparison_table(comparison, data))
         best = comparison.best.strategy
         rate, majority = majority_class_rate(images.labels)
-        out.print(_literal(f"best: {best} (* above); CV accuracies against the majority-class rate {rate:.4f} (always {majority!r}); "
+        out.print(_literal(f"best: {best} (* above): {comparison.reason}"))
+        out.print(_literal(f"CV accuracies against the majority-class rate {rate:.4f} (always {majority!r}); "
                            f"{comparison.seconds:.0f} s in all"))
         note = imbalance_note(images.labels)
         if note is not None:
@@ -626,8 +638,8 @@ def advise(
     with _user_errors(), _results_to(json_path):
         images = _resolve_data(data)  # before torch is imported: a wrong path fails at once
         from transferkit.advise import advise as advise_data
-        from transferkit.advise.select import auto_strategies
-        from transferkit.evaluation.race import race_strategies
+        from transferkit.selection.auto import auto_strategies
+        from transferkit.selection.race import race_strategies
         from transferkit.report.tables import race_table
 
         err.print(_literal(f"measuring {images.describe()}"))
@@ -1042,7 +1054,7 @@ def _write_prediction_csv(csv_path: Path, rows: list[dict[str, Any]]) -> None:
 
 def _write_csv(csv_path: Path, header: list[str], rows: list[list]) -> None:
     """One CSV file, all rows or none (written beside and renamed: never a CSV cut short)."""
-    from transferkit.persistence import atomic_write
+    from transferkit.files import atomic_write
 
     def write(tmp: str) -> None:
         # surrogateescape: a file name that is not valid UTF-8 is written back byte for byte

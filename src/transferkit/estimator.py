@@ -19,10 +19,8 @@ from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.utils.validation import check_is_fitted
 
 from transferkit.advise import Advice, advise
-from transferkit.advise.select import Speeds, search_auto
 from transferkit.backbones import Preprocessing, get_backbone_spec
-from transferkit.backbones.multilayer import FEATURE_LAYERS
-from transferkit.constraints import AUTO, InstanceOf, Interval, Options, Registered, Satisfies, validate_params
+from transferkit.constraints import AUTO
 from transferkit.data import (
     ImageSet, check_classes, content_digests, decode_images, describe_conflicts, duplicate_groups, is_decoded,
     label_conflicts, load_pixels, pixel_groups, resolve_data, thumbnails,
@@ -31,11 +29,13 @@ from transferkit.errors import ConfigError, DataError, NotFittedError
 from transferkit.evaluation.metrics import imbalance_note, majority_class_rate
 from transferkit.evaluation.novelty import NoveltyScorer, fit_novelty
 from transferkit.lines import Wrapped
+from transferkit.defaults import DEFAULTS
+from transferkit.selection.auto import search_auto
+from transferkit.selection.cost import Speeds, estimated_fit_seconds
+from transferkit.selection.engine import Arena
 from transferkit.strategies import FitRequest, Settings, get_strategy, list_strategies
-from transferkit.strategies.features import SYMMETRIES, FeatureExtractor, symmetric_features
-from transferkit.search import Arena
-from transferkit.training.augment import is_augmentation
-from transferkit.training.regularize import REGULARIZATION
+from transferkit.strategies.features import FeatureExtractor, symmetric_features
+from transferkit.strategies.parameters import PARAMETER_CONSTRAINTS, check_params
 from transferkit.training.inputs import network_outputs
 from transferkit.training.runtime import is_main_process, prediction_runtime, resolve_runtime
 
@@ -213,79 +213,45 @@ class ImageClassifier(ClassifierMixin, BaseEstimator):
     >>> clf.score("elpv:test")  # doctest: +SKIP
     """
 
-    _parameter_constraints: dict[str, list] = {
-        "backbone": [InstanceOf((str,), "a backbone name")],
-        "strategy": [Options(AUTO), Registered(list_strategies, "a registered strategy")],
-        "freeze": [Options(AUTO), Interval(int, 0, None)],
-        "epochs": [Interval(int, 1, None)],
-        "lr": [Interval(float, 0, None, closed="neither")],
-        "backbone_lr_factor": [Options(AUTO), Interval(float, 0, None, closed="neither")],
-        "image_size": [Options(AUTO), Interval(int, 16, None)],
-        "augment": [Options(AUTO), Satisfies(is_augmentation, "a preset (none, light, standard, strong), a composition "
-                                             "such as 'rotate,translate', or a callable transform")],
-        "batch_size": [Interval(int, 1, None)],
-        "val_fraction": [Interval(float, 0, 1, closed="left")],
-        "patience": [Interval(int, 1, None)],
-        "class_weight": [Options(AUTO, "balanced", "none")],
-        "dropout": [Interval(float, 0, 1, closed="left")],
-        "head_init": [Options("random", "probe")],
-        "label_smoothing": [Interval(float, 0, 1, closed="left")],
-        "regularization": [Options(AUTO, *REGULARIZATION)],
-        "sampling": [Options("shuffle", "balanced")],
-        "weight_decay": [Interval(float, 0, None)],
-        "seed": [Interval(int, 0, None)],
-        "weights": [Options(None), InstanceOf((str,), "a weights file path")],
-        "skip_bad": [InstanceOf((bool,), "True or False")],
-        "cache_dir": [Options(None, False), InstanceOf((str,), "a folder path")],
-        "checkpoint_dir": [Options(None), InstanceOf((str,), "a folder path")],
-        "resume": [InstanceOf((bool,), "True or False")],
-        "device": [InstanceOf((str,), "a device name")],
-        "precision": [Options(AUTO, "fp32", "bf16", "fp16")],
-        "C": [Options(AUTO), Interval(float, 0, None, closed="neither")],
-        "feature_views": [Interval(int, 0, None)],
-        "prefix_views": [Interval(int, 0, None)],
-        "budget_minutes": [Options(AUTO, None), Interval(float, 0, None, closed="neither")],
-        "symmetries": [Options(AUTO, *SYMMETRIES)],
-        "feature_layers": [Options(AUTO, *FEATURE_LAYERS)],
-        "verbose": [InstanceOf((bool,), "True or False")],
-    }
+    _parameter_constraints: dict[str, list] = dict(PARAMETER_CONSTRAINTS)
+    """The one table (:data:`transferkit.strategies.parameters.PARAMETER_CONSTRAINTS`)."""
 
     def __init__(
         self,
-        backbone: str = "efficientnet_lite0",
+        backbone: str = DEFAULTS["backbone"],
         *,
-        strategy: Strategy = AUTO,
-        freeze: int | Literal["auto"] = AUTO,
-        epochs: int = 10,
-        lr: float = 1e-3,
-        backbone_lr_factor: float | str = AUTO,
-        image_size: int | Literal["auto"] = AUTO,
-        augment: str | Callable = AUTO,
-        batch_size: int = 32,
-        val_fraction: float = 0.15,
-        patience: int = 3,
-        class_weight: Literal["auto", "balanced", "none"] = AUTO,
-        dropout: float = 0.2,
-        head_init: Literal["random", "probe"] = "random",
-        label_smoothing: float = 0.1,
-        regularization: str = AUTO,
-        sampling: Literal["shuffle", "balanced"] = "shuffle",
-        weight_decay: float = 1e-4,
-        seed: int = 0,
-        weights: str | None = None,
-        skip_bad: bool = False,
-        cache_dir: str | bool | None = None,
-        checkpoint_dir: str | None = None,
-        resume: bool = False,
-        device: str = "auto",
-        precision: str = AUTO,
-        C: float | Literal["auto"] = AUTO,
-        feature_views: int = 0,
-        prefix_views: int = 0,
-        budget_minutes: float | Literal["auto"] | None = AUTO,
-        symmetries: str = AUTO,
-        feature_layers: str = AUTO,
-        verbose: bool = False,
+        strategy: Strategy = DEFAULTS["strategy"],
+        freeze: int | Literal["auto"] = DEFAULTS["freeze"],
+        epochs: int = DEFAULTS["epochs"],
+        lr: float = DEFAULTS["lr"],
+        backbone_lr_factor: float | str = DEFAULTS["backbone_lr_factor"],
+        image_size: int | Literal["auto"] = DEFAULTS["image_size"],
+        augment: str | Callable = DEFAULTS["augment"],
+        batch_size: int = DEFAULTS["batch_size"],
+        val_fraction: float = DEFAULTS["val_fraction"],
+        patience: int = DEFAULTS["patience"],
+        class_weight: Literal["auto", "balanced", "none"] = DEFAULTS["class_weight"],
+        dropout: float = DEFAULTS["dropout"],
+        head_init: Literal["random", "probe"] = DEFAULTS["head_init"],
+        label_smoothing: float = DEFAULTS["label_smoothing"],
+        regularization: str = DEFAULTS["regularization"],
+        sampling: Literal["shuffle", "balanced"] = DEFAULTS["sampling"],
+        weight_decay: float = DEFAULTS["weight_decay"],
+        seed: int = DEFAULTS["seed"],
+        weights: str | None = DEFAULTS["weights"],
+        skip_bad: bool = DEFAULTS["skip_bad"],
+        cache_dir: str | bool | None = DEFAULTS["cache_dir"],
+        checkpoint_dir: str | None = DEFAULTS["checkpoint_dir"],
+        resume: bool = DEFAULTS["resume"],
+        device: str = DEFAULTS["device"],
+        precision: str = DEFAULTS["precision"],
+        C: float | Literal["auto"] = DEFAULTS["C"],
+        feature_views: int = DEFAULTS["feature_views"],
+        prefix_views: int = DEFAULTS["prefix_views"],
+        budget_minutes: float | Literal["auto"] | None = DEFAULTS["budget_minutes"],
+        symmetries: str = DEFAULTS["symmetries"],
+        feature_layers: str = DEFAULTS["feature_layers"],
+        verbose: bool = DEFAULTS["verbose"],
     ):
         self.backbone = backbone
         self.strategy = strategy
@@ -329,7 +295,7 @@ class ImageClassifier(ClassifierMixin, BaseEstimator):
         data, decode it, let the advisor resolve ``"auto"``, then ``get_strategy(name).fit``.
         """
         started = time.perf_counter()
-        validate_params(self.get_params(), self._parameter_constraints, owner=type(self).__name__)
+        check_params(self.get_params(), owner=type(self).__name__)
         console = self._console()
         runtime = resolve_runtime(self.device, self.precision)
         spec = get_backbone_spec(self.backbone)
@@ -349,10 +315,14 @@ class ImageClassifier(ClassifierMixin, BaseEstimator):
             # 0.802) to plain svm (0.741); `fit --cv`, compare and the race do group them.
             groups = duplicate_groups(images, digests)
             # torchrun: one decision, rank 0's (the search trains no network there: see select.search_auto)
+            speeds = Speeds(self.backbone, self.weights, runtime)  # timed once, for the rules' budget and the search
             advice = runtime.run_on_main(
-                lambda: self._search(images, pixels, self._advise(images, console), runtime, console, started, groups)
+                lambda: self._search(images, pixels, self._advise(images, console, speeds), runtime, console, started, groups, speeds)
             )
-        settings = self._settings(spec, advice)
+        chosen = advice.search.chosen if advice is not None and advice.search is not None else None
+        # auto fits the winning candidate itself: its settings and the parameters it changed
+        settings = chosen.candidate.settings() if chosen is not None else self._settings(spec)
+        params = {**self.get_params(), **(dict(chosen.candidate.params) if chosen is not None else {})}
         strategy = get_strategy(settings.strategy)
         if pixels is None or pixels.shape[1] != settings.image_size:
             pixels, images, more_skipped = self._decode(X, images, settings.image_size)
@@ -376,12 +346,12 @@ class ImageClassifier(ClassifierMixin, BaseEstimator):
             console.print(f"note: {note}")
         torch.manual_seed(self.seed)  # the new head's (and scratch's) initial weights
         request = FitRequest(
-            pixels=pixels, targets=targets, classes=classes, settings=settings, params=self.get_params(),
+            pixels=pixels, targets=targets, classes=classes, settings=settings, params=params,
             runtime=runtime, console=console, strata=images.strata,
             fingerprint=self._fingerprint(len(targets), classes, settings),
         )
-        searched = advice.search.chosen.outcome if advice is not None and advice.search is not None else None
         # A network trained by the search is the model: training it again would double the time.
+        searched = chosen.outcome if chosen is not None else None
         outcome = searched if searched is not None else strategy.fit(request)
         self._set_fitted(
             classes=class_values(images), model=outcome.model, preprocessing=outcome.preprocessing, image_size=settings.image_size,
@@ -498,21 +468,23 @@ class ImageClassifier(ClassifierMixin, BaseEstimator):
             return 60.0 * DEFAULT_BUDGET_MINUTES
         return None if self.budget_minutes is None else 60.0 * float(self.budget_minutes)
 
-    def _advise(self, images: ImageSet, console: Console) -> Advice:
+    def _advise(self, images: ImageSet, console: Console, speeds: Speeds) -> Advice:
         """The probe and the rules (no training): what the candidate search starts from."""
         budget = self._budget_seconds()
         bound = "no time bound" if budget is None else f"a budget of {budget / 60:g} minutes"
         console.print(f"auto: measuring {len(images):,} images and this machine, then racing candidates within {bound}")
         return advise(
             images, backbones=[self.backbone], weights_path=self.weights, device=self.device,
-            max_images=AUTO_PROBE_IMAGES, seed=self.seed, epochs=self.epochs, budget_seconds=budget,
+            max_images=AUTO_PROBE_IMAGES, seed=self.seed, epochs=self.epochs, budget_seconds=budget, speeds=speeds,
         )
 
     def _search(
         self, images: ImageSet, pixels: np.ndarray, advice: Advice, runtime, console: Console, started: float, groups: np.ndarray | None,
+        speeds: Speeds,
     ) -> Advice:
-        """Race the candidates the rules propose (:mod:`transferkit.advise.select`) and make the
-        winner the recommendation, with every measurement as its reasons."""
+        """Race the candidates the rules propose (:mod:`transferkit.selection.auto`); the winner is
+        recorded in the recommendation, with every measurement as its reasons (what ``fit`` prints
+        and its JSON holds), and fitted from its own ``settings()``."""
         spec = get_backbone_spec(self.backbone)
         decoded = {int(pixels.shape[1]): pixels}
 
@@ -527,7 +499,7 @@ class ImageClassifier(ClassifierMixin, BaseEstimator):
         budget = self._budget_seconds()
         found = search_auto(
             arena, advice.facts, advice.recommendation, backbone_size=spec.preprocessing.input_size,
-            fixed=self._fixed_settings(), speeds=Speeds(self.backbone, self.weights, runtime) if budget is not None else None,
+            fixed=self._fixed_settings(), speeds=speeds if budget is not None else None,
             budget_seconds=budget, groups=groups,
             on_event=lambda line: console.print(line, markup=False, highlight=False), started=started,
         )
@@ -566,40 +538,24 @@ class ImageClassifier(ClassifierMixin, BaseEstimator):
             fixed["backbone_lr_factor"] = float(self.backbone_lr_factor)
         return fixed
 
-    def _settings(self, spec, advice: Advice | None) -> Settings:
-        """The effective strategy, freeze, image size and class weight: the user's where given
-        (not ``"auto"``), else the advisor's (``strategy="auto"``), else the defaults."""
-        advised = advice.recommendation if advice is not None else None
-        strategy = advised.strategy if advised is not None else self.strategy
-        entry = get_strategy(strategy)
-        if self.freeze != AUTO and not entry.accepts_freeze and self.freeze != 0 and advised is None:
+    def _settings(self, spec) -> Settings:
+        """The settings of a named strategy: the user's where given (not ``"auto"``), else the
+        defaults. (``strategy="auto"`` fits the chosen candidate's ``settings()`` instead.)"""
+        entry = get_strategy(self.strategy)
+        if self.freeze != AUTO and not entry.accepts_freeze and self.freeze != 0:
             raise ConfigError(
-                f"freeze applies to finetune only; strategy {strategy!r} "
+                f"freeze applies to finetune only; strategy {self.strategy!r} "
                 f"{'freezes the whole backbone' if entry.frozen_backbone else 'trains every layer'}. "
                 f"Received: freeze={self.freeze}"
             )
-        if self.freeze != AUTO:
-            freeze = self.freeze if entry.accepts_freeze else None
-        else:
-            freeze = advised.freeze if advised is not None and entry.accepts_freeze else None
-        if self.image_size != AUTO:
-            image_size = self.image_size
-        else:
-            image_size = (advised.image_size if advised else None) or entry.default_image_size or spec.preprocessing.input_size
-        if self.class_weight != AUTO:
-            class_weight = None if self.class_weight == "none" else self.class_weight
-        else:
-            class_weight = advised.class_weight if advised else None
-        if self.symmetries != AUTO:
-            symmetries = self.symmetries if entry.accepts_symmetries else "none"
-        else:
-            symmetries = advised.symmetries if advised is not None and entry.accepts_symmetries else "none"
-        if self.feature_layers != AUTO:
-            layers = self.feature_layers if entry.accepts_symmetries else "bottleneck"
-        else:
-            layers = advised.feature_layers if advised is not None and entry.accepts_symmetries else "bottleneck"
-        return Settings(strategy=strategy, freeze=freeze, image_size=int(image_size), class_weight=class_weight, symmetries=symmetries,
-                        feature_layers=layers)
+        image_size = self.image_size if self.image_size != AUTO else entry.default_image_size or spec.preprocessing.input_size
+        accepts = entry.accepts_symmetries
+        return Settings(
+            strategy=self.strategy, freeze=self.freeze if self.freeze != AUTO and entry.accepts_freeze else None,
+            image_size=int(image_size), class_weight=self.class_weight if self.class_weight == "balanced" else None,
+            symmetries=self.symmetries if self.symmetries != AUTO and accepts else "none",
+            feature_layers=self.feature_layers if self.feature_layers != AUTO and accepts else "bottleneck",
+        )
 
     def _check_fitted(self) -> None:
         try:
@@ -642,17 +598,6 @@ def class_values(images: ImageSet) -> np.ndarray:
     if images.label_values is None:
         return np.array(images.classes)
     return np.array([images.label_values[name] for name in images.classes])
-
-
-def estimated_fit_seconds(advice: Advice | None) -> float | None:
-    """What auto expected the whole fit to take: the probe and the search, plus the winner's
-    measured classifier fit once more (its features are cached by then; a trained network is
-    kept, not trained again)."""
-    if advice is None or advice.search is None:
-        return None
-    chosen = advice.search.chosen
-    refit = 0.0 if chosen.outcome is not None else chosen.seconds - chosen.extract_seconds
-    return advice.seconds + advice.search.seconds + refit
 
 
 def validation_summary(history: dict[str, Any], labels) -> dict[str, Any] | None:

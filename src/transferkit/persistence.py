@@ -539,19 +539,6 @@ def _saved_params(config: dict[str, Any]) -> dict[str, Any]:
     return params
 
 
-def atomic_write(path: Path, write) -> None:
-    """Call ``write(temporary_path)`` beside ``path``, then rename it into place (all or nothing)."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _sha256(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as handle:

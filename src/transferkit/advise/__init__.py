@@ -24,7 +24,6 @@ import numpy as np
 from transferkit.advise.facts import DataFacts, data_facts
 from transferkit.advise.logme import logme_score
 from transferkit.advise.probe import DomainShift, Probe, batchnorm_shift, probe_backbone
-from transferkit.advise.select import forward_speed
 from transferkit.advise.rules import (
     AdviceThresholds,
     BackboneFacts,
@@ -36,6 +35,7 @@ from transferkit.advise.rules import (
 from transferkit.backbones import create_backbone, get_backbone_spec, list_backbones, weights_available
 from transferkit.data import check_classes, decode_images, resolve_data, stratified_sample
 from transferkit.errors import BackboneError, ConfigError
+from transferkit.selection.cost import Speeds
 from transferkit.training.runtime import resolve_runtime
 
 __all__ = [
@@ -86,7 +86,7 @@ class Advice:
     seconds: float
     forward_images_per_second: float | None = None
     search: Any = None
-    """The candidate search of ``fit --strategy auto`` (:class:`transferkit.advise.select.AutoSearch`)."""
+    """The candidate search of ``fit --strategy auto`` (:class:`transferkit.selection.auto.AutoSearch`)."""
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict: the recommendation's fields at the top level, then the measurements."""
@@ -121,6 +121,7 @@ def advise(
     batch_size: int = 32,
     budget_seconds: float | None = None,
     epochs: int = 10,
+    speeds: Speeds | None = None,
 ) -> Advice:
     """Measure the data against each available backbone and recommend how to train.
 
@@ -153,6 +154,10 @@ def advise(
         (rule ``time_budget``; see :class:`transferkit.advise.Budget`).
     epochs : int, default 10
         Epochs of the planned fit, for the time estimate.
+    speeds : Speeds, optional
+        The machine's measured speeds for the backbone (:class:`transferkit.selection.cost.Speeds`);
+        ``fit --strategy auto`` passes the one its search prices candidates with, so each image
+        side is timed once per fit. Default: timed here when there is a budget.
     Returns
     -------
     Advice
@@ -179,7 +184,7 @@ def advise(
     candidates, skipped = _candidates(backbones, weights_path)
     transferability: dict[str, dict[str, Any]] = {}
     probes: dict[str, tuple[Probe, BackboneFacts]] = {}
-    speeds: dict[str, tuple[float, int]] = {}
+    measured: dict[str, tuple[Speeds, int]] = {}
     for name in candidates:
         spec = get_backbone_spec(name)
         n_pretrained = _pretrained_classes(spec.timm_name)
@@ -188,7 +193,8 @@ def advise(
         pixels = decode_images(sample, size, interpolation=preprocessing.interpolation, progress=False).pixels
         probe = probe_backbone(model, pixels, preprocessing, runtime=runtime, batch_size=batch_size)
         if budget_seconds is not None:
-            speeds[name] = (forward_speed(model, pixels, preprocessing, runtime, batch_size), size)
+            timer = speeds if speeds is not None and speeds.backbone == name else Speeds(name, weights_path, runtime)
+            measured[name] = (timer, size)
         transferability[name] = {
             "bottleneck": logme_score(probe.bottleneck, labels),
             "stages": {stage: logme_score(features, labels) for stage, features in probe.stage_features.items()},
@@ -201,8 +207,8 @@ def advise(
     shift = DomainShift.from_probe(probe)
     budget = None
     if budget_seconds is not None:
-        images_per_second, measured_size = speeds[chosen]
-        budget = Budget(budget_seconds, images_per_second, measured_size, epochs=epochs)
+        timer, measured_size = measured[chosen]
+        budget = Budget(budget_seconds, 1.0 / timer.forward(measured_size), measured_size, epochs=epochs, speeds=timer)
     recommendation = recommend(facts, shift, thresholds, backbone=backbone_facts, budget=budget)
     if len(candidates) > 1:
         scores = ", ".join(f"{name} {transferability[name]['bottleneck']:.3f}" for name in candidates)
@@ -216,7 +222,7 @@ def advise(
         transferability=transferability,
         probed_images=len(sample),
         seconds=time.perf_counter() - start,
-        forward_images_per_second=speeds[chosen][0] if chosen in speeds else None,
+        forward_images_per_second=budget.images_per_second if budget is not None else None,
     )
 
 

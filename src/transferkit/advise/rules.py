@@ -33,7 +33,7 @@ from transferkit.advise.facts import DataFacts
 from transferkit.advise.probe import DomainShift
 from transferkit.backbones import Preprocessing, backbone_stages, feature_dim
 from transferkit.errors import ConfigError
-from transferkit.strategies import get_strategy
+from transferkit.selection.cost import Speeds, fit_seconds
 from transferkit.strategies.network import PLAYBOOK_LR_FACTOR
 
 AdvisedStrategy = Literal["svm", "head", "finetune", "full", "scratch"]
@@ -147,20 +147,26 @@ class BackboneFacts:
 
 @dataclass(frozen=True)
 class Budget:
-    """A time limit for the fit and the speed measured on this machine.
+    """A time limit for the fit and the speeds measured on this machine.
+
+    The estimate is the one cost model's (:func:`transferkit.selection.cost.fit_seconds`) over
+    ``speeds`` (:class:`~transferkit.selection.cost.Speeds`: timed once per image side and shared
+    with ``auto``'s search); without ``speeds``, one forward measurement
+    (``images_per_second`` at ``measured_size``) scaled by the pixel count.
 
     Attributes
     ----------
     seconds : float
         Wall time the fit may take.
     images_per_second : float
-        Forward-pass throughput of the backbone measured by the probe, at ``measured_size``.
+        Forward-pass throughput of the backbone measured on this machine, at ``measured_size``.
     measured_size : int
         Image side of that measurement.
     epochs : int
         Epochs the network strategies would run (early stopping may end sooner).
     val_fraction : float
         Share of the images held out for validation (forward only).
+    speeds : Speeds, optional
     """
 
     seconds: float
@@ -168,22 +174,16 @@ class Budget:
     measured_size: int
     epochs: int = 10
     val_fraction: float = 0.15
+    speeds: Speeds | None = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         if not (self.seconds > 0 and self.images_per_second > 0 and self.measured_size > 0 and self.epochs >= 1):
             raise ConfigError(f"Budget expects positive seconds, speed, size and epochs. Received: {self}")
 
     def estimate(self, strategy: str, image_size: int, n_images: int, freeze: int | None, n_blocks: int) -> float:
-        """Seconds a fit would take: forward cost scales with the pixel count, and the strategy's
-        own cost model (:meth:`transferkit.strategies.Strategy.passes_per_image`) says how many
-        forward passes a training image costs."""
-        entry = get_strategy(strategy)
-        per_image = (image_size / self.measured_size) ** 2 / self.images_per_second
-        step = entry.passes_per_image(freeze, n_blocks)
-        if not entry.trains_network:
-            return n_images * step * per_image
-        n_val = n_images * self.val_fraction
-        return self.epochs * ((n_images - n_val) * step + n_val) * per_image
+        """Seconds a fit would take (:func:`~transferkit.selection.cost.fit_seconds`)."""
+        speeds = self.speeds or Speeds.from_forward(self.images_per_second, self.measured_size)
+        return fit_seconds(speeds, strategy, image_size, n_images, freeze, n_blocks, epochs=self.epochs, val_fraction=self.val_fraction)
 
 
 BUDGET_SIZES = (192, 160, 128)

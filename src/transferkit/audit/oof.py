@@ -3,7 +3,7 @@
 Everything else in :mod:`transferkit.audit` takes arrays; this module alone decides which model
 scores the images. Today it uses the candidate that ``fit --strategy auto`` chooses on most small
 data sets, a linear classifier on the frozen backbone's cached bottleneck features, through the
-existing fold machinery (:func:`transferkit.evaluation.cv.make_folds` with the duplicate groups,
+existing fold machinery (:func:`transferkit.selection.folds.make_folds` with the duplicate groups,
 :func:`transferkit.strategies.linear.fit_linear_classifier`). When the selection engine (issue
 29: one engine over (candidate, fold) pairs with per-image out-of-fold probabilities and a
 learning-curve schedule) is merged, pointing :func:`out_of_fold_probabilities` and
@@ -21,7 +21,7 @@ from typing import Callable
 
 import numpy as np
 
-from transferkit.evaluation.cv import make_folds
+from transferkit.selection.folds import make_folds
 from transferkit.strategies.linear import fit_linear_classifier, make_linear_pipeline
 
 STRATEGY = "logistic"

@@ -28,6 +28,7 @@ from transferkit.data.cache_limit import enforce_cap, note_used
 from transferkit.data.sources import ImageSet, SkippedFile, _list_bad
 from transferkit.data.validate import file_problem, unreadable_format
 from transferkit.errors import ConfigError, DataError
+from transferkit.files import atomic_write
 
 Interpolation = Literal["nearest", "bilinear", "bicubic", "lanczos", "box", "hamming"]
 
@@ -552,12 +553,5 @@ def _store(cache: tuple[Path, str], temp_path: str, pixels: np.ndarray, meta: di
 
 
 def _write_atomic(path: Path, text: str) -> None:
-    handle, temp_path = tempfile.mkstemp(prefix=f".{path.name}-", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(handle, "w") as out:
-            out.write(text)
-        os.replace(temp_path, path)
-    finally:
-        if os.path.exists(temp_path):
-            os.remove(temp_path)
+    atomic_write(path, lambda tmp: Path(tmp).write_text(text))
 

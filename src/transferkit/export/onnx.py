@@ -165,7 +165,7 @@ def max_abs_difference(classifier, onnx_model: OnnxClassifier, pixels: np.ndarra
 
 
 def _check_pixels(classifier, images: Any, limit: int, size: int) -> np.ndarray:
-    from transferkit.estimator import load_pixels
+    from transferkit.data import load_pixels
 
     if images is None:
         return np.random.default_rng(0).integers(0, 256, size=(4, size, size, 3), dtype=np.uint8)

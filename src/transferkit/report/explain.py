@@ -23,7 +23,7 @@ def write_explanations(classifier, paths: Sequence[str], out_dir: str | os.PathL
     (``0003_<name>.heatmap.png``), so none is overwritten. ``probabilities``: the model's, if the
     caller has them (else computed here). Returns the written files in the order of ``paths``.
     """
-    from transferkit.estimator import load_pixels
+    from transferkit.data import load_pixels
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

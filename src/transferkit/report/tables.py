@@ -26,10 +26,10 @@ from rich.text import Text
 from transferkit.lines import Wrapped
 
 if TYPE_CHECKING:
-    from transferkit.evaluation.race import Race
+    from transferkit.selection.race import Race
     from transferkit.advise.rules import Recommendation
     from transferkit.data.cache_admin import CacheSummary
-    from transferkit.evaluation.compare import Comparison
+    from transferkit.selection.compare import Comparison
 
 Cell = str | Text
 

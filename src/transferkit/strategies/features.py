@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 import uuid
 import warnings
 from pathlib import Path
@@ -39,6 +37,7 @@ from transferkit.data.decode import pixels_digest
 from transferkit.data.views import SYMMETRIES, mean_over_views
 from transferkit.data.views import view as view_of
 from transferkit.errors import ConfigError
+from transferkit.files import atomic_write
 from transferkit.training.allocator import release_freed_memory
 from transferkit.training.inputs import pixels_to_tensor, to_model_input
 from transferkit.training.runtime import INFERENCE_BATCH, Runtime, measured_inference_precision, resolve_runtime
@@ -161,14 +160,13 @@ class FeatureCache:
 
 
 def _atomic(path: Path, write) -> None:
-    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=".", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "wb") as out:
+    """:func:`transferkit.files.atomic_write` with ``write`` given an open binary file."""
+
+    def to_file(tmp: str) -> None:
+        with open(tmp, "wb") as out:
             write(out)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+
+    atomic_write(path, to_file)
 
 
 class FeatureExtractor:

@@ -40,7 +40,7 @@ from transferkit.backbones.multilayer import with_feature_layers
 from transferkit.data import pixel_groups
 from transferkit.errors import ConfigError
 from transferkit.strategies.features import FeatureExtractor, symmetric_features
-from transferkit.strategies.registry import FitOutcome, FitRequest, FoldFit, Strategy, register_strategy
+from transferkit.strategies.registry import FitOutcome, FitRequest, FoldFit, Strategy, decision_probabilities, register_strategy
 from transferkit.training.augment import build_augmentation
 
 C_GRID: tuple[float, ...] = (0.0003, 0.001, 0.003, 0.01, 0.03)
@@ -59,6 +59,17 @@ def make_linear_pipeline(strategy: str, C: float = 1.0, seed: int = 0, class_wei
     else:
         raise ConfigError(f"unknown feature strategy; expected svm or logistic. Received: strategy={strategy!r}")
     return make_pipeline(StandardScaler(), classifier)
+
+
+PARALLEL_INNER_CV = 1_000
+"""From this many images the inner CV's fits run in 2 processes; below it they run here: on 150
+images a fit takes milliseconds and starting the workers' jobs cost more (a search of 150 folds
+spent 50 of its 100 s waiting on joblib)."""
+
+
+def inner_jobs(n_images: int) -> int:
+    """joblib workers for an inner cross-validation of ``n_images`` images (:data:`PARALLEL_INNER_CV`)."""
+    return min(2, os.cpu_count() or 1) if n_images >= PARALLEL_INNER_CV else 1
 
 
 def fit_linear_classifier(
@@ -90,7 +101,7 @@ def fit_linear_classifier(
         cv=StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed),
         scoring={"accuracy": "accuracy", "balanced_accuracy": "balanced_accuracy"},
         refit="accuracy",
-        n_jobs=min(2, os.cpu_count() or 1),
+        n_jobs=inner_jobs(len(features)),
     )
     search.fit(features, targets, groups=groups)
     scores = {str(c): float(s) for c, s in zip(C_GRID, search.cv_results_["mean_test_accuracy"])}
@@ -271,15 +282,34 @@ class FeatureStrategy(Strategy):
             features[train], request.targets[train], pixel_groups(request.pixels, train), strategy=self.name,
             C=None if params["C"] == "auto" else params["C"], seed=params["seed"], class_weight=request.settings.class_weight,
         )
-        predictions = pipeline.predict(features[test])
+        probabilities = decision_probabilities(pipeline.decision_function(features[test]), pipeline.classes_, len(request.classes))
+        predictions = probabilities.argmax(1)
         accuracy = float((predictions == request.targets[test]).mean())
         return FoldFit(accuracy=accuracy, seconds=time.perf_counter() - started, predictions=predictions,
-                       extract_seconds=extracted - started)
+                       probabilities=probabilities, extract_seconds=extracted - started)
+
+
+_EXTRACTORS: dict[tuple, tuple[Any, FeatureExtractor]] = {}
+EXTRACTORS_KEPT = 2
+"""Extractors kept for reuse in this process (bottleneck and multi-layer): a search scores each
+candidate on many folds, and building the backbone again for each cost more than the fit."""
 
 
 def feature_extractor(request: FitRequest) -> FeatureExtractor:
-    """The frozen backbone of ``request`` with the features its settings ask for (``feature_layers``)."""
-    return FeatureExtractor.from_params(request.params, request.runtime, layers=request.settings.feature_layers)
+    """The frozen backbone of ``request`` with the features its settings ask for (``feature_layers``).
+
+    Reused while the same runtime object asks again (the folds of one search); a new runtime (a
+    reproducible job makes its own) gets a new extractor."""
+    params, layers = request.params, request.settings.feature_layers
+    key = (params["backbone"], params["weights"], params["cache_dir"], layers, id(request.runtime))
+    kept = _EXTRACTORS.get(key)
+    if kept is not None and kept[0] is request.runtime:
+        return kept[1]
+    extractor = FeatureExtractor.from_params(params, request.runtime, layers=layers)
+    while len(_EXTRACTORS) >= EXTRACTORS_KEPT:
+        _EXTRACTORS.pop(next(iter(_EXTRACTORS)))
+    _EXTRACTORS[key] = (request.runtime, extractor)
+    return extractor
 
 
 def _augmented_features(

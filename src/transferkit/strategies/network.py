@@ -11,7 +11,7 @@ scratch    random      nothing                everything at lr
 
 ``factor`` is ``backbone_lr_factor``: ``"auto"`` is :data:`PLAYBOOK_LR_FACTOR` (0.1, the
 playbook's "about 10x smaller than for scratch training") for a strategy the user names; under
-strategy ``auto`` a short pilot measures it against 1 (``advise/select.py``).
+strategy ``auto`` a short pilot measures it against 1 (``selection/auto.py``).
 """
 
 from __future__ import annotations
@@ -31,7 +31,9 @@ from transferkit.data import pixel_groups
 from transferkit.errors import ConfigError, DataError
 from transferkit.strategies.features import FeatureExtractor, pooled_features
 from transferkit.training.freezing import freeze, trainable_parameter_count
-from transferkit.strategies.registry import FitOutcome, FitRequest, FoldFit, Strategy, get_strategy, register_strategy
+from transferkit.strategies.registry import (
+    FitOutcome, FitRequest, FoldFit, Strategy, decision_probabilities, get_strategy, register_strategy,
+)
 from transferkit.training.augment import build_augmentation
 from transferkit.training.callbacks import Checkpoint
 from transferkit.training.inputs import TrainData, pixels_to_tensor, predict_logits, to_model_input
@@ -159,12 +161,13 @@ class NetworkStrategy(Strategy):
         validation = (request.pixels[test], request.targets[test])
         outcome = self.fit(request.subset(train, validation=validation))
         logits = predict_logits(outcome.model, validation[0], outcome.preprocessing, request.runtime)
-        predictions = logits.argmax(1).numpy()
+        probabilities = decision_probabilities(logits.numpy(), np.arange(len(request.classes)), len(request.classes))
+        predictions = probabilities.argmax(1)
         stopped = next((getattr(c, "reason", None) for c in request.callbacks if getattr(c, "stopped", False)), None)
         if len(outcome.history.get("history") or []) >= request.params["epochs"]:
             stopped = None  # every planned epoch ran: whatever a callback said, nothing was cut short
         return FoldFit(accuracy=float((predictions == validation[1]).mean()), seconds=time.perf_counter() - started,
-                       predictions=predictions, outcome=outcome, stopped=stopped)
+                       predictions=predictions, probabilities=probabilities, outcome=outcome, stopped=stopped)
 
 
 @register_strategy

@@ -19,7 +19,6 @@ the softmax is a score, not a calibrated probability.
 
 from __future__ import annotations
 
-import os
 import time
 from dataclasses import dataclass
 from types import MappingProxyType
@@ -33,7 +32,8 @@ from torch import nn
 
 from transferkit.backbones import Preprocessing, get_backbone_spec
 from transferkit.data import pixel_groups
-from transferkit.strategies.registry import FitOutcome, FitRequest, FoldFit, Strategy, register_strategy
+from transferkit.strategies.registry import FitOutcome, FitRequest, FoldFit, Strategy, decision_probabilities, register_strategy
+from transferkit.strategies.linear import inner_jobs
 
 C_GRID: tuple[float, ...] = (1.0, 10.0, 100.0)
 DEFAULT_SIDE = 32
@@ -119,7 +119,7 @@ def fit_pixel_classifier(pixels: np.ndarray, targets: np.ndarray, *, seed: int, 
     search = GridSearchCV(
         SVC(kernel="rbf", gamma="scale", class_weight=class_weight), {"C": list(C_GRID)},
         cv=splitter(n_splits=max(2, min(inner_folds, smallest)), shuffle=True, random_state=seed),
-        scoring="accuracy", n_jobs=min(2, os.cpu_count() or 1),
+        scoring="accuracy", n_jobs=inner_jobs(len(pixels)),
     )
     search.fit(inputs, targets, groups=groups if copies else None)
     scores = {str(c): float(s) for c, s in zip(C_GRID, search.cv_results_["mean_test_score"])}
@@ -182,9 +182,12 @@ class Pixels(Strategy):
         svc, grey, _ = fit_pixel_classifier(
             request.pixels[train], request.targets[train], seed=request.params["seed"], class_weight=request.settings.class_weight
         )
-        predictions = svc.predict(_inputs(request.pixels[test], grey))
+        probabilities = decision_probabilities(svc.decision_function(_inputs(request.pixels[test], grey)), svc.classes_,
+                                               len(request.classes))
+        predictions = probabilities.argmax(1)
         accuracy = float((predictions == request.targets[test]).mean())
-        return FoldFit(accuracy=accuracy, seconds=time.perf_counter() - started, predictions=predictions)
+        return FoldFit(accuracy=accuracy, seconds=time.perf_counter() - started, predictions=predictions,
+                       probabilities=probabilities)
 
     def empty_model(self, config: dict[str, Any]) -> tuple[nn.Module, Preprocessing]:
         plan = config.get("plan") or {}

@@ -96,6 +96,10 @@ class FoldFit:
     seconds: float
     predictions: np.ndarray | None = None
     """Predicted class indices of the test part, in the order of its sorted indices."""
+    probabilities: np.ndarray | None = None
+    """Class probabilities of the test part, shape (n_test, n_classes), rows as ``predictions``:
+    the softmax of the model's decision values (a network's logits, a linear classifier's or an
+    SVC's decision function; not temperature-scaled inside a fold)."""
     extract_seconds: float = 0.0
     outcome: "FitOutcome | None" = None
     stopped: str | None = None
@@ -182,12 +186,29 @@ class Strategy:
         started = time.perf_counter()
         outcome = self.fit(request.subset(train))
         logits = predict_logits(outcome.model, request.pixels[np.sort(test)], outcome.preprocessing, request.runtime)
-        predictions = logits.argmax(1).numpy()
+        probabilities = decision_probabilities(logits.numpy(), np.arange(len(request.classes)), len(request.classes))
+        predictions = probabilities.argmax(1)
         accuracy = float((predictions == request.targets[np.sort(test)]).mean())
-        return FoldFit(accuracy=accuracy, seconds=time.perf_counter() - started, predictions=predictions)
+        return FoldFit(accuracy=accuracy, seconds=time.perf_counter() - started, predictions=predictions,
+                       probabilities=probabilities)
 
     def __repr__(self) -> str:
         return f"<strategy {self.name}>"
+
+
+def decision_probabilities(scores: np.ndarray, fitted: np.ndarray, n_classes: int) -> np.ndarray:
+    """Class probabilities (n, ``n_classes``) from decision values: the softmax over the classes a
+    fold's model knows (``fitted``, the class indices of its columns), 0 for a class its training
+    part lacked. A binary decision function (one column, positive for ``fitted[1]``) counts as the
+    logits ``(0, d)``, so its softmax is the logistic sigmoid, as for scikit-learn's own classifiers."""
+    scores = np.asarray(scores, dtype=np.float64)
+    if scores.ndim == 1:
+        scores = np.stack([np.zeros_like(scores), scores], axis=1)
+    scores = scores - scores.max(axis=1, keepdims=True)
+    exp = np.exp(scores)
+    probabilities = np.zeros((len(scores), n_classes))
+    probabilities[:, np.asarray(fitted, dtype=int)] = exp / exp.sum(axis=1, keepdims=True)
+    return probabilities
 
 
 _REGISTRY: dict[str, Strategy] = {}

@@ -8,7 +8,7 @@ comma-separated list of operations (``"rotate,translate"``: no flips), each at t
 
 Whether flips and turns by 90 degrees belong is measured, not assumed: a flip turns "left of"
 into "right of", so on data whose class a flip changes, ``auto`` trains without it (its symmetry
-test, :mod:`transferkit.advise.select`), and adds ``rot90`` only where a quarter turn keeps the
+test, :mod:`transferkit.selection.auto`), and adds ``rot90`` only where a quarter turn keeps the
 class.
 
 Transforms run one sample at a time (v2 transforms draw one set of random parameters per call,

@@ -21,6 +21,7 @@ from rich.console import Console
 from torch import nn
 
 from transferkit.errors import ConfigError
+from transferkit.files import atomic_write
 from transferkit.training.history import EpochRecord, TrainResult
 from transferkit.training.runtime import Runtime
 
@@ -215,11 +216,10 @@ class Checkpoint(Callback):
 
 
 def _save_checkpoint(path: Path, state: dict) -> None:
-    """Atomic: write a temporary file, then rename over the old checkpoint."""
+    """Atomic (:func:`transferkit.files.atomic_write`): a unique temporary file renamed over the old
+    checkpoint, removed if the save fails or is interrupted."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    atomic_write(path, lambda tmp: torch.save(state, tmp))
 
 
 def _load_checkpoint(path: Path, fingerprint: dict | None) -> dict:

@@ -21,6 +21,7 @@ from sklearn.metrics import balanced_accuracy_score
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
+from transferkit.defaults import DEFAULTS
 from transferkit.training.freezing import train_mode
 from transferkit.training.callbacks import Callback, EarlyStopping, TrainState
 from transferkit.training.history import BEST_EPOCH_NOTE, EpochRecord, TrainResult
@@ -34,21 +35,22 @@ from transferkit.training.runtime import Runtime, for_predictions, unwrap
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Settings of one training run (the estimator fills it from its parameters).
+    """Settings of one training run (the estimator fills it from its parameters; the defaults are
+    :data:`transferkit.defaults.DEFAULTS`, the one table).
 
     ``batch_size`` is per process: under torchrun with N processes a step sees N batches.
     """
 
-    epochs: int = 10
-    lr: float = 1e-3
+    epochs: int = DEFAULTS["epochs"]
+    lr: float = DEFAULTS["lr"]
     backbone_lr_factor: float = 0.1
-    weight_decay: float = 1e-4
-    batch_size: int = 32
+    weight_decay: float = DEFAULTS["weight_decay"]
+    batch_size: int = DEFAULTS["batch_size"]
     warmup_epochs: float = 1.0
-    patience: int = 3
-    label_smoothing: float = 0.1
+    patience: int = DEFAULTS["patience"]
+    label_smoothing: float = DEFAULTS["label_smoothing"]
     grad_clip: float = 1.0
-    seed: int = 0
+    seed: int = DEFAULTS["seed"]
     num_workers: int = 0
     prefix_views: int = 0
     """Cached views of the frozen prefix (0: plain loop); see :mod:`transferkit.training.prefix`."""

@@ -13,7 +13,6 @@ import dataclasses
 import hashlib
 import json
 import os
-import tempfile
 import threading
 import time
 from dataclasses import dataclass
@@ -24,6 +23,7 @@ import torch
 from torch import nn
 
 from transferkit.errors import ConfigError
+from transferkit.files import atomic_write
 from transferkit.training.allocator import (  # noqa: F401 - re-exported
     ALLOCATOR_ENV,
     freed_memory_kept,
@@ -341,10 +341,7 @@ def _write_speed(path: Path | None, record: dict) -> None:
         return
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=".", suffix=".tmp")
-        with os.fdopen(handle, "w") as out:
-            out.write(json.dumps(record))
-        os.replace(tmp, path)
+        atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(record)))
     except OSError:
         pass  # a read-only cache only means measuring again next time
 

@@ -1,24 +1,17 @@
-"""One candidate search: every way to fit, scored on the same held-out images, within a budget.
+"""The one evaluation: every (candidate, fold) pair through the strategy's own ``score``.
 
-``auto`` (the default of ``fit``), ``compare`` and ``advise --measure`` all run candidates
-through :class:`CandidateSearch`, after scikit-learn's ``BaseSearchCV``: the search owns the
-one evaluation (:meth:`CandidateSearch.evaluate_candidates`: every (candidate, fold) pair
-through the strategy's own ``score``, in this process or through joblib, within a time budget),
-and a *schedule* decides which candidates run on which folds by calling it, possibly several
-times, with candidates that depend on what was measured so far:
+After scikit-learn's ``BaseSearchCV.fit``, which builds one ``evaluate_candidates`` and hands it
+to ``_run_search``: :class:`Engine` owns the evaluation (:meth:`Engine.evaluate_candidates`: each
+pair in this process or through joblib, within a time budget, recorded in one
+:class:`~transferkit.selection.results.Results` table with every held-out image's class
+probabilities), and a *schedule* (:mod:`transferkit.selection.schedules`, ``auto``'s rounds in
+:mod:`transferkit.selection.auto`) decides which candidates run on which folds by calling it,
+possibly several times, with candidates that depend on what was measured so far. The winner is
+:func:`transferkit.selection.winner.choose`, for every schedule.
 
-- :func:`every_fold` (``compare``): every candidate on every fold;
-- :func:`successive_halving` (``advise --measure``): every candidate on the first fold, the
-  better half on the next, and so on;
-- ``auto`` (:mod:`transferkit.advise.plan`): the rules propose candidates in rounds (frozen
-  features first, then what their results call for: flips, pixels, a trained network), all
-  scored on one held-out fold, each only if its estimated cost fits what is left of the budget.
-
-A candidate is a strategy with its settings (image size, class weights, symmetries, freeze)
-and the estimator parameters it changes (epochs, augmentation, learning rate), plus the rule
-that proposed it. Each strategy scores itself as cheaply as it can
-(:meth:`transferkit.strategies.Strategy.score`): feature classifiers read cached features, a
-trained network keeps its weights so that, if it wins, it *is* the model.
+Each strategy scores itself as cheaply as it can (:meth:`transferkit.strategies.Strategy.score`):
+feature classifiers read cached features, a trained network keeps its weights so that, if it
+wins, it *is* the model.
 """
 
 from __future__ import annotations
@@ -33,103 +26,17 @@ import numpy as np
 from rich.console import Console
 
 from transferkit.errors import ConfigError
-from transferkit.strategies import FitOutcome, FitRequest, FoldFit, Settings, get_strategy
+from transferkit.selection.candidates import Candidate
+from transferkit.selection.folds import Fold
+from transferkit.selection.results import Results, Trial
+from transferkit.selection.winner import choose
+from transferkit.strategies import FitRequest, FoldFit, get_strategy
 from transferkit.training.allocator import release_freed_memory
 from transferkit.training.callbacks import Deadline, FallingBehind
 from transferkit.training.runtime import Runtime, reproducible_job, resolve_runtime
 
-Fold = tuple[np.ndarray, np.ndarray]
-TIE = 0.002
-"""Accuracies within this of the best are a tie, which the cheaper, earlier candidate wins."""
 BEHIND_MARGIN = 0.15
 """A network still this far behind the leader after two thirds of its epochs is stopped."""
-NETWORK_MARGIN = 0.01
-"""A trained network's score also chose its best epoch (slightly optimistic): it must beat the
-best other candidate by this much on the same held-out images to win."""
-
-
-@dataclass(frozen=True)
-class Candidate:
-    """One way to fit: a strategy, its settings, the estimator parameters it changes, and why.
-
-    ``params`` are :class:`~transferkit.ImageClassifier` parameters (``epochs``, ``augment``,
-    ``lr`` ...) as a tuple of pairs, so that a candidate is hashable.
-    """
-
-    strategy: str
-    image_size: int
-    proposed_by: str
-    class_weight: str | None = None
-    symmetries: str = "none"
-    freeze: int | None = None
-    params: tuple[tuple[str, Any], ...] = ()
-    feature_layers: str = "bottleneck"
-
-    @property
-    def label(self) -> str:
-        """A short name: ``svm 224 px, flips`` or ``full 128 px, 12 epochs``."""
-        extra = dict(self.params)
-        parts = [f"{self.strategy} {self.image_size} px"]
-        if self.freeze:
-            parts.append(f"freeze {self.freeze}")
-        if self.class_weight:
-            parts.append("balanced")
-        if self.feature_layers != "bottleneck":
-            parts.append(f"{self.feature_layers} features")
-        if self.symmetries != "none":
-            parts.append(self.symmetries)
-        if "epochs" in extra and get_strategy(self.strategy).trains_network:
-            parts.append(f"{extra['epochs']} epochs")
-        if "backbone_lr_factor" in extra:
-            parts.append(f"pretrained lr x{extra['backbone_lr_factor']:g}")
-        return ", ".join(parts)
-
-    def settings(self) -> Settings:
-        return Settings(strategy=self.strategy, freeze=self.freeze, image_size=self.image_size,
-                        class_weight=self.class_weight, symmetries=self.symmetries, feature_layers=self.feature_layers)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"strategy": self.strategy, "image_size": self.image_size, "class_weight": self.class_weight,
-                "symmetries": self.symmetries, "feature_layers": self.feature_layers, "freeze": self.freeze,
-                "params": dict(self.params),
-                "proposed_by": self.proposed_by, "label": self.label}
-
-
-@dataclass
-class Trial:
-    """What the search measured of one candidate.
-
-    ``scores`` holds the accuracy on each fold it ran (fold order); ``estimate`` the seconds the
-    cost model predicted before it ran; ``skipped`` why it did not run. ``outcome`` keeps a
-    trained network (fitted on the first fold's training part) so that the winner needs no
-    second training; it is never serialised.
-    """
-
-    candidate: Candidate
-    scores: list[float] = field(default_factory=list)
-    folds: list[int] = field(default_factory=list)
-    predictions: list[np.ndarray] = field(default_factory=list, repr=False)
-    """Predicted class indices of each fold's test part (sorted indices), for other metrics."""
-    fold_seconds: list[float] = field(default_factory=list, repr=False)
-    seconds: float = 0.0
-    extract_seconds: float = 0.0
-    estimate: float | None = None
-    skipped: str | None = None
-    stopped: str | None = None
-    outcome: FitOutcome | None = field(default=None, repr=False, compare=False)
-
-    @property
-    def accuracy(self) -> float | None:
-        """Mean accuracy over the folds it ran; None when it never ran."""
-        return float(np.mean(self.scores)) if self.scores else None
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            **self.candidate.to_dict(), "accuracy": self.accuracy, "scores": list(self.scores), "folds": list(self.folds),
-            "seconds": round(self.seconds, 1), "extract_seconds": round(self.extract_seconds, 1),
-            "estimate": None if self.estimate is None else round(self.estimate, 1), "skipped": self.skipped,
-            "stopped": self.stopped,
-        }
 
 
 @dataclass
@@ -189,21 +96,25 @@ def _score_job(arena_state: dict[str, Any], pixels: np.ndarray, candidate: Candi
     return fitted
 
 
-class CandidateSearch:
-    """Score candidates on folds within a time budget; keeps every :class:`Trial`.
+class Engine:
+    """Score candidates on folds within a time budget; keeps every :class:`Trial` in ``results``.
 
     Parameters
     ----------
     arena : Arena
     folds : list of (train, test) index arrays
         The same for every candidate (paired scores).
+    repeats : int
+        How many times ``folds`` cover the images (repeated k-fold), for the per-image view of
+        :class:`~transferkit.selection.results.Results`.
     budget_seconds : float or None
         Wall time the whole search may take from ``started`` (default: construction; the
         estimator passes the start of ``fit``, so the probe counts too); None: no bound.
     cost : callable, optional
-        ``cost(candidate, n_train, n_test, done) -> seconds``: the estimate that decides whether
-        a candidate still fits what is left, given the candidates already scored (whose cached
-        features cost nothing again); None: every candidate runs.
+        ``cost(candidate, n_train, n_test, trials) -> seconds``
+        (:class:`~transferkit.selection.cost.CostModel`): the estimate that decides whether a
+        candidate still fits what is left, given the trials so far (whose cached features cost
+        nothing again); None: every candidate runs.
     reserve_seconds : float
         Kept back from the budget for the final fit.
     n_jobs, backend :
@@ -222,8 +133,9 @@ class CandidateSearch:
     """
 
     def __init__(
-        self, arena: Arena, folds: Sequence[Fold], *, budget_seconds: float | None = None,
-        cost: Callable[[Candidate, int, int, list[Candidate]], float] | None = None, reserve_seconds: float = 0.0, n_jobs: int = 1,
+        self, arena: Arena, folds: Sequence[Fold], *, repeats: int = 1, budget_seconds: float | None = None,
+        cost: Callable[[Candidate, int, int, Mapping[Candidate, Trial]], float] | None = None, reserve_seconds: float = 0.0,
+        n_jobs: int = 1,
         backend: str | None = None, on_event: Callable[[str], None] | None = None,
         on_fit: Callable[[Trial, int], None] | None = None, clock: Callable[[], float] = time.perf_counter,
         started: float | None = None, reproducible: bool = False,
@@ -237,7 +149,12 @@ class CandidateSearch:
         self.on_fit = on_fit or (lambda trial, number: None)
         self.started = clock() if started is None else started
         self.reproducible = reproducible
-        self.trials: dict[Candidate, Trial] = {}
+        self.results = Results(self.folds, arena.targets, len(arena.classes), repeats)
+
+    @property
+    def trials(self) -> dict[Candidate, Trial]:
+        """Every candidate's trial, in the order first evaluated (``results.trials``)."""
+        return self.results.trials
 
     # ----------------------------------------------------------------- time
     def elapsed(self) -> float:
@@ -277,8 +194,7 @@ class CandidateSearch:
     def _evaluate_one(self, trial: Trial, number: int) -> None:
         candidate, (train, test) = trial.candidate, self.folds[number]
         if self.cost is not None and self.budget_seconds is not None:
-            done = [t.candidate for t in self.trials.values() if t.scores]
-            trial.estimate = self.cost(candidate, len(train), len(test), done)
+            trial.estimate = self.cost(candidate, len(train), len(test), self.trials)
             if trial.estimate > self.left():
                 trial.skipped = f"skipped: ~{trial.estimate:.0f} s to measure, {max(self.left(), 0):.0f} s of the budget left"
                 self.on_event(f"{self.stamp()} {candidate.label}: {trial.skipped}")
@@ -308,6 +224,7 @@ class CandidateSearch:
         trial.scores.append(fitted.accuracy)
         trial.folds.append(number)
         trial.predictions.append(fitted.predictions)
+        trial.probabilities.append(fitted.probabilities)
         trial.fold_seconds.append(fitted.seconds)
         trial.seconds += fitted.seconds
         trial.extract_seconds += fitted.extract_seconds
@@ -329,56 +246,14 @@ class CandidateSearch:
 
     # -------------------------------------------------------------- results
     def leader(self) -> Trial | None:
-        """The best trial so far (see :func:`winner`), or None before any ran."""
+        """The best-scoring trial so far (:func:`~transferkit.selection.winner.choose`'s ``best``), or
+        None before any ran."""
         measured = [t for t in self.trials.values() if t.accuracy is not None]
-        return winner(measured) if measured else None
+        return choose(self.results, measured).best if measured else None
 
-
-def winner(trials: Sequence[Trial]) -> Trial:
-    """The best mean accuracy; within :data:`TIE` the cheaper, earlier candidate; a trained
-    network must beat the best other candidate by :data:`NETWORK_MARGIN`.
-
-    With no trial measured, the first one (the budget allowed nothing: it is fitted unmeasured).
-    """
-    measured = [t for t in trials if t.accuracy is not None]
-    if not measured:
-        return trials[0]
-    others = [t for t in measured if not get_strategy(t.candidate.strategy).trains_network]
-    floor = max((t.accuracy for t in others), default=-math.inf)
-
-    def effective(trial: Trial) -> float:
-        if get_strategy(trial.candidate.strategy).trains_network and others:
-            return trial.accuracy - NETWORK_MARGIN if trial.accuracy > floor else trial.accuracy - 1.0
-        return trial.accuracy
-
-    best = max(effective(t) for t in measured)
-    return next(t for t in measured if effective(t) >= best - TIE)
-
-
-# ------------------------------------------------------------------ schedules
-def every_fold(search: CandidateSearch, candidates: Sequence[Candidate]) -> list[Trial]:
-    """``compare``'s schedule: every candidate on every fold."""
-    return search.evaluate_candidates(candidates)
-
-
-def successive_halving(search: CandidateSearch, candidates: Sequence[Candidate], keep_at_least: int = 2) -> tuple[list[Trial], list[list[str]]]:
-    """``advise --measure``'s schedule: all candidates on fold 1, the better half on fold 2, ...
-
-    Returns every trial and, per round, the labels of the candidates that ran it.
-    """
-    alive, rounds = list(candidates), []
-    for number in range(len(search.folds)):
-        rounds.append([c.strategy for c in alive])
-        trials = search.evaluate_candidates(alive, [number])
-        ranked = sorted(trials, key=lambda t: t.accuracy if t.accuracy is not None else -1.0, reverse=True)
-        alive = [t.candidate for t in ranked[: max(keep_at_least, math.ceil(len(alive) / 2))]]
-    return [search.trials[c] for c in candidates], rounds
-
-
-def with_params(candidate: Candidate, **params: Any) -> Candidate:
-    """``candidate`` with estimator parameters added or replaced."""
-    merged = {**dict(candidate.params), **params}
-    return replace(candidate, params=tuple(sorted(merged.items())))
+    def score(self, candidate: Candidate, fold: Fold) -> FoldFit:
+        """Score ``candidate`` on any ``fold`` without recording it (a learning curve's subsets)."""
+        return score_candidate(self.arena, candidate, fold, reproducible=self.reproducible)
 
 
 def _minutes(seconds: float) -> str:

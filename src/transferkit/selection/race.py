@@ -1,16 +1,16 @@
-"""Check the rules by measurement: a budgeted race of candidate strategies under CV.
+"""Check the rules by measurement: a race of candidate strategies under CV (``advise --measure``).
 
 The rules in :mod:`transferkit.advise.rules` trust the playbook; the race measures it on the
-user's data. It trains estimators, so it lives with cross-validation in ``evaluation`` (above
-the estimator), not in ``advise`` (below it). It cross-validates a few candidates (the advised strategy plus the cheap and the
-usual alternatives) on a stratified sample with successive halving over folds: every
+user's data: the engine with the candidates ``auto`` races (:func:`transferkit.selection.auto.auto_strategies`)
+and a successive-halving schedule. It cross-validates them on a stratified sample: every
 candidate runs on the first fold, the better half goes on to the next fold, and so on, so the
 budget goes to the strategies still in contention. All candidates see the same folds, and the
 per-strategy settings are ``compare``'s (small image sizes and few epochs for the network
 strategies), so a race of ~600 images takes a few minutes on 2 CPU cores.
 
-The schedule is :func:`transferkit.search.successive_halving`, run by the same
-:class:`~transferkit.search.CandidateSearch` as ``compare`` and ``auto``. It halves over
+The schedule is :func:`transferkit.selection.schedules.successive_halving`, run by the same
+:class:`~transferkit.selection.engine.Engine` as ``compare`` and ``auto``, and the winner is the one
+rule's among the last round's candidates. It halves over
 *folds* rather than over samples (scikit-learn's ``HalvingGridSearchCV``): the strategies each
 need their own decoded image size, and every fold score is kept to compare with the advice.
 """
@@ -19,16 +19,20 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from transferkit.data import ImageSet, check_classes, duplicate_groups, stratified_sample, thumbnail_pixels
 from transferkit.errors import ConfigError
-from transferkit.evaluation.compare import candidates_for, cv_result, report_folds
-from transferkit.evaluation.cv import CVResult, FoldScore, make_folds
-from transferkit.search import CandidateSearch, successive_halving, with_params
+from transferkit.selection.candidates import candidates_for
+from transferkit.selection.compare import arena_for, cv_result, report_folds
+from transferkit.selection.engine import Engine
+from transferkit.selection.folds import make_folds
+from transferkit.selection.results import CVResult, FoldScore
+from transferkit.selection.schedules import last_round, successive_halving
+from transferkit.selection.winner import choose
 from transferkit.strategies import get_strategy, list_strategies
 
 RACE_CANDIDATES = ("svm", "head", "finetune")
@@ -50,6 +54,10 @@ class Race:
     n_images : int
         Images raced (a stratified sample of the data).
     seconds : float
+    chosen : str
+        The winner rule's choice among the last round's candidates.
+    reason : str
+        Why (:attr:`transferkit.selection.winner.Decision.reason`).
     """
 
     advised: str
@@ -57,12 +65,13 @@ class Race:
     rounds: list[list[str]]
     n_images: int
     seconds: float
+    chosen: str
+    reason: str = ""
 
     @property
     def winner(self) -> CVResult:
-        """Among the candidates that ran the most folds, the one with the best mean accuracy."""
-        most = max(len(r.folds) for r in self.results)
-        return max((r for r in self.results if len(r.folds) == most), key=lambda r: r.mean)
+        """The chosen strategy's cross-validation result."""
+        return next(r for r in self.results if r.strategy == self.chosen)
 
     @property
     def agrees(self) -> bool:
@@ -88,6 +97,7 @@ class Race:
             "winner": self.winner.strategy,
             "agrees": self.agrees,
             "verdict": self.verdict(),
+            "why": self.reason,
             "rounds": self.rounds,
             "n_images": self.n_images,
             "seconds": round(self.seconds, 1),
@@ -133,7 +143,7 @@ def race_strategies(
         Called with (strategy, FoldScore) after each fold.
     n_jobs, backend :
         Run each round's candidates in parallel through joblib (see
-        :func:`transferkit.evaluation.cv.run_jobs`).
+        :func:`transferkit.evaluation.jobs.run_parallel`).
     """
     started = time.perf_counter()
     names = list(dict.fromkeys([advised, *(RACE_CANDIDATES if candidates is None else candidates)]))
@@ -141,21 +151,19 @@ def race_strategies(
     if unknown:
         raise ConfigError(f"race candidates expected names from {', '.join(list_strategies())}. Received: {unknown}")
     base = dict(base or {})
+    extra = {advised: dict(advised_params or {})} if advised_params else {}
+    if advised in extra and not get_strategy(advised).accepts_freeze:
+        extra[advised].pop("freeze", None)
+    proposed = candidates_for(names, base, dict(overrides or {}), proposed_by="race", extra=extra)  # checked before any work
     sample = stratified_sample(images, max_images, base.get("seed", 0))
     check_classes(sample, min_per_class=cv, purpose=f"a {cv}-fold race")
     groups = duplicate_groups(sample, pixels=thumbnail_pixels(sample, base.get("cache_dir")))  # copies and near-copies: one fold
     folds = make_folds(np.asarray(sample.labels), cv=cv, groups=groups, seed=base.get("seed", 0))
-
-    decoded: dict[int, np.ndarray] = {}
-    arena, proposed = candidates_for(sample, names, base, dict(overrides or {}), decoded, proposed_by="race")
-    if advised_params:  # the advised candidate runs with the advice's own settings (e.g. its freeze depth)
-        first = proposed[0]
-        freeze = advised_params.get("freeze", first.freeze) if get_strategy(advised).accepts_freeze else first.freeze
-        proposed[0] = with_params(replace(first, freeze=freeze), **{k: v for k, v in advised_params.items() if k != "freeze"})
-
-    search = CandidateSearch(arena, folds, n_jobs=n_jobs, backend=backend, reproducible=True)
-    report_folds(search, on_fold)
-    trials, rounds = successive_halving(search, proposed)
+    engine = Engine(arena_for(sample, proposed, base), folds, n_jobs=n_jobs, backend=backend, reproducible=True)
+    report_folds(engine, on_fold)
+    trials, rounds = successive_halving(engine, proposed)
+    decision = choose(engine.results, last_round(trials))
     return Race(
-        advised=advised, results=[cv_result(t, search) for t in trials], rounds=rounds, n_images=len(sample), seconds=time.perf_counter() - started,
+        advised=advised, results=[cv_result(t, engine) for t in trials], rounds=rounds, n_images=len(sample),
+        seconds=time.perf_counter() - started, chosen=decision.chosen.candidate.strategy, reason=decision.reason,
     )

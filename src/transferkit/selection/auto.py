@@ -1,9 +1,14 @@
-"""``auto``'s schedule: the rules propose candidates in rounds, one search scores them in a budget.
+"""``auto``'s schedule: candidates proposed in rounds, scored by the one engine within a budget.
 
-The playbook's rules trust rules of thumb written for other data. Here they only *propose*;
-:class:`transferkit.search.CandidateSearch` scores every proposal on the same held-out fold of
-the user's images (a stratified fifth), within the time budget, and the best wins. The rounds,
-cheapest first, each proposed in view of what the earlier ones measured:
+The playbook's rules (:mod:`transferkit.advise.rules`) trust rules of thumb written for other
+data. Here their recommendation only *proposes*; the :class:`~transferkit.selection.engine.Engine`
+scores every proposal on the same held-out fold of the user's images (a stratified fifth), within
+the time budget, and :func:`~transferkit.selection.winner.choose` picks. Where that fifth is small
+(at most :data:`SMALL_HOLDOUT` images) one image is several points of accuracy, so the cheap
+candidates (frozen features, pixels: seconds each) are also scored on the other folds, repeated
+(:func:`cheap_repeats`): every image held out once per repeat, and the winner rule compares them
+image by image on all of them. The rounds, cheapest first, each proposed in view of what the
+earlier ones measured:
 
 1. ``svm`` on the bottleneck features at the backbone's size (the playbook's recipe for small
    data, and the baseline nothing may lose to), ``logistic`` on the same cached features, and
@@ -35,8 +40,12 @@ cheapest first, each proposed in view of what the earlier ones measured:
    model (no second training).
 
 Whatever the user fixed (``image_size``, ``class_weight``, ``symmetries``, ``feature_layers``, ``augment``) every
-candidate is measured with. Each candidate's cost is estimated from speeds measured here, and a
-candidate that no longer fits is skipped, saying so.
+candidate is measured with. Each candidate's cost is estimated by the one cost model
+(:mod:`transferkit.selection.cost`), and a candidate that no longer fits is skipped, saying so.
+
+``facts`` and ``recommendation`` are the advisor's (:class:`transferkit.advise.DataFacts`,
+:class:`transferkit.advise.Recommendation`), read by attribute: this wing sits below the rules, which
+price their time budget with its cost model.
 """
 
 from __future__ import annotations
@@ -49,24 +58,32 @@ from typing import Any
 
 import numpy as np
 
-from transferkit.advise.facts import DataFacts
-from transferkit.advise.rules import Recommendation
 from transferkit.data import pixel_groups
-from transferkit.search import Arena, Candidate, CandidateSearch, Trial, winner, with_params
+from transferkit.selection.candidates import Candidate, with_params
+from transferkit.selection.cost import FINAL_FIT_SHARE, CostModel, Speeds
+from transferkit.selection.engine import Arena, Engine
+from transferkit.selection.folds import holdout_folds
+from transferkit.selection.results import Results, Trial
+from transferkit.selection.winner import Decision, choose
 from transferkit.strategies import get_strategy
 from transferkit.strategies.features import SYMMETRIES, FeatureExtractor, symmetric_features
 from transferkit.strategies.linear import fit_linear_classifier
 from transferkit.strategies.network import PLAYBOOK_LR_FACTOR
 from transferkit.strategies.pixels import DEFAULT_SIDE
-from transferkit.training.allocator import release_freed_memory
 
 MAX_PIXEL_IMAGES = 5_000
 """A kernel machine's fit grows with the square of the images: ``pixels`` is proposed up to here."""
 LARGE_IMAGE_SIDE = 160
 """Images whose median side reaches this also get an ``svm`` candidate at :data:`SMALL_SIDE`."""
 SMALL_SIDE = 128
-HOLDOUT_FOLDS = 5
-"""The held-out fold is one of this many stratified folds: a fifth of the images."""
+SMALL_HOLDOUT = 300
+"""A held-out fold of at most this many images is too small to tell candidates apart (one image is
+at least a third of a point): the cheap candidates are then scored on every fold, repeated."""
+REPEAT_OBSERVATIONS = 400
+MAX_REPEATS = 2
+"""The cheap candidates of a small set run ceil(:data:`REPEAT_OBSERVATIONS` / images) repeats of
+the k-fold split, at most this many: at least 400 held-out outcomes per candidate where the
+images allow (150 face crops: 2 x 5 folds, 300 outcomes)."""
 NETWORK_SIDES = (224, 192, 160, 128, 112, 96, 80, 64, 48, 32)
 """Image sides a trained network may use, largest first; the budget picks the first that fits."""
 MIN_NETWORK_EPOCHS = 6
@@ -101,8 +118,6 @@ STAGES_WHY = ("multi-layer features: earlier stages see what the bottleneck pool
               "(the playbook: early layers are general, so they transfer further from ImageNet)")
 PERFECT = 1.0
 """A leader with this held-out accuracy leaves a network nothing to win: none is trained."""
-FINAL_FIT_SHARE = 0.05
-"""Budget kept back for the final fit of a feature winner (its features are cached by then)."""
 
 
 @dataclass(frozen=True)
@@ -150,78 +165,12 @@ class Symmetry:
 
 
 @dataclass
-class Speeds:
-    """Seconds per image on this machine: a forward pass, and a training step of the whole
-    network (both timed once per image side, after a warm-up batch)."""
-
-    backbone: str
-    weights: str | None
-    runtime: Any
-
-    def __post_init__(self) -> None:
-        self._forward: dict[int, float] = {}
-        self._train: dict[int, float] = {}
-
-    def forward(self, size: int) -> float:
-        if size not in self._forward:
-            from transferkit.backbones import create_backbone
-
-            model, preprocessing = create_backbone(self.backbone, num_classes=1, weights_path=self.weights)
-            self._forward[size] = 1.0 / forward_speed(model, np.zeros((32, size, size, 3), np.uint8), preprocessing, self.runtime, 16)
-        return self._forward[size]
-
-    def train(self, size: int) -> float:
-        if size not in self._train:
-            self._train[size] = _time_training_step(self.backbone, self.weights, self.runtime, size)
-        return self._train[size]
-
-
-def forward_speed(model, pixels: np.ndarray, preprocessing, runtime, batch_size: int) -> float:
-    """Images per second of a plain forward pass (no probe hooks) over ``pixels[:2 * batch_size]``,
-    after a warm-up batch."""
-    import torch
-
-    from transferkit.training.inputs import predict_logits
-
-    model = runtime.prepare_model(model)
-    sample = pixels[: 2 * batch_size]
-    with torch.no_grad():
-        predict_logits(model, sample[:2], preprocessing, runtime, batch_size)
-        started = time.perf_counter()
-        predict_logits(model, sample, preprocessing, runtime, batch_size)
-        seconds = time.perf_counter() - started
-    release_freed_memory()  # a pass of its own: see release_freed_memory
-    return len(sample) / max(seconds, 1e-9)
-
-
-def _time_training_step(backbone: str, weights, runtime, size: int, batch: int = 16) -> float:
-    """Seconds per image of one forward + backward + optimiser step of the whole network."""
-    import torch
-
-    from transferkit.backbones import create_backbone
-
-    model, _ = create_backbone(backbone, num_classes=2, weights_path=weights)
-    model = runtime.prepare_model(model).train()  # never a DDP wrapper: this times one process alone
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    inputs = runtime.images_to_device(torch.zeros(batch, 3, size, size)).float()
-    targets = runtime.to_device(torch.zeros(batch, dtype=torch.long))
-    seconds = []
-    for _ in range(2):  # the first step warms up the kernels
-        started = time.perf_counter()
-        with runtime.autocast():
-            loss = torch.nn.functional.cross_entropy(model(inputs).float(), targets)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        seconds.append(time.perf_counter() - started)
-    del model, optimizer, loss
-    release_freed_memory()  # the step's activations and gradients: a pass of its own
-    return seconds[-1] / batch
-
-
-@dataclass
 class AutoSearch:
-    """Outcome of :func:`search_auto`: every trial, the winner, the symmetry test, the reasons."""
+    """Outcome of :func:`search_auto`: every trial, the decision, the symmetry test, the reasons.
+
+    ``results`` is the engine's table: ``results.oof_proba(candidate)`` gives the out-of-fold class
+    probabilities of every image a candidate was scored on (the held-out fifth; every image, once
+    per repeat, for the cheap candidates of a small set)."""
 
     trials: list[Trial]
     chosen: Trial
@@ -229,21 +178,28 @@ class AutoSearch:
     reasons: list[str]
     augment: str
     seconds: float
+    decision: Decision | None = None
+    results: Results | None = None
 
 
-def holdout_fold(targets: np.ndarray, groups: np.ndarray | None, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """The one fold every candidate is scored on: a stratified (grouped) fifth of the images."""
-    from transferkit.evaluation.cv import make_folds
+def cheap_repeats(n_images: int, n_holdout: int) -> int:
+    """Repeats of the k-fold split the cheap candidates run: 0 (the held-out fold alone) when
+    the held-out fold has more than :data:`SMALL_HOLDOUT` images, else enough for about
+    :data:`REPEAT_OBSERVATIONS` held-out outcomes (at most :data:`MAX_REPEATS`)."""
+    if n_holdout > SMALL_HOLDOUT:
+        return 0
+    return min(MAX_REPEATS, max(1, math.ceil(REPEAT_OBSERVATIONS / max(n_images, 1))))
 
-    smallest = int(np.bincount(targets).min())
-    cv = max(2, min(HOLDOUT_FOLDS, smallest))
-    return make_folds(targets, cv=cv, groups=groups, seed=seed)[0]
+
+def is_cheap(candidate: Candidate) -> bool:
+    """Scored in seconds once features are cached: a classifier on frozen features, or the pixels'."""
+    return not get_strategy(candidate.strategy).trains_network
 
 
 def search_auto(
     arena: Arena,
-    facts: DataFacts,
-    recommendation: Recommendation,
+    facts,
+    recommendation,
     *,
     backbone_size: int,
     fixed: Mapping[str, Any],
@@ -262,12 +218,15 @@ def search_auto(
     """
     begun = clock()
     seed = int(arena.params.get("seed", 0))
-    fold = holdout_fold(arena.targets, groups, seed)
+    first = holdout_folds(arena.targets, groups, seed)
+    repeats = cheap_repeats(len(arena.targets), len(first[0][1]))
+    folds = holdout_folds(arena.targets, groups, seed, repeats) if repeats else first[:1]
+    fold = folds[0]  # the held-out fifth every candidate is scored on
     reserve = 0.0 if budget_seconds is None else FINAL_FIT_SHARE * budget_seconds
     warmed: set[tuple[int, str, str]] = set()  # (size, feature layers, view) computed by a shared pass
-    cost = _cost(speeds, len(arena.targets), warmed)
-    search = CandidateSearch(arena, [fold], budget_seconds=budget_seconds, cost=cost, reserve_seconds=reserve,
-                             on_event=on_event, clock=clock, started=begun if started is None else started)
+    cost = None if speeds is None else CostModel(speeds, len(arena.targets), warmed)
+    search = Engine(arena, folds, repeats=max(repeats, 1), budget_seconds=budget_seconds, cost=cost, reserve_seconds=reserve,
+                    on_event=on_event, clock=clock, started=begun if started is None else started)
     size = int(fixed.get("image_size") or backbone_size)
     weights = fixed.get("class_weight", None)
     reasons: list[str] = []
@@ -289,10 +248,28 @@ def search_auto(
     views = [view for c in variants if c.feature_layers == "stages" for view in SYMMETRIES[c.symmetries]]
     if len(set(views)) > 1:
         _shared_feature_pass(search, size, tuple(dict.fromkeys(views)), warmed)
-    search.evaluate_candidates(variants)
+    search.evaluate_candidates(variants, [0])
+
+    # 3b. a small held-out fold: the cheap candidates on every other fold too (seconds each; before the
+    # network, which is sized to what is left)
+    if len(folds) > 1:
+        reasons.append(_cheap_on_every_fold(search, repeats))
 
     # 4. a trained network with what is left
     augment = _network_augment(fixed, symmetry)
+    _network_round(search, recommendation, facts, fixed, speeds, backbone_size, augment, reasons)
+
+    trials = list(search.trials.values())
+    decision = choose(search.results)
+    reasons += trial_reasons(trials, decision, len(fold[1]))
+    return AutoSearch(trials=trials, chosen=decision.chosen, symmetry=symmetry, reasons=reasons, augment=augment,
+                      seconds=clock() - begun, decision=decision, results=search.results)
+
+
+def _network_round(search: Engine, recommendation, facts, fixed, speeds: Speeds | None, backbone_size: int, augment: str,
+                   reasons: list[str]) -> None:
+    """Round 5: the learning-rate pilot, then a trained network sized to what is left, on the held-out fold."""
+    arena, fold = search.arena, search.folds[0]
     network = None
     leader = search.leader()
     perfect = leader is not None and leader.accuracy >= PERFECT
@@ -316,18 +293,29 @@ def search_auto(
                                              backbone_size, augment, min_steps)
                 network = with_params(network, backbone_lr_factor=factor) if network is not None else None
         if network is not None:
-            search.evaluate_candidates([network])
+            search.evaluate_candidates([network], [0])
     elif get_strategy(recommendation.strategy).trains_network or not facts.n_samples < 1000:
         reasons.append("no trained network was measured: the budget left too little time for "
                        f"{MIN_NETWORK_EPOCHS} epochs at {NETWORK_SIDES[-1]} px on this machine (--budget-minutes M for more)")
 
-    trials = list(search.trials.values())
-    chosen = winner(trials)
-    reasons += trial_reasons(trials, chosen, len(fold[1]))
-    return AutoSearch(trials=trials, chosen=chosen, symmetry=symmetry, reasons=reasons, augment=augment, seconds=clock() - begun)
+
+def _cheap_on_every_fold(search: Engine, repeats: int) -> str:
+    """Score every cheap candidate measured so far on the folds after the held-out one; the reason line."""
+    folds, n_images = search.folds, len(search.arena.targets)
+    held_out, k = len(folds[0][1]), len(folds) // repeats
+    cheap = [t.candidate for t in search.trials.values() if is_cheap(t.candidate) and t.scores]
+    search.on_event(f"{search.stamp()} {held_out} held-out images are few: scoring the {len(cheap)} cheap candidates on "
+                    f"{repeats} x {k}-fold cross-validation of all {n_images:,} images")
+    trials = search.evaluate_candidates(cheap, list(range(1, len(folds))))
+    complete = [t for t in trials if len(t.folds) == len(folds)]
+    short = [t.candidate.label for t in trials if len(t.folds) < len(folds)]
+    cut = f" ({', '.join(short)}: the budget allowed {'it' if len(short) == 1 else 'them'} fewer folds)" if short else ""
+    return (f"{held_out} held-out images are few (one image is {1 / held_out:.3f} of accuracy): {len(complete)} of the "
+            f"{len(cheap)} cheap candidates were also scored by {repeats} x {k}-fold cross-validation on all {n_images:,} "
+            f"images, each image held out {repeats} time{'s' if repeats > 1 else ''}{cut}; they are compared image by image")
 
 
-def auto_strategies(facts: DataFacts, recommendation: Recommendation) -> list[str]:
+def auto_strategies(facts, recommendation) -> list[str]:
     """The strategies :func:`search_auto` races on data with these ``facts``: svm and logistic on
     frozen features, pixels on small sets (up to :data:`MAX_PIXEL_IMAGES`), and the trained
     network (finetune at the advised depth, full where it freezes nothing). ``advise --measure``
@@ -339,7 +327,7 @@ def auto_strategies(facts: DataFacts, recommendation: Recommendation) -> list[st
     return names
 
 
-def _frozen_features_round(search: CandidateSearch, size: int, weights: str | None, layers: str | None, warmed: set) -> Candidate:
+def _frozen_features_round(search: Engine, size: int, weights: str | None, layers: str | None, warmed: set) -> Candidate:
     """Round 1: svm (the baseline, returned) and logistic on the bottleneck features, and svm on
     multi-layer features unless the user fixed ``layers`` (then every candidate reads those)."""
     baseline = Candidate("svm", size, "always: the playbook's bottleneck features + linear SVM", weights,
@@ -349,13 +337,13 @@ def _frozen_features_round(search: CandidateSearch, size: int, weights: str | No
     if layers is None:
         _shared_feature_pass(search, size, SYMMETRIES["none"], warmed)
         first.append(Candidate("svm", size, STAGES_WHY, weights, feature_layers="stages"))
-    search.evaluate_candidates(first)
+    search.evaluate_candidates(first, [0])
     return baseline
 
 
-def _plan(search: CandidateSearch, cost, size: int, n_train: int, n_test: int) -> str:
+def _plan(search: Engine, cost, size: int, n_train: int, n_test: int) -> str:
     """The plan and its estimate, printed before the long work."""
-    features = "" if cost is None else f" (~{cost(Candidate('svm', size, ''), n_train, n_test, []):.0f} s)"
+    features = "" if cost is None else f" (~{cost(Candidate('svm', size, ''), n_train, n_test, {}):.0f} s)"
     if search.budget_seconds is None:
         return (f"{search.stamp()} plan: frozen features at {size} px{features}, the symmetry test, cheap variants, then a "
                 "trained network; no time bound")
@@ -383,7 +371,7 @@ def measure_symmetry(arena: Arena, fold, size: int, class_weight: str | None) ->
                     vertical=accuracy["vertical"] >= plain - tolerance, rotation=accuracy["rotate90"] >= plain - tolerance)
 
 
-def _variants(facts: DataFacts, recommendation: Recommendation, size: int, fixed, symmetry: Symmetry | None,
+def _variants(facts, recommendation, size: int, fixed, symmetry: Symmetry | None,
               budget_seconds: float | None, speeds: Speeds | None, n_images: int) -> list[Candidate]:
     weights = fixed.get("class_weight", None)
     candidates = []
@@ -432,7 +420,7 @@ def _network_augment(fixed, symmetry: Symmetry | None) -> str:
     return ",".join([*kept, "rotate", "translate"])
 
 
-def _network_candidate(recommendation: Recommendation, facts: DataFacts, fixed, search: CandidateSearch, speeds: Speeds | None,
+def _network_candidate(recommendation, facts, fixed, search: Engine, speeds: Speeds | None,
                        n_train: int, n_test: int, backbone_size: int, augment: str,
                        min_steps: int = MIN_STEPS) -> Candidate | None:
     """``finetune`` at the advised depth (``full`` where it freezes nothing), at the largest side
@@ -470,7 +458,7 @@ def _network_candidate(recommendation: Recommendation, facts: DataFacts, fixed, 
     return Candidate(strategy, side, why, fixed.get("class_weight", None), freeze=freeze or None, params=params)
 
 
-def _learning_rate_pilot(network: Candidate, search: CandidateSearch, reasons: list[str], n_train: int,
+def _learning_rate_pilot(network: Candidate, search: Engine, reasons: list[str], n_train: int,
                          n_test: int, size_fixed: bool = False) -> float | None:
     """Measure the playbook's learning-rate rule on this data: ``network``'s strategy trained
     briefly with each of :data:`PILOT_FACTORS` on the held-out fold. Returns the factor the
@@ -484,12 +472,12 @@ def _learning_rate_pilot(network: Candidate, search: CandidateSearch, reasons: l
               for factor, why in zip(PILOT_FACTORS, ("pilot: the playbook's rule, pretrained layers 10x slower than the head",
                                                      "pilot: every layer at the head's learning rate"))]
     if search.cost is not None and search.budget_seconds is not None:
-        pilot_cost = sum(search.cost(p, n_train, n_test, []) for p in pilots)
-        if pilot_cost > PILOT_SHARE * search.cost(network, n_train, n_test, []):
+        pilot_cost = sum(search.cost(p, n_train, n_test, {}) for p in pilots)
+        if pilot_cost > PILOT_SHARE * search.cost(network, n_train, n_test, {}):
             reasons.append(f"no learning-rate pilot: ~{pilot_cost:.0f} s is more than {PILOT_SHARE:.0%} of the network's own "
                            f"estimate; pretrained layers train at the playbook's lr x{PLAYBOOK_LR_FACTOR:g}")
             return None
-    trials = search.evaluate_candidates(pilots)
+    trials = search.evaluate_candidates(pilots, [0])
     if any(t.accuracy is None for t in trials):
         return None
     playbook, other = trials[0].accuracy, trials[1].accuracy
@@ -501,7 +489,7 @@ def _learning_rate_pilot(network: Candidate, search: CandidateSearch, reasons: l
     return factor
 
 
-def _shared_feature_pass(search: CandidateSearch, size: int, views: tuple[str, ...], warmed: set) -> None:
+def _shared_feature_pass(search: Engine, size: int, views: tuple[str, ...], warmed: set) -> None:
     """Multi-layer features of every image in each of ``views``, in one pass that also gives the
     bottleneck candidates theirs (their last columns): the stages candidates cost no second pass.
 
@@ -511,7 +499,7 @@ def _shared_feature_pass(search: CandidateSearch, size: int, views: tuple[str, .
     group = next((name for name, group_views in SYMMETRIES.items() if set(todo) <= set(group_views)), "dihedral")
     probe = Candidate("svm", size, "", symmetries=group, feature_layers="stages")  # prices the views not yet warmed
     if not todo or (search.cost is not None and search.budget_seconds is not None
-                    and search.cost(probe, len(arena.targets), 0, []) > search.left()):
+                    and search.cost(probe, len(arena.targets), 0, {}) > search.left()):
         return
     started = time.perf_counter()
     extractor = FeatureExtractor.from_params(arena.params, arena.runtime, layers="stages")
@@ -529,45 +517,22 @@ def noise_tolerance(accuracy: float, n_images: int) -> float:
     return max(0.02, 2 * math.sqrt(max(accuracy * (1 - accuracy), 0.01) / max(n_images, 1)))
 
 
-def _cost(speeds: Speeds | None, n_images: int, warmed: set[tuple[int, str, str]] = frozenset()):
-    """The search's cost model: seconds to score a candidate on one fold, from measured speeds.
-
-    Frozen features already computed (by a scored candidate, or by a shared pass in ``warmed``)
-    cost nothing; multi-layer features include the bottleneck's."""
-    if speeds is None:
-        return None
-
-    def cost(candidate: Candidate, n_train: int, n_test: int, done: list[Candidate]) -> float:
-        entry = get_strategy(candidate.strategy)
-        size = candidate.image_size
-        if entry.trains_network:
-            epochs = int(dict(candidate.params).get("epochs", 10))
-            return epochs * (n_train * speeds.train(size) + n_test * speeds.forward(size))
-        if not entry.pretrained:
-            return 0.0  # pixels: a kernel machine on at most MAX_PIXEL_IMAGES images, seconds
-        cached = set(warmed) | {(c.image_size, c.feature_layers, view) for c in done if get_strategy(c.strategy).frozen_backbone
-                                for view in SYMMETRIES[c.symmetries]}
-        cached |= {(s, "bottleneck", view) for s, layers, view in cached if layers == "stages"}
-        new_views = [view for view in SYMMETRIES[candidate.symmetries] if (size, candidate.feature_layers, view) not in cached]
-        return len(new_views) * n_images * speeds.forward(size)
-
-    return cost
-
-
-def trial_reasons(trials: list[Trial], chosen: Trial, n_holdout: int) -> list[str]:
-    """One line per candidate (who proposed it, what it measured) and one for the decision."""
+def trial_reasons(trials: list[Trial], decision: Decision, n_holdout: int) -> list[str]:
+    """One line per candidate (who proposed it, what it measured) and the decision's own reason."""
     lines = []
     for trial in trials:
         if trial.accuracy is None:
             result = trial.skipped or "not measured"
         else:
-            result = f"{trial.accuracy:.3f} held-out accuracy in {trial.seconds:.0f} s" + (f" ({trial.stopped})" if trial.stopped else "")
+            where = "held-out accuracy" if len(trial.folds) == 1 else f"accuracy over {len(trial.folds)} folds"
+            result = f"{trial.accuracy:.3f} {where} in {trial.seconds:.0f} s" + (f" ({trial.stopped})" if trial.stopped else "")
         lines.append(f"candidate {trial.candidate.label} ({trial.candidate.proposed_by}): {result}")
+    chosen = decision.chosen
     if chosen.accuracy is None:
         lines.append(f"no candidate could be measured within the budget: auto fits {chosen.candidate.label} unmeasured")
     else:
         network = get_strategy(chosen.candidate.strategy).trains_network
-        keeps = "; the network trained in the search is the model" if network else "; auto fits it on all the images"
-        lines.append(f"measured on the same {n_holdout:,} held-out images: {chosen.candidate.label} scored best "
-                     f"({chosen.accuracy:.3f}){keeps}")
+        keeps = "the network trained in the search is the model" if network else "auto fits it on all the images"
+        lines.append(f"the choice, on the same {n_holdout:,} held-out images (and, for the cheap candidates, every fold "
+                     f"they shared): {decision.reason}; {keeps}")
     return lines
