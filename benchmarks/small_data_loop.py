@@ -134,7 +134,7 @@ def suggest_check(train_features, train_targets, test_features, test_targets, se
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--root", required=True)
+    parser.add_argument("--root", required=True, help="datasets.py's folder (elpv is read from the elpv-dataset package)")
     parser.add_argument("--sets", nargs="+", default=["digits", "animals", "lfw"])
     parser.add_argument("--image-size", type=int, default=64)
     parser.add_argument("--max-train", type=int, default=1000)
@@ -148,8 +148,9 @@ def main(argv=None) -> int:
     report = {"image_size": args.image_size, "noise": args.noise, "sets": {}}
     for name in args.sets:
         started = time.perf_counter()
-        train = stratified_subset(resolve_data(f"{args.root}/{name}/train"), args.max_train, args.seed)
-        test = resolve_data(f"{args.root}/{name}/test")
+        train_data, test_data = ("elpv:train", "elpv:test") if name == "elpv" else (f"{args.root}/{name}/train", f"{args.root}/{name}/test")
+        train = stratified_subset(resolve_data(train_data), args.max_train, args.seed)
+        test = resolve_data(test_data)
         classes = list(train.classes)
         x_train, y_train = features_of(train, args.image_size, extractor), train.targets()
         x_test = features_of(test, args.image_size, extractor)

@@ -99,3 +99,12 @@ def test_train_test_records_name_both_images(train):
     found = train_test_near_copies(thumbnails(train), [f"train/{i}.png" for i in range(len(train))], thumbnails(test), names)
     assert [(r["test"], r["train"]) for r in found] == [("test/5.png", "train/9.png")]
     assert 0.9 < found[0]["similarity"] <= 1.0
+
+
+def test_the_same_shape_at_another_brightness_is_not_a_near_copy(train):
+    """Correlation ignores brightness; a near-copy keeps it (lfw's flat patches with one edge
+    correlated above 0.98 at 35-144 grey levels apart)."""
+    darker = np.clip(train[:10].astype(np.int16) // 2, 0, 255).astype(np.uint8)  # same shapes, half the brightness
+    assert near_copies(thumbnails(darker), thumbnails(train)) == []
+    slightly = np.clip(train[:10].astype(np.int16) - 3, 0, 255).astype(np.uint8)  # 3 grey levels: still a copy
+    assert sorted((item.query, item.reference) for item in near_copies(thumbnails(slightly), thumbnails(train))) == [(i, i) for i in range(10)]

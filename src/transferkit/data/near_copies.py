@@ -13,14 +13,18 @@ when, in distance ``d = 1 - similarity``:
 - ``d1 <= MAX_DISTANCE``: very close in absolute terms, and
 - ``d1 <= RATIO * d2``: much closer than the query's next-nearest *other* picture (Lowe's ratio
   test), where pictures that are as close to the best match as the query is (copies of the best
-  match) do not count as "other".
+  match) do not count as "other", and
+- the two thumbnails' mean grey levels differ by at most :data:`MAX_MEAN_SHIFT`: resizing,
+  re-encoding and shifting keep a picture's brightness, while the correlation ignores it (lfw's
+  flat 25 px "non-face" patches with one edge correlated above 0.98 at 35-144 grey levels apart).
 
 Measured (``benchmarks/near_copies.py``, RESULTS.md): resized, JPEG-re-encoded and one-pixel
 shifted copies of training images are named at 93-100 % on animals, spatial, lfw and ELPV, with
-no clean test image of spatial or animals named falsely; 8x8 digits resized or shifted by a whole
-source pixel (12 % of the image) are not named, and lfw's 25 px crops gave 3 false names in 50.
-ELPV holds genuine near-copies: neighbouring cells of one module (``cell2007.png`` /
-``cell2008.png``) differ by 3-7 grey levels, and 10 % of its paper test split has one in training.
+no clean test image of spatial, animals or lfw named falsely; 8x8 digits resized or shifted by a
+whole source pixel (12 % of the image) are not named. ELPV holds genuine near-copies: the same
+physical cell imaged twice (``cell1842.png`` / ``cell1843.png``: the same defects, a few grey
+levels apart; ``cell0318`` / ``cell0319``: a crack in one image only, labelled 0 and 1), and
+10 % of its paper test split has one in training.
 """
 
 from __future__ import annotations
@@ -39,6 +43,9 @@ MAX_DISTANCE = 0.1
 """Largest ``1 - similarity`` of a near-copy."""
 RATIO = 0.3
 """A near-copy is at most this fraction of the distance to the next-nearest other picture."""
+MAX_MEAN_SHIFT = 8.0
+"""Largest difference of the two thumbnails' mean grey levels (0-255) of a near-copy (measured:
+copies made by resizing, JPEG and one-pixel shifts differ by at most 4.3)."""
 _SHIFT = 1
 _NEIGHBOURS = 8
 _CHUNK = 512
@@ -120,6 +127,7 @@ def near_copies(query: np.ndarray, reference: np.ndarray, *, same_set: bool = Fa
         return []
     found: list[NearCopy] = []
     ref_centred = _centred(reference, 0, 0)
+    query_mean, ref_mean = query.reshape(len(query), -1).mean(axis=1), reference.reshape(len(reference), -1).mean(axis=1)
     k = min(_NEIGHBOURS, len(reference) - (1 if same_set else 0))
     for start in range(0, len(query), _CHUNK):
         sims = similarity(query[start : start + _CHUNK], reference)
@@ -139,7 +147,7 @@ def near_copies(query: np.ndarray, reference: np.ndarray, *, same_set: bool = Fa
             if same_set:
                 others = others[order[1:][to_best > d[0] + 1e-6] != start + row]
             d2 = others[0] if len(others) else np.inf
-            if d[0] <= RATIO * d2:
+            if d[0] <= RATIO * d2 and abs(query_mean[start + row] - ref_mean[best]) <= MAX_MEAN_SHIFT:
                 found.append(NearCopy(int(start + row), int(best), float(sims[row, best])))
     return found
 
