@@ -2,7 +2,8 @@
 prediction at 2N, and suggest vs random picks.
 
 Every part scores images with the audit's own model (``transferkit.audit.oof``: logistic
-regression on frozen efficientnet_lite0 bottleneck features, C by inner CV), at ``--image-size``.
+regression on frozen efficientnet_lite0 bottleneck features, C by inner CV, through the selection
+engine), at ``--image-size``.
 
 - label issues: ``--noise`` of the training labels moved to another class at random (seeded);
   out-of-fold probabilities -> :func:`transferkit.audit.find_label_issues`; the same labels and
@@ -34,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import stratified_subset  # noqa: E402
 
 from transferkit.audit import find_label_issues, predict_accuracy, rank_for_labelling  # noqa: E402
-from transferkit.audit.oof import choose_C, learning_curve_points, out_of_fold_probabilities  # noqa: E402
+from transferkit.audit.oof import audit_arena, choose_C, learning_curve_points, out_of_fold_probabilities  # noqa: E402
 from transferkit.data import ImageSet, decode_images, resolve_data  # noqa: E402
 from transferkit.strategies.features import FeatureExtractor  # noqa: E402
 from transferkit.strategies.linear import make_linear_pipeline  # noqa: E402
@@ -51,8 +52,16 @@ print(json.dumps(out))
 """
 
 
-def features_of(images: ImageSet, size: int, extractor: FeatureExtractor) -> np.ndarray:
-    return extractor.transform(decode_images(images, size, progress=False).pixels)
+def features_of(images: ImageSet, size: int, extractor: FeatureExtractor) -> tuple[np.ndarray, np.ndarray]:
+    """(pixels, bottleneck features) of ``images`` at ``size``."""
+    pixels = decode_images(images, size, progress=False).pixels
+    return pixels, extractor.transform(pixels)
+
+
+def arena_of(pixels: np.ndarray, targets: np.ndarray, seed: int):
+    """The audit's engine arena over ``pixels`` with ``targets`` (features cached by features_of)."""
+    return audit_arena(pixels, targets, np.arange(int(targets.max()) + 1), params={"seed": seed, "device": "cpu", "precision": "fp32"},
+                       runtime=resolve_runtime("cpu", "fp32"))
 
 
 def precision_recall(found, truth: set) -> dict:
@@ -61,13 +70,13 @@ def precision_recall(found, truth: set) -> dict:
     return {"found": len(found), "precision": round(hits / len(found), 3) if found else None, "recall": round(hits / len(truth), 3)}
 
 
-def label_issue_check(features, targets, noise, seed, cleanlab_python) -> dict:
+def label_issue_check(pixels, targets, noise, seed, cleanlab_python) -> dict:
     rng = np.random.default_rng(seed)
     k = int(targets.max()) + 1
     moved = rng.choice(len(targets), int(round(noise * len(targets))), replace=False)
     noisy = targets.copy()
     noisy[moved] = (targets[moved] + rng.integers(1, k, len(moved))) % k
-    oof = out_of_fold_probabilities(features, noisy, None, seed=seed)
+    oof = out_of_fold_probabilities(arena_of(pixels, noisy, seed), None, seed=seed)
     ours = find_label_issues(noisy, oof.proba)  # the default: prune by the noise rate
     off_diagonal = find_label_issues(noisy, oof.proba, method="confident_joint")
     result = {"n": len(targets), "moved": len(moved), "oof_accuracy_vs_true_labels": round(float((oof.proba.argmax(1) == targets).mean()), 3),
@@ -94,17 +103,18 @@ def fit_score(features, targets, train, test, C, seed) -> float:
     return float((pipeline.predict(features[test]) == targets[test]).mean())
 
 
-def curve_check(train_features, train_targets, test_features, test_targets, n, seed) -> dict:
+def curve_check(train_pixels, train_features, train_targets, test_features, test_targets, n, seed) -> dict:
     rng = np.random.default_rng(seed)
     first = rng.choice(len(train_targets), n, replace=False)
     both = np.concatenate([first, rng.choice(np.setdiff1d(np.arange(len(train_targets)), first), n, replace=False)])
-    C = choose_C(train_features[first], train_targets[first], None, seed)
-    sizes, accuracies, n_eval = learning_curve_points(train_features[first], train_targets[first], None, C=C, seed=seed)
+    arena = arena_of(np.asarray(train_pixels[np.sort(first)]), train_targets[np.sort(first)], seed)
+    C = choose_C(arena, np.arange(n), None)
+    sizes, accuracies, n_eval = learning_curve_points(arena, None, C=C, seed=seed)
     _, (predicted,) = predict_accuracy(sizes, accuracies, [2 * n], n_eval=n_eval, seed=seed)
     features = np.concatenate([train_features, test_features])
     targets = np.concatenate([train_targets, test_targets])
     test = np.arange(len(train_targets), len(targets))
-    C2 = choose_C(train_features[both], train_targets[both], None, seed)
+    C2 = choose_C(arena_of(np.asarray(train_pixels[np.sort(both)]), train_targets[np.sort(both)], seed), np.arange(2 * n), None)
     measured = fit_score(features, targets, both, test, C2, seed)
     return {"N": n, "curve_points": len(sizes), "predicted_at_2N": predicted.to_dict(), "measured_at_2N": round(measured, 4),
             "error": round(predicted.accuracy - measured, 4), "within_0.03": abs(predicted.accuracy - measured) <= 0.03}
@@ -152,14 +162,14 @@ def main(argv=None) -> int:
         train = stratified_subset(resolve_data(train_data), args.max_train, args.seed)
         test = resolve_data(test_data)
         classes = list(train.classes)
-        x_train, y_train = features_of(train, args.image_size, extractor), train.targets()
-        x_test = features_of(test, args.image_size, extractor)
+        (p_train, x_train), y_train = features_of(train, args.image_size, extractor), train.targets()
+        _, x_test = features_of(test, args.image_size, extractor)
         y_test = np.array([classes.index(label) for label in test.labels])
         entry = {"train": len(train), "test": len(test), "classes": len(classes)}
         if "labels" in args.parts:
-            entry["label_issues"] = label_issue_check(x_train, y_train, args.noise, args.seed, args.cleanlab_python)
+            entry["label_issues"] = label_issue_check(p_train, y_train, args.noise, args.seed, args.cleanlab_python)
         if "curve" in args.parts:
-            entry["curve"] = curve_check(x_train, y_train, x_test, y_test, len(train) // 2, args.seed)
+            entry["curve"] = curve_check(p_train, x_train, y_train, x_test, y_test, len(train) // 2, args.seed)
         if "suggest" in args.parts and len(train) >= 300:
             entry["suggest"] = suggest_check(x_train, y_train, x_test, y_test, args.seed)
         entry["seconds"] = round(time.perf_counter() - started, 1)

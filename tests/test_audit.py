@@ -291,3 +291,34 @@ def test_both_confident_learning_methods_on_one_problem():
         assert len(found & moved) / len(moved) > 0.6
     with pytest.raises(DataError, match="method"):
         find_label_issues(labels, proba, method="cleanlab")
+
+
+def test_the_audits_out_of_fold_probabilities_come_from_the_selection_engine(tiny_weights, cache):
+    """The seam: each image is scored by the probe of the one fold that held it out, through the
+    engine, and a fold's rows equal a probe fitted on the other folds' cached features by hand."""
+    from conftest import make_images
+    from transferkit.audit.oof import audit_arena, learning_curve_points, out_of_fold_probabilities, probe_candidate
+    from transferkit.selection.folds import make_folds
+    from transferkit.strategies.features import FeatureExtractor
+    from transferkit.strategies.linear import make_linear_pipeline
+    from transferkit.training.runtime import resolve_runtime
+
+    pixels, labels = make_images(n_per_class=10, size=16)
+    classes = sorted(set(labels))
+    targets = np.array([classes.index(label) for label in labels])
+    runtime = resolve_runtime("cpu", "fp32")
+    params = {"backbone": TINY_BACKBONE, "weights": str(tiny_weights), "cache_dir": str(cache), "seed": 0}
+    arena = audit_arena(pixels, targets, classes, params=params, runtime=runtime)
+    seen = []
+    oof = out_of_fold_probabilities(arena, None, cv=3, seed=0, C=0.5, on_fold=lambda i, k: seen.append((i, k)))
+    assert oof.proba.shape == (len(targets), len(classes)) and not np.isnan(oof.proba).any()
+    assert np.allclose(oof.proba.sum(axis=1), 1.0) and seen == [(1, 3), (2, 3), (3, 3)] and oof.C == 0.5
+    assert probe_candidate(arena, 0.5).strategy == "logistic"
+
+    train, test = make_folds(targets, cv=3, seed=0)[1]
+    features = FeatureExtractor(TINY_BACKBONE, weights=str(tiny_weights), runtime=runtime, cache_dir=str(cache)).transform(pixels)
+    by_hand = make_linear_pipeline("logistic", 0.5, 0).fit(features[train], targets[train]).predict_proba(features[np.sort(test)])
+    assert np.allclose(oof.proba[np.sort(test)], by_hand, atol=1e-6)
+
+    sizes, accuracies, n_eval = learning_curve_points(arena, None, C=0.5, seed=0, repeats=2, holdout_folds=3)
+    assert len(sizes) == len(accuracies) == 4 + 3 and n_eval == len(test) and sizes.max() == len(train)

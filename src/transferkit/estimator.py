@@ -309,10 +309,11 @@ class ImageClassifier(ClassifierMixin, BaseEstimator):
             first_size = spec.preprocessing.input_size if self.image_size == AUTO else self.image_size
             pixels, images, skipped = self._decode(X, images, first_size)
             digests = content_digests(images)  # groups copies in the search's folds; kept with the model below
-            # Exact copies in one fold. Not near-copies here (yet): measured on ELPV, the near-copy
-            # test joins neighbouring cells of one module (10.5 % of a clean test part named), which
-            # moved the held-out fifth and auto's choice from multi-layer features + flips (test
-            # 0.802) to plain svm (0.741); `fit --cv`, compare and the race do group them.
+            # Exact copies in one fold. Not near-copies here (yet): ELPV images some cells twice
+            # (the same defects a few grey levels apart; 6.6 % of its paper test part re-images a
+            # training cell), and grouping them moved the held-out fifth and auto's choice from
+            # multi-layer features + flips (test 0.802) to plain svm (0.741) under the old tie rule;
+            # `fit --cv`, compare and the race do group them.
             groups = duplicate_groups(images, digests)
             # torchrun: one decision, rank 0's (the search trains no network there: see select.search_auto)
             speeds = Speeds(self.backbone, self.weights, runtime)  # timed once, for the rules' budget and the search

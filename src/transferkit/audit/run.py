@@ -17,7 +17,7 @@ import numpy as np
 
 from transferkit.audit.curve import predict_accuracy
 from transferkit.audit.label_issues import find_label_issues
-from transferkit.audit.oof import learning_curve_points, out_of_fold_probabilities
+from transferkit.audit.oof import audit_arena, learning_curve_points, out_of_fold_probabilities
 from transferkit.audit.outliers import find_outliers
 from transferkit.data import ImageSet, check_classes, content_digests, duplicate_groups, near_copy_pairs, thumbnails
 from transferkit.strategies.features import FeatureExtractor
@@ -125,8 +125,12 @@ def audit_images(
     groups = duplicate_groups(images, digests, pixels)  # copies and near-copies in one fold
 
     say(f"features: {backbone} at {pixels.shape[1]} px (cached)")
-    extractor = FeatureExtractor(backbone, weights=weights, runtime=resolve_runtime(device, precision), cache_dir=cache_dir)
-    features = extractor.transform(pixels)
+    runtime = resolve_runtime(device, precision)
+    extractor = FeatureExtractor(backbone, weights=weights, runtime=runtime, cache_dir=cache_dir)
+    features = extractor.transform(pixels)  # cached: the engine's probe below reads them again
+    arena = audit_arena(pixels, targets, classes, runtime=runtime,
+                        params={"backbone": backbone, "weights": weights, "cache_dir": cache_dir, "device": device,
+                                "precision": precision, "seed": seed})
 
     say("outliers: nearest-neighbour distances")
     found, scores = find_outliers(features)
@@ -134,7 +138,7 @@ def audit_images(
                 for i, s in zip(found, scores)]
 
     say(f"label issues: {cv}-fold out-of-fold probabilities")
-    oof = out_of_fold_probabilities(features, targets, groups, cv=cv, seed=seed, on_fold=lambda i, k: say(f"  fold {i}/{k}"))
+    oof = out_of_fold_probabilities(arena, groups, cv=cv, seed=seed, on_fold=lambda i, k: say(f"  fold {i}/{k}"))
     issues = find_label_issues(targets, oof.proba)
     label_issues = [{"path": images.source_name(int(i)), "label": classes[targets[i]], "suggested": classes[int(j)],
                      "score": round(float(s), 4)} for i, j, s in zip(issues.indices, issues.suggested, issues.scores)]
@@ -147,7 +151,7 @@ def audit_images(
     else:
         say("learning curve: fits at 1/8, 1/4, 1/2 and all of a training part")
         repeats = 3 if left() > 16 * fit_seconds else 1
-        sizes, accuracies, n_eval = learning_curve_points(features, targets, groups, C=oof.C, seed=seed, repeats=repeats)
+        sizes, accuracies, n_eval = learning_curve_points(arena, groups, C=oof.C, seed=seed, repeats=repeats)
         n = len(images)
         params, predicted = predict_accuracy(sizes, accuracies, [2 * n, 4 * n], n_eval=n_eval, seed=seed)
         curve = {"n_images": [int(s) for s in sizes], "accuracy": [round(float(a), 4) for a in accuracies], "n_eval": n_eval,
