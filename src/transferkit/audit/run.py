@@ -1,4 +1,4 @@
-"""``transferkit audit``: a labelled set seen through the model ``fit`` would choose, within a budget.
+"""``transferkit audit``: a labelled set seen through a linear probe on frozen features, within a budget.
 
 Reads: decoded pixels -> cached bottleneck features (one forward pass per image) -> out-of-fold
 probabilities (:mod:`transferkit.audit.oof`, the seam) -> label issues (confident learning),
