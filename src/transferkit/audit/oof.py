@@ -62,7 +62,7 @@ def audit_arena(pixels: np.ndarray, targets: np.ndarray, classes, *, params: Map
 
 def probe_candidate(arena: Arena, C: float) -> Candidate:
     """The audit's one candidate: logistic regression on the bottleneck features at the pixels' side, ``C`` fixed."""
-    side = int(arena.pixels_at(0).shape[1])
+    side = int(arena.pixels_at(0).shape[1])  # an audit arena holds one decoded side, whatever size is asked
     return with_params(Candidate(STRATEGY, side, "the audit: a linear probe on the frozen backbone's features"), C=float(C))
 
 
