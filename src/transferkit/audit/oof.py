@@ -66,10 +66,16 @@ def probe_candidate(arena: Arena, C: float) -> Candidate:
     return with_params(Candidate(STRATEGY, side, "the audit: a linear probe on the frozen backbone's features"), C=float(C))
 
 
+def probe_features(arena: Arena) -> np.ndarray:
+    """The features (n, D) the probe reads: the arena's images through the engine's own extractor
+    (:func:`~transferkit.strategies.linear.feature_extractor`, kept for the engine's folds), cached."""
+    request = arena.request(Candidate(STRATEGY, int(arena.pixels_at(0).shape[1]), "the audit"))
+    return symmetric_features(feature_extractor(request), request.pixels, "none")
+
+
 def choose_C(arena: Arena, train: np.ndarray, groups: np.ndarray | None) -> float:
     """C of the linear probe by inner grouped CV on the ``train`` images' cached features."""
-    request = arena.request(Candidate(STRATEGY, int(arena.pixels_at(0).shape[1]), "the audit"))
-    features = symmetric_features(feature_extractor(request), request.pixels, "none")
+    features = probe_features(arena)
     train = np.sort(train)
     group_ids = train if groups is None else np.asarray(groups)[train]
     _, info = fit_linear_classifier(features[train], arena.targets[train], group_ids, strategy=STRATEGY, C=None,

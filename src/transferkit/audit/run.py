@@ -17,7 +17,7 @@ import numpy as np
 
 from transferkit.audit.curve import predict_accuracy
 from transferkit.audit.label_issues import find_label_issues
-from transferkit.audit.oof import audit_arena, learning_curve_points, out_of_fold_probabilities
+from transferkit.audit.oof import audit_arena, learning_curve_points, out_of_fold_probabilities, probe_features
 from transferkit.audit.outliers import find_outliers
 from transferkit.data import ImageSet, check_classes, content_digests, duplicate_groups, near_copy_pairs, thumbnails
 from transferkit.strategies.features import FeatureExtractor
@@ -125,12 +125,10 @@ def audit_images(
     groups = duplicate_groups(images, digests, pixels)  # copies and near-copies in one fold
 
     say(f"features: {backbone} at {pixels.shape[1]} px (cached)")
-    runtime = resolve_runtime(device, precision)
-    extractor = FeatureExtractor(backbone, weights=weights, runtime=runtime, cache_dir=cache_dir)
-    features = extractor.transform(pixels)  # cached: the engine's probe below reads them again
-    arena = audit_arena(pixels, targets, classes, runtime=runtime,
+    arena = audit_arena(pixels, targets, classes, runtime=resolve_runtime(device, precision),
                         params={"backbone": backbone, "weights": weights, "cache_dir": cache_dir, "device": device,
                                 "precision": precision, "seed": seed})
+    features = probe_features(arena)  # one extractor: the engine's probe below reads the same, cached
 
     say("outliers: nearest-neighbour distances")
     found, scores = find_outliers(features)
