@@ -3,13 +3,19 @@
 Both are whole processes started the same way and timed from launch to the last answer, on the
 same images and model:
 
-- ``predict``: ``transferkit predict MODEL FOLDER --csv out.csv`` on the images' folder;
+- ``predict``: ``transferkit predict MODEL FOLDER --csv out.csv`` on the images' folder, with
+  an empty ``--cache-dir`` each time, so that it decodes and runs the network on every image as
+  the server must (the server keeps no cache: every upload is new to it). ``predict`` keeps
+  decoded images and features in its cache, so a second ``predict`` of the same files reads
+  them instead of computing; that figure is printed too ("cached predict", after one untimed
+  run fills a cache), as the ratio against it, but the bar is judged against the computing one;
 - ``serve``: ``transferkit serve MODEL``, then one single-image ``POST /predict`` per image from
   ``--concurrency`` client threads (keep-alive connections), until every image is answered.
 
 The ratio serve/predict of images per second is printed (>= 0.5 is the issue's bar), with the
-latency p50/p99, for each ``--delays`` value of ``--max-delay-ms`` (the batching wait), and with
-``--baseline`` for ``--max-batch-size 1`` (one image per forward pass, as before batching). Then a
+latency p50/p99, for each ``--delays`` value of ``--max-delay-ms`` (the batching wait) and each
+of ``--repeats`` pairs (predict, then serve, one after the other: the ratio is taken within a
+pair, and its median, lowest and highest over the pairs are printed), and with ``--baseline`` for ``--max-batch-size 1`` (one image per forward pass, as before batching). Then a
 soak on one server: ``--soak`` requests with ``--junk`` of them junk uploads (empty, text,
 truncated PNG), checking that junk gets 4xx and nothing gets 5xx, and sampling the server's
 resident memory (RSS) every 500 requests.
@@ -129,10 +135,11 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(round(q / 100 * (len(ordered) - 1))))]
 
 
-def time_predict(model: str, folder: Path, out: Path) -> float:
+def time_predict(model: str, folder: Path, out: Path, cache: Path) -> float:
+    """Seconds of one whole ``transferkit predict`` process with ``cache`` as its cache folder."""
     started = time.perf_counter()
-    subprocess.run([*CLI, "predict", model, str(folder), "--csv", str(out)], check=True, stdout=subprocess.DEVNULL,
-                   stderr=subprocess.DEVNULL, timeout=600)
+    subprocess.run([*CLI, "predict", model, str(folder), "--csv", str(out), "--cache-dir", str(cache)], check=True,
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=600)
     return time.perf_counter() - started
 
 
@@ -206,6 +213,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--delays", type=float, nargs="+", default=[5.0])
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--baseline", action="store_true", help="also serve with --max-batch-size 1: one image per forward pass, as before batching")
+    parser.add_argument("--repeats", type=int, default=1, help="times predict and each serve setting are run, in pairs")
     parser.add_argument("--soak", type=int, default=5000, help="requests of the soak (0: none)")
     parser.add_argument("--junk", type=float, default=0.1)
     parser.add_argument("--timeout", type=float, default=300.0)
@@ -223,22 +231,36 @@ def main(argv: list[str] | None = None) -> int:
             shutil.copy(path, folder / f"{i:05d}{Path(path).suffix}")
         images = sorted(folder.iterdir())
         bodies = [(p.name, multipart(p.name, p.read_bytes())) for p in images]
-        report = {"model": args.model, "images": len(images), "concurrency": args.concurrency, "cpus": os.cpu_count()}
-        seconds = time_predict(args.model, folder, work / "predict.csv")
-        report["predict"] = {"seconds_whole": seconds, "images_per_second": len(images) / seconds}
-        print(f"predict: {len(images)} images in {seconds:.1f} s (whole process): {len(images) / seconds:.1f} images/s", flush=True)
-        report["serve"] = []
+        report = {"model": args.model, "images": len(images), "concurrency": args.concurrency, "cpus": os.cpu_count(),
+                  "predict": [], "serve": []}
         runs = [(delay, args.batch) for delay in args.delays] + ([(0.0, 1)] if args.baseline else [])
+        kept = work / "kept-cache"
+        time_predict(args.model, folder, work / "predict.csv", kept)  # untimed: fills the cache that "cached predict" reads
+        for repeat in range(args.repeats):  # each repeat times predict (computing, then cached), then every serve setting
+            seconds = time_predict(args.model, folder, work / "predict.csv", work / f"empty-cache-{repeat}")
+            cached = time_predict(args.model, folder, work / "predict.csv", kept)
+            report["predict"].append({"repeat": repeat, "seconds_whole": seconds, "images_per_second": len(images) / seconds,
+                                      "cached_seconds_whole": cached, "cached_images_per_second": len(images) / cached})
+            print(f"[{repeat + 1}/{args.repeats}] predict: {len(images)} images in {seconds:.1f} s (whole process, empty cache): "
+                  f"{len(images) / seconds:.1f} images/s; cached predict {cached:.1f} s: {len(images) / cached:.1f} images/s", flush=True)
+            for delay, batch in runs:
+                result = time_serve(args.model, bodies, args.concurrency, delay, batch, args.timeout)
+                result.update(repeat=repeat, max_batch_size=batch,
+                              ratio_whole=result["images_per_second_whole"] / report["predict"][-1]["images_per_second"],
+                              ratio_to_cached=result["images_per_second_whole"] / report["predict"][-1]["cached_images_per_second"])
+                report["serve"].append(result)
+                print(f"[{repeat + 1}/{args.repeats}] serve --max-delay-ms {delay:g} --max-batch-size {batch}: {result['answered']} answered; "
+                      f"whole process {result['seconds_whole']:.1f} s ({result['images_per_second_whole']:.1f} images/s, ratio to predict "
+                      f"{result['ratio_whole']:.2f}, to cached predict {result['ratio_to_cached']:.2f}); after start-up "
+                      f"({result['seconds_start']:.1f} s) {result['images_per_second_running']:.1f} images/s; latency p50 "
+                      f"{result['p50_ms']:.0f} ms, p99 {result['p99_ms']:.0f} ms; {result['forward_passes']} forward passes, "
+                      f"{result['mean_batch']:.1f} images each", flush=True)
         for delay, batch in runs:
-            result = time_serve(args.model, bodies, args.concurrency, delay, batch, args.timeout)
-            result["max_batch_size"] = batch
-            result["ratio_whole"] = result["images_per_second_whole"] / report["predict"]["images_per_second"]
-            report["serve"].append(result)
-            print(f"serve --max-delay-ms {delay:g} --max-batch-size {batch}: {result['answered']} answered; whole process {result['seconds_whole']:.1f} s "
-                  f"({result['images_per_second_whole']:.1f} images/s, ratio to predict {result['ratio_whole']:.2f}); "
-                  f"after start-up ({result['seconds_start']:.1f} s) {result['images_per_second_running']:.1f} images/s; "
-                  f"latency p50 {result['p50_ms']:.0f} ms, p99 {result['p99_ms']:.0f} ms; {result['forward_passes']} forward "
-                  f"passes, {result['mean_batch']:.1f} images each", flush=True)
+            rows = [r for r in report["serve"] if r["delay_ms"] == delay and r["max_batch_size"] == batch]
+            for key, name in (("ratio_whole", "predict"), ("ratio_to_cached", "cached predict")):
+                ratios = [r[key] for r in rows]
+                print(f"serve --max-delay-ms {delay:g} --max-batch-size {batch}: ratio to {name} over {len(ratios)} paired runs: "
+                      f"median {statistics.median(ratios):.2f}, lowest {min(ratios):.2f}, highest {max(ratios):.2f}", flush=True)
         if args.soak:
             result = soak(args.model, bodies, args.soak, args.junk, args.concurrency, args.timeout)
             report["soak"] = result

@@ -103,3 +103,40 @@ def test_concurrent_requests_get_their_own_answers(client, model_dir):
         answers = list(pool.map(ask, range(len(images))))
     assert answers == list(expected)
     assert len(set(answers)) > 1  # distinct answers: a mix-up would show
+
+
+def test_the_server_leaves_one_core_to_http_and_decoding(monkeypatch):
+    from transferkit.serve import model as served_module
+    from transferkit.training import machine
+
+    for usable, expected in ((1, 1), (2, 1), (16, 15)):
+        monkeypatch.setattr(machine, "usable_cpus", lambda usable=usable: usable)
+        assert served_module.serving_threads() == expected
+
+
+def test_threads_set_the_networks_cpu_threads_and_answers_stay_the_same(model_dir):
+    import torch
+
+    images, _ = make_images(n_per_class=2, size=32, seed=9)
+    expected = load(model_dir).predict_proba(images)
+    before = torch.get_num_threads()
+    try:
+        with TestClient(create_app(model_dir, threads=2)) as client:
+            assert torch.get_num_threads() == 2
+            response = client.post("/predict?top_k=3", files=[("files", (f"{i}.png", png_bytes(image), "image/png"))
+                                                                for i, image in enumerate(images)])
+    finally:
+        torch.set_num_threads(before)
+    assert response.status_code == 200, response.text
+    served = [answer["probability"] for answer in response.json()["predictions"]]
+    np.testing.assert_allclose(served, expected.max(axis=1), atol=1e-4)
+
+
+def test_serve_rejects_fewer_than_one_thread(model_dir):
+    from typer.testing import CliRunner
+
+    from transferkit.cli import app
+
+    result = CliRunner().invoke(app, ["serve", str(model_dir), "--threads", "0"])
+    assert result.exit_code == 2
+    assert "--threads >= 1" in result.output

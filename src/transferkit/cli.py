@@ -1129,13 +1129,17 @@ def serve(
     unknown_threshold: UnknownThresholdOpt = None,
     max_batch_size: Annotated[int, typer.Option(help="Most images per forward pass: requests that arrive together share one.")] = 32,
     max_delay_ms: Annotated[float, typer.Option(help="How long a request waits for others to share its forward pass (ms).")] = 5.0,
+    threads: Annotated[Optional[int], typer.Option(help="The network's threads on a CPU; default: the usable CPUs less one, leaving a core to HTTP and decoding.")] = None,
 ) -> None:
     """Serve MODEL (a model folder, or an .onnx file on onnxruntime) over HTTP: POST /predict, GET /health, GET /model, and a page at /."""
     if max_batch_size < 1 or max_delay_ms < 0:
         raise typer.BadParameter(f"expected --max-batch-size >= 1 and --max-delay-ms >= 0. Received: {max_batch_size}, {max_delay_ms}")
+    if threads is not None and threads < 1:
+        raise typer.BadParameter(f"expected --threads >= 1. Received: {threads}")
     with _user_errors():
         from transferkit.errors import MissingExtraError
         from transferkit.serve import UploadLimits, create_app
+        from transferkit.serve.model import serving_threads
 
         try:
             import uvicorn
@@ -1143,7 +1147,7 @@ def serve(
             raise MissingExtraError("serving needs uvicorn; install it with: pip install 'transferkit[serve]'") from exc
         app_ = create_app(model_dir, limits=UploadLimits(max_bytes=int(max_upload_mb * 2**20), max_files=max_files),
                           precision=precision, device=device, unknown_threshold=unknown_threshold, max_batch_size=max_batch_size,
-                          max_delay_ms=max_delay_ms)
+                          max_delay_ms=max_delay_ms, threads=serving_threads() if threads is None else threads)
         err.print(f"serving {model_dir} on http://{host}:{port}/ (Ctrl+C stops)")
         uvicorn.run(app_, host=host, port=port, log_level="warning" if quiet else "info")
 

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import base64
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -78,12 +79,18 @@ class NoveltyScorer:
         features = np.asarray(features, dtype=np.float32)
         if features.ndim != 2 or features.shape[1] != self.reference.shape[1]:
             raise ValueError(f"novelty expected features of shape (n, {self.reference.shape[1]}). Received: {features.shape}")
-        reference = self.reference.astype(np.float32)
         scores = np.empty(len(features), np.float64)
         for start in range(0, len(features), CHUNK):
-            similarity = unit_rows(features[start : start + CHUNK]) @ reference.T
+            similarity = unit_rows(features[start : start + CHUNK]) @ self._reference_columns
             scores[start : start + CHUNK] = 1.0 - kth_largest(similarity, self.neighbours)
         return scores
+
+    @cached_property
+    def _reference_columns(self) -> np.ndarray:
+        """The reference as float32 columns (n_features, n_reference), converted once: a server
+        scores a small batch per call, and converting the float16 reference each time cost
+        more than the matrix product (benchmarks/serve_load.py)."""
+        return np.ascontiguousarray(self.reference.T, dtype=np.float32)
 
     def unknown(self, scores: np.ndarray, threshold: float | None = None) -> np.ndarray:
         """Boolean (n,): which ``scores`` lie above ``threshold`` (None: the calibrated one)."""

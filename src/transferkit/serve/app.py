@@ -30,7 +30,8 @@ MAX_TOP_K = 100
 
 
 def create_app(model, *, limits: UploadLimits | None = None, precision: str = "auto", device: str = "cpu",
-               unknown_threshold: float | None = None, max_batch_size: int | None = None, max_delay_ms: float | None = None) -> FastAPI:
+               unknown_threshold: float | None = None, max_batch_size: int | None = None, max_delay_ms: float | None = None,
+               threads: int | None = None) -> FastAPI:
     """A FastAPI application serving ``model`` (a model folder, an ``.onnx`` file, or a :class:`ServedModel`).
 
     ``device`` and ``precision`` (auto | fp32 | bf16 | fp16) apply to a model folder, as for
@@ -38,7 +39,9 @@ def create_app(model, *, limits: UploadLimits | None = None, precision: str = "a
     predict's and the ONNX file's probabilities (it calls the same ``predict_proba``). An ``.onnx``
     file runs on onnxruntime without importing torch. ``unknown_threshold`` replaces the
     model's calibrated novelty threshold; ``max_batch_size`` and ``max_delay_ms`` (None: the
-    defaults of :mod:`transferkit.serve.batcher`) bound how requests are batched.
+    defaults of :mod:`transferkit.serve.batcher`) bound how requests are batched. ``threads``:
+    the network's CPU threads, a setting of the whole process (None: leave it as it is;
+    ``transferkit serve`` passes :func:`~transferkit.serve.model.serving_threads`).
     """
     from transferkit.serve.model import ServedModel
 
@@ -46,7 +49,7 @@ def create_app(model, *, limits: UploadLimits | None = None, precision: str = "a
         served = model
     else:
         batching = {key: value for key, value in (("max_batch_size", max_batch_size), ("max_delay_ms", max_delay_ms)) if value is not None}
-        served = ServedModel(model, precision=precision, device=device, unknown_threshold=unknown_threshold, **batching)
+        served = ServedModel(model, precision=precision, device=device, unknown_threshold=unknown_threshold, threads=threads, **batching)
     limits = limits or UploadLimits()
     page = resources.files("transferkit.serve").joinpath("static/index.html").read_text(encoding="utf-8")
 

@@ -10,6 +10,7 @@ from typing import Any, Sequence
 
 import numpy as np
 from PIL import Image
+from threadpoolctl import ThreadpoolController
 
 from transferkit.serve.batcher import MAX_BATCH_SIZE, MAX_DELAY_MS, Batcher
 from transferkit.serve.networks import open_network
@@ -37,14 +38,18 @@ class ServedModel:
         Most images per forward pass.
     max_delay_ms : float
         How long a request waits for others to share its forward pass, in milliseconds.
+    threads : int or None
+        The network's intra-op threads on a CPU (torch's setting is one for the whole process;
+        None: leave the runtime's default). ``transferkit serve`` passes :func:`serving_threads`.
     """
 
     def __init__(self, model: str | os.PathLike, *, precision: str = "auto", device: str = "cpu", unknown_threshold: float | None = None,
-                 max_batch_size: int = MAX_BATCH_SIZE, max_delay_ms: float = MAX_DELAY_MS) -> None:
-        self.network = open_network(model, precision=precision, device=device)
+                 max_batch_size: int = MAX_BATCH_SIZE, max_delay_ms: float = MAX_DELAY_MS, threads: int | None = None) -> None:
+        self.network = open_network(model, precision=precision, device=device, threads=threads)
         self.classes = self.network.classes
         self.unknown_threshold = unknown_threshold
         self._lock = threading.Lock()
+        self._blas = ThreadpoolController()
         self.batcher = Batcher(self._forward_batch, max_batch_size=max_batch_size, max_delay_ms=max_delay_ms)
 
     def info(self) -> dict[str, Any]:
@@ -124,9 +129,23 @@ class ServedModel:
         self.batcher.close()
 
     def _forward_batch(self, pixels: np.ndarray) -> list[tuple[np.ndarray, float | None]]:
-        with self._lock:
+        # One BLAS thread for the batch's small numpy products (novelty, the linear head): with
+        # more, OpenBLAS's idle workers spin on the cores that the HTTP loop and the decoding
+        # threads need; on 2 cores one thread answered 130-136 images/s against 105-106
+        # (benchmarks/serve_load.py, RESULTS.md). Torch's own threads are left as they are.
+        with self._lock, self._blas.limit(limits=1, user_api="blas"):
             probabilities, novelty = self.network.forward(pixels)
         return _rows(probabilities, novelty)
+
+
+def serving_threads() -> int:
+    """The network's CPU threads that ``transferkit serve`` uses by default: the usable CPUs
+    less one (at least one), leaving a core to the HTTP loop and the decoding threads, which
+    otherwise wait while the network's threads hold every core (on 2 cores one network thread
+    answered 154-176 images/s against 113-153 with two: benchmarks/serve_load.py, RESULTS.md)."""
+    from transferkit.training.machine import usable_cpus
+
+    return max(1, usable_cpus() - 1)
 
 
 def _rows(probabilities: np.ndarray, novelty: np.ndarray | None) -> list[tuple[np.ndarray, float | None]]:

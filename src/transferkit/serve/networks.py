@@ -21,10 +21,10 @@ class OnnxNetwork:
 
     can_explain = False
 
-    def __init__(self, path: str | os.PathLike) -> None:
+    def __init__(self, path: str | os.PathLike, *, threads: int | None = None) -> None:
         from transferkit.export import OnnxClassifier
 
-        self.classifier = OnnxClassifier(path)
+        self.classifier = OnnxClassifier(path, threads=threads)
         self.classes = [str(c) for c in self.classifier.classes_]
         self.image_size = self.classifier.image_size_
         self.novelty = self.classifier.novelty_
@@ -48,11 +48,16 @@ class TorchNetwork:
 
     can_explain = True
 
-    def __init__(self, model_dir: str | os.PathLike, *, precision: str = "auto", device: str = "cpu") -> None:
+    def __init__(self, model_dir: str | os.PathLike, *, precision: str = "auto", device: str = "cpu", threads: int | None = None) -> None:
+        import torch
+
         from transferkit.card import probability_note
         from transferkit.persistence import load_model, read_config
+        from transferkit.training.runtime import prediction_runtime
 
         self.classifier = load_model(model_dir, device=device, precision=precision, cache_dir=False)
+        if threads is not None and prediction_runtime(device, precision).device.type == "cpu":
+            torch.set_num_threads(threads)  # one setting for the whole process
         config = read_config(model_dir)
         self.classes = [str(c) for c in self.classifier.classes_]
         self.image_size = int(self.classifier.image_size_)
@@ -81,8 +86,9 @@ class TorchNetwork:
                 for i, (image, heatmap) in enumerate(zip(pixels, found.maps))]
 
 
-def open_network(path: str | os.PathLike, *, precision: str = "auto", device: str = "cpu") -> Any:
-    """:class:`OnnxNetwork` for an ``.onnx`` file, else :class:`TorchNetwork` for a model folder."""
+def open_network(path: str | os.PathLike, *, precision: str = "auto", device: str = "cpu", threads: int | None = None) -> Any:
+    """:class:`OnnxNetwork` for an ``.onnx`` file, else :class:`TorchNetwork` for a model folder.
+    ``threads``: the network's intra-op threads on a CPU (None: the runtime's default)."""
     if Path(path).suffix == ".onnx":
-        return OnnxNetwork(path)
-    return TorchNetwork(path, precision=precision, device=device)
+        return OnnxNetwork(path, threads=threads)
+    return TorchNetwork(path, precision=precision, device=device, threads=threads)
