@@ -10,8 +10,11 @@ engine), at ``--image-size``.
   probabilities saved as .npy and given to ``cleanlab.filter.find_label_issues`` (default
   arguments, and ``filter_by="confident_learning"``) by ``--cleanlab-python`` (a separate venv:
   cleanlab is AGPL-3.0 and never imported here). Precision and recall against the moved labels.
-- learning curve: the audit's curve measured on N training images predicts the accuracy at 2N;
-  checked by fitting the same candidate on 2N images and scoring it on the set's test split.
+- learning curve: the audit's curve (the candidate ``fit`` would choose among frozen features,
+  on every fold) measured on N = half the training images predicts the accuracy at 2N = all of
+  them; checked against the candidate itself fitted on 2N and, with ``--default-fits`` (the JSON
+  of ``benchmarks/auto_vs_baselines.py`` on the same training and test parts), against the test
+  accuracy of a default ``fit`` on those 2N images.
 - suggest: 100 random labelled images; add 100 chosen by :func:`rank_for_labelling` against
   100 random ones (3 draws); test accuracy of the refitted candidate.
 
@@ -35,7 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import stratified_subset  # noqa: E402
 
 from transferkit.audit import find_label_issues, predict_accuracy, rank_for_labelling  # noqa: E402
-from transferkit.audit.oof import audit_arena, choose_C, learning_curve_points, out_of_fold_probabilities  # noqa: E402
+from transferkit.audit.oof import audit_arena, curve_candidate, learning_curve_points, out_of_fold_probabilities  # noqa: E402
 from transferkit.data import ImageSet, decode_images, resolve_data  # noqa: E402
 from transferkit.strategies.features import FeatureExtractor  # noqa: E402
 from transferkit.strategies.linear import make_linear_pipeline  # noqa: E402
@@ -103,21 +106,30 @@ def fit_score(features, targets, train, test, C, seed) -> float:
     return float((pipeline.predict(features[test]) == targets[test]).mean())
 
 
-def curve_check(train_pixels, train_features, train_targets, test_features, test_targets, n, seed) -> dict:
-    rng = np.random.default_rng(seed)
-    first = rng.choice(len(train_targets), n, replace=False)
-    both = np.concatenate([first, rng.choice(np.setdiff1d(np.arange(len(train_targets)), first), n, replace=False)])
-    arena = arena_of(np.asarray(train_pixels[np.sort(first)]), train_targets[np.sort(first)], seed)
-    C = choose_C(arena, np.arange(n), None)
-    sizes, accuracies, n_eval = learning_curve_points(arena, None, C=C, seed=seed)
-    _, (predicted,) = predict_accuracy(sizes, accuracies, [2 * n], n_eval=n_eval, seed=seed)
-    features = np.concatenate([train_features, test_features])
-    targets = np.concatenate([train_targets, test_targets])
-    test = np.arange(len(train_targets), len(targets))
-    C2 = choose_C(arena_of(np.asarray(train_pixels[np.sort(both)]), train_targets[np.sort(both)], seed), np.arange(2 * n), None)
-    measured = fit_score(features, targets, both, test, C2, seed)
-    return {"N": n, "curve_points": len(sizes), "predicted_at_2N": predicted.to_dict(), "measured_at_2N": round(measured, 4),
-            "error": round(predicted.accuracy - measured, 4), "within_0.03": abs(predicted.accuracy - measured) <= 0.03}
+def curve_check(train_pixels, train_targets, test_pixels, test_targets, seed, default_fit: float | None) -> dict:
+    """The audit's curve on a stratified half of the training part against a fit on all of it."""
+    from sklearn.model_selection import train_test_split
+
+    half, _ = train_test_split(np.arange(len(train_targets)), train_size=0.5, stratify=train_targets, random_state=seed)
+    half = np.sort(half)
+    arena = arena_of(np.asarray(train_pixels[half]), train_targets[half], seed)
+    choice = curve_candidate(arena, None, seed=seed)
+    sizes, accuracies, n_eval = learning_curve_points(arena, None, choice.candidate, seed=seed)
+    n2 = len(train_targets)
+    _, (predicted,) = predict_accuracy(sizes, accuracies, [n2], n_eval=n_eval, seed=seed)
+    # the same candidate fitted on all 2N training images, scored on the test part, through the engine
+    whole = arena_of(np.concatenate([train_pixels, test_pixels]), np.concatenate([train_targets, test_targets]), seed)
+    from transferkit.selection.engine import score_candidate
+
+    fold = (np.arange(n2), np.arange(n2, n2 + len(test_targets)))
+    measured = score_candidate(whole, choice.candidate, fold).accuracy
+    entry = {"N": len(half), "2N": n2, "candidate": choice.describe(), "curve_points": len(sizes),
+             "predicted_at_2N": predicted.to_dict(), "candidate_at_2N": round(measured, 4),
+             "error_vs_candidate": round(predicted.accuracy - measured, 4)}
+    if default_fit is not None:
+        entry.update(default_fit_at_2N=round(default_fit, 4), error_vs_default_fit=round(predicted.accuracy - default_fit, 4),
+                     within_0_03=abs(predicted.accuracy - default_fit) <= 0.03)
+    return entry
 
 
 def suggest_check(train_features, train_targets, test_features, test_targets, seed, start=100, add=100) -> dict:
@@ -152,6 +164,7 @@ def main(argv=None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--cleanlab-python", default=None)
     parser.add_argument("--parts", nargs="+", default=["labels", "curve", "suggest"])
+    parser.add_argument("--default-fits", default=None, help="auto_vs_baselines.py's JSON: the default fit's test accuracy per set")
     parser.add_argument("--json", default=None)
     args = parser.parse_args(argv)
     extractor = FeatureExtractor("efficientnet_lite0", runtime=resolve_runtime("cpu", "fp32"))
@@ -163,13 +176,15 @@ def main(argv=None) -> int:
         test = resolve_data(test_data)
         classes = list(train.classes)
         (p_train, x_train), y_train = features_of(train, args.image_size, extractor), train.targets()
-        _, x_test = features_of(test, args.image_size, extractor)
+        p_test, x_test = features_of(test, args.image_size, extractor)
         y_test = np.array([classes.index(label) for label in test.labels])
         entry = {"train": len(train), "test": len(test), "classes": len(classes)}
         if "labels" in args.parts:
             entry["label_issues"] = label_issue_check(p_train, y_train, args.noise, args.seed, args.cleanlab_python)
         if "curve" in args.parts:
-            entry["curve"] = curve_check(p_train, x_train, y_train, x_test, y_test, len(train) // 2, args.seed)
+            fits = json.loads(Path(args.default_fits).read_text())["sets"] if args.default_fits else {}
+            default_fit = fits.get(name, {}).get("results", {}).get("auto", {}).get("accuracy")
+            entry["curve"] = curve_check(p_train, y_train, p_test, y_test, args.seed, default_fit)
         if "suggest" in args.parts and len(train) >= 300:
             entry["suggest"] = suggest_check(x_train, y_train, x_test, y_test, args.seed)
         entry["seconds"] = round(time.perf_counter() - started, 1)

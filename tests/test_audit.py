@@ -179,6 +179,7 @@ def test_audit_writes_the_names_scripts_rely_on(data, net_args, tmp_path):
     assert len(curve["n_images"]) == len(curve["accuracy"]) >= 4
     assert [p["n_images"] for p in curve["predicted"]] == [2 * report["n_images"], 4 * report["n_images"]]
     assert all(p["low"] <= p["accuracy"] <= p["high"] for p in curve["predicted"])
+    assert any(curve["candidate"].startswith(name) for name in ("svm", "logistic")), curve["candidate"]
     page = (tmp_path / "page" / "audit.html").read_text()
     assert "moved" in page and "data:image/png;base64," in page
     assert "label issues" in flat(result.output)
@@ -297,7 +298,9 @@ def test_the_audits_out_of_fold_probabilities_come_from_the_selection_engine(tin
     """The seam: each image is scored by the probe of the one fold that held it out, through the
     engine, and a fold's rows equal a probe fitted on the other folds' cached features by hand."""
     from conftest import make_images
-    from transferkit.audit.oof import audit_arena, learning_curve_points, out_of_fold_probabilities, probe_candidate
+    from transferkit.audit.oof import audit_arena, curve_candidate, learning_curve_points, out_of_fold_probabilities, probe_candidate
+    from transferkit.selection.auto import frozen_feature_candidates
+    from transferkit.selection.candidates import with_params
     from transferkit.selection.folds import make_folds
     from transferkit.strategies.features import FeatureExtractor
     from transferkit.strategies.linear import make_linear_pipeline
@@ -320,5 +323,15 @@ def test_the_audits_out_of_fold_probabilities_come_from_the_selection_engine(tin
     by_hand = make_linear_pipeline("logistic", 0.5, 0).fit(features[train], targets[train]).predict_proba(features[np.sort(test)])
     assert np.allclose(oof.proba[np.sort(test)], by_hand, atol=1e-6)
 
-    sizes, accuracies, n_eval = learning_curve_points(arena, None, C=0.5, seed=0, repeats=2, holdout_folds=3)
-    assert len(sizes) == len(accuracies) == 4 + 3 and n_eval == len(test) and sizes.max() == len(train)
+    # The curve follows fit's choice among frozen features (auto's first round, the one winner rule).
+    choice = curve_candidate(arena, None, seed=0)
+    C = dict(choice.candidate.params)["C"]
+    assert choice.candidate in [with_params(c, C=C) for c in frozen_feature_candidates(16)] and C > 0
+    # every candidate of auto's first round raced, each with its C fixed by inner CV
+    assert [with_params(t.candidate, C="auto") for t in choice.trials] == [with_params(c, C="auto") for c in frozen_feature_candidates(16)]
+    assert choice.candidate in [t.candidate for t in choice.trials] and choice.seconds_per_fit > 0
+    assert choice.candidate.label in choice.describe()
+    sizes, accuracies, n_eval = learning_curve_points(arena, None, choice.candidate, seed=0, repeats=2, cv=3)
+    # 3 folds x (4 fractions, then the 3 below 1 again): one point per fold, fraction and draw
+    assert len(sizes) == len(accuracies) == 3 * (4 + 3) and n_eval == min(len(t) for _, t in make_folds(targets, cv=3, seed=0))
+    assert sizes.max() == max(len(tr) for tr, _ in make_folds(targets, cv=3, seed=0)) and ((0 <= accuracies) & (accuracies <= 1)).all()

@@ -7,8 +7,16 @@ linear probe that ``fit --strategy auto`` starts from on small data (logistic re
 frozen backbone's cached bottleneck features: probabilities, not SVM margins), on grouped
 stratified folds (:func:`transferkit.selection.folds.make_folds`: copies and near-copies in one
 fold); the engine keeps every held-out image's class probabilities
-(:meth:`~transferkit.selection.results.Results.oof_proba`), and the learning curve is the
-engine's schedule (:func:`transferkit.selection.schedules.learning_curve`) on one fold.
+(:meth:`~transferkit.selection.results.Results.oof_proba`).
+
+The learning curve follows the model ``fit`` would choose among frozen features, not the probe:
+auto's first round (svm and logistic on the bottleneck features, svm on multi-layer features,
+:func:`transferkit.selection.auto.frozen_feature_candidates`) scored on auto's held-out folds and
+decided by the one winner rule (:func:`transferkit.selection.winner.choose`); its curve is the
+engine's schedule (:func:`transferkit.selection.schedules.learning_curve`) on every fold, so each
+image is held out once per point. The probe's own curve predicted the probe on 2N within 0.006
+but a default ``fit`` on 2N within 0.03 on one set of three; this one did on three of four
+(benchmarks/RESULTS.md, "The learning curve follows fit's choice").
 
 C is chosen once, by the inner grouped CV of the first fold's training part, and kept for every
 fold and curve point: choosing it again in each fit would cost five times the fits and make the
@@ -24,10 +32,13 @@ from typing import Any, Callable
 
 import numpy as np
 
+from transferkit.selection.auto import cheap_repeats, frozen_feature_candidates
 from transferkit.selection.candidates import Candidate, with_params
 from transferkit.selection.engine import Arena, Engine
-from transferkit.selection.folds import make_folds
+from transferkit.selection.folds import holdout_folds, make_folds
+from transferkit.selection.results import Trial
 from transferkit.selection.schedules import learning_curve
+from transferkit.selection.winner import choose
 from transferkit.strategies.features import symmetric_features
 from transferkit.strategies.linear import feature_extractor, fit_linear_classifier
 from transferkit.training.runtime import Runtime
@@ -35,8 +46,9 @@ from transferkit.training.runtime import Runtime
 STRATEGY = "logistic"
 CURVE_FRACTIONS = (0.125, 0.25, 0.5, 1.0)
 """Shares of the training part at which the learning curve is measured."""
-CURVE_REPEATS = 3
-"""Random nested subsets per fraction below 1 (one fit each on cached features: cheap)."""
+CURVE_REPEATS = 1
+"""Draws of the nested subsets on every fold (each fraction below 1 is fitted once per fold per
+draw); the folds already give one point per fold and fraction."""
 
 
 @dataclass(frozen=True)
@@ -66,20 +78,21 @@ def probe_candidate(arena: Arena, C: float) -> Candidate:
     return with_params(Candidate(STRATEGY, side, "the audit: a linear probe on the frozen backbone's features"), C=float(C))
 
 
-def probe_features(arena: Arena) -> np.ndarray:
-    """The features (n, D) the probe reads: the arena's images through the engine's own extractor
-    (:func:`~transferkit.strategies.linear.feature_extractor`, kept for the engine's folds), cached."""
-    request = arena.request(Candidate(STRATEGY, int(arena.pixels_at(0).shape[1]), "the audit"))
+def probe_features(arena: Arena, candidate: Candidate | None = None) -> np.ndarray:
+    """The features (n, D) ``candidate`` reads (None: the probe's bottleneck features): the arena's
+    images through the engine's own extractor (:func:`~transferkit.strategies.linear.feature_extractor`,
+    kept for the engine's folds), cached."""
+    request = arena.request(candidate or Candidate(STRATEGY, int(arena.pixels_at(0).shape[1]), "the audit"))
     return symmetric_features(feature_extractor(request), request.pixels, "none")
 
 
-def choose_C(arena: Arena, train: np.ndarray, groups: np.ndarray | None) -> float:
-    """C of the linear probe by inner grouped CV on the ``train`` images' cached features."""
-    features = probe_features(arena)
+def choose_C(arena: Arena, train: np.ndarray, groups: np.ndarray | None, candidate: Candidate | None = None) -> float:
+    """C of ``candidate`` (None: the linear probe) by inner grouped CV on the ``train`` images' cached features."""
+    features = probe_features(arena, candidate)
     train = np.sort(train)
     group_ids = train if groups is None else np.asarray(groups)[train]
-    _, info = fit_linear_classifier(features[train], arena.targets[train], group_ids, strategy=STRATEGY, C=None,
-                                    seed=int(arena.params["seed"]))
+    _, info = fit_linear_classifier(features[train], arena.targets[train], group_ids, strategy=candidate.strategy if candidate else STRATEGY,
+                                    C=None, seed=int(arena.params["seed"]))
     return float(info["C"])
 
 
@@ -106,27 +119,66 @@ def out_of_fold_probabilities(
                      seconds=time.perf_counter() - started)
 
 
-def learning_curve_points(
-    arena: Arena, groups: np.ndarray | None, *, C: float, seed: int = 0, fractions: tuple[float, ...] = CURVE_FRACTIONS,
-    repeats: int = CURVE_REPEATS, holdout_folds: int = 5,
-) -> tuple[np.ndarray, np.ndarray, int]:
-    """Accuracy at growing shares of one training part, all on the same held-out images.
+@dataclass(frozen=True)
+class CurveChoice:
+    """The candidate the learning curve follows, and the trials that chose it."""
 
-    The held-out part is the first of ``holdout_folds`` grouped stratified folds; the training
-    parts are the engine's learning-curve schedule (stratified, nested), drawn ``repeats`` times
-    for the fractions below 1. Returns (sizes, accuracies, n_eval): one entry per fit, and the
-    number of held-out images.
+    candidate: Candidate
+    trials: list[Trial]
+    seconds_per_fit: float
+
+    def describe(self) -> str:
+        scores = ", ".join(f"{t.candidate.label} {t.accuracy:.3f}" for t in self.trials if t.accuracy is not None)
+        C = dict(self.candidate.params).get("C")
+        fixed = "" if C is None else f", C={C:g}"
+        return f"{self.candidate.label}{fixed} (fit's choice among frozen features: {scores})"
+
+
+def curve_candidate(arena: Arena, groups: np.ndarray | None, *, seed: int = 0) -> CurveChoice:
+    """The candidate ``fit --strategy auto`` would choose among frozen features on ``arena``:
+    auto's first round on auto's held-out folds (every image, repeated, on a small set), decided
+    by the one winner rule.
+
+    Each candidate's C is chosen by inner CV on the first fold's training part, as the engine
+    chooses it there, but once, and the candidate carries it: the curve's points keep that C (a
+    share of 1/8 may hold too few images a class for an inner CV of its own) and the choice needs
+    no second search. A trained network is not raced here (the audit's budget is minutes): where
+    ``fit`` would train one, the curve describes the frozen features.
     """
-    folds = make_folds(arena.targets, cv=holdout_folds, groups=groups, seed=seed)[:1]
+    side = int(arena.pixels_at(0).shape[1])
+    first = holdout_folds(arena.targets, groups, seed)
+    repeats = cheap_repeats(len(arena.targets), len(first[0][1]))
+    folds = holdout_folds(arena.targets, groups, seed, repeats) if repeats else first[:1]
+    candidates = [with_params(c, C=choose_C(arena, folds[0][0], groups, c)) for c in frozen_feature_candidates(side)]
+    engine = Engine(arena, folds, repeats=max(repeats, 1))
+    trials = engine.evaluate_candidates(candidates)
+    chosen = choose(engine.results).chosen
+    return CurveChoice(candidate=chosen.candidate, trials=trials, seconds_per_fit=float(np.mean(chosen.fold_seconds)))
+
+
+def learning_curve_points(
+    arena: Arena, groups: np.ndarray | None, candidate: Candidate, *, seed: int = 0,
+    fractions: tuple[float, ...] = CURVE_FRACTIONS, repeats: int = CURVE_REPEATS, cv: int | None = None,
+) -> tuple[np.ndarray, np.ndarray, int]:
+    """Accuracy of ``candidate`` at growing shares of each fold's training part, on that fold's
+    held-out part.
+
+    The folds are auto's grouped stratified k-fold (``cv`` None: auto's k); the training parts
+    are the engine's learning-curve schedule (stratified, nested), drawn ``repeats`` times for
+    the fractions below 1. Returns (sizes, accuracies, n_eval): one entry per fit, and the
+    number of held-out images each accuracy was measured on (the smallest fold's).
+    """
+    folds = holdout_folds(arena.targets, groups, seed) if cv is None else make_folds(arena.targets, cv=cv, groups=groups, seed=seed)
     engine = Engine(arena, folds)
-    candidate = probe_candidate(arena, C)
     sizes: list[float] = []
     accuracies: list[float] = []
     for repeat in range(max(1, repeats)):
         wanted = [f for f in fractions if f < 1] if repeat else list(fractions)
         if not wanted:
             break
-        curve = learning_curve(engine, candidate, wanted, folds=[0], seed=seed + repeat)
-        sizes += curve.sizes
-        accuracies += curve.scores[:, 0].tolist()
-    return np.array(sizes), np.array(accuracies), len(folds[0][1])
+        curve = learning_curve(engine, candidate, wanted, seed=seed + repeat)
+        for j, number in enumerate(curve.folds):
+            train = engine.folds[number][0]
+            sizes += [max(1, int(round(f * len(train)))) for f in curve.fractions]
+            accuracies += curve.scores[:, j].tolist()
+    return np.array(sizes, dtype=np.float64), np.array(accuracies), min(len(test) for _, test in folds)

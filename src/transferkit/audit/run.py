@@ -1,8 +1,9 @@
-"""``transferkit audit``: a labelled set seen through a linear probe on frozen features, within a budget.
+"""``transferkit audit``: a labelled set seen through frozen features, within a budget.
 
 Reads: decoded pixels -> cached bottleneck features (one forward pass per image) -> out-of-fold
-probabilities (:mod:`transferkit.audit.oof`, the seam) -> label issues (confident learning),
-near-duplicates (thumbnails), outliers (feature-space k-NN distance), learning curve (power law).
+probabilities of a linear probe (:mod:`transferkit.audit.oof`, the seam) -> label issues
+(confident learning), near-duplicates (thumbnails), outliers (feature-space k-NN distance); then
+the candidate ``fit`` would choose among frozen features and its learning curve (power law).
 Each finding is computed from arrays by its own module; this one only sequences them and keeps
 the budget: steps that would not fit are skipped, saying so.
 """
@@ -17,7 +18,7 @@ import numpy as np
 
 from transferkit.audit.curve import predict_accuracy
 from transferkit.audit.label_issues import find_label_issues
-from transferkit.audit.oof import audit_arena, learning_curve_points, out_of_fold_probabilities, probe_features
+from transferkit.audit.oof import CURVE_FRACTIONS, audit_arena, curve_candidate, learning_curve_points, out_of_fold_probabilities, probe_features
 from transferkit.audit.outliers import find_outliers
 from transferkit.data import ImageSet, check_classes, content_digests, duplicate_groups, near_copy_pairs, thumbnails
 from transferkit.strategies.features import FeatureExtractor
@@ -144,17 +145,25 @@ def audit_images(
 
     curve = None
     fit_seconds = oof.seconds / max(oof.folds, 1)
-    if left() < 8 * fit_seconds:
-        skipped.append(f"learning curve: {left():.0f} s of the budget left, about {8 * fit_seconds:.0f} s needed")
+    if left() < 12 * fit_seconds:
+        skipped.append(f"learning curve: {left():.0f} s of the budget left, about {12 * fit_seconds:.0f} s needed")
     else:
-        say("learning curve: fits at 1/8, 1/4, 1/2 and all of a training part")
-        repeats = 3 if left() > 16 * fit_seconds else 1
-        sizes, accuracies, n_eval = learning_curve_points(arena, groups, C=oof.C, seed=seed, repeats=repeats)
-        n = len(images)
-        params, predicted = predict_accuracy(sizes, accuracies, [2 * n, 4 * n], n_eval=n_eval, seed=seed)
-        curve = {"n_images": [int(s) for s in sizes], "accuracy": [round(float(a), 4) for a in accuracies], "n_eval": n_eval,
-                 "model": "a - b * n**(-c)", "params": {"a": round(params[0], 4), "b": round(params[1], 4), "c": round(params[2], 4)},
-                 "predicted": [p.to_dict() for p in predicted]}
+        say("learning curve: the candidate fit would choose among frozen features")
+        choice = curve_candidate(arena, groups, seed=seed)
+        folds = oof.folds
+        needed = folds * sum(CURVE_FRACTIONS) * choice.seconds_per_fit  # a fit's time grows about linearly with its images
+        if left() < needed:
+            skipped.append(f"learning curve: {left():.0f} s of the budget left, about {needed:.0f} s needed "
+                           f"for {choice.candidate.label}")
+        else:
+            say(f"learning curve: {choice.candidate.label} at 1/8, 1/4, 1/2 and all of each fold's training part")
+            sizes, accuracies, n_eval = learning_curve_points(arena, groups, choice.candidate, seed=seed, cv=folds)
+            n = len(images)
+            params, predicted = predict_accuracy(sizes, accuracies, [2 * n, 4 * n], n_eval=n_eval, seed=seed)
+            curve = {"n_images": [int(s) for s in sizes], "accuracy": [round(float(a), 4) for a in accuracies], "n_eval": n_eval,
+                     "candidate": choice.describe(), "model": "a - b * n**(-c)",
+                     "params": {"a": round(params[0], 4), "b": round(params[1], 4), "c": round(params[2], 4)},
+                     "predicted": [p.to_dict() for p in predicted]}
     model = {"strategy": oof.strategy, "backbone": backbone, "image_size": int(pixels.shape[1]), "C": oof.C, "folds": oof.folds,
              "out_of_fold_accuracy": round(oof_accuracy, 4)}
     return AuditResult(n_images=len(images), classes=classes, label_issues=label_issues[:MAX_LISTED], near_duplicates=near[:MAX_LISTED],

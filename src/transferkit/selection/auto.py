@@ -330,15 +330,24 @@ def auto_strategies(facts, recommendation) -> list[str]:
 def _frozen_features_round(search: Engine, size: int, weights: str | None, layers: str | None, warmed: set) -> Candidate:
     """Round 1: svm (the baseline, returned) and logistic on the bottleneck features, and svm on
     multi-layer features unless the user fixed ``layers`` (then every candidate reads those)."""
-    baseline = Candidate("svm", size, "always: the playbook's bottleneck features + linear SVM", weights,
-                         feature_layers=layers or "bottleneck")
-    first = [baseline, Candidate("logistic", size, "the same cached features, logistic regression", weights,
-                                 feature_layers=layers or "bottleneck")]
+    first = frozen_feature_candidates(size, weights, layers)
     if layers is None:
         _shared_feature_pass(search, size, SYMMETRIES["none"], warmed)
-        first.append(Candidate("svm", size, STAGES_WHY, weights, feature_layers="stages"))
     search.evaluate_candidates(first, [0])
-    return baseline
+    return first[0]
+
+
+def frozen_feature_candidates(size: int, weights: str | None = None, layers: str | None = None) -> list[Candidate]:
+    """Round 1's candidates, the baseline first: svm and logistic on the bottleneck features at
+    ``size`` px, and svm on multi-layer features unless ``layers`` is fixed (then all read those).
+    ``transferkit audit`` chooses its learning curve's candidate among these."""
+    first = [Candidate("svm", size, "always: the playbook's bottleneck features + linear SVM", weights,
+                       feature_layers=layers or "bottleneck"),
+             Candidate("logistic", size, "the same cached features, logistic regression", weights,
+                       feature_layers=layers or "bottleneck")]
+    if layers is None:
+        first.append(Candidate("svm", size, STAGES_WHY, weights, feature_layers="stages"))
+    return first
 
 
 def _plan(search: Engine, cost, size: int, n_train: int, n_test: int) -> str:
