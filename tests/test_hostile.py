@@ -554,6 +554,9 @@ def test_ctrl_c_stops_a_fit_promptly_and_says_how_to_resume(tmp_path, tiny_weigh
          "--strategy", "finetune", "--epochs", "500", "--patience", "500", "--backbone", TINY_BACKBONE,
          "--weights", str(tiny_weights), "--image-size", "16", "--batch-size", "4", "--device", "cpu", "--quiet"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, "COLUMNS": "1000"},
+        # A shell's background job inherits SIGINT ignored, and Python then keeps it ignored: give the
+        # fit the default disposition, as a terminal's Ctrl-C finds it.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     deadline = time.time() + 90
     while not (out / "checkpoint.pt").exists() and time.time() < deadline and process.poll() is None:
