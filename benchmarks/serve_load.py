@@ -14,8 +14,9 @@ same images and model:
 
 The ratio serve/predict of images per second is printed (>= 0.5 is the issue's bar), with the
 latency p50/p99, for each ``--delays`` value of ``--max-delay-ms`` (the batching wait) and each
-of ``--repeats`` pairs (predict, then serve, one after the other: the ratio is taken within a
-pair, and its median, lowest and highest over the pairs are printed), and with ``--baseline`` for ``--max-batch-size 1`` (one image per forward pass, as before batching). Then a
+of ``--repeats`` pairs (predict, cached predict, then serve, one after the other: the ratio is
+taken within a pair, and its median, lowest and highest over the pairs are printed), and with
+``--baseline`` for ``--max-batch-size 1`` (one image per forward pass, as before batching). Then a
 soak on one server: ``--soak`` requests with ``--junk`` of them junk uploads (empty, text,
 truncated PNG), checking that junk gets 4xx and nothing gets 5xx, and sampling the server's
 resident memory (RSS) every 500 requests.

@@ -132,7 +132,7 @@ class ServedModel:
         # One BLAS thread for the batch's small numpy products (novelty, the linear head): with
         # more, OpenBLAS's idle workers spin on the cores that the HTTP loop and the decoding
         # threads need; on 2 cores one thread answered 130-136 images/s against 105-106
-        # (benchmarks/serve_load.py, RESULTS.md). Torch's own threads are left as they are.
+        # (benchmarks/serve_load.py, RESULTS.md). Torch's threads are ``threads``'s (serve: one core left free).
         with self._lock, self._blas.limit(limits=1, user_api="blas"):
             probabilities, novelty = self.network.forward(pixels)
         return _rows(probabilities, novelty)
