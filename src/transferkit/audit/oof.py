@@ -177,8 +177,6 @@ def learning_curve_points(
         if not wanted:
             break
         curve = learning_curve(engine, candidate, wanted, seed=seed + repeat)
-        for j, number in enumerate(curve.folds):
-            train = engine.folds[number][0]
-            sizes += [max(1, int(round(f * len(train)))) for f in curve.fractions]
-            accuracies += curve.scores[:, j].tolist()
+        sizes += curve.fold_sizes.T.ravel().tolist()  # fold by fold, as the scores below
+        accuracies += curve.scores.T.ravel().tolist()
     return np.array(sizes, dtype=np.float64), np.array(accuracies), min(len(test) for _, test in folds)

@@ -52,18 +52,24 @@ class LearningCurve:
     """Accuracy of one candidate trained on growing parts of each fold's training images, always
     scored on the same held-out images of that fold.
 
-    ``sizes[k]`` is the (mean) number of training images at step ``k``; ``scores[k, j]`` the
-    accuracy on fold ``folds[j]``'s held-out part; ``probabilities[k][j]`` its class
-    probabilities (rows: the fold's held-out images, sorted).
+    ``fold_sizes[k, j]`` is the number of training images at step ``k`` on fold ``folds[j]``
+    (:attr:`sizes` their mean over the folds); ``scores[k, j]`` the accuracy on that fold's
+    held-out part; ``probabilities[k][j]`` its class probabilities (rows: the fold's held-out
+    images, sorted).
     """
 
     candidate: Candidate
     fractions: list[float]
-    sizes: list[float]
+    fold_sizes: np.ndarray
     folds: list[int]
     scores: np.ndarray
     n_test: list[int]
     probabilities: list[list[np.ndarray | None]] = field(default_factory=list, repr=False)
+
+    @property
+    def sizes(self) -> list[float]:
+        """The mean number of training images at each step."""
+        return self.fold_sizes.mean(axis=1).tolist()
 
     def to_dict(self) -> dict[str, Any]:
         return {"candidate": self.candidate.to_dict(), "fractions": self.fractions, "sizes": self.sizes, "folds": self.folds,
@@ -93,5 +99,5 @@ def learning_curve(engine: Engine, candidate: Candidate, fractions: Sequence[flo
         for k, subset in enumerate(nested_subsets(train, targets, wanted, seed + number)):
             fitted = engine.score(candidate, (subset, test))
             scores[k, j], sizes[k, j], probabilities[k][j] = fitted.accuracy, len(subset), fitted.probabilities
-    return LearningCurve(candidate=candidate, fractions=fractions, sizes=sizes.mean(axis=1).tolist(), folds=numbers, scores=scores,
+    return LearningCurve(candidate=candidate, fractions=fractions, fold_sizes=sizes, folds=numbers, scores=scores,
                          n_test=[len(engine.folds[n][1]) for n in numbers], probabilities=probabilities)
