@@ -8,9 +8,10 @@ accuracy, binary (p > 0.5) accuracy, and how many test predictions and how far t
 agree with fp32's.
 
 Then the choice: what ``precision="auto"`` resolves to on this CPU (bf16 only where the CPU
-runs it natively), and what :func:`measured_inference_precision` chooses when bf16 is on offer
-(the path a bf16-native CPU takes; here it is offered whatever the CPU, to show the
-measurement's verdict on this machine).
+runs it natively), and what a fit's judgement (:func:`settle_feature_precision`: a classifier's
+predictions from bf16 and fp32 features of a labelled sample of the training images, agreement
+and accuracy within the noise) chooses when bf16 is on offer (the path a bf16-native CPU takes;
+here it is offered whatever the CPU, to show the verdict on this machine).
 
     python benchmarks/precision_check.py                          # ELPV at 128 px (the issue's size)
     python benchmarks/precision_check.py --subset 64 --image-size 64  # smoke test
@@ -28,9 +29,8 @@ from common import elpv_split, fmt, ratio, write_json
 from transferkit.data import load_pixels, pixel_groups
 from transferkit.data.builtin import binary_metrics_if_builtin
 from transferkit.strategies.features import FeatureExtractor
-from transferkit.strategies.linear import fit_linear_classifier
-from transferkit.training.inputs import pixels_to_tensor
-from transferkit.training.runtime import measured_inference_precision, resolve_runtime
+from transferkit.strategies.linear import fit_linear_classifier, settle_feature_precision
+from transferkit.training.runtime import resolve_runtime
 
 PRECISIONS = ("fp32", "bf16")
 
@@ -85,11 +85,11 @@ def main() -> None:
 
     auto = resolve_runtime("cpu", "auto")
     offered = dataclasses.replace(resolve_runtime("cpu", "fp32"), precision="bf16", auto_precision=True)
-    extractor = FeatureExtractor(args.backbone, runtime=offered, cache_dir=False)
-    chosen = measured_inference_precision(offered, extractor._forward, pixels_to_tensor(train_pixels[:32]),
-                                          key="benchmark", check="features", cache_root=None)
+    # the fit's judgement: a stratified sample of the training images, a classifier's predictions from both precisions
+    verdict = settle_feature_precision(offered, {"backbone": args.backbone, "weights": None, "cache_dir": False}, train_pixels,
+                                       train_targets, seed=args.seed).feature_verdict
     choice = {"auto_on_this_cpu": auto.precision, "auto_reason": auto.precision_reason,
-              "measured_choice": chosen.precision, "measured_reason": chosen.precision_reason, "measured": chosen.measured}
+              "measured_choice": verdict["precision"], "measured_reason": verdict["why"], "measured": verdict["measured"]}
     print(f"\n{'precision':<10}{'img/s':>8}{'ratio':>7}{'accuracy':>10}{'balanced':>10}{'binary':>8}{'agree':>7}{'feat err max':>14}")
     for precision, row in rows.items():
         print(f"{precision:<10}{row['images_per_second']:>8.1f}{fmt(row.get('speed_ratio_to_fp32'), 2):>7}{row['accuracy']:>10.4f}"
@@ -97,7 +97,7 @@ def main() -> None:
               f"{fmt(row.get('prediction_agreement_with_fp32'), 3):>7}"
               f"{fmt((row.get('feature_relative_error') or {}).get('max'), 4):>14}")
     print(f"\nprecision=auto on this CPU: {auto.precision} ({auto.precision_reason})")
-    print(f"measured choice when bf16 is offered: {chosen.precision} ({chosen.precision_reason})")
+    print(f"measured choice when bf16 is offered: {verdict['precision']} ({verdict['why']})")
     write_json(args.json, {"image_size": args.image_size, "backbone": args.backbone, "rows": rows, "choice": choice,
                            "n_train": len(train_pixels), "n_test": len(test_pixels)})
 

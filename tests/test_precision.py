@@ -21,8 +21,10 @@ from transferkit import ImageClassifier
 from transferkit.cli import app
 from transferkit.strategies.features import FeatureExtractor, model_digest
 from transferkit.training import runtime as runtime_module
+from transferkit.strategies.linear import JUDGE_SAMPLE, judge_by_predictions, settle_feature_precision
 from transferkit.training.runtime import (
-    FEATURE_TOLERANCE,
+    MIN_AGREEMENT,
+    judge_predictions,
     job_threads,
     in_reproducible_job,
     measured_inference_precision,
@@ -58,12 +60,20 @@ def test_auto_without_native_bf16_is_fp32_and_says_why(monkeypatch):
     assert runtime.precision == "fp32" and "no native bf16" in runtime.precision_reason
 
 
+def _settled(tiny_weights, cache, images, labels):
+    """The fit's verdict on this runtime, and an extractor built on it (which adopts it)."""
+    params = {"backbone": TINY_BACKBONE, "weights": str(tiny_weights), "cache_dir": cache}
+    targets = np.unique(labels, return_inverse=True)[1]
+    runtime = settle_feature_precision(resolve_runtime("cpu", "auto"), params, images, targets)
+    return runtime, FeatureExtractor.from_params(params, runtime)
+
+
 def test_the_speed_is_measured_once_per_machine_and_network(bf16_native, tiny_weights, tmp_path, monkeypatch):
-    images, _ = make_images(4, 32)
+    images, labels = make_images(4, 32)
     forwards = []
     real = FeatureExtractor._forward
     monkeypatch.setattr(FeatureExtractor, "_forward", lambda self, rt, batch: forwards.append((rt.precision, len(batch))) or real(self, rt, batch))
-    first = _extractor(tiny_weights, tmp_path)
+    runtime, first = _settled(tiny_weights, tmp_path, images, labels)
     first.transform(images)
     files = list((tmp_path / "precision").glob("*.json"))
     assert len(files) == 1
@@ -72,39 +82,78 @@ def test_the_speed_is_measured_once_per_machine_and_network(bf16_native, tiny_we
     timed = [call for call in forwards if call[1] == runtime_module.SPEED_BATCH]
     assert sorted(p for p, _ in timed) == ["bf16", "bf16", "fp32", "fp32"]  # warm + timed, each
     assert first.runtime.precision in ("fp32", "bf16") and first.runtime.precision_reason.startswith("measured")
+    assert first.runtime.precision == runtime.feature_verdict["precision"]
+    assert runtime.precision == "bf16" and runtime.auto_precision  # training still measures its own
 
-    forwards.clear()  # a second run (another extractor, same machine and network) reads the timing
-    second = _extractor(tiny_weights, tmp_path)
-    second.transform(images[:5])
+    forwards.clear()  # a second fit (same machine and network) reads the timing
+    second, _ = _settled(tiny_weights, tmp_path, images[:8], labels[:8])
     assert not [call for call in forwards if call[1] == runtime_module.SPEED_BATCH]
-    assert second.runtime.measured["inference"]["images_per_second"]["fp32"] == pytest.approx(record["fp32"])
+    assert second.feature_verdict["measured"]["inference"]["images_per_second"]["fp32"] == pytest.approx(record["fp32"])
 
 
-def test_faster_bf16_is_used_only_when_its_features_agree_with_fp32(bf16_native, tiny_weights, tmp_path, monkeypatch):
-    images, _ = make_images(4, 32)
+@pytest.mark.parametrize("agreement, loss, accepted", [
+    (1.0, 0, True),                     # the same predictions everywhere
+    (0.96, 0, True),                    # above MIN_AGREEMENT; as many images won as lost
+    (0.94, 0, False),                   # below MIN_AGREEMENT, even at the same accuracy
+    (0.985, 3, True),                   # 3 images lost: within 2 standard errors of the paired difference
+    (0.98, 4, False),                   # 4 lost: beyond them
+    (0.96, 2, True),                    # 2 lost net, among 8 disagreements
+])
+def test_the_rule_judges_predictions_on_both_sides_of_its_thresholds(agreement, loss, accepted):
+    n = 200
+    targets = np.arange(n) % 4
+    fp32 = targets.copy()
+    bf16 = targets.copy()
+    differ = round((1 - agreement) * n)
+    wrong = (targets + 1) % 4
+    bf16[:loss] = wrong[:loss]  # images bf16 gets wrong and fp32 right
+    swapped = differ - loss  # the rest of the disagreements cancel: as many won by bf16 as lost
+    fp32[loss:loss + swapped // 2] = wrong[loss:loss + swapped // 2]
+    bf16[loss + swapped // 2:loss + swapped] = wrong[loss + swapped // 2:loss + swapped]
+    verdict, figures = judge_predictions(fp32, bf16, targets)
+    assert figures["prediction_agreement"] == pytest.approx(1 - differ / n)
+    assert figures["accuracy_loss"] == pytest.approx(loss / n)
+    assert verdict is accepted and MIN_AGREEMENT == 0.95
+
+
+def test_faster_bf16_is_used_only_when_its_predictions_hold_up(bf16_native, tiny_weights, tmp_path, monkeypatch):
+    images, labels = make_images(8, 32)
     _write_speed(tmp_path, tiny_weights, 32, fp32=100.0, bf16=300.0)
     reference = _extractor(tiny_weights, False, "fp32").transform(images)
 
-    monkeypatch.setattr(runtime_module, "FEATURE_TOLERANCE", 1.0)  # accept what bf16 gives
-    chosen = _extractor(tiny_weights, tmp_path)
+    runtime, chosen = _settled(tiny_weights, tmp_path, images, labels)
+    record = runtime.feature_verdict["measured"]["inference"]
+    assert runtime.feature_verdict["precision"] == "bf16" and "agrees with fp32" in runtime.feature_verdict["why"]
+    assert record["prediction_agreement"] >= MIN_AGREEMENT and record["images"] == len(images)
     features = chosen.transform(images)
-    record = chosen.precision_record
-    assert record["precision"] == "bf16" and "agrees with fp32" in record["why"]
-    error = record["measured"]["inference"]["max_relative_error"]
-    # The check's figure is the truth on the sample: bf16 features are that close to fp32's.
-    relative = np.linalg.norm(features - reference, axis=1) / np.linalg.norm(reference, axis=1)
-    assert 0 < relative[:32].max() <= error * 1.01 + 1e-6
+    assert chosen.runtime.precision == "bf16" and not np.array_equal(features, reference)  # bf16's own features
 
-    monkeypatch.setattr(runtime_module, "FEATURE_TOLERANCE", error / 2)  # stricter than bf16 can do
-    refused = _extractor(tiny_weights, tmp_path)
-    np.testing.assert_array_equal(refused.transform(images), reference)
-    assert refused.runtime.precision == "fp32" and "does not agree" in refused.runtime.precision_reason
+    # bf16 features that carry no information: the classifier's predictions from them fall apart
+    real = FeatureExtractor._forward
+    monkeypatch.setattr(FeatureExtractor, "_forward", lambda self, rt, batch: (
+        torch.randn_like(real(self, rt, batch).float()) if rt.precision == "bf16" else real(self, rt, batch)))
+    refused, extractor = _settled(tiny_weights, tmp_path / "other", images, labels)
+    assert refused.feature_verdict["precision"] == "fp32" and "does not agree" in refused.feature_verdict["why"]
+    np.testing.assert_array_equal(extractor.transform(images), reference)
+
+
+def test_without_labelled_images_frozen_features_stay_fp32(bf16_native, tiny_weights, tmp_path):
+    images, _ = make_images(3, 32)
+    extractor = _extractor(tiny_weights, tmp_path)
+    np.testing.assert_array_equal(extractor.transform(images), _extractor(tiny_weights, False, "fp32").transform(images))
+    assert extractor.runtime.precision == "fp32" and "judges it on its labelled images" in extractor.runtime.precision_reason
+
+
+def test_the_judge_refuses_bf16_when_a_class_has_one_image(tiny_weights):
+    verdict, figures = judge_by_predictions(np.array([0, 0, 0, 1]))(torch.zeros(4, 3), torch.zeros(4, 3))
+    assert not verdict and "too few" in figures["why"]
+    assert JUDGE_SAMPLE >= 200  # enough images that the 3 lost ones the rule allows are at most 1.5 points
 
 
 def test_slower_bf16_is_not_used(bf16_native, tiny_weights, tmp_path):
-    images, _ = make_images(3, 32)
+    images, labels = make_images(3, 32)
     _write_speed(tmp_path, tiny_weights, 32, fp32=300.0, bf16=100.0)
-    extractor = _extractor(tiny_weights, tmp_path)
+    _, extractor = _settled(tiny_weights, tmp_path, images, labels)
     np.testing.assert_array_equal(extractor.transform(images), _extractor(tiny_weights, False, "fp32").transform(images))
     assert extractor.runtime.precision == "fp32" and "not 1.1x faster" in extractor.runtime.precision_reason
 
@@ -129,7 +178,7 @@ def test_fit_json_records_the_inference_precision_and_why(bf16_native, image_fol
     precision = json.loads((tmp_path / "fit.json").read_text())["precision"]
     assert precision["chosen"] in ("fp32", "bf16") and precision["why"].startswith("measured")
     assert set(precision["measured"]["inference"]["images_per_second"]) == {"fp32", "bf16"}
-    assert precision["measured"]["inference"]["tolerance"] == FEATURE_TOLERANCE
+    assert precision["measured"]["inference"]["required_agreement"] == MIN_AGREEMENT
 
 
 def test_a_cv_job_uses_fixed_threads_and_fp32_for_auto(bf16_native, monkeypatch):
@@ -196,8 +245,8 @@ def test_info_shows_the_rule_and_what_was_measured_here(bf16_native, tiny_weight
 
     monkeypatch.setattr("transferkit.info.native_bf16", lambda: True)
 
-    images, _ = make_images(2, 32)
-    _extractor(tiny_weights, tmp_path).transform(images)  # measures and keeps the speeds
+    images, labels = make_images(2, 32)
+    _settled(tiny_weights, tmp_path, images, labels)  # measures and keeps the speeds
     precision = system_info(tmp_path)["precision"]
     (measured,) = precision["inference_measurements"]
     assert measured["what"] == "features" and measured["image_size"] == "32"

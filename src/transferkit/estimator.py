@@ -35,6 +35,7 @@ from transferkit.selection.cost import Speeds, estimated_fit_seconds
 from transferkit.selection.engine import Arena
 from transferkit.strategies import FitRequest, Settings, get_strategy, list_strategies
 from transferkit.strategies.features import FeatureExtractor, symmetric_features
+from transferkit.strategies.linear import settle_feature_precision
 from transferkit.strategies.parameters import PARAMETER_CONSTRAINTS, check_params
 from transferkit.training.inputs import network_outputs
 from transferkit.training.runtime import is_main_process, prediction_runtime, resolve_runtime
@@ -315,6 +316,8 @@ class ImageClassifier(ClassifierMixin, BaseEstimator):
             # multi-layer features + flips (test 0.802) to plain svm (0.741) under the old tie rule;
             # `fit --cv`, compare and the race do group them.
             groups = duplicate_groups(images, digests)
+            # bf16 features only where a classifier's predictions from them hold up on these labelled images
+            runtime = settle_feature_precision(runtime, self.get_params(), pixels, images.targets(), seed=self.seed)
             # torchrun: one decision, rank 0's (the search trains no network there: see select.search_auto)
             speeds = Speeds(self.backbone, self.weights, runtime)  # timed once, for the rules' budget and the search
             advice = runtime.run_on_main(
@@ -340,6 +343,8 @@ class ImageClassifier(ClassifierMixin, BaseEstimator):
 
         classes = np.array(images.classes)
         targets = images.targets()
+        if strategy.frozen_backbone:
+            runtime = settle_feature_precision(runtime, self.get_params(), pixels, targets, seed=self.seed)
         console.print(f"data: {len(images)} images, {len(classes)} classes; network input {settings.image_size}x{settings.image_size} px "
                       f"(every image resized to it); {runtime.describe()}")
         note = imbalance_note(images.labels)  # for every strategy: accuracy alone misleads here

@@ -31,8 +31,9 @@ from transferkit.errors import ConfigError
 from transferkit.training.allocator import ALLOCATOR_ENV
 from transferkit.training.machine import (
     CPU_FLAGS,
-    FEATURE_TOLERANCE,
     JOB_THREADS_ENV,
+    LOSS_STANDARD_ERRORS,
+    MIN_AGREEMENT,
     MIN_SPEEDUP,
     THREAD_RULE,
     THREAD_VARIABLES,
@@ -178,7 +179,8 @@ def precision_info(cache_dir: str | os.PathLike | None = None, torch_facts: dict
     native = bf16_native(torch_facts)
     if native:
         rule = (f"bf16 where measured at least {MIN_SPEEDUP:g}x faster than fp32 (once per machine and network) and in "
-                f"agreement with fp32 on the data (features within {FEATURE_TOLERANCE:g} relative, predictions identical); "
+                f"agreement with fp32 on the fit's labelled images (a classifier's held-out predictions agree on {MIN_AGREEMENT:.0%} "
+                f"of them, accuracy within {LOSS_STANDARD_ERRORS:g} standard errors); "
                 "training: the faster of one timed step in each; cross-validation jobs: fp32")
     elif native is None:
         rule = f"unknown: this CPU's flags cannot be read here ({NOT_CHECKED} asks torch); cross-validation jobs: fp32"

@@ -22,6 +22,7 @@ from transferkit.audit.oof import CURVE_FRACTIONS, audit_arena, curve_candidate,
 from transferkit.audit.outliers import find_outliers
 from transferkit.data import ImageSet, check_classes, content_digests, duplicate_groups, near_copy_pairs, thumbnails
 from transferkit.strategies.features import FeatureExtractor
+from transferkit.strategies.linear import settle_feature_precision
 from transferkit.training.runtime import resolve_runtime
 
 def suggest_images(classifier, pixels: np.ndarray, labelled_pixels: np.ndarray | None, n: int, *, seed: int = 0):
@@ -126,9 +127,10 @@ def audit_images(
     groups = duplicate_groups(images, digests, pixels)  # copies and near-copies in one fold
 
     say(f"features: {backbone} at {pixels.shape[1]} px (cached)")
-    arena = audit_arena(pixels, targets, classes, runtime=resolve_runtime(device, precision),
-                        params={"backbone": backbone, "weights": weights, "cache_dir": cache_dir, "device": device,
-                                "precision": precision, "seed": seed})
+    params = {"backbone": backbone, "weights": weights, "cache_dir": cache_dir, "device": device, "precision": precision, "seed": seed}
+    # bf16 features only where a classifier's predictions from them hold up on these labelled images (as fit decides)
+    runtime = settle_feature_precision(resolve_runtime(device, precision), params, pixels, targets, seed=seed)
+    arena = audit_arena(pixels, targets, classes, runtime=runtime, params=params)
     features = probe_features(arena)  # one extractor: the engine's probe below reads the same, cached
 
     say("outliers: nearest-neighbour distances")

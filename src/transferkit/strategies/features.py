@@ -17,6 +17,7 @@ shard used, and a shard another process evicted is computed again.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import uuid
@@ -40,7 +41,7 @@ from transferkit.errors import ConfigError
 from transferkit.files import atomic_write
 from transferkit.training.allocator import release_freed_memory
 from transferkit.training.inputs import pixels_to_tensor, to_model_input
-from transferkit.training.runtime import INFERENCE_BATCH, Runtime, measured_inference_precision, resolve_runtime
+from transferkit.training.runtime import INFERENCE_BATCH, Judge, Runtime, measured_inference_precision, resolve_runtime
 
 def symmetric_features(extractor: "FeatureExtractor", pixels: np.ndarray, symmetries: str = "none") -> np.ndarray:
     """The extractor's features of ``pixels``, averaged over the views of ``symmetries``.
@@ -59,8 +60,8 @@ EXTRACT_CHUNK = 512
 at once, whatever the data's size (a memory-mapped cache is read chunk by chunk and its pages
 released, so peak memory does not grow with the number of images beyond the features)."""
 
-INFERENCE_SAMPLE_IMAGES = 32
-"""The first images of a call that the bf16-vs-fp32 check runs on (``measured_inference_precision``)."""
+UNJUDGED_REASON = ("auto: fp32 for frozen features here: bf16 is chosen only by a fit, which judges it on its labelled "
+                   "images (a classifier's predictions from bf16 and fp32 features)")
 
 FEATURE_CACHE_VERSION = 2  # 2: each shard's JSON holds the SHA-256 of its values, checked on load
 
@@ -237,23 +238,35 @@ class FeatureExtractor:
             self._bottleneck_key = None if inner is self.model else model_digest(inner, f"v{FEATURE_CACHE_VERSION}|{precision}")
         self._caches.clear()
 
-    def _settle_precision(self, pixels: np.ndarray) -> None:
-        """Once per extractor, before its first features: keep the runtime's precision, or let
-        :func:`~transferkit.training.runtime.measured_inference_precision` choose between fp32
-        and a native bf16 on the first images of the data at hand."""
+    def _settle_precision(self) -> None:
+        """Once per extractor, before its first features: where ``precision="auto"`` proposed a
+        CPU's native bf16, take the fit's verdict (``runtime.feature_verdict``, judged on its
+        labelled images by :func:`transferkit.strategies.linear.settle_feature_precision`), or
+        fp32 where no labelled images judged it (bf16 is kept only when what matters was
+        measured: the predictions made from its features)."""
         if self._precision_settled:
             return
         self._precision_settled = True
-        if not (self.runtime.auto_precision and self.runtime.precision == "bf16"):
-            return  # fp32, an explicit choice or a GPU: nothing to measure
+        if not (self.runtime.auto_precision and self.runtime.precision == "bf16" and self.runtime.device.type == "cpu"):
+            return  # fp32, an explicit choice or a GPU: nothing to decide
+        verdict = self.runtime.feature_verdict
+        if verdict is None:
+            self.runtime = dataclasses.replace(self.runtime, precision="fp32", auto_precision=False,
+                                               precision_reason=UNJUDGED_REASON)
+        else:
+            self.runtime = dataclasses.replace(self.runtime, precision=verdict["precision"], auto_precision=False,
+                                               measured=verdict["measured"], precision_reason=verdict["why"])
+        self._set_keys()
+
+    def measure_precision(self, pixels: np.ndarray, judge: Judge) -> Runtime:
+        """This extractor's runtime with the precision :func:`measured_inference_precision`
+        chooses on ``pixels`` (uint8 (N, S, S, 3), all judged) by ``judge`` (fp32 vs bf16
+        features, (N, D) each). The extractor itself is unchanged."""
         model_key = model_digest(self.model, f"v{FEATURE_CACHE_VERSION}")
-        chosen = measured_inference_precision(
+        return measured_inference_precision(
             self.runtime, self._forward, pixels_to_tensor(pixels), key=f"features|{model_key}|{pixels.shape[1]}",
-            check="features", cache_root=self._root,
+            judge=judge, cache_root=self._root,
         )
-        if chosen is not self.runtime:
-            self.runtime = chosen
-            self._set_keys()
 
     def _forward(self, runtime: Runtime, batch: torch.Tensor) -> torch.Tensor:
         with runtime.autocast():
@@ -296,7 +309,7 @@ class FeatureExtractor:
             part = pixels[start:stop] if rows is None else pixels[np.asarray(rows[start:stop])]
             return view_of(part, view)
 
-        self._settle_precision(read(0, INFERENCE_SAMPLE_IMAGES))
+        self._settle_precision()
         cache = self.cache_for(int(pixels.shape[1]))
         shared = self.cache_for(int(pixels.shape[1]), bottleneck=True) if self._bottleneck_key is not None else None
         digests: list[str] = []

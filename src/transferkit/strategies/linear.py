@@ -20,6 +20,7 @@ it changes no prediction (the argmax is the same), only how sure the model says 
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 from collections.abc import Mapping
@@ -29,7 +30,7 @@ from typing import Any
 import numpy as np
 import torch
 from sklearn.linear_model import LogisticRegression
-from sklearn.model_selection import GridSearchCV, StratifiedGroupKFold, cross_val_predict
+from sklearn.model_selection import GridSearchCV, StratifiedGroupKFold, StratifiedKFold, cross_val_predict
 from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import StandardScaler
 from sklearn.svm import LinearSVC
@@ -42,6 +43,7 @@ from transferkit.errors import ConfigError
 from transferkit.strategies.features import FeatureExtractor, symmetric_features
 from transferkit.strategies.registry import FitOutcome, FitRequest, FoldFit, Strategy, decision_probabilities, register_strategy
 from transferkit.training.augment import build_augmentation
+from transferkit.training.runtime import Judge, Runtime, judge_predictions
 
 C_GRID: tuple[float, ...] = (0.0003, 0.001, 0.003, 0.01, 0.03)
 """Inner-CV grid for C. Standardised 1,280-d features favour strong regularisation: on ELPV
@@ -340,3 +342,71 @@ class Svm(FeatureStrategy):
 class Logistic(FeatureStrategy):
     name = "logistic"
     summary = "logistic regression on cached bottleneck features"
+
+
+# ---------------------------------------------------------------------------------------------
+# The precision of frozen features, judged by what they are for: a classifier's predictions
+
+JUDGE_SAMPLE = 256
+"""Labelled images (a stratified sample of a fit's) on which bf16 features are judged against fp32's."""
+
+
+def judge_by_predictions(targets: np.ndarray, seed: int = 0) -> Judge:
+    """A judge of bf16 features against fp32's on the labelled images ``targets`` (N,).
+
+    A logistic regression (C = 1) fitted on the fp32 features of one half predicts the other
+    half from its fp32 and from its bf16 features, in 2 stratified folds, so every image gets
+    both predictions; :func:`~transferkit.training.runtime.judge_predictions` decides (agreement,
+    and accuracy within the noise). Each class needs 2 images: with fewer the judge refuses bf16.
+    """
+    targets = np.asarray(targets)
+
+    def judge(fp32: torch.Tensor, bf16: torch.Tensor) -> tuple[bool, dict]:
+        counts = np.unique(targets, return_counts=True)[1]
+        if len(counts) < 2 or counts.min() < 2:
+            return False, {"images": len(targets), "why": "too few labelled images per class to judge bf16's predictions"}
+        exact, rounded = fp32.float().numpy(), bf16.float().numpy()
+        predictions = {"fp32": np.empty(len(targets), np.int64), "bf16": np.empty(len(targets), np.int64)}
+        folds = StratifiedKFold(n_splits=2, shuffle=True, random_state=seed)
+        for train, test in folds.split(exact, targets):
+            pipeline = make_linear_pipeline("logistic", 1.0, seed).fit(exact[train], targets[train])
+            predictions["fp32"][test] = pipeline.predict(exact[test])
+            predictions["bf16"][test] = pipeline.predict(rounded[test])
+        return judge_predictions(predictions["fp32"], predictions["bf16"], targets)
+
+    return judge
+
+
+def settle_feature_precision(runtime: Runtime, params: Mapping[str, Any], pixels: np.ndarray, targets: np.ndarray,
+                             *, seed: int = 0) -> Runtime:
+    """``runtime`` with the verdict on frozen features' precision (``runtime.feature_verdict``),
+    which every :class:`FeatureExtractor` built on it adopts.
+
+    Only where ``precision="auto"`` proposed a CPU's native bf16 and no verdict was reached yet;
+    otherwise ``runtime`` is returned unchanged. ``pixels`` uint8 (N, S, S, 3) and ``targets``
+    (N,) are the fit's; a stratified sample of at most :data:`JUDGE_SAMPLE` of them is extracted
+    in both precisions (the winner's features land in the cache: only the loser's pass is
+    extra) and :func:`judge_by_predictions` decides, with bf16's speed (timed once per machine
+    and network). ``params``: the estimator's (backbone, weights, cache_dir).
+    """
+    if runtime.device.type != "cpu" or runtime.precision != "bf16" or not runtime.auto_precision or runtime.feature_verdict:
+        return runtime
+    targets = np.asarray(targets)
+    rows = _stratified_rows(targets, JUDGE_SAMPLE, seed)
+    extractor = FeatureExtractor.from_params(params, runtime)
+    chosen = extractor.measure_precision(pixels[rows], judge_by_predictions(targets[rows], seed))
+    return dataclasses.replace(runtime, feature_verdict={"precision": chosen.precision, "why": chosen.precision_reason,
+                                                         "measured": chosen.measured})
+
+
+def _stratified_rows(targets: np.ndarray, count: int, seed: int) -> np.ndarray:
+    """Sorted indices of about ``count`` images, each class in proportion and at least 2 of each where it has them."""
+    if len(targets) <= count:
+        return np.arange(len(targets))
+    rng = np.random.default_rng(seed)
+    chosen = []
+    for label in np.unique(targets):
+        members = np.flatnonzero(targets == label)
+        take = min(len(members), max(2, round(count * len(members) / len(targets))))
+        chosen.append(rng.choice(members, size=take, replace=False))
+    return np.sort(np.concatenate(chosen))

@@ -230,9 +230,13 @@ def read_proc_gpus(proc: str = NVIDIA_PROC) -> list[dict[str, Any]]:
 # ---------------------------------------------------------------------------------------------
 # Measured precision records: one JSON per (machine, network, image size) under the cache
 
-FEATURE_TOLERANCE = 0.02
-"""bf16 features are accepted when, for every sampled image, ``|bf16 - fp32| / |fp32|`` (L2
-norms of the feature vectors) is at most this."""
+MIN_AGREEMENT = 0.95
+"""bf16 features are accepted when a classifier's held-out predictions from them agree with
+those from fp32 features on at least this share of the sampled images (measured on ELPV at 128 px:
+98.6 % on an AMX Xeon, 98.8 % on an AVX-512 BF16 EPYC, at the same test accuracy), ..."""
+LOSS_STANDARD_ERRORS = 2.0
+"""... and their accuracy is not lower than fp32's by more than this many standard errors of the
+paired per-image difference (the images where the two predictions differ decide it)."""
 MIN_SPEEDUP = 1.1
 """bf16 must run at least this much faster than fp32 (images/s) to be chosen."""
 SPEED_FOLDER = "precision"

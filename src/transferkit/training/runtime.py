@@ -12,6 +12,7 @@ import contextvars
 import dataclasses
 import hashlib
 import json
+import math
 import os
 import threading
 import time
@@ -19,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator, Literal
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -31,7 +33,8 @@ from transferkit.training.allocator import (  # noqa: F401 - re-exported
     release_freed_memory,
 )
 from transferkit.training.machine import (  # noqa: F401 - re-exported: the runtime's settings, defined without torch
-    FEATURE_TOLERANCE,
+    LOSS_STANDARD_ERRORS,
+    MIN_AGREEMENT,
     MIN_SPEEDUP,
     SPEED_FOLDER,
     job_threads,
@@ -94,6 +97,10 @@ class Runtime:
     """What :func:`fastest_training_precision` or :func:`measured_inference_precision` timed, when it ran."""
     precision_reason: str = ""
     """Why ``precision`` is what it is, in words (``fit --json`` and the fitted history record it)."""
+    feature_verdict: dict | None = None
+    """The precision of frozen-feature passes, decided once per fit on its labelled images
+    (``strategies.features.settle_feature_precision``): ``{"precision", "why", "measured"}``.
+    Extractors built on this runtime adopt it instead of measuring again; training ignores it."""
 
     @property
     def distributed(self) -> bool:
@@ -300,9 +307,6 @@ def in_reproducible_job() -> bool:
 # ---------------------------------------------------------------------------------------------
 # Inference precision by measurement
 
-INFERENCE_SAMPLE = 32
-"""Images of the data at hand that the bf16-vs-fp32 accuracy check runs on (at most)."""
-
 INFERENCE_BATCH = 16
 """Images per forward pass when nothing is learned (features, predictions, the precision check).
 
@@ -312,7 +316,7 @@ kept the heap they leave), so the batch sets a pass's peak: measured +1.45 GB at
 +0.32 GB at 16 (issue 33, ``benchmarks/RESULTS.md``). With freed memory kept, batches of 8 to 64
 ran at the same images/s (issue 5), and each image's features do not depend on the batch
 (bit-identical at 16 and 64, fp32 and bf16)."""
-# FEATURE_TOLERANCE, MIN_SPEEDUP and SPEED_FOLDER live in training/machine.py, where
+# MIN_AGREEMENT, LOSS_STANDARD_ERRORS, MIN_SPEEDUP and SPEED_FOLDER live in training/machine.py, where
 # `transferkit info` reads them without torch.
 
 
@@ -346,14 +350,43 @@ def _write_speed(path: Path | None, record: dict) -> None:
         pass  # a read-only cache only means measuring again next time
 
 
-def _disagreement(check: str, fp32: torch.Tensor, bf16: torch.Tensor) -> tuple[bool, dict]:
-    """Whether bf16's outputs are acceptable against fp32's, and the figures that decided it."""
-    if check == "features":
-        error = (bf16 - fp32).norm(dim=1) / fp32.norm(dim=1).clamp_min(1e-12)
-        worst = float(error.max()) if len(error) else 0.0
-        return worst <= FEATURE_TOLERANCE, {"max_relative_error": worst, "tolerance": FEATURE_TOLERANCE}
+Judge = Callable[[torch.Tensor, torch.Tensor], tuple[bool, dict]]
+"""``judge(fp32_outputs, bf16_outputs) -> (acceptable, figures)``: whether bf16's outputs on the
+sample may replace fp32's, and the figures that decided it (kept in ``measured``)."""
+
+
+def judge_predictions(fp32: np.ndarray, bf16: np.ndarray, targets: np.ndarray) -> tuple[bool, dict]:
+    """Whether a classifier's predictions from bf16 outputs may replace those from fp32 outputs.
+
+    ``fp32``, ``bf16``: predicted class indices (N,) of the same held-out images; ``targets``
+    their true classes (N,). bf16 passes when the predictions agree on at least
+    :data:`MIN_AGREEMENT` of the images and its accuracy is not lower than fp32's by more than
+    :data:`LOSS_STANDARD_ERRORS` standard errors of the paired per-image difference (with the
+    same predictions everywhere but k images, all lost: at most 3 such images pass, whatever N).
+    Returns the verdict and the figures (agreement, both accuracies, the loss and its standard error).
+    """
+    fp32, bf16, targets = (np.asarray(a).ravel() for a in (fp32, bf16, targets))
+    n = len(targets)
+    difference = (fp32 == targets).astype(np.float64) - (bf16 == targets)
+    agreement = float(np.mean(fp32 == bf16)) if n else 1.0
+    loss = float(difference.mean()) if n else 0.0
+    error = float(difference.std(ddof=1) / math.sqrt(n)) if n > 1 else 0.0
+    acceptable = agreement >= MIN_AGREEMENT and loss <= LOSS_STANDARD_ERRORS * error + 1e-12
+    accuracy = {"fp32": float(np.mean(fp32 == targets)) if n else None, "bf16": float(np.mean(bf16 == targets)) if n else None}
+    summary = (f"a classifier's held-out predictions agree on {agreement:.1%} of {n} labelled images (at least "
+               f"{MIN_AGREEMENT:.0%} needed); accuracy {accuracy['bf16'] or 0:.3f} in bf16, {accuracy['fp32'] or 0:.3f} in fp32 "
+               f"(a loss of at most {LOSS_STANDARD_ERRORS:g} standard errors, {LOSS_STANDARD_ERRORS * error:.3f}, allowed)")
+    return acceptable, {
+        "summary": summary, "prediction_agreement": agreement, "required_agreement": MIN_AGREEMENT, "images": n,
+        "accuracy": accuracy, "accuracy_loss": loss, "standard_error": error, "allowed_standard_errors": LOSS_STANDARD_ERRORS,
+    }
+
+
+def predictions_agree(fp32: torch.Tensor, bf16: torch.Tensor) -> tuple[bool, dict]:
+    """A :data:`Judge` for logits (N, K): bf16 must predict the same class for every sampled image."""
     agreement = float((bf16.argmax(1) == fp32.argmax(1)).float().mean()) if len(fp32) else 1.0
-    return agreement == 1.0, {"prediction_agreement": agreement, "required": 1.0}
+    return agreement == 1.0, {"summary": f"predictions agree on {agreement:.1%} of the sample (all needed)",
+                              "prediction_agreement": agreement, "required": 1.0}
 
 
 SPEED_BATCH = 32
@@ -366,30 +399,29 @@ def measured_inference_precision(
     sample: torch.Tensor,
     *,
     key: str,
-    check: Literal["features", "predictions"],
+    judge: Judge,
     cache_root: Path | None,
 ) -> Runtime:
     """The runtime whose precision runs ``forward`` here: fp32, or bf16 where measured faster and as accurate.
 
     ``forward(runtime, batch)`` runs the network on a uint8 (N, C, H, W) batch in that
-    runtime's precision; ``sample`` is a few images of the data at hand (at most
-    :data:`INFERENCE_SAMPLE` are used). Only where ``precision="auto"`` tentatively picked
-    native bf16 on a CPU; explicit choices, GPUs and fp32 are returned unchanged. Two
-    measurements decide:
+    runtime's precision; ``sample`` is images of the data at hand, all of which the judge
+    reads. Only where ``precision="auto"`` tentatively picked native bf16 on a CPU; explicit
+    choices, GPUs and fp32 are returned unchanged. Two measurements decide:
 
     - **speed**, once per machine and network (``key``: its weights' digest and image size):
       a batch of :data:`SPEED_BATCH` images is warmed and timed in fp32 and in bf16, and the
       images/s are kept under ``<cache>/precision/`` (:func:`speed_file`) for later runs; bf16
       must be :data:`MIN_SPEEDUP` times faster;
-    - **accuracy**, on the data at hand, every time: the sample's outputs in both precisions
-      must agree -- features within :data:`FEATURE_TOLERANCE` (relative L2, every image),
-      predictions identical for every sampled image.
+    - **what the outputs are for**, on the data at hand, every time: ``judge`` reads the
+      sample's outputs in both precisions (:func:`predictions_agree` for logits; the frozen
+      features' judge, ``strategies.features.judge_by_predictions``, fits a classifier on the
+      labelled sample and compares its held-out predictions and accuracy).
 
     The returned runtime says which won and why (``precision_reason``, ``measured``).
     """
     if runtime.device.type != "cpu" or runtime.precision != "bf16" or not runtime.auto_precision:
         return runtime
-    sample = sample[:INFERENCE_SAMPLE]
     release_freed_memory()  # runs in the middle of other work: start from a released heap, as every pass does
     path = speed_file(cache_root, key) if cache_root is not None else None
     speed = _read_speed(path)
@@ -407,17 +439,18 @@ def measured_inference_precision(
         outputs = {p: torch.cat([forward(candidate, part).float().cpu() for part in sample.split(INFERENCE_BATCH)])
                    for p, candidate in candidates.items()}
     release_freed_memory()
-    agrees, figures = _disagreement(check, outputs["fp32"], outputs["bf16"])
+    agrees, figures = judge(outputs["fp32"], outputs["bf16"])
     faster = speed["bf16"] >= MIN_SPEEDUP * speed["fp32"]
     chosen = "bf16" if faster and agrees else "fp32"
     rate = f"bf16 {speed['bf16']:.0f} vs fp32 {speed['fp32']:.0f} images/s"
+    found = figures.get("summary") or figures.get("why") or figures
     if not faster:
         reason = f"measured: bf16 is not {MIN_SPEEDUP:g}x faster than fp32 here ({rate})"
     elif not agrees:
-        reason = f"measured: bf16 is faster ({rate}) but does not agree with fp32 on this data ({figures})"
+        reason = f"measured: bf16 is faster ({rate}) but does not agree with fp32 on this data: {found}"
     else:
-        reason = f"measured: bf16 is faster ({rate}) and agrees with fp32 on {len(sample)} images of this data ({figures})"
-    measured = {"images_per_second": {"fp32": speed["fp32"], "bf16": speed["bf16"]}, "check": check,
+        reason = f"measured: bf16 is faster ({rate}) and agrees with fp32 on {len(sample)} images of this data: {found}"
+    measured = {"images_per_second": {"fp32": speed["fp32"], "bf16": speed["bf16"]},
                 "sample": len(sample), **figures, "agrees": agrees, "faster": faster}
     return dataclasses.replace(runtime, precision=chosen, auto_precision=False, measured={"inference": measured},
                                precision_reason=reason)
