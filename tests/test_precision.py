@@ -132,6 +132,7 @@ def test_faster_bf16_is_used_only_when_its_predictions_hold_up(bf16_native, tiny
     real = FeatureExtractor._forward
     monkeypatch.setattr(FeatureExtractor, "_forward", lambda self, rt, batch: (
         torch.randn_like(real(self, rt, batch).float()) if rt.precision == "bf16" else real(self, rt, batch)))
+    _write_speed(tmp_path / "other", tiny_weights, 32, fp32=100.0, bf16=300.0)
     refused, extractor = _settled(tiny_weights, tmp_path / "other", images, labels)
     assert refused.feature_verdict["precision"] == "fp32" and "does not agree" in refused.feature_verdict["why"]
     np.testing.assert_array_equal(extractor.transform(images), reference)
