@@ -4,6 +4,7 @@ with a fake clock, a trained network among the candidates, and pixels."""
 from __future__ import annotations
 
 import itertools
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -310,8 +311,9 @@ def test_an_auto_fit_keeps_the_network_the_search_trained(tiny_params, tmp_path,
     images, labels = ramps(12)
     clf = transferkit.ImageClassifier(**dict(tiny_params, strategy="auto", image_size=32, cache_dir=str(tmp_path),
                                               budget_minutes=None)).fit(images, labels)
-    # two pilots and the network, all in the search; none after it
-    assert clf.settings_["strategy"] in ("full", "finetune") and len(fits) == len(PILOT_FACTORS) + 1
+    # the learning-rate pilots, the regularisation pilots (light, strong) and the network, all in the search; none after it
+    assert clf.settings_["strategy"] in ("full", "finetune") and len(fits) == len(PILOT_FACTORS) + 2 + 1
+    assert clf.history_["regularization"]["preset"] == dict(clf.advice_.search.chosen.candidate.params)["regularization"]
     assert clf.model_ is clf.advice_.search.chosen.outcome.model
     assert clf.advice_.recommendation.reasons[-1].endswith("the network trained in the search is the model")
     assert clf.predict(images).shape == (24,)
@@ -549,11 +551,107 @@ def test_the_pilot_trains_below_the_networks_side(network_side, pilot_side):
     assert {c.image_size for c in search.ran} == {pilot_side}
 
 
+class RegularizationSearch:
+    """A search over one held-out fold whose trials score (accuracy, predictions) by regularisation and sampling."""
+
+    def __init__(self, outcomes, targets, budget_seconds=None, cost=None):
+        self.outcomes, self.budget_seconds, self.cost, self.ran = outcomes, budget_seconds, cost, []
+        self.arena = SimpleNamespace(targets=np.asarray(targets))
+        self.folds = [(np.arange(0), np.arange(len(targets)))]
+
+    def evaluate_candidates(self, candidates, folds=None):
+        self.ran += candidates
+        trials = []
+        for candidate in candidates:
+            params = dict(candidate.params)
+            predictions = self.outcomes[params.get("regularization", "none"), params.get("sampling", "shuffle")]
+            trial = Trial(candidate)
+            trial.scores.append(float(np.mean(predictions == self.arena.targets)))
+            trial.predictions.append(predictions)
+            trials.append(trial)
+        return trials
+
+
+def _predictions(targets, wrong):
+    """``targets`` with the images at ``wrong`` predicted as another class."""
+    predictions = np.array(targets)
+    predictions[wrong] = (predictions[wrong] + 1) % 2
+    return predictions
+
+
+def _regularization_case(accuracy, fixed=None, imbalance=None, outcomes=None, targets=None):
+    from transferkit.selection.auto import Pilot, _regularization_pilot
+
+    targets = np.arange(400) % 2 if targets is None else targets
+    outcomes = outcomes or {(name, "shuffle"): _predictions(targets, np.arange(round((1 - a) * len(targets))))
+                            for name, a in accuracy.items()}
+    search = RegularizationSearch(outcomes, targets)
+    base = Candidate("full", 64, "pilot", params=(("epochs", 2), ("backbone_lr_factor", 0.1)))
+    (none,) = search.evaluate_candidates([base])
+    search.ran.clear()
+    reasons = []
+    chosen = _regularization_pilot(Candidate("full", 224, "a network"), search, reasons,
+                                   Pilot(factor=0.1, side=64, trials={0.1: none}), fixed or {}, imbalance)
+    return chosen, search, reasons
+
+
+@pytest.mark.parametrize("accuracy, expected", [
+    ({"none": 0.70, "light": 0.71, "strong": 0.69}, "strong"),  # all within the noise of 400 images: the strongest
+    ({"none": 0.70, "light": 0.72, "strong": 0.60}, "light"),   # strong loses beyond the noise
+    ({"none": 0.80, "light": 0.65, "strong": 0.64}, "none"),    # both regularised runs lose
+])
+def test_the_regularisation_pilot_keeps_the_strongest_setting_within_the_noise_of_the_best(accuracy, expected):
+    chosen, search, reasons = _regularization_case(accuracy)
+    assert chosen == {"regularization": expected}
+    assert [dict(c.params)["regularization"] for c in search.ran] == ["light", "strong"]
+    assert all(c.image_size == 64 and dict(c.params)["backbone_lr_factor"] == 0.1 for c in search.ran)
+    assert reasons[-1].startswith(f"regularisation pilot (2 epochs at 64 px, lr x0.1): none {accuracy['none']:.3f}")
+    assert f"trains with {expected} (" in reasons[-1]
+
+
+def test_a_regularisation_the_user_fixed_is_not_measured():
+    chosen, search, reasons = _regularization_case({"none": 0.7}, fixed={"regularization": "light", "sampling": "shuffle"},
+                                                   imbalance=5.0)
+    assert chosen == {} and search.ran == [] and reasons == []
+
+
+@pytest.mark.parametrize("common_missed, expected", [
+    (60, "balanced"),  # balanced accuracy 0.625 -> 0.844, accuracy 0.850 -> 0.825: within the noise
+    (120, "shuffle"),  # balanced accuracy rises too, but accuracy falls to 0.675: beyond the noise
+])
+def test_the_sampling_pilot_keeps_balanced_batches_only_when_balanced_accuracy_gains_at_no_cost(common_missed, expected):
+    targets = np.where(np.arange(400) % 5 == 0, 0, 1)  # 80 rare (0), 320 common (1)
+    rare, common = np.flatnonzero(targets == 0), np.flatnonzero(targets == 1)
+    plain = _predictions(targets, rare[:60])  # misses 60 of the 80 rare images: accuracy 0.85, balanced 0.625
+    drawn = _predictions(targets, np.r_[rare[:10], common[:common_missed]])
+    outcomes = {("none", "shuffle"): plain, ("light", "shuffle"): plain, ("strong", "shuffle"): plain,
+                ("strong", "balanced"): drawn}
+    chosen, search, reasons = _regularization_case({}, imbalance=4.0, outcomes=outcomes, targets=targets)
+    assert chosen == {"regularization": "strong", "sampling": expected}
+    assert dict(search.ran[-1].params)["sampling"] == "balanced" and dict(search.ran[-1].params)["regularization"] == "strong"
+    assert reasons[-1].startswith("sampling pilot (imbalanced classes, 4.0:1)")
+
+
+def test_the_regularisation_pilot_is_skipped_when_it_would_cost_too_much_of_the_networks_time():
+    from transferkit.selection.auto import Pilot, _regularization_pilot
+
+    targets = np.arange(100) % 2
+    search = RegularizationSearch({("none", "shuffle"): targets}, targets, budget_seconds=600,
+                                  cost=lambda candidate, n_train, n_test, done: 10.0 if candidate.image_size == 64 else 50.0)
+    (none,) = search.evaluate_candidates([Candidate("full", 64, "pilot", params=(("epochs", 2),))])
+    reasons = []
+    # two more pilots of 10 s against a network of 50 s: 0.4 > PILOT_SHARE
+    assert _regularization_pilot(Candidate("full", 224, "a network"), search, reasons, Pilot(0.1, 64, {0.1: none}), {}) == {}
+    assert reasons[-1].startswith("no regularisation pilot") and len(search.ran) == 1
+
+
 def test_a_factor_the_user_sets_skips_the_pilot_and_auto_means_the_playbooks_elsewhere():
     from transferkit.strategies.network import lr_factor_value
 
     assert lr_factor_value("auto") == PILOT_FACTORS[0] == 0.1 and lr_factor_value(0.3) == 0.3
     assert transferkit.ImageClassifier(backbone_lr_factor=0.3)._fixed_settings() == {"backbone_lr_factor": 0.3}
+    assert transferkit.ImageClassifier(regularization="strong", sampling="shuffle")._fixed_settings() == {
+        "regularization": "strong", "sampling": "shuffle"}
     assert "backbone_lr_factor" not in transferkit.ImageClassifier()._fixed_settings()
 
 

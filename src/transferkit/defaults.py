@@ -30,7 +30,7 @@ DEFAULTS = MappingProxyType({
     "head_init": "random",
     "label_smoothing": 0.1,
     "regularization": AUTO,
-    "sampling": "shuffle",
+    "sampling": AUTO,
     "weight_decay": 1e-4,
     "seed": 0,
     "weights": None,

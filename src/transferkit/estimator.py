@@ -120,11 +120,15 @@ class ImageClassifier(ClassifierMixin, BaseEstimator):
         :data:`transferkit.training.regularize.REGULARIZATION`: ``"light"`` adds stochastic
         depth 0.05 and a weight average (EMA, validated beside the raw weights, the better
         kept); ``"strong"`` adds mixup 0.2 / cutmix 1.0 on half the batches, random erasing 0.25
-        and stochastic depth 0.1. ``"auto"``: ``"none"`` (the recipe before these existed)
-        until a measurement chooses.
-    sampling : {"shuffle", "balanced"}
+        and stochastic depth 0.1. ``"auto"``: with ``strategy="auto"`` a short pilot trains the
+        network with each setting and keeps the strongest whose held-out accuracy is within the
+        noise of the best (``selection/auto.py``); a named network strategy trains with
+        ``"none"`` (the recipe before these existed).
+    sampling : {"auto", "shuffle", "balanced"}
         Network strategies: each image once per epoch in random order, or class-balanced draws
         (rare classes seen more often; the alternative to ``class_weight="balanced"``).
+        ``"auto"``: with ``strategy="auto"`` on imbalanced classes a pilot measures balanced draws
+        against plain ones on balanced accuracy; otherwise ``"shuffle"``.
     seed : int
         Fixes the split, initialisation, shuffling and augmentation: same seed, same model.
     weights : str or None
@@ -236,7 +240,7 @@ class ImageClassifier(ClassifierMixin, BaseEstimator):
         head_init: Literal["random", "probe"] = DEFAULTS["head_init"],
         label_smoothing: float = DEFAULTS["label_smoothing"],
         regularization: str = DEFAULTS["regularization"],
-        sampling: Literal["shuffle", "balanced"] = DEFAULTS["sampling"],
+        sampling: Literal["auto", "shuffle", "balanced"] = DEFAULTS["sampling"],
         weight_decay: float = DEFAULTS["weight_decay"],
         seed: int = DEFAULTS["seed"],
         weights: str | None = DEFAULTS["weights"],
@@ -542,6 +546,9 @@ class ImageClassifier(ClassifierMixin, BaseEstimator):
             fixed["augment"] = self.augment
         if self.backbone_lr_factor != AUTO:
             fixed["backbone_lr_factor"] = float(self.backbone_lr_factor)
+        for name in ("regularization", "sampling"):  # the network's: the pilot measures only what is left to choose
+            if getattr(self, name) != AUTO:
+                fixed[name] = getattr(self, name)
         return fixed
 
     def _settings(self, spec) -> Settings:

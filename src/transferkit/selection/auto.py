@@ -111,7 +111,14 @@ this share of the network's own side (the network's side when none is smaller): 
 learning rates, cheaply."""
 PILOT_EPOCHS = 2
 PILOT_SHARE = 0.3
-"""The pilot runs only when it costs at most this share of the network's own estimate."""
+"""Each pilot (learning rate; regularisation and sampling) runs only when it costs at most this
+share of the network's own estimate."""
+REGULARIZATION_ORDER = ("none", "light", "strong")
+"""The regularisation presets (:data:`transferkit.training.regularize.REGULARIZATION`) the
+regularisation pilot compares, weakest first."""
+REGULARIZATION_WORDS = {"none": "none (flips/rotations/translation, dropout, label smoothing)",
+                        "light": "light (also stochastic depth 0.05 and a weight average)",
+                        "strong": "strong (also mixup/cutmix on half the batches, random erasing, stochastic depth 0.1, a weight average)"}
 SYMMETRY_WORDS = {"flips": "flips", "dihedral": "flips and turns by 90 degrees"}
 """How the reasons name each group of :data:`SYMMETRIES` that a candidate averages over."""
 STAGES_WHY = ("multi-layer features: earlier stages see what the bottleneck pools away "
@@ -286,12 +293,14 @@ def _network_round(search: Engine, recommendation, facts, fixed, speeds: Speeds 
         if "backbone_lr_factor" in fixed:  # the candidate carries the rate it trains at (its label, the recommendation)
             network = with_params(network, backbone_lr_factor=fixed["backbone_lr_factor"])
         else:
-            factor = _learning_rate_pilot(network, search, reasons, len(fold[0]), len(fold[1]), "image_size" in fixed)
-            if factor is not None:  # the pilot took time: size the network to what is left
-                min_steps = MIN_STEPS if factor == PLAYBOOK_LR_FACTOR else MIN_STEPS_FAST
+            pilot = _pilot_learning_rate(network, search, reasons, len(fold[0]), len(fold[1]), "image_size" in fixed)
+            if pilot is not None:  # the pilots took time: size the network to what is left
+                imbalanced = recommendation.class_weight == "balanced"  # the advisor's imbalance rule fired
+                chosen = _regularization_pilot(network, search, reasons, pilot, fixed, facts.imbalance if imbalanced else None)
+                min_steps = MIN_STEPS if pilot.factor == PLAYBOOK_LR_FACTOR else MIN_STEPS_FAST
                 network = _network_candidate(recommendation, facts, fixed, search, speeds, len(fold[0]), len(fold[1]),
                                              backbone_size, augment, min_steps)
-                network = with_params(network, backbone_lr_factor=factor) if network is not None else None
+                network = with_params(network, backbone_lr_factor=pilot.factor, **chosen) if network is not None else None
         if network is not None:
             search.evaluate_candidates([network], [0])
     elif get_strategy(recommendation.strategy).trains_network or not facts.n_samples < 1000:
@@ -467,15 +476,30 @@ def _network_candidate(recommendation, facts, fixed, search: Engine, speeds: Spe
     return Candidate(strategy, side, why, fixed.get("class_weight", None), freeze=freeze or None, params=params)
 
 
+@dataclass(frozen=True)
+class Pilot:
+    """What the learning-rate pilot measured: the factor it chose, the side it trained at, and its
+    trials by factor (each :data:`PILOT_EPOCHS` epochs, no regularisers beyond today's recipe)."""
+
+    factor: float
+    side: int
+    trials: Mapping[float, Trial]
+
+
 def _learning_rate_pilot(network: Candidate, search: Engine, reasons: list[str], n_train: int,
                          n_test: int, size_fixed: bool = False) -> float | None:
+    """The factor :func:`_pilot_learning_rate` chooses, or None where it did not run."""
+    pilot = _pilot_learning_rate(network, search, reasons, n_train, n_test, size_fixed)
+    return None if pilot is None else pilot.factor
+
+
+def _pilot_learning_rate(network: Candidate, search: Engine, reasons: list[str], n_train: int,
+                         n_test: int, size_fixed: bool = False) -> Pilot | None:
     """Measure the playbook's learning-rate rule on this data: ``network``'s strategy trained
-    briefly with each of :data:`PILOT_FACTORS` on the held-out fold. Returns the factor the
-    network should use (the playbook's unless another wins beyond the fold's noise), or None when
-    the pilot was not run (too costly next to the network, or a pilot failed to fit the budget)."""
-    # at most PILOT_SIDE, and below the network's own side where there is one: it compares rates, cheaply
-    smaller = [s for s in NETWORK_SIDES if s <= min(PILOT_SIDE, network.image_size * PILOT_SCALE)]
-    side = network.image_size if size_fixed or not smaller else smaller[0]
+    briefly with each of :data:`PILOT_FACTORS` on the held-out fold. The factor the network
+    should use is the playbook's unless another wins beyond the fold's noise; None when the
+    pilot was not run (too costly next to the network, or a pilot failed to fit the budget)."""
+    side = _pilot_side(network, size_fixed)
     pilots = [with_params(replace(network, image_size=side, proposed_by=why), epochs=PILOT_EPOCHS, patience=PILOT_EPOCHS,
                           backbone_lr_factor=factor)
               for factor, why in zip(PILOT_FACTORS, ("pilot: the playbook's rule, pretrained layers 10x slower than the head",
@@ -495,7 +519,80 @@ def _learning_rate_pilot(network: Candidate, search: Engine, reasons: list[str],
     reasons.append(f"learning-rate pilot ({PILOT_EPOCHS} epochs at {side} px): pretrained layers at lr x{PILOT_FACTORS[0]:g} "
                    f"scored {playbook:.3f}, at lr x{PILOT_FACTORS[1]:g} {other:.3f} (noise {margin:.3f}): the network trains "
                    f"them at lr x{factor:g}" + ("" if factor == PLAYBOOK_LR_FACTOR else ", the playbook's rule does not hold here"))
-    return factor
+    return Pilot(factor=factor, side=side, trials=dict(zip(PILOT_FACTORS, trials)))
+
+
+def _pilot_side(network: Candidate, size_fixed: bool) -> int:
+    """At most :data:`PILOT_SIDE`, and below the network's own side where there is one: pilots compare, cheaply."""
+    smaller = [s for s in NETWORK_SIDES if s <= min(PILOT_SIDE, network.image_size * PILOT_SCALE)]
+    return network.image_size if size_fixed or not smaller else smaller[0]
+
+
+def _regularization_pilot(network: Candidate, search: Engine, reasons: list[str], pilot: Pilot, fixed: Mapping[str, Any],
+                          imbalance: float | None = None) -> dict[str, str]:
+    """Choose the network's regularisation (and, on imbalanced data, its sampling) by measurement.
+
+    The learning-rate pilot's run at the chosen factor is today's recipe (``"none"``); the same
+    short training with the ``"light"`` and ``"strong"`` presets joins it, and the network takes
+    the strongest setting whose held-out accuracy is within the fold's noise of the best (at
+    equal accuracy after a few epochs, the regularised run is the one that overfits later:
+    ELPV's network overfitted from epoch 15 of 30). Where the advisor found the classes
+    imbalanced (``imbalance``: largest / smallest class, None where its rule did not fire), one
+    more run draws class-balanced batches, kept when its balanced accuracy wins
+    beyond the noise at no loss of accuracy beyond it. Returns the parameters for the network
+    (``regularization``, ``sampling``); those the user fixed are not measured. Skipped (returns
+    ``{}``) when the runs would cost more than :data:`PILOT_SHARE` of the network's estimate.
+    """
+    fold = search.folds[0]
+    n_train, n_test = len(fold[0]), len(fold[1])
+    base = pilot.trials[pilot.factor]
+    settings = [] if "regularization" in fixed else [name for name in REGULARIZATION_ORDER if name != "none"]
+    balance = "sampling" not in fixed and imbalance is not None
+    if not settings and not balance:
+        return {}
+    runs = [with_params(replace(base.candidate, proposed_by=f"pilot: regularisation {name}"), regularization=name)
+            for name in settings]
+    if search.cost is not None and search.budget_seconds is not None:
+        extra = len(runs) + int(balance)
+        pilot_cost = extra * search.cost(base.candidate, n_train, n_test, {})
+        if pilot_cost > PILOT_SHARE * search.cost(network, n_train, n_test, {}):
+            reasons.append(f"no regularisation pilot: ~{pilot_cost:.0f} s is more than {PILOT_SHARE:.0%} of the network's own "
+                           "estimate; the network trains with today's recipe (regularization none)")
+            return {}
+    chosen: dict[str, str] = {}
+    held_out = np.sort(fold[1])
+    targets = search.arena.targets[held_out]
+    if runs:
+        trials = [base, *search.evaluate_candidates(runs, [0])]
+        names = ["none", *settings]
+        scored = [(name, t.accuracy) for name, t in zip(names, trials) if t.accuracy is not None]
+        best = max(accuracy for _, accuracy in scored)
+        margin = noise_tolerance(best, n_test)
+        name = [n for n, accuracy in scored if accuracy >= best - margin][-1]  # the strongest within the noise
+        chosen["regularization"] = name
+        reasons.append(f"regularisation pilot ({PILOT_EPOCHS} epochs at {pilot.side} px, lr x{pilot.factor:g}): "
+                       + ", ".join(f"{n} {a:.3f}" for n, a in scored) + f" held-out (noise {margin:.3f}): the network trains "
+                       f"with {REGULARIZATION_WORDS[name]}, the strongest setting within the noise of the best")
+        base = trials[names.index(name)]
+    if balance:
+        (drawn,) = search.evaluate_candidates([with_params(replace(base.candidate, proposed_by="pilot: class-balanced batches"),
+                                                           sampling="balanced")], [0])
+        if drawn.accuracy is not None:
+            plain_b, drawn_b = (balanced_accuracy(targets, t.predictions[0]) for t in (base, drawn))
+            keep = drawn_b > plain_b + noise_tolerance(plain_b, n_test) and drawn.accuracy >= base.accuracy - noise_tolerance(base.accuracy, n_test)
+            chosen["sampling"] = "balanced" if keep else "shuffle"
+            reasons.append(f"sampling pilot (imbalanced classes, {imbalance:.1f}:1): class-balanced batches scored "
+                           f"balanced accuracy {drawn_b:.3f} and accuracy {drawn.accuracy:.3f}, each image once per epoch "
+                           f"{plain_b:.3f} and {base.accuracy:.3f}: the network "
+                           + ("draws class-balanced batches" if keep else "sees each image once per epoch (balanced batches "
+                              "did not raise balanced accuracy beyond the noise without costing accuracy)"))
+    return chosen
+
+
+def balanced_accuracy(targets: np.ndarray, predictions: np.ndarray) -> float:
+    """Mean per-class recall over the classes present in ``targets`` (N,), predictions (N,)."""
+    targets, predictions = np.asarray(targets), np.asarray(predictions)
+    return float(np.mean([np.mean(predictions[targets == c] == c) for c in np.unique(targets)]))
 
 
 def _shared_feature_pass(search: Engine, size: int, views: tuple[str, ...], warmed: set) -> None:

@@ -121,7 +121,7 @@ class NetworkStrategy(Strategy):
             epochs=params["epochs"], lr=params["lr"], backbone_lr_factor=plan.backbone_lr_factor,
             weight_decay=params["weight_decay"], batch_size=params["batch_size"], patience=params["patience"],
             label_smoothing=params["label_smoothing"], seed=params["seed"], prefix_views=params["prefix_views"],
-            regularization=setting, balanced_sampling=params.get("sampling", "shuffle") == "balanced",
+            regularization=setting, balanced_sampling=params.get("sampling", "auto") == "balanced",
         )
         pixels = request.pixels
         validation = request.validation or ((pixels[val_idx], targets[val_idx]) if len(val_idx) else None)
@@ -138,8 +138,9 @@ class NetworkStrategy(Strategy):
             callbacks.append(Checkpoint(params["checkpoint_dir"], resume=params["resume"], fingerprint=request.fingerprint))
         runtime = _training_runtime(request, model, preprocessing, data)
         result = train_model(model, (head, backbone), data, config=config, runtime=runtime, callbacks=callbacks, verbose=params["verbose"])
-        history = {**result.to_dict(), "regularization": {"preset": params.get("regularization", "auto"), **setting.to_dict()},
-                   "sampling": params.get("sampling", "shuffle"), "precision": runtime.precision, "precision_why": runtime.precision_reason,
+        preset = params.get("regularization", "auto")
+        history = {**result.to_dict(), "regularization": {"preset": "none" if preset == "auto" else preset, **setting.to_dict()},
+                   "sampling": "balanced" if config.balanced_sampling else "shuffle", "precision": runtime.precision, "precision_why": runtime.precision_reason,
                    "precision_measured": runtime.measured, "head_init": probe.to_dict() if probe else "random"}
         return FitOutcome(model=model, preprocessing=preprocessing, history=history, plan=plan,
                           held_out=np.sort(val_idx) if len(val_idx) else None)

@@ -39,7 +39,7 @@ PARAMETER_CONSTRAINTS: Mapping[str, list] = MappingProxyType({
     "head_init": [Options("random", "probe")],
     "label_smoothing": [Interval(float, 0, 1, closed="left")],
     "regularization": [Options(AUTO, *REGULARIZATION)],
-    "sampling": [Options("shuffle", "balanced")],
+    "sampling": [Options(AUTO, "shuffle", "balanced")],
     "weight_decay": [Interval(float, 0, None)],
     "seed": [Interval(int, 0, None)],
     "weights": [Options(None), InstanceOf((str,), "a weights file path")],
