@@ -8,6 +8,8 @@ For each data set (see ``datasets.py``), in one run:
 - ``logistic``: ``transferkit fit TRAIN --strategy logistic --image-size 224`` + evaluate.
 - ``full``: ``transferkit fit TRAIN --strategy full`` with a fixed recipe (``FULL_RECIPE``: 128 px,
   no augmentation, 12 epochs) + evaluate: a trained network without any search.
+- ``full-strong``: the same recipe with the modern regularisers (``--regularization strong``,
+  issue 32): the new network recipe beside the old one.
 - ``pixels``: scikit-learn ``StandardScaler + SVC(rbf)`` on raw pixels, C in {1, 10, 100} by 3-fold CV.
   Images are decoded at their native size (1 channel when grey, else RGB); images larger than 64x64
   are shrunk to fit in 64x64 (ELPV: 300 -> 64 px) to keep the SVC cheap. Scaled to [0, 1].
@@ -39,11 +41,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from datasets import BUILDERS, BenchSet, materialise  # noqa: E402
 
-COLUMNS = ("auto", "svm", "logistic", "pixels", "full")
-BASELINES = ("svm", "logistic", "pixels", "full")
+COLUMNS = ("auto", "svm", "logistic", "pixels", "full", "full-strong")
+BASELINES = ("svm", "logistic", "pixels", "full", "full-strong")
 FULL_RECIPE = "--image-size 128 --augment none --epochs 12"
 """The fixed network recipe of the ``full`` column (issue 23: the recipe that reached 0.925 on
 the spatial set); ``--full-recipe`` replaces it."""
+STRONG_RECIPE = "--regularization strong"
+"""What the ``full-strong`` column adds to the ``full`` recipe (issue 32): mixup/cutmix on half the
+batches, random erasing, stochastic depth and a weight average kept when it validates better."""
 BAR = 0.01
 PIXEL_MAX_SIDE = 64
 
@@ -100,6 +105,8 @@ def transferkit_column(column: str, bench: BenchSet, train: str, work: Path, arg
             fit_args += ["--budget-minutes", str(args.budget_minutes)]
     elif column == "full":
         fit_args += ["--strategy", "full", *args.full_recipe.split()]
+    elif column == "full-strong":
+        fit_args += ["--strategy", "full", *args.full_recipe.split(), *STRONG_RECIPE.split()]
     else:
         fit_args += ["--strategy", column, "--image-size", "224"]
     log = folder / "log.txt"

@@ -32,6 +32,11 @@ earlier ones measured:
    8). Skipped when it would take more than :data:`PILOT_SHARE` of the network's own estimate, or
    when the user fixed the factor. At ``lr x 1`` the network needs fewer steps
    (:data:`MIN_STEPS_FAST`), so it is sized again, larger, with what is left.
+   Then a regularisation pilot: the same short training at the chosen factor with the ``light``
+   and ``strong`` presets of :mod:`transferkit.training.regularize` beside today's recipe (the
+   learning-rate pilot's own run); the network takes the strongest setting within the fold's
+   noise of the best. Where the imbalance rule fired, one more run draws class-balanced
+   batches, kept when balanced accuracy gains beyond the noise at no accuracy cost beyond it.
 5. A trained network (``finetune`` at the advised freeze depth, or ``full``), at the largest
    image side and the most epochs that the rest of the budget affords on this machine (a
    training step is timed), with the augmentation the symmetry test allows. Its schedule counts
