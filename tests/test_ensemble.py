@@ -167,3 +167,135 @@ def test_the_ensembles_settings_are_refused_clearly():
     with pytest.raises(ConfigError, match="unknown features"):
         get_strategy("ensemble").empty_model({"backbone": TINY_BACKBONE, "classes": ["a"], "plan": {"symmetries": "twirl"}})
     assert json.dumps(network.to_dict())
+
+
+# ---------------------------------------------------------------- auto's ensemble round
+
+
+def tiny_engine(tiny_params, tmp_path, n_per_class: int = 6):
+    from transferkit import ImageClassifier
+    from transferkit.selection import Arena, Engine
+
+    images, labels = make_images(n_per_class, 32)
+    classes = np.array(sorted(set(labels)))
+    params = ImageClassifier(**dict(tiny_params, cache_dir=str(tmp_path), C=1.0)).get_params()
+    arena = Arena(pixels_at=lambda size: images, targets=np.searchsorted(classes, labels), classes=classes, params=params,
+                  runtime=CPU)
+    n = len(labels)
+    return Engine(arena, [(np.arange(0, n, 2), np.arange(1, n, 2))])
+
+
+def measured(engine, candidate, probabilities, outcome=None):
+    """Record ``candidate`` on the held-out fold with these held-out ``probabilities`` (rows: the test part)."""
+    from transferkit.strategies import FoldFit
+
+    test = engine.folds[0][1]
+    predictions = probabilities.argmax(1)
+    accuracy = float((predictions == engine.arena.targets[test]).mean())
+    return engine.record(candidate, 0, FoldFit(accuracy, 1.0, predictions, probabilities, outcome=outcome))
+
+
+def member_probabilities(targets, right: int, seed: int) -> np.ndarray:
+    """Probabilities that put the most on the true class for the first ``right`` images."""
+    rng = np.random.default_rng(seed)
+    rows = rng.dirichlet(np.ones(3), size=len(targets)) * 0.4
+    wrong = (targets + 1) % 3
+    rows[np.arange(len(targets)), np.where(np.arange(len(targets)) < right, targets, wrong)] += 0.6
+    return rows
+
+
+def test_the_ensemble_round_averages_the_members_held_out_probabilities(tiny_params, tmp_path):
+    from transferkit.selection import Candidate
+    from transferkit.selection.auto import _ensemble_round
+    from transferkit.strategies import FitOutcome
+
+    engine = tiny_engine(tiny_params, tmp_path)
+    targets = engine.arena.targets[engine.folds[0][1]]
+    outcome = FitOutcome(model=torch.nn.Identity(), preprocessing=None, history={}, plan=None)
+    svm = Candidate("svm", 32, "baseline", feature_layers="stages", symmetries="flips")
+    network = Candidate("finetune", 32, "network", freeze=2, params=(("epochs", 6),))
+    features = measured(engine, svm, member_probabilities(targets, 9, 0))
+    trained = measured(engine, network, member_probabilities(targets, 9, 1), outcome)
+    reasons = []
+    _ensemble_round(engine, reasons)
+    ensemble = next(t for t in engine.trials.values() if t.candidate.strategy == "ensemble")
+    np.testing.assert_allclose(ensemble.probabilities[0], (features.probabilities[0] + trained.probabilities[0]) / 2)
+    assert ensemble.folds == [0] and ensemble.outcome is outcome
+    expected = (ensemble.probabilities[0].argmax(1) == targets).mean()
+    assert ensemble.accuracy == pytest.approx(expected)
+    # the network's settings; the feature member's as parameters the ensemble strategy reads; no views outside the module
+    candidate = ensemble.candidate
+    assert (candidate.image_size, candidate.freeze, candidate.symmetries, candidate.feature_layers) == (32, 2, "none", "bottleneck")
+    extra = dict(candidate.params)
+    assert (extra["feature_strategy"], extra["feature_layers"], extra["symmetries"], extra["epochs"]) == ("svm", "stages", "flips", 6)
+    assert candidate.label.endswith("with svm on stages features averaged over flips") and candidate.settings().strategy == "ensemble"
+    assert reasons and reasons[-1].startswith("ensemble: ") and f"{ensemble.accuracy:.3f}" in reasons[-1]
+
+
+def test_the_ensembles_feature_member_is_scored_again_at_the_networks_side(tiny_params, tmp_path):
+    from transferkit.selection import Candidate
+    from transferkit.selection.auto import _ensemble_round
+    from transferkit.strategies import FitOutcome
+
+    engine = tiny_engine(tiny_params, tmp_path)
+    targets = engine.arena.targets[engine.folds[0][1]]
+    outcome = FitOutcome(model=torch.nn.Identity(), preprocessing=None, history={}, plan=None)
+    measured(engine, Candidate("logistic", 48, "baseline"), member_probabilities(targets, 9, 0))
+    trained = measured(engine, Candidate("full", 32, "network"), member_probabilities(targets, 9, 1), outcome)
+    reasons = []
+    _ensemble_round(engine, reasons)
+    rescored = next(t for t in engine.trials.values() if t.candidate.strategy == "logistic" and t.candidate.image_size == 32)
+    assert rescored.accuracy is not None  # the svm's real score at 32 px, on the same held-out images
+    ensemble = next(t for t in engine.trials.values() if t.candidate.strategy == "ensemble")
+    np.testing.assert_allclose(ensemble.probabilities[0], (rescored.probabilities[0] + trained.probabilities[0]) / 2)
+    assert dict(ensemble.candidate.params)["feature_strategy"] == "logistic"
+    assert "at the network's side" in reasons[-1]
+
+
+def test_no_ensemble_when_a_member_is_beyond_the_noise_of_the_best(tiny_params, tmp_path):
+    from transferkit.selection import Candidate
+    from transferkit.selection.auto import _ensemble_round
+    from transferkit.strategies import FitOutcome
+
+    engine = tiny_engine(tiny_params, tmp_path, n_per_class=20)  # 30 held-out images: noise 2 SE, ~0.11 here
+    targets = engine.arena.targets[engine.folds[0][1]]
+    outcome = FitOutcome(model=torch.nn.Identity(), preprocessing=None, history={}, plan=None)
+    measured(engine, Candidate("svm", 32, "baseline"), member_probabilities(targets, 30, 0))
+    measured(engine, Candidate("full", 32, "network"), member_probabilities(targets, 15, 1), outcome)
+    reasons = []
+    _ensemble_round(engine, reasons)
+    assert not any(t.candidate.strategy == "ensemble" for t in engine.trials.values())
+    assert reasons[-1].startswith("no ensemble") and "full 32 px scored 0.500" in reasons[-1]
+
+
+def test_an_auto_fit_whose_ensemble_wins_keeps_the_searched_network_and_fits_the_features_once(tiny_params, tmp_path, monkeypatch):
+    import transferkit
+    import transferkit.selection.auto as select
+    import transferkit.strategies.linear as linear
+    import transferkit.strategies.network as network
+
+    monkeypatch.setattr(select, "PERFECT", 1.01)  # race a network even though the colours separate perfectly
+    network_fits, feature_fits = [], []
+    real_network, real_features = network.NetworkStrategy.fit, linear.FeatureStrategy.fit
+    monkeypatch.setattr(network.NetworkStrategy, "fit", lambda self, request: network_fits.append(1) or real_network(self, request))
+    monkeypatch.setattr(linear.FeatureStrategy, "fit", lambda self, request: feature_fits.append(request) or real_features(self, request))
+    real_choose = select.choose
+
+    def ensemble_wins(results, trials=None):
+        ensembles = [t for t in results.trials.values() if t.candidate.strategy == "ensemble"]
+        if not ensembles:
+            return real_choose(results, trials)
+        return select.Decision(chosen=ensembles[0], best=ensembles[0], reason="the test's choice")
+
+    monkeypatch.setattr(select, "choose", ensemble_wins)
+    images, labels = make_images(8, 32)
+    clf = transferkit.ImageClassifier(**dict(tiny_params, strategy="auto", image_size=32, cache_dir=str(tmp_path), C=1.0,
+                                              budget_minutes=None)).fit(images, labels)
+    search = clf.advice_.search
+    assert clf.settings_["strategy"] == "ensemble" and isinstance(clf.model_, EnsembleNetwork)
+    assert clf.model_.network is search.chosen.outcome.model  # the network trained in the search: no second training
+    assert len(network_fits) == len(select.PILOT_FACTORS) + 1
+    assert len(feature_fits) == 1 and len(feature_fits[0].targets) == 24  # the feature member, on every image
+    assert any(r.startswith("ensemble: ") for r in search.reasons)
+    assert search.reasons[-1].endswith("beside its feature classifier fitted on all the images, is the model")
+    assert clf.predict(images).shape == (24,) and clf.novelty_ is not None
