@@ -40,7 +40,7 @@ from transferkit.strategies.parameters import PARAMETER_CONSTRAINTS, check_param
 from transferkit.training.inputs import network_outputs
 from transferkit.training.runtime import is_main_process, prediction_runtime, resolve_runtime
 
-Strategy = Literal["auto", "svm", "logistic", "head", "finetune", "full", "scratch", "pixels"]
+Strategy = Literal["auto", "svm", "logistic", "head", "finetune", "full", "scratch", "pixels", "ensemble"]
 AUTO_PROBE_IMAGES = 512
 """``strategy="auto"`` measures domain shift and LogME on a stratified sample of this many images."""
 DEFAULT_BUDGET_MINUTES = 10.0
@@ -60,15 +60,18 @@ class ImageClassifier(ClassifierMixin, BaseEstimator):
     ----------
     backbone : str
         Registry name (``transferkit models`` lists them) or any timm model name.
-    strategy : {"auto", "svm", "logistic", "head", "finetune", "full", "scratch", "pixels"}
+    strategy : {"auto", "svm", "logistic", "head", "finetune", "full", "scratch", "pixels", "ensemble"}
         ``auto`` (default) measures the data and follows the advisor
         (:func:`transferkit.advise.advise`; ``advice_`` says why); otherwise a name from the
         strategy registry (:func:`transferkit.strategies.list_strategies`): ``svm``/``logistic``
         fit a linear classifier on frozen bottleneck features
-        (:mod:`transferkit.strategies.linear`); the others train (part of) the network
-        (:mod:`transferkit.strategies.network`).
+        (:mod:`transferkit.strategies.linear`); ``ensemble`` averages the probabilities of a
+        trained network and an ``svm`` on frozen features (:mod:`transferkit.strategies.ensemble`;
+        ``symmetries``, ``feature_layers`` and ``C`` are its svm's); the others train (part of) the
+        network (:mod:`transferkit.strategies.network`).
     freeze : int or "auto"
-        ``finetune`` only: the stem and the first ``freeze`` stages get no gradient.
+        ``finetune`` only (and ``ensemble``'s network, which is ``full`` without it): the stem
+        and the first ``freeze`` stages get no gradient.
         ``"auto"``: the advisor's depth with ``strategy="auto"``, else the default (3).
     epochs : int
         Maximum number of epochs; early stopping may end sooner.
@@ -362,7 +365,7 @@ class ImageClassifier(ClassifierMixin, BaseEstimator):
         )
         # A network trained by the search is the model: training it again would double the time.
         searched = chosen.outcome if chosen is not None else None
-        outcome = searched if searched is not None else strategy.fit(request)
+        outcome = strategy.fit_after_search(request, searched)
         self._set_fitted(
             classes=class_values(images), model=outcome.model, preprocessing=outcome.preprocessing, image_size=settings.image_size,
             settings=settings.to_dict(), history=outcome.history, plan=outcome.plan, advice=advice, skipped=skipped,

@@ -123,8 +123,12 @@ def with_feature_layers(model: nn.Module, layers: str) -> nn.Module:
 
 
 def inner_network(model: nn.Module) -> nn.Module:
-    """The timm network inside a :class:`StagePooledNetwork` (any other model: itself)."""
-    return model.network if isinstance(model, StagePooledNetwork) else model
+    """The timm network inside a :class:`StagePooledNetwork`, or inside a wrapper that names it with
+    its own ``inner_network()`` method (an ensemble: its trained network); any other model: itself."""
+    if isinstance(model, StagePooledNetwork):
+        return model.network
+    own = getattr(model, "inner_network", None)
+    return inner_network(own()) if callable(own) else model
 
 
 __all__ = ["FEATURE_LAYERS", "StagePooledNetwork", "inner_network", "with_feature_layers"]

@@ -28,7 +28,7 @@ import torch
 from transferkit.data.views import SYMMETRIES, mean_over_views, view
 from transferkit.errors import ConfigError, MissingExtraError
 from transferkit.export.predictor import FEATURES_NAME, INPUT_NAME, METADATA_PREFIX, OUTPUT_NAME, OnnxClassifier
-from transferkit.training.inputs import has_pooled_features, predict_logits
+from transferkit.training.inputs import has_pooled_features, logits_and_pooled, predict_logits
 from transferkit.training.runtime import resolve_runtime
 
 OPSET = 17
@@ -145,8 +145,7 @@ class LogitsAndFeatures(torch.nn.Module):
         self.network = network
 
     def forward(self, inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        pooled = self.network.forward_head(self.network.forward_features(inputs), pre_logits=True)
-        return self.network.get_classifier()(pooled), pooled
+        return logits_and_pooled(self.network, inputs)
 
 
 def torch_logits(classifier, pixels: np.ndarray) -> np.ndarray:

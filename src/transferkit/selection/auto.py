@@ -43,6 +43,10 @@ earlier ones measured:
    optimiser steps, not epochs: small data sets get more epochs. It stops early when it cannot
    catch the leader, or when the budget runs out; if it wins, the network trained here is the
    model (no second training).
+6. An ensemble of that network and the best frozen-feature candidate, when both are within the
+   noise of the best held-out score (:func:`_ensemble_round`, :mod:`transferkit.selection.ensemble`):
+   the mean of their held-out probabilities, image by image, with no training. If it wins, the
+   model is the network trained here beside the feature classifier fitted on all the images.
 
 Whatever the user fixed (``image_size``, ``class_weight``, ``symmetries``, ``feature_layers``, ``augment``) every
 candidate is measured with. Each candidate's cost is estimated by the one cost model
@@ -67,6 +71,7 @@ from transferkit.data import pixel_groups
 from transferkit.selection.candidates import Candidate, with_params
 from transferkit.selection.cost import FINAL_FIT_SHARE, CostModel, Speeds
 from transferkit.selection.engine import Arena, Engine
+from transferkit.selection.ensemble import ensemble_members, feature_member_at, held_out_score, is_ensemble, measure_ensemble
 from transferkit.selection.folds import holdout_folds
 from transferkit.selection.results import Results, Trial
 from transferkit.selection.winner import Decision, choose
@@ -271,6 +276,9 @@ def search_auto(
     augment = _network_augment(fixed, symmetry)
     _network_round(search, recommendation, facts, fixed, speeds, backbone_size, augment, reasons)
 
+    # 5. the network and the frozen features together: the mean of their held-out probabilities
+    _ensemble_round(search, reasons)
+
     trials = list(search.trials.values())
     decision = choose(search.results)
     reasons += trial_reasons(trials, decision, len(fold[1]))
@@ -311,6 +319,38 @@ def _network_round(search: Engine, recommendation, facts, fixed, speeds: Speeds 
     elif get_strategy(recommendation.strategy).trains_network or not facts.n_samples < 1000:
         reasons.append("no trained network was measured: the budget left too little time for "
                        f"{MIN_NETWORK_EPOCHS} epochs at {NETWORK_SIDES[-1]} px on this machine (--budget-minutes M for more)")
+
+
+def _ensemble_round(search: Engine, reasons: list[str]) -> None:
+    """Round 6: the ensemble of the trained network and the best frozen-feature candidate, measured
+    by averaging their held-out probabilities (no training), when both are within the noise of the
+    best held-out score. Both measured is not enough: an ensemble gains where its members err on
+    different images, and a member beyond the noise adds more mistakes than it corrects, while
+    every extra candidate scored on the same held-out images raises the chance that one wins by luck."""
+    members = ensemble_members(search)
+    if members is None:
+        return
+    network, features = members
+    best = max(held_out_score(t) for t in search.trials.values() if held_out_score(t) is not None)
+    tolerance = noise_tolerance(best, len(search.folds[0][1]))
+    behind = [trial for trial in (network, features) if held_out_score(trial) < best - tolerance]
+    if behind:
+        reasons.append(f"no ensemble of {network.candidate.label} and {features.candidate.label}: "
+                       + "; ".join(f"{t.candidate.label} scored {held_out_score(t):.3f} held-out" for t in behind)
+                       + f", more than the noise ({tolerance:.3f}) behind the best ({best:.3f}), so averaging with it "
+                       "would mostly add its mistakes")
+        return
+    member = feature_member_at(search, features, network.candidate.image_size)
+    if held_out_score(member) is None:
+        reasons.append(f"no ensemble of {network.candidate.label} and {features.candidate.label}: scoring the features at the "
+                       f"network's {network.candidate.image_size} px did not fit the budget")
+        return
+    ensemble = measure_ensemble(search, network, member)
+    rescored = "" if member is features else f"; at the network's side, {member.candidate.label} scored {held_out_score(member):.3f}"
+    reasons.append(f"ensemble: {network.candidate.label} scored {held_out_score(network):.3f} and {features.candidate.label} "
+                   f"{held_out_score(features):.3f} on the held-out images, both within the noise ({tolerance:.3f}) of the best "
+                   f"({best:.3f}){rescored}; the mean of their probabilities, image by image, scored "
+                   f"{held_out_score(ensemble):.3f} on the same images (no training)")
 
 
 def _cheap_on_every_fold(search: Engine, repeats: int) -> str:
@@ -644,6 +684,8 @@ def trial_reasons(trials: list[Trial], decision: Decision, n_holdout: int) -> li
     else:
         network = get_strategy(chosen.candidate.strategy).trains_network
         keeps = "the network trained in the search is the model" if network else "auto fits it on all the images"
+        if is_ensemble(chosen.candidate):
+            keeps = "the network trained in the search, beside its feature classifier fitted on all the images, is the model"
         lines.append(f"the choice, on the same {n_holdout:,} held-out images (and, for the cheap candidates, every fold "
                      f"they shared): {decision.reason}; {keeps}")
     return lines

@@ -56,6 +56,13 @@ class Candidate:
             parts.append(f"{extra['epochs']} epochs")
         if "backbone_lr_factor" in extra:
             parts.append(f"pretrained lr x{extra['backbone_lr_factor']:g}")
+        if "feature_strategy" in extra:  # an ensemble's feature member
+            member = [extra["feature_strategy"]]
+            if extra.get("feature_layers", "bottleneck") not in ("bottleneck", AUTO):
+                member.append(f"on {extra['feature_layers']} features")
+            if extra.get("symmetries", "none") not in ("none", AUTO):
+                member.append(f"averaged over {extra['symmetries']}")
+            parts.append("with " + " ".join(member))
         return ", ".join(parts)
 
     @property

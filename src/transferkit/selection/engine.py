@@ -220,6 +220,14 @@ class Engine:
             callbacks.append(FallingBehind(leader.accuracy, after=max(3, (2 * epochs) // 3), margin=BEHIND_MARGIN))
         return callbacks
 
+    def record(self, candidate: Candidate, number: int, fitted: FoldFit) -> Trial:
+        """Record a measurement of ``candidate`` on fold ``number`` made without a fit of its own
+        (auto's ensemble: its members' held-out probabilities, averaged); returns its trial."""
+        trial = self.trials.setdefault(candidate, Trial(candidate))
+        self._record(trial, number, fitted)
+        self.on_event(f"{self.stamp()} {candidate.label}: {fitted.accuracy:.3f} held-out accuracy ({candidate.proposed_by})")
+        return trial
+
     def _record(self, trial: Trial, number: int, fitted: FoldFit) -> None:
         trial.scores.append(fitted.accuracy)
         trial.folds.append(number)

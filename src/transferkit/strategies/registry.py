@@ -174,6 +174,13 @@ class Strategy:
     def fit(self, request: FitRequest) -> FitOutcome:  # pragma: no cover - abstract
         raise NotImplementedError
 
+    def fit_after_search(self, request: FitRequest, searched: FitOutcome | None) -> FitOutcome:
+        """The model when a search chose this strategy: ``searched``, what the search trained on its
+        held-out fold's training part (a network: no second training), or ``fit(request)`` on every
+        image when it kept nothing. An ensemble overrides it to fit its feature member beside the
+        searched network."""
+        return searched if searched is not None else self.fit(request)
+
     def score(self, request: FitRequest, train: np.ndarray, test: np.ndarray) -> FoldFit:
         """Fit on ``request.pixels[train]`` and return the accuracy on ``[test]``.
 

@@ -121,8 +121,22 @@ def predict_logits(
 
 def has_pooled_features(model: nn.Module) -> bool:
     """Whether ``model`` keeps timm's contract (``forward_features``, ``forward_head(pre_logits=True)``,
-    ``get_classifier``): its pooled pre-logits features can be read beside its logits."""
-    return all(hasattr(unwrap(model), name) for name in ("forward_features", "forward_head", "get_classifier"))
+    ``get_classifier``), or returns both itself (``logits_and_features``, as an ensemble does): its
+    pooled pre-logits features can be read beside its logits."""
+    model = unwrap(model)
+    return callable(getattr(model, "logits_and_features", None)) or all(
+        hasattr(model, name) for name in ("forward_features", "forward_head", "get_classifier"))
+
+
+def logits_and_pooled(net: nn.Module, inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits (N, K) and pooled pre-logits features (N, D) of normalised ``inputs`` from one pass: the
+    module's own ``logits_and_features`` where it has one (an ensemble), else timm's contract (the
+    classifier applied to the pooled features, which in eval mode is exactly ``net(inputs)``)."""
+    own = getattr(net, "logits_and_features", None)
+    if callable(own):
+        return own(inputs)
+    pooled = net.forward_head(net.forward_features(inputs), pre_logits=True)
+    return net.get_classifier()(pooled), pooled
 
 
 def network_outputs(
@@ -139,11 +153,12 @@ def network_outputs(
         return predict_logits(model, pixels, preprocessing, runtime, batch_size=batch_size), None
 
     def pooled_then_logits(net: nn.Module, inputs: torch.Tensor) -> torch.Tensor:
-        pooled = net.forward_head(net.forward_features(inputs), pre_logits=True)
-        return torch.cat([pooled, net.get_classifier()(pooled)], dim=1)
+        logits, pooled = logits_and_pooled(net, inputs)
+        return torch.cat([pooled, logits], dim=1)
 
     both = predict_logits(model, pixels, preprocessing, runtime, batch_size=batch_size, forward=pooled_then_logits)
-    n_classes = int(unwrap(model).get_classifier().out_features)
+    net = unwrap(model)
+    n_classes = int(net.num_classes) if callable(getattr(net, "logits_and_features", None)) else int(net.get_classifier().out_features)
     if both.numel() == 0:
         return both, None
     return both[:, -n_classes:].contiguous(), both[:, :-n_classes].numpy()

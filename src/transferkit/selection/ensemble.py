@@ -1,0 +1,93 @@
+"""``auto``'s ensemble candidate: a trained network and a frozen-feature classifier, measured without training.
+
+The network of ``auto``'s last round and the best frozen-feature candidate were both scored on
+the same held-out images (fold 0), and the engine kept each one's class probabilities there. The
+ensemble's held-out probabilities are their mean, image by image: no model is fitted to measure
+it. Where the feature candidate was scored at another side than the network's, the same
+candidate (strategy, C rule, layers, symmetries) is first scored at the network's side (cached
+features: seconds), since the ensemble's members read the same pixels. The ensemble then enters
+the winner rule (:func:`~transferkit.selection.winner.choose`) as one more trial; its ``outcome``
+is the network the search trained, and when it wins the estimator fits only the feature
+classifier on every image beside it
+(:meth:`transferkit.strategies.ensemble.Ensemble.fit_after_search`).
+
+The candidate is an ordinary :class:`~transferkit.selection.candidates.Candidate` of strategy
+``ensemble``: the network's side, freeze, class weight and parameters, plus its feature member as
+parameters (``feature_strategy``, ``feature_layers``, ``symmetries``) that the ensemble strategy
+reads. Its own ``symmetries`` setting stays ``"none"``: the views are inside the one module.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import replace
+
+import numpy as np
+
+from transferkit.selection.candidates import Candidate, with_params
+from transferkit.selection.engine import Engine
+from transferkit.selection.results import Trial
+from transferkit.selection.winner import choose
+from transferkit.strategies import FoldFit
+
+HELD_OUT = 0
+"""The fold every candidate of ``auto`` is scored on: the ensemble's members are paired there."""
+
+
+def held_out_score(trial: Trial) -> float | None:
+    """``trial``'s accuracy on the held-out fold (fold 0); None where it was not scored there."""
+    return trial.scores[trial.folds.index(HELD_OUT)] if HELD_OUT in trial.folds else None
+
+
+def ensemble_members(search: Engine) -> tuple[Trial, Trial] | None:
+    """The best trained network that kept its model and the best frozen-feature candidate with the
+    same class weights, both scored on the held-out fold (the winner rule's ``best`` of each kind);
+    None when either is missing."""
+    measured = [t for t in search.trials.values() if held_out_score(t) is not None and not is_ensemble(t.candidate)]
+    networks = [t for t in measured if t.candidate.kind == "network" and t.outcome is not None]
+    if not networks:
+        return None
+    network = choose(search.results, networks).best
+    features = [t for t in measured if t.candidate.kind == "features" and t.candidate.class_weight == network.candidate.class_weight]
+    return (network, choose(search.results, features).best) if features else None
+
+
+def is_ensemble(candidate: Candidate) -> bool:
+    """Whether ``candidate`` is an ensemble of this round (it names a feature member)."""
+    return "feature_strategy" in dict(candidate.params)
+
+
+def feature_member_at(search: Engine, features: Trial, side: int) -> Trial:
+    """``features``' candidate scored on the held-out fold at ``side`` px (itself when it was
+    scored there): the same strategy, C rule, layers and symmetries, at the network's side."""
+    if features.candidate.image_size == side:
+        return features
+    at_side = replace(features.candidate, image_size=side,
+                      proposed_by=f"{features.candidate.label} at the trained network's side, for an ensemble with it")
+    return search.evaluate_candidates([at_side], [HELD_OUT])[0]
+
+
+def ensemble_candidate(network: Candidate, features: Candidate) -> Candidate:
+    """The ``ensemble`` candidate of ``network`` (its side, freeze, class weight, parameters) and
+    the feature member ``features`` (its strategy, layers and symmetries, as parameters)."""
+    candidate = replace(network, strategy="ensemble", symmetries="none", feature_layers="bottleneck",
+                        proposed_by=f"{network.label} and {features.label} may err on different images: "
+                                    "the mean of their probabilities")
+    return with_params(candidate, feature_strategy=features.strategy, feature_layers=features.feature_layers,
+                       symmetries=features.symmetries)
+
+
+def measure_ensemble(search: Engine, network: Trial, features: Trial) -> Trial:
+    """Record the ensemble of ``network`` and ``features`` (both scored on the held-out fold at the
+    same side) in the search: its held-out probabilities are the mean of theirs, image by image,
+    and its ``outcome`` is the network's trained model. Returns its trial."""
+    started = time.perf_counter()
+    test = np.sort(search.folds[HELD_OUT][1])
+    mean = (network.probabilities[network.folds.index(HELD_OUT)] + features.probabilities[features.folds.index(HELD_OUT)]) / 2
+    predictions = mean.argmax(1)
+    fitted = FoldFit(accuracy=float((predictions == search.arena.targets[test]).mean()), seconds=time.perf_counter() - started,
+                     predictions=predictions, probabilities=mean, outcome=network.outcome)
+    return search.record(ensemble_candidate(network.candidate, features.candidate), HELD_OUT, fitted)
+
+
+__all__ = ["ensemble_candidate", "ensemble_members", "feature_member_at", "held_out_score", "is_ensemble", "measure_ensemble"]

@@ -1,0 +1,301 @@
+"""The ``ensemble`` strategy: one module averaging a trained network's and a feature classifier's
+probabilities, its views inside the module, saved, loaded, exported, served and explained alike."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import TINY_BACKBONE, make_images
+from fitted_models import fit_tiny_model, single_threaded_torch  # noqa: F401 - autouse: one torch thread in this module
+from transferkit import load
+from transferkit.backbones import create_backbone
+from transferkit.backbones.multilayer import with_feature_layers
+from transferkit.data import load_pixels
+from transferkit.data.views import SYMMETRIES, VIEWS, view
+from transferkit.persistence import read_config
+from transferkit.strategies import get_strategy
+from transferkit.strategies.ensemble import TENSOR_VIEWS, EnsembleNetwork
+from transferkit.strategies.features import pooled_features
+from transferkit.training.inputs import network_outputs, pixels_to_tensor
+from transferkit.training.runtime import resolve_runtime
+
+CPU = resolve_runtime("cpu", "fp32")
+
+
+def random_ensemble(symmetries: str = "none", layers: str = "bottleneck", n_classes: int = 3) -> EnsembleNetwork:
+    torch.manual_seed(0)
+    network, _ = create_backbone(TINY_BACKBONE, num_classes=n_classes, pretrained=False)
+    features, _ = create_backbone(TINY_BACKBONE, num_classes=n_classes, pretrained=False)
+    return EnsembleNetwork(network, with_feature_layers(features, layers), symmetries).eval()
+
+
+@pytest.fixture(scope="module")
+def ensemble_dir(image_folder, tiny_weights, tmp_path_factory):
+    """A tiny ensemble fitted with ``fit --strategy ensemble`` semantics: finetune + svm, flips averaged."""
+    return fit_tiny_model(image_folder, tiny_weights, tmp_path_factory.mktemp("ensemble") / "model", strategy="ensemble",
+                          freeze=1, symmetries="flips", C=1.0, epochs=1)
+
+
+def test_the_tensor_views_are_the_numpy_views():
+    pixels = make_images(1, 8)[0][:2]
+    for name in VIEWS:
+        expected = pixels_to_tensor(view(pixels, name))
+        assert torch.equal(TENSOR_VIEWS[name](pixels_to_tensor(pixels)), expected), name
+
+
+@pytest.mark.parametrize("symmetries, layers", [("none", "bottleneck"), ("flips", "bottleneck"), ("dihedral", "stages")])
+def test_the_ensemble_gives_the_mean_of_its_members_probabilities(symmetries, layers):
+    model = random_ensemble(symmetries, layers)
+    x = torch.randn(4, 3, 32, 32)
+    with torch.no_grad():
+        network = torch.softmax(model.network(x), 1)
+        # the feature member: its head on the features averaged over the views, as symmetric_features does
+        pooled = torch.stack([pooled_features(model.feature_model, TENSOR_VIEWS[name](x)) for name in SYMMETRIES[symmetries]]).mean(0)
+        features = torch.softmax(model.feature_model.get_classifier()(pooled), 1)
+        ensemble = torch.softmax(model(x), 1)
+        logits, novelty_features = model.logits_and_features(x)
+    torch.testing.assert_close(ensemble, (network + features) / 2, atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(novelty_features, pooled, atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(logits, model(x))
+    assert not torch.allclose(ensemble, network, atol=1e-3) and not torch.allclose(ensemble, features, atol=1e-3)
+
+
+def test_network_outputs_give_the_ensembles_logits_and_its_feature_members_features():
+    model = random_ensemble("flips")
+    pixels = make_images(2, 32)[0]
+    preprocessing = create_backbone(TINY_BACKBONE, num_classes=3, pretrained=False)[1]
+    logits, features = network_outputs(model, pixels, preprocessing, CPU)
+    assert logits.shape == (6, 3) and features.shape == (6, model.feature_model.num_features)
+    with torch.no_grad():
+        from transferkit.training.inputs import to_model_input
+
+        inputs = to_model_input(pixels_to_tensor(pixels), preprocessing, CPU)
+        torch.testing.assert_close(logits, model(inputs), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("layers", ["bottleneck", "stages"])
+def test_empty_model_loads_the_saved_weights_strictly(layers):
+    model = random_ensemble("dihedral", layers)
+    config = {"backbone": TINY_BACKBONE, "classes": ["a", "b", "c"], "strategy": "ensemble",
+              "plan": {"feature_layers": layers, "symmetries": "dihedral"}}
+    empty, _ = get_strategy("ensemble").empty_model(config)
+    empty.load_state_dict(model.state_dict(), strict=True)
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(empty.eval()(x), model(x))
+    assert empty.views == SYMMETRIES["dihedral"]
+
+
+def test_a_fitted_ensemble_saves_loads_and_predicts_the_same(ensemble_dir, image_folder, tiny_weights):
+    config = read_config(ensemble_dir)
+    assert config["strategy"] == "ensemble" and config["settings"]["symmetries"] == "none"  # the views are inside the module
+    plan = config["plan"]
+    assert (plan["network_strategy"], plan["freeze"], plan["feature_strategy"], plan["symmetries"]) == ("finetune", 1, "svm", "flips")
+    assert "calibration" in config["history"]["ensemble"]["features"]["linear"] and config["history"]["history"]
+    loaded = load(ensemble_dir, precision="fp32")
+    assert isinstance(loaded.model_, EnsembleNetwork) and loaded.model_.views == SYMMETRIES["flips"]
+    probabilities, novelty = loaded.predict_proba(image_folder, return_novelty=True)
+    assert probabilities.shape == (24, 3) and novelty is not None and novelty.shape == (24,)
+    # the members, each as its own strategy would predict: the ensemble is their mean
+    pixels = load_pixels(image_folder, 32, cache_dir=False)
+    inputs = (pixels_to_tensor(pixels).float() / 255 - torch.tensor(loaded.preprocessing_.mean).view(1, 3, 1, 1)) \
+        / torch.tensor(loaded.preprocessing_.std).view(1, 3, 1, 1)
+    with torch.no_grad():
+        network, features, _ = loaded.model_.member_logits(inputs)
+    mean = (torch.softmax(network, 1) + torch.softmax(features, 1)).numpy() / 2
+    np.testing.assert_allclose(probabilities, mean, atol=1e-5)
+
+
+def test_an_ensemble_exports_to_onnx_and_serves_the_same_probabilities(ensemble_dir, image_folder):
+    pytest.importorskip("onnxruntime")
+    from transferkit.export import OnnxClassifier, export_onnx
+    from transferkit.export.onnx import PARITY_TOLERANCE
+
+    result = export_onnx(ensemble_dir, ensemble_dir.parent / "model.onnx", check_images=image_folder)
+    assert result.max_abs_diff < PARITY_TOLERANCE, result
+    onnx_model, classifier = OnnxClassifier(result.path), load(ensemble_dir, precision="fp32")
+    assert onnx_model.metadata_["strategy"] == "ensemble" and onnx_model.metadata_["symmetries"] == "none"
+    expected, novelty = classifier.predict_proba(image_folder, return_novelty=True)
+    onnx_probabilities, onnx_novelty = onnx_model.predict_proba(image_folder, return_novelty=True)
+    np.testing.assert_allclose(onnx_probabilities, expected, atol=1e-5)
+    np.testing.assert_allclose(onnx_novelty, novelty, atol=1e-4)
+
+    pytest.importorskip("fastapi")
+    from fastapi.testclient import TestClient
+
+    from transferkit.serve import create_app
+
+    paths = [image_folder / "red" / "000.png", image_folder / "blue" / "016.png"]
+    rows = classifier.predict_proba(paths)
+    for served in (ensemble_dir, result.path):
+        with TestClient(create_app(served)) as client:
+            response = client.post("/predict?top_k=3", files=[("files", (p.name, p.read_bytes(), "image/png")) for p in paths])
+        assert response.status_code == 200, response.text
+        for prediction, row in zip(response.json()["predictions"], rows):
+            assert prediction["probability"] == pytest.approx(row.max(), abs=1e-4)
+
+
+def test_grad_cam_explains_the_ensembles_trained_network(ensemble_dir, image_folder):
+    pytest.importorskip("pytorch_grad_cam")
+    from transferkit.backbones import backbone_stages
+    from transferkit.report.cam import heatmaps
+
+    classifier = load(ensemble_dir, precision="fp32")
+    pixels = make_images(1, 32)[0]
+    found = heatmaps(classifier.model_, pixels, classifier.preprocessing_)
+    assert found.maps.shape == (3, 32, 32) and all(found.layers)
+    network_stages = [m for _, modules in backbone_stages(classifier.model_.network) for m in modules]
+    assert [m for _, modules in backbone_stages(classifier.model_) for m in modules] == network_stages
+    assert all(p.grad is None for p in classifier.model_.parameters())
+
+
+def test_the_ensembles_settings_are_refused_clearly():
+    from transferkit.errors import ConfigError
+    from transferkit.strategies import Settings
+    from transferkit.strategies.ensemble import member_settings
+
+    settings = Settings("ensemble", None, 32, None)
+    with pytest.raises(ConfigError, match="feature member expected one of svm, logistic"):
+        member_settings({"feature_strategy": "pixels"}, settings)
+    name, network, features = member_settings({"symmetries": "auto", "feature_layers": "stages"}, settings)
+    assert (name, network.strategy, features.strategy, features.symmetries, features.feature_layers) == ("svm", "full", "svm", "none", "stages")
+    assert member_settings({}, Settings("ensemble", 2, 32, None))[1].strategy == "finetune"
+    with pytest.raises(ConfigError, match="unknown features"):
+        get_strategy("ensemble").empty_model({"backbone": TINY_BACKBONE, "classes": ["a"], "plan": {"symmetries": "twirl"}})
+    assert json.dumps(network.to_dict())
+
+
+# ---------------------------------------------------------------- auto's ensemble round
+
+
+def tiny_engine(tiny_params, tmp_path, n_per_class: int = 6):
+    from transferkit import ImageClassifier
+    from transferkit.selection import Arena, Engine
+
+    images, labels = make_images(n_per_class, 32)
+    classes = np.array(sorted(set(labels)))
+    params = ImageClassifier(**dict(tiny_params, cache_dir=str(tmp_path), C=1.0)).get_params()
+    arena = Arena(pixels_at=lambda size: images, targets=np.searchsorted(classes, labels), classes=classes, params=params,
+                  runtime=CPU)
+    n = len(labels)
+    return Engine(arena, [(np.arange(0, n, 2), np.arange(1, n, 2))])
+
+
+def measured(engine, candidate, probabilities, outcome=None):
+    """Record ``candidate`` on the held-out fold with these held-out ``probabilities`` (rows: the test part)."""
+    from transferkit.strategies import FoldFit
+
+    test = engine.folds[0][1]
+    predictions = probabilities.argmax(1)
+    accuracy = float((predictions == engine.arena.targets[test]).mean())
+    return engine.record(candidate, 0, FoldFit(accuracy, 1.0, predictions, probabilities, outcome=outcome))
+
+
+def member_probabilities(targets, right: int, seed: int) -> np.ndarray:
+    """Probabilities that put the most on the true class for the first ``right`` images."""
+    rng = np.random.default_rng(seed)
+    rows = rng.dirichlet(np.ones(3), size=len(targets)) * 0.4
+    wrong = (targets + 1) % 3
+    rows[np.arange(len(targets)), np.where(np.arange(len(targets)) < right, targets, wrong)] += 0.6
+    return rows
+
+
+def test_the_ensemble_round_averages_the_members_held_out_probabilities(tiny_params, tmp_path):
+    from transferkit.selection import Candidate
+    from transferkit.selection.auto import _ensemble_round
+    from transferkit.strategies import FitOutcome
+
+    engine = tiny_engine(tiny_params, tmp_path)
+    targets = engine.arena.targets[engine.folds[0][1]]
+    outcome = FitOutcome(model=torch.nn.Identity(), preprocessing=None, history={}, plan=None)
+    svm = Candidate("svm", 32, "baseline", feature_layers="stages", symmetries="flips")
+    network = Candidate("finetune", 32, "network", freeze=2, params=(("epochs", 6),))
+    features = measured(engine, svm, member_probabilities(targets, 9, 0))
+    trained = measured(engine, network, member_probabilities(targets, 9, 1), outcome)
+    reasons = []
+    _ensemble_round(engine, reasons)
+    ensemble = next(t for t in engine.trials.values() if t.candidate.strategy == "ensemble")
+    np.testing.assert_allclose(ensemble.probabilities[0], (features.probabilities[0] + trained.probabilities[0]) / 2)
+    assert ensemble.folds == [0] and ensemble.outcome is outcome
+    expected = (ensemble.probabilities[0].argmax(1) == targets).mean()
+    assert ensemble.accuracy == pytest.approx(expected)
+    # the network's settings; the feature member's as parameters the ensemble strategy reads; no views outside the module
+    candidate = ensemble.candidate
+    assert (candidate.image_size, candidate.freeze, candidate.symmetries, candidate.feature_layers) == (32, 2, "none", "bottleneck")
+    extra = dict(candidate.params)
+    assert (extra["feature_strategy"], extra["feature_layers"], extra["symmetries"], extra["epochs"]) == ("svm", "stages", "flips", 6)
+    assert candidate.label.endswith("with svm on stages features averaged over flips") and candidate.settings().strategy == "ensemble"
+    assert reasons and reasons[-1].startswith("ensemble: ") and f"{ensemble.accuracy:.3f}" in reasons[-1]
+
+
+def test_the_ensembles_feature_member_is_scored_again_at_the_networks_side(tiny_params, tmp_path):
+    from transferkit.selection import Candidate
+    from transferkit.selection.auto import _ensemble_round
+    from transferkit.strategies import FitOutcome
+
+    engine = tiny_engine(tiny_params, tmp_path)
+    targets = engine.arena.targets[engine.folds[0][1]]
+    outcome = FitOutcome(model=torch.nn.Identity(), preprocessing=None, history={}, plan=None)
+    measured(engine, Candidate("logistic", 48, "baseline"), member_probabilities(targets, 9, 0))
+    trained = measured(engine, Candidate("full", 32, "network"), member_probabilities(targets, 9, 1), outcome)
+    reasons = []
+    _ensemble_round(engine, reasons)
+    rescored = next(t for t in engine.trials.values() if t.candidate.strategy == "logistic" and t.candidate.image_size == 32)
+    assert rescored.accuracy is not None  # the svm's real score at 32 px, on the same held-out images
+    ensemble = next(t for t in engine.trials.values() if t.candidate.strategy == "ensemble")
+    np.testing.assert_allclose(ensemble.probabilities[0], (rescored.probabilities[0] + trained.probabilities[0]) / 2)
+    assert dict(ensemble.candidate.params)["feature_strategy"] == "logistic"
+    assert "at the network's side" in reasons[-1]
+
+
+def test_no_ensemble_when_a_member_is_beyond_the_noise_of_the_best(tiny_params, tmp_path):
+    from transferkit.selection import Candidate
+    from transferkit.selection.auto import _ensemble_round
+    from transferkit.strategies import FitOutcome
+
+    engine = tiny_engine(tiny_params, tmp_path, n_per_class=20)  # 30 held-out images: noise 2 SE, ~0.11 here
+    targets = engine.arena.targets[engine.folds[0][1]]
+    outcome = FitOutcome(model=torch.nn.Identity(), preprocessing=None, history={}, plan=None)
+    measured(engine, Candidate("svm", 32, "baseline"), member_probabilities(targets, 30, 0))
+    measured(engine, Candidate("full", 32, "network"), member_probabilities(targets, 15, 1), outcome)
+    reasons = []
+    _ensemble_round(engine, reasons)
+    assert not any(t.candidate.strategy == "ensemble" for t in engine.trials.values())
+    assert reasons[-1].startswith("no ensemble") and "full 32 px scored 0.500" in reasons[-1]
+
+
+def test_an_auto_fit_whose_ensemble_wins_keeps_the_searched_network_and_fits_the_features_once(tiny_params, tmp_path, monkeypatch):
+    import transferkit
+    import transferkit.selection.auto as select
+    import transferkit.strategies.linear as linear
+    import transferkit.strategies.network as network
+
+    monkeypatch.setattr(select, "PERFECT", 1.01)  # race a network even though the colours separate perfectly
+    network_fits, feature_fits = [], []
+    real_network, real_features = network.NetworkStrategy.fit, linear.FeatureStrategy.fit
+    monkeypatch.setattr(network.NetworkStrategy, "fit", lambda self, request: network_fits.append(1) or real_network(self, request))
+    monkeypatch.setattr(linear.FeatureStrategy, "fit", lambda self, request: feature_fits.append(request) or real_features(self, request))
+    real_choose = select.choose
+
+    def ensemble_wins(results, trials=None):
+        ensembles = [t for t in results.trials.values() if t.candidate.strategy == "ensemble"]
+        if not ensembles:
+            return real_choose(results, trials)
+        return select.Decision(chosen=ensembles[0], best=ensembles[0], reason="the test's choice")
+
+    monkeypatch.setattr(select, "choose", ensemble_wins)
+    images, labels = make_images(8, 32)
+    clf = transferkit.ImageClassifier(**dict(tiny_params, strategy="auto", image_size=32, cache_dir=str(tmp_path), C=1.0,
+                                              budget_minutes=None)).fit(images, labels)
+    search = clf.advice_.search
+    assert clf.settings_["strategy"] == "ensemble" and isinstance(clf.model_, EnsembleNetwork)
+    assert clf.model_.network is search.chosen.outcome.model  # the network trained in the search: no second training
+    assert len(network_fits) == len(select.PILOT_FACTORS) + 1
+    assert len(feature_fits) == 1 and len(feature_fits[0].targets) == 24  # the feature member, on every image
+    assert any(r.startswith("ensemble: ") for r in search.reasons)
+    assert search.reasons[-1].endswith("beside its feature classifier fitted on all the images, is the model")
+    assert clf.predict(images).shape == (24,) and clf.novelty_ is not None
