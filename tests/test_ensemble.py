@@ -219,7 +219,10 @@ def test_the_ensemble_round_averages_the_members_held_out_probabilities(tiny_par
     reasons = []
     _ensemble_round(engine, reasons)
     ensemble = next(t for t in engine.trials.values() if t.candidate.strategy == "ensemble")
-    np.testing.assert_allclose(ensemble.probabilities[0], (features.probabilities[0] + trained.probabilities[0]) / 2)
+    # the feature member is scored again (really, on cached features) with its fitted head's temperature
+    member = next(t for t in engine.trials.values() if dict(t.candidate.params).get("calibrated"))
+    assert member.candidate.label == f"{features.candidate.label}, calibrated" and member.accuracy is not None
+    np.testing.assert_allclose(ensemble.probabilities[0], (member.probabilities[0] + trained.probabilities[0]) / 2)
     assert ensemble.folds == [0] and ensemble.outcome is outcome
     expected = (ensemble.probabilities[0].argmax(1) == targets).mean()
     assert ensemble.accuracy == pytest.approx(expected)
@@ -245,6 +248,7 @@ def test_the_ensembles_feature_member_is_scored_again_at_the_networks_side(tiny_
     reasons = []
     _ensemble_round(engine, reasons)
     rescored = next(t for t in engine.trials.values() if t.candidate.strategy == "logistic" and t.candidate.image_size == 32)
+    assert dict(rescored.candidate.params)["calibrated"] is True
     assert rescored.accuracy is not None  # the svm's real score at 32 px, on the same held-out images
     ensemble = next(t for t in engine.trials.values() if t.candidate.strategy == "ensemble")
     np.testing.assert_allclose(ensemble.probabilities[0], (rescored.probabilities[0] + trained.probabilities[0]) / 2)
@@ -294,8 +298,23 @@ def test_an_auto_fit_whose_ensemble_wins_keeps_the_searched_network_and_fits_the
     search = clf.advice_.search
     assert clf.settings_["strategy"] == "ensemble" and isinstance(clf.model_, EnsembleNetwork)
     assert clf.model_.network is search.chosen.outcome.model  # the network trained in the search: no second training
-    assert len(network_fits) == len(select.PILOT_FACTORS) + 1
+    assert len(network_fits) == len(select.PILOT_FACTORS) + 2 + 1  # the pilots (learning rate; light, strong) and the network
     assert len(feature_fits) == 1 and len(feature_fits[0].targets) == 24  # the feature member, on every image
     assert any(r.startswith("ensemble: ") for r in search.reasons)
     assert search.reasons[-1].endswith("beside its feature classifier fitted on all the images, is the model")
     assert clf.predict(images).shape == (24,) and clf.novelty_ is not None
+
+
+def test_a_calibrated_fold_score_divides_the_decision_values_by_the_fitted_temperature(tiny_params, tmp_path, monkeypatch):
+    """The ensemble's feature member is scored with the probabilities its fitted head will give."""
+    import transferkit.strategies.linear as linear
+    from transferkit.selection import Candidate
+
+    monkeypatch.setattr(linear, "fit_temperature", lambda *args, **kwargs: {"method": "temperature", "temperature": 4.0})
+    engine = tiny_engine(tiny_params, tmp_path)
+    raw, calibrated = engine.evaluate_candidates([Candidate("svm", 32, "raw"), Candidate("svm", 32, "calibrated",
+                                                                                       params=(("calibrated", True),))], [0])
+    np.testing.assert_array_equal(raw.predictions[0], calibrated.predictions[0])  # the same classifier, the same argmax
+    log_raw, log_calibrated = np.log(raw.probabilities[0]), np.log(calibrated.probabilities[0])
+    centred = lambda logits: logits - logits.mean(axis=1, keepdims=True)  # noqa: E731 - softmax is shift-invariant
+    np.testing.assert_allclose(centred(log_calibrated), centred(log_raw) / 4.0, atol=1e-9)

@@ -346,7 +346,7 @@ def _ensemble_round(search: Engine, reasons: list[str]) -> None:
                        f"network's {network.candidate.image_size} px did not fit the budget")
         return
     ensemble = measure_ensemble(search, network, member)
-    rescored = "" if member is features else f"; at the network's side, {member.candidate.label} scored {held_out_score(member):.3f}"
+    rescored = f"; with its fitted head's temperature, at the network's side, {member.candidate.label} scored {held_out_score(member):.3f}"
     reasons.append(f"ensemble: {network.candidate.label} scored {held_out_score(network):.3f} and {features.candidate.label} "
                    f"{held_out_score(features):.3f} on the held-out images, both within the noise ({tolerance:.3f}) of the best "
                    f"({best:.3f}){rescored}; the mean of their probabilities, image by image, scored "

@@ -56,6 +56,8 @@ class Candidate:
             parts.append(f"{extra['epochs']} epochs")
         if "backbone_lr_factor" in extra:
             parts.append(f"pretrained lr x{extra['backbone_lr_factor']:g}")
+        if extra.get("calibrated"):  # scored with its fitted head's temperature (an ensemble's member)
+            parts.append("calibrated")
         if "feature_strategy" in extra:  # an ensemble's feature member
             member = [extra["feature_strategy"]]
             if extra.get("feature_layers", "bottleneck") not in ("bottleneck", AUTO):

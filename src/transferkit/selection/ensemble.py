@@ -3,9 +3,9 @@
 The network of ``auto``'s last round and the best frozen-feature candidate were both scored on
 the same held-out images (fold 0), and the engine kept each one's class probabilities there. The
 ensemble's held-out probabilities are their mean, image by image: no model is fitted to measure
-it. Where the feature candidate was scored at another side than the network's, the same
-candidate (strategy, C rule, layers, symmetries) is first scored at the network's side (cached
-features: seconds), since the ensemble's members read the same pixels. The ensemble then enters
+it. The feature member is scored once more (cached features: seconds): at the network's side,
+since the ensemble's members read the same pixels, and with the temperature its fitted head will
+have, since an average weighs each member by the scale of its probabilities. The ensemble then enters
 the winner rule (:func:`~transferkit.selection.winner.choose`) as one more trial; its ``outcome``
 is the network the search trained, and when it wins the estimator fits only the feature
 classifier on every image beside it
@@ -58,13 +58,17 @@ def is_ensemble(candidate: Candidate) -> bool:
 
 
 def feature_member_at(search: Engine, features: Trial, side: int) -> Trial:
-    """``features``' candidate scored on the held-out fold at ``side`` px (itself when it was
-    scored there): the same strategy, C rule, layers and symmetries, at the network's side."""
-    if features.candidate.image_size == side:
-        return features
-    at_side = replace(features.candidate, image_size=side,
-                      proposed_by=f"{features.candidate.label} at the trained network's side, for an ensemble with it")
-    return search.evaluate_candidates([at_side], [HELD_OUT])[0]
+    """``features``' candidate scored on the held-out fold at ``side`` px with calibrated
+    probabilities: the same strategy, C rule, layers and symmetries, at the network's side, its
+    decision values divided by the temperature fitted on the training part (``calibrated=True``),
+    as the fitted model's head has them. The search's own feature trials keep the raw softmax
+    (only their argmax decides there); an average with a network's probabilities needs the scale
+    the shipped model will have."""
+    where = "" if features.candidate.image_size == side else " at the trained network's side"
+    member = with_params(replace(features.candidate, image_size=side,
+                                 proposed_by=f"{features.candidate.label}{where}, calibrated, for an ensemble with it"),
+                         calibrated=True)
+    return search.evaluate_candidates([member], [HELD_OUT])[0]
 
 
 def ensemble_candidate(network: Candidate, features: Candidate) -> Candidate:

@@ -273,18 +273,30 @@ class FeatureStrategy(Strategy):
 
     def score(self, request: FitRequest, train: np.ndarray, test: np.ndarray) -> FoldFit:
         """Features of every image once (cached on disk), then one pipeline fit (C by inner CV
-        on the training part) scored on the test part: no network pass per fold."""
+        on the training part) scored on the test part: no network pass per fold.
+
+        The probabilities are the softmax of the decision values; with the parameter
+        ``calibrated=True`` (auto's ensemble member) they are first divided by the temperature
+        that :func:`fit_temperature` fits on the training part, as :meth:`fit` folds it into the head."""
         params = request.params
         started = time.perf_counter()
         extractor = feature_extractor(request)
         features = symmetric_features(extractor, request.pixels, request.settings.symmetries)
         extracted = time.perf_counter()
         train, test = np.sort(train), np.sort(test)
-        pipeline, _ = fit_linear_classifier(
-            features[train], request.targets[train], pixel_groups(request.pixels, train), strategy=self.name,
+        groups = pixel_groups(request.pixels, train)
+        pipeline, info = fit_linear_classifier(
+            features[train], request.targets[train], groups, strategy=self.name,
             C=None if params["C"] == "auto" else params["C"], seed=params["seed"], class_weight=request.settings.class_weight,
         )
-        probabilities = decision_probabilities(pipeline.decision_function(features[test]), pipeline.classes_, len(request.classes))
+        decision = pipeline.decision_function(features[test])
+        if params.get("calibrated"):
+            # the probabilities a fitted model gives: its temperature, fitted on the training part's held-out decision values
+            # (auto's ensemble averages them with a network's, so their scale matters, not only their argmax)
+            calibration = fit_temperature(features[train], request.targets[train], groups, strategy=self.name, C=float(info["C"]),
+                                          seed=params["seed"], class_weight=request.settings.class_weight)
+            decision = decision / calibration.get("temperature", 1.0)
+        probabilities = decision_probabilities(decision, pipeline.classes_, len(request.classes))
         predictions = probabilities.argmax(1)
         accuracy = float((predictions == request.targets[test]).mean())
         return FoldFit(accuracy=accuracy, seconds=time.perf_counter() - started, predictions=predictions,
