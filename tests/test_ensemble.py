@@ -110,6 +110,14 @@ def test_a_fitted_ensemble_saves_loads_and_predicts_the_same(ensemble_dir, image
     np.testing.assert_allclose(probabilities, mean, atol=1e-5)
 
 
+def test_fit_init_from_an_ensemble_is_refused_with_a_way_out(ensemble_dir):
+    from transferkit.errors import ModelFileError
+    from transferkit.persistence import init_params
+
+    with pytest.raises(ModelFileError, match="an ensemble .* Fit without --init"):
+        init_params(ensemble_dir, read_config(ensemble_dir)["classes"])
+
+
 def test_an_ensemble_exports_to_onnx_and_serves_the_same_probabilities(ensemble_dir, image_folder):
     pytest.importorskip("onnxruntime")
     from transferkit.export import OnnxClassifier, export_onnx
