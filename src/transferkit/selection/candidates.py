@@ -56,6 +56,10 @@ class Candidate:
             parts.append(f"{extra['epochs']} epochs")
         if "backbone_lr_factor" in extra:
             parts.append(f"pretrained lr x{extra['backbone_lr_factor']:g}")
+        if extra.get("regularization", AUTO) != AUTO:
+            parts.append(f"regularization {extra['regularization']}")
+        if extra.get("sampling") == "balanced":
+            parts.append("balanced batches")
         if extra.get("calibrated"):  # scored with its fitted head's temperature (an ensemble's member)
             parts.append("calibrated")
         if "feature_strategy" in extra:  # an ensemble's feature member
