@@ -311,6 +311,8 @@ def test_an_auto_fit_whose_ensemble_wins_keeps_the_searched_network_and_fits_the
     assert any(r.startswith("ensemble: ") for r in search.reasons)
     assert search.reasons[-1].endswith("beside its feature classifier fitted on all the images, is the model")
     assert clf.predict(images).shape == (24,) and clf.novelty_ is not None
+    # what fit reports as held-out accuracy is the ensemble's, as the search measured it, not its network member's
+    assert clf.validation_["accuracy"] == pytest.approx(search.chosen.accuracy) and clf.validation_["kind"] == "held-out split"
 
 
 def test_a_calibrated_fold_score_divides_the_decision_values_by_the_fitted_temperature(tiny_params, tmp_path, monkeypatch):

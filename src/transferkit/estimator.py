@@ -375,6 +375,8 @@ class ImageClassifier(ClassifierMixin, BaseEstimator):
             class_counts={str(c): int(n) for c, n in zip(classes, np.bincount(targets, minlength=len(classes)))},
         )
         self.validation_ = validation_summary(self.history_, self.class_counts_)
+        if searched is not None:  # the search's own measurement of the model it kept: an ensemble's, not its network member's
+            self.validation_ = searched_validation(advice.search, self.class_counts_) or self.validation_
         # One more inference pass over the training images (for a frozen backbone the features
         # are cached already): what "like the training images" means, and where it ends.
         # In the fit's runtime: its features are in the cache (a bf16 the measurement kept is within
@@ -634,6 +636,21 @@ def validation_summary(history: dict[str, Any], labels) -> dict[str, Any] | None
     else:
         balanced, kind = _best_epoch(history).get("val_balanced_accuracy"), "held-out split"
     return {"kind": kind, "accuracy": score, "balanced_accuracy": balanced, "majority_class_rate": rate, "majority_class": majority}
+
+
+def searched_validation(search, labels) -> dict[str, Any] | None:
+    """:func:`validation_summary`'s record for a model ``auto``'s search trained: the chosen
+    trial's accuracy and balanced accuracy on its held-out images (for an ensemble, the average's;
+    its network member's history holds only the network's). None where it was not measured."""
+    chosen, results = search.chosen, search.results
+    if results is None or not chosen.predictions:
+        return None
+    targets = results.targets[np.sort(results.folds[chosen.folds[0]][1])]
+    predictions = np.asarray(chosen.predictions[0])
+    balanced = float(np.mean([np.mean(predictions[targets == c] == c) for c in np.unique(targets)]))
+    rate, majority = majority_class_rate(labels)
+    return {"kind": "held-out split", "accuracy": float(chosen.scores[0]), "balanced_accuracy": balanced,
+            "majority_class_rate": rate, "majority_class": majority}
 
 
 def validation_score(history: dict[str, Any]) -> float | None:
