@@ -686,3 +686,19 @@ def test_a_small_set_scores_its_cheap_candidates_by_repeated_k_fold_on_every_ima
     assert any(f"{len(cheap)} of the {len(cheap)} cheap candidates were also scored by 2 x 5-fold cross-validation on all 18 images"
                in r for r in found.reasons)
     assert found.decision.chosen is found.chosen and found.reasons[-1].startswith("the choice")
+
+
+def test_the_network_leaves_the_leaders_final_fit_its_time():
+    from transferkit.selection.auto import FINAL_FIT_FACTOR, _reserve_final_fit
+
+    leader = Trial(Candidate("svm", 224, "features"), scores=[0.8], folds=[0], seconds=94.0, extract_seconds=4.0)
+    search = SimpleNamespace(budget_seconds=600.0, reserve=30.0, leader=lambda: leader)
+    _reserve_final_fit(search)
+    assert search.reserve == pytest.approx(FINAL_FIT_FACTOR * 90.0)  # more than 5 % of 10 minutes: the network stops sooner
+    search.reserve = 180.0  # a 60-minute budget's share already covers it
+    _reserve_final_fit(search)
+    assert search.reserve == 180.0
+    network = SimpleNamespace(budget_seconds=600.0, reserve=30.0,
+                              leader=lambda: Trial(Candidate("full", 64, "a network"), scores=[0.9], folds=[0], seconds=300.0))
+    _reserve_final_fit(network)  # a network leader is kept, not fitted again
+    assert network.reserve == 30.0
