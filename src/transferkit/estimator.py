@@ -377,16 +377,18 @@ class ImageClassifier(ClassifierMixin, BaseEstimator):
         self.validation_ = validation_summary(self.history_, self.class_counts_)
         if searched is not None:  # the search's own measurement of the model it kept: an ensemble's, not its network member's
             self.validation_ = searched_validation(advice.search, self.class_counts_) or self.validation_
-        # One more inference pass over the training images (for a frozen backbone the features
-        # are cached already): what "like the training images" means, and where it ends.
-        # In the fit's runtime: its features are in the cache (a bf16 the measurement kept is within
-        # 2 % of fp32's, far below the distances that separate novel images; another precision
-        # would extract every training image again).
-        features = self._outputs(pixels, runtime)[1]
         # held_out indexes the request's pixels: those of this fit, unless the search trained the network
-        held_out = outcome.held_out if searched is None else None
-        self.novelty_ = None if features is None else fit_novelty(features, pixel_groups(pixels), held_out=held_out, seed=self.seed)
+        self.novelty_ = self._fit_novelty(pixels, runtime, held_out=outcome.held_out if searched is None else None)
         return self
+
+    def _fit_novelty(self, pixels: np.ndarray, runtime, held_out: np.ndarray | None) -> NoveltyScorer | None:
+        """What "like the training images" means, and where it ends: one more inference pass over
+        the training images (for a frozen backbone the features are cached already). In the fit's
+        runtime, whose features are in the cache (a bf16 the fit's judgement kept changes few
+        predictions, and its features differ from fp32's far less than novel images do from the
+        training ones; another precision would extract every training image again)."""
+        features = self._outputs(pixels, runtime)[1]
+        return None if features is None else fit_novelty(features, pixel_groups(pixels), held_out=held_out, seed=self.seed)
 
     def _set_fitted(
         self, *, classes, model, preprocessing: Preprocessing, image_size: int, settings: dict[str, Any],
