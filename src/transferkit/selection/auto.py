@@ -126,7 +126,7 @@ share of the network's own estimate."""
 REGULARIZATION_ORDER = ("none", "light", "strong")
 """The regularisation presets (:data:`transferkit.training.regularize.REGULARIZATION`) the
 regularisation pilot compares, weakest first."""
-REGULARIZATION_WORDS = {"none": "none (flips/rotations/translation, dropout, label smoothing)",
+REGULARIZATION_WORDS = {"none": "none (the augmentation, dropout before the head, label smoothing)",
                         "light": "light (also stochastic depth 0.05 and a weight average)",
                         "strong": "strong (also mixup/cutmix on half the batches, random erasing, stochastic depth 0.1, a weight average)"}
 SYMMETRY_WORDS = {"flips": "flips", "dihedral": "flips and turns by 90 degrees"}
