@@ -661,3 +661,14 @@ def test_export_rejects_bad_labels_and_unlabelled(tmp_path):
         export_image_folders(ImageSet([solid(0), solid(1)], ["a/b", "c"]), tmp_path / "out")
     with pytest.raises(DataError, match="labelled"):
         export_image_folders(ImageSet([solid(0)], None), tmp_path / "out")
+
+
+def test_stratified_indices_keep_proportions_and_a_floor_per_class():
+    from transferkit.data import stratified_indices
+
+    labels = np.array([0] * 300 + [1] * 96 + [2] * 4)
+    rows = stratified_indices(labels, 100, seed=0, at_least=2)
+    counts = np.bincount(labels[rows], minlength=3)
+    assert list(counts) == [75, 24, 2] and np.all(np.diff(rows) > 0)  # 1 of the rare class by proportion, 2 by the floor
+    np.testing.assert_array_equal(rows, stratified_indices(labels, 100, seed=0, at_least=2))
+    np.testing.assert_array_equal(stratified_indices(labels[:50], 100, seed=0), np.arange(50))

@@ -26,7 +26,7 @@ from transferkit.data import (
     label_conflicts, load_pixels, pixel_groups, resolve_data, thumbnails,
 )
 from transferkit.errors import ConfigError, DataError, NotFittedError
-from transferkit.evaluation.metrics import imbalance_note, majority_class_rate
+from transferkit.evaluation.metrics import balanced_accuracy, imbalance_note, majority_class_rate
 from transferkit.evaluation.novelty import NoveltyScorer, fit_novelty
 from transferkit.lines import Wrapped
 from transferkit.defaults import DEFAULTS
@@ -648,10 +648,9 @@ def searched_validation(search, labels) -> dict[str, Any] | None:
     if results is None or not chosen.predictions:
         return None
     targets = results.targets[np.sort(results.folds[chosen.folds[0]][1])]
-    predictions = np.asarray(chosen.predictions[0])
-    balanced = float(np.mean([np.mean(predictions[targets == c] == c) for c in np.unique(targets)]))
     rate, majority = majority_class_rate(labels)
-    return {"kind": "held-out split", "accuracy": float(chosen.scores[0]), "balanced_accuracy": balanced,
+    return {"kind": "held-out split", "accuracy": float(chosen.scores[0]),
+            "balanced_accuracy": balanced_accuracy(targets, chosen.predictions[0]),
             "majority_class_rate": rate, "majority_class": majority}
 
 

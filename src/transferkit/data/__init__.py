@@ -28,6 +28,7 @@ from transferkit.data.sources import (
     find_images,
     register_dataset,
     resolve_data,
+    stratified_indices,
     stratified_sample,
 )
 
@@ -60,6 +61,7 @@ __all__ = [
     "register_dataset",
     "release_pages",
     "resolve_data",
+    "stratified_indices",
     "stratified_sample",
     "thumbnail_pixels",
     "thumbnails",

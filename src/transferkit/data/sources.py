@@ -744,11 +744,20 @@ def stratified_sample(imageset: ImageSet, max_images: int | None, seed: int) -> 
     """About ``max_images`` images, each class in proportion and at least one of each."""
     if max_images is None or len(imageset) <= max_images:
         return imageset
+    return imageset.subset(stratified_indices(imageset.labels, max_images, seed, classes=imageset.classes))
+
+
+def stratified_indices(labels, count: int, seed: int, *, classes=None, at_least: int = 1) -> np.ndarray:
+    """Sorted indices of about ``count`` of ``labels`` (N,), each class in proportion and at least
+    ``at_least`` of each where it has them (all N when ``count`` >= N). Classes are drawn in the
+    order of ``classes`` (default: sorted), each from one generator seeded with ``seed``."""
+    labels = np.asarray(labels)
+    if len(labels) <= count:
+        return np.arange(len(labels))
     rng = np.random.default_rng(seed)
-    labels = np.asarray(imageset.labels)
     chosen = []
-    for label in imageset.classes:
+    for label in np.unique(labels) if classes is None else classes:
         members = np.flatnonzero(labels == label)
-        take = min(len(members), max(1, round(max_images * len(members) / len(labels))))
+        take = min(len(members), max(at_least, round(count * len(members) / len(labels))))
         chosen.append(rng.choice(members, size=take, replace=False))
-    return imageset.subset(np.sort(np.concatenate(chosen)))
+    return np.sort(np.concatenate(chosen))

@@ -68,6 +68,7 @@ from typing import Any
 import numpy as np
 
 from transferkit.data import pixel_groups
+from transferkit.evaluation.metrics import balanced_accuracy
 from transferkit.selection.candidates import Candidate, with_params
 from transferkit.selection.cost import FINAL_FIT_SHARE, CostModel, Speeds
 from transferkit.selection.engine import Arena, Engine
@@ -653,12 +654,6 @@ def _regularization_pilot(network: Candidate, search: Engine, reasons: list[str]
                            + ("draws class-balanced batches" if keep else "sees each image once per epoch (balanced batches "
                               "did not raise balanced accuracy beyond the noise without costing accuracy)"))
     return chosen
-
-
-def balanced_accuracy(targets: np.ndarray, predictions: np.ndarray) -> float:
-    """Mean per-class recall over the classes present in ``targets`` (N,), predictions (N,)."""
-    targets, predictions = np.asarray(targets), np.asarray(predictions)
-    return float(np.mean([np.mean(predictions[targets == c] == c) for c in np.unique(targets)]))
 
 
 def _shared_feature_pass(search: Engine, size: int, views: tuple[str, ...], warmed: set) -> None:

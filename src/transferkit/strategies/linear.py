@@ -38,7 +38,7 @@ from torch import nn
 
 from transferkit.backbones import Preprocessing, create_backbone
 from transferkit.backbones.multilayer import with_feature_layers
-from transferkit.data import pixel_groups
+from transferkit.data import pixel_groups, stratified_indices
 from transferkit.errors import ConfigError
 from transferkit.strategies.features import FeatureExtractor, symmetric_features
 from transferkit.strategies.registry import FitOutcome, FitRequest, FoldFit, Strategy, decision_probabilities, register_strategy
@@ -404,21 +404,8 @@ def settle_feature_precision(runtime: Runtime, params: Mapping[str, Any], pixels
     if runtime.device.type != "cpu" or runtime.precision != "bf16" or not runtime.auto_precision or runtime.feature_verdict:
         return runtime
     targets = np.asarray(targets)
-    rows = _stratified_rows(targets, JUDGE_SAMPLE, seed)
+    rows = stratified_indices(targets, JUDGE_SAMPLE, seed, at_least=2)
     extractor = FeatureExtractor.from_params(params, runtime)
     chosen = extractor.measure_precision(pixels[rows], judge_by_predictions(targets[rows], seed))
     return dataclasses.replace(runtime, feature_verdict={"precision": chosen.precision, "why": chosen.precision_reason,
                                                          "measured": chosen.measured})
-
-
-def _stratified_rows(targets: np.ndarray, count: int, seed: int) -> np.ndarray:
-    """Sorted indices of about ``count`` images, each class in proportion and at least 2 of each where it has them."""
-    if len(targets) <= count:
-        return np.arange(len(targets))
-    rng = np.random.default_rng(seed)
-    chosen = []
-    for label in np.unique(targets):
-        members = np.flatnonzero(targets == label)
-        take = min(len(members), max(2, round(count * len(members) / len(targets))))
-        chosen.append(rng.choice(members, size=take, replace=False))
-    return np.sort(np.concatenate(chosen))

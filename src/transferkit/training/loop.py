@@ -10,18 +10,17 @@ only the unfrozen suffix trains, on cached activations (:mod:`transferkit.traini
 from __future__ import annotations
 
 import time
-import warnings
 from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
 import torch
 from rich.console import Console
-from sklearn.metrics import balanced_accuracy_score
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from transferkit.defaults import DEFAULTS
+from transferkit.evaluation.metrics import balanced_accuracy
 from transferkit.training.freezing import train_mode
 from transferkit.training.callbacks import Callback, EarlyStopping, TrainState
 from transferkit.training.history import BEST_EPOCH_NOTE, EpochRecord, TrainResult
@@ -277,7 +276,4 @@ def _validate(model, inputs, targets, prepare, runtime, criterion, batch_size) -
     loss = criterion(logits, targets).item()
     predicted = logits.argmax(1)
     accuracy = (predicted == targets).float().mean().item()
-    with warnings.catch_warnings():  # a class predicted but absent from a small validation split: it has no recall
-        warnings.simplefilter("ignore")
-        balanced = float(balanced_accuracy_score(targets.cpu().numpy(), predicted.cpu().numpy()))
-    return loss, accuracy, balanced
+    return loss, accuracy, balanced_accuracy(targets.cpu().numpy(), predicted.cpu().numpy())

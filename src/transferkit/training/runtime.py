@@ -99,7 +99,7 @@ class Runtime:
     """Why ``precision`` is what it is, in words (``fit --json`` and the fitted history record it)."""
     feature_verdict: dict | None = None
     """The precision of frozen-feature passes, decided once per fit on its labelled images
-    (``strategies.features.settle_feature_precision``): ``{"precision", "why", "measured"}``.
+    (``strategies.linear.settle_feature_precision``): ``{"precision", "why", "measured"}``.
     Extractors built on this runtime adopt it instead of measuring again; training ignores it."""
 
     @property
@@ -382,13 +382,6 @@ def judge_predictions(fp32: np.ndarray, bf16: np.ndarray, targets: np.ndarray) -
     }
 
 
-def predictions_agree(fp32: torch.Tensor, bf16: torch.Tensor) -> tuple[bool, dict]:
-    """A :data:`Judge` for logits (N, K): bf16 must predict the same class for every sampled image."""
-    agreement = float((bf16.argmax(1) == fp32.argmax(1)).float().mean()) if len(fp32) else 1.0
-    return agreement == 1.0, {"summary": f"predictions agree on {agreement:.1%} of the sample (all needed)",
-                              "prediction_agreement": agreement, "required": 1.0}
-
-
 SPEED_BATCH = 32
 """Images per timed forward pass of the speed measurement (the sample, repeated)."""
 
@@ -414,9 +407,9 @@ def measured_inference_precision(
       images/s are kept under ``<cache>/precision/`` (:func:`speed_file`) for later runs; bf16
       must be :data:`MIN_SPEEDUP` times faster;
     - **what the outputs are for**, on the data at hand, every time: ``judge`` reads the
-      sample's outputs in both precisions (:func:`predictions_agree` for logits; the frozen
-      features' judge, ``strategies.features.judge_by_predictions``, fits a classifier on the
-      labelled sample and compares its held-out predictions and accuracy).
+      sample's outputs in both precisions (the frozen features' judge,
+      ``strategies.linear.judge_by_predictions``, fits a classifier on the labelled sample and
+      compares its held-out predictions and accuracy: :func:`judge_predictions`).
 
     The returned runtime says which won and why (``precision_reason``, ``measured``).
     """
