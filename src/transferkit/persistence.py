@@ -573,8 +573,8 @@ def init_params(model_dir: str | os.PathLike, classes: list[str]) -> dict[str, A
     the features cached when the saved model was fitted are reused and only the linear classifier
     is fitted again. ``classes`` (the new data's) must hold every class of the saved model.
 
-    Raises :class:`ModelFileError` for a missing or foreign folder or an ``ensemble`` model (not
-    supported yet), :class:`DataError` when a class of the saved model is missing from ``classes``.
+    Raises :class:`ModelFileError` for a missing or foreign folder or a model whose strategy has an
+    ``init_refusal`` (an ``ensemble``: not supported yet), :class:`DataError` when a class of the saved model is missing from ``classes``.
     """
     from transferkit.errors import DataError
 
@@ -591,11 +591,11 @@ def init_params(model_dir: str | os.PathLike, classes: list[str]) -> dict[str, A
     params["image_size"] = int(config["image_size"])
     params["strategy"] = config.get("strategy") or params.get("strategy")
     strategy = params["strategy"]
-    if strategy == "ensemble":
+    refusal = get_strategy(strategy).init_refusal if strategy in list_strategies() else None
+    if refusal:
         raise ModelFileError(
-            f"--init {folder}: the model is an ensemble (a trained network beside a frozen-feature classifier), which fit "
-            "--init cannot start from yet. Fit without --init (auto measures the ensemble again), or --init from a model "
-            "of one kind."
+            f"--init {folder}: the model is {refusal}, which fit --init cannot start from yet. Fit without --init "
+            "(auto measures it again), or --init from a model of one kind."
         )
     if strategy in list_strategies() and get_strategy(strategy).frozen_backbone:
         params["weights"] = saved.get("weights")

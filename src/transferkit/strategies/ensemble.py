@@ -184,6 +184,7 @@ class Ensemble(Strategy):
     name = "ensemble"
     summary = "a trained network (full; finetune with --freeze N) and an svm on frozen features, probabilities averaged"
     accepts_freeze = True
+    init_refusal = "an ensemble (a trained network beside a frozen-feature classifier)"
     compare_defaults = MappingProxyType({"image_size": 128, "epochs": 4})
 
     def passes_per_image(self, freeze: int | None, n_blocks: int) -> float:

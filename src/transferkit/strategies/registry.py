@@ -154,6 +154,9 @@ class Strategy:
     accepts_symmetries: ClassVar[bool] = False
     """Averages its features over image symmetries (``symmetries``) at fit and predict, and takes
     multi-layer features (``feature_layers``)."""
+    init_refusal: ClassVar[str | None] = None
+    """Why ``fit --init`` cannot start from a model of this strategy, in words ("an ensemble
+    (...)"); None: it can."""
     compare_defaults: ClassVar[Mapping[str, Any]] = MappingProxyType({})
     default_image_size: ClassVar[int | None] = None
     """Image side when neither the user nor the advisor sets one (None: the backbone's)."""
