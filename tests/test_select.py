@@ -50,15 +50,19 @@ def facts(n: int, side: int) -> DataFacts:
     return DataFacts(n_samples=n, n_classes=2, height=(side, float(side), side), width=(side, float(side), side))
 
 
-def ramps(n_per_class: int = 10, side: int = 32, seed: int = 0) -> tuple[np.ndarray, list[str]]:
+def ramps(n_per_class: int = 10, side: int = 32, seed: int = 0, vertical: bool = False) -> tuple[np.ndarray, list[str]]:
     """Two classes a horizontal flip swaps (brightness rising to the right / to the left) and a
-    vertical flip keeps."""
+    vertical flip keeps; with ``vertical``, two more that a quarter turn makes of the first two
+    (rising upwards / downwards), so that a turn changes the class too."""
     rng = np.random.default_rng(seed)
-    ramp = np.linspace(20, 235, side)[None, :, None]
+    ramp = np.broadcast_to(np.linspace(20, 235, side)[None, :, None], (side, side, 3))
+    profiles = {"rising": ramp, "falling": ramp[:, ::-1]}
+    if vertical:
+        profiles |= {"upwards": ramp.transpose(1, 0, 2)[::-1], "downwards": ramp.transpose(1, 0, 2)}
     images, labels = [], []
-    for label, profile in (("rising", ramp), ("falling", ramp[:, ::-1])):
+    for label, profile in profiles.items():
         for _ in range(n_per_class):
-            image = np.broadcast_to(profile, (side, side, 3)) + rng.normal(0, 8, (side, side, 3))
+            image = profile + rng.normal(0, 8, (side, side, 3))
             images.append(np.clip(image, 0, 255).astype(np.uint8))
             labels.append(label)
     return np.stack(images), labels
@@ -264,13 +268,31 @@ def test_the_symmetry_test_finds_the_flip_that_changes_the_class(tiny_weights, t
     fold = (np.r_[0:8, 10:18], np.r_[8:10, 18:20])
     symmetry = measure_symmetry(arena, fold, 32, None)
     assert symmetry.accuracy["none"] >= 0.75 and not symmetry.horizontal and symmetry.vertical
-    assert "horizontal flip changes the class" in symmetry.describe()
-    # a quarter turn makes a left-right ramp a top-bottom one: not the same class either
-    assert not symmetry.rotation and not symmetry.dihedral and "a turn by 90 degrees changes the class" in symmetry.describe()
+    # trained on flipped copies too, rising and falling contradict each other: still refused
+    assert symmetry.trained_with["horizontal"] < symmetry.accuracy["none"] - symmetry.tolerance
+    assert "horizontal flip: " in symmetry.describe() and "it changes the class" in symmetry.describe()
+    # a quarter turn makes a left-right ramp a vertical one, which no class here is: the first test
+    # fails (the features differ), the second finds training on turned copies harmless
+    assert symmetry.accuracy["rotate90"] < symmetry.accuracy["none"] - symmetry.tolerance
+    assert symmetry.rotation and not symmetry.dihedral and "the class is kept (the features alone differ)" in symmetry.describe()
+    assert "vertical" not in symmetry.trained_with  # passed the first test: no second one paid for
     colours, colour_labels = make_images(8, 32)
     kept = measure_symmetry(arena_of(colours, colour_labels, tiny_params, tmp_path), (np.r_[0:6, 8:14, 16:22], np.r_[6:8, 14:16, 22:24]), 32, None)
     assert kept.horizontal and kept.vertical and kept.rotation and kept.dihedral
-    assert kept.to_dict()["rotation"] is True
+    assert kept.to_dict()["rotation"] is True and kept.to_dict()["trained_with"] == {}
+
+
+def test_the_symmetry_test_refuses_a_turn_where_it_makes_another_class(tiny_weights, tiny_params, tmp_path):
+    # enough held-out images per class that a coin's guesses between two contradicting classes show
+    images, labels = ramps(n_per_class=40, vertical=True)
+    arena = arena_of(images, labels, tiny_params, tmp_path)
+    test = np.concatenate([np.r_[k * 40 + 25:k * 40 + 40] for k in range(4)])
+    symmetry = measure_symmetry(arena, (np.setdiff1d(np.arange(160), test), test), 32, None)
+    assert symmetry.accuracy["none"] >= 0.75
+    # rising turned a quarter is upwards (or downwards): trained on turned copies, the classes contradict
+    assert not symmetry.rotation and not symmetry.horizontal and not symmetry.vertical and symmetry.kept == []
+    assert set(symmetry.trained_with) == {"horizontal", "vertical", "rotate90"}
+    assert "a turn by 90 degrees: " in symmetry.describe() and "it changes the class" in symmetry.describe()
 
 
 def test_a_network_is_raced_and_trains_without_the_flip_the_data_rejects(tiny_params, tmp_path, monkeypatch):
@@ -289,7 +311,7 @@ def test_a_network_is_raced_and_trains_without_the_flip_the_data_rejects(tiny_pa
     labels_run = [t.candidate.label for t in found.trials]
     network_trial = next(t for t in found.trials if t.candidate.strategy == "full")
     assert network_trial.accuracy is not None and network_trial.outcome is not None
-    assert augments and all("hflip" not in spec for spec in augments) and found.augment == "vflip,rotate,translate"
+    assert augments and all("hflip" not in spec for spec in augments) and found.augment == "vflip,rot90,rotate,translate"  # a turn: harmless to train on (symmetry test)
     assert "svm 32 px" in labels_run and any(r.startswith("symmetry test") for r in found.reasons)
     assert sum(r.startswith("candidate ") for r in found.reasons) == len(found.trials)
 
@@ -446,8 +468,9 @@ def test_auto_races_multi_layer_features_from_one_shared_pass(tiny_params, tmp_p
     assert any("multi-layer features of 24 images at 32 px (identity) in one pass" in line for line in lines)
     held_out = len(found.trials[0].predictions[0])
     assert computed["stages"] == 24  # one pass over every image
-    # the bottleneck candidates read the shared pass: only the symmetry test's flipped and turned held-out images are new
-    assert computed["bottleneck"] == 3 * held_out
+    # the bottleneck candidates read the shared pass: only the symmetry test's flipped and turned held-out images are new,
+    # and the training images under the two views that failed its first test (horizontal flip, quarter turn)
+    assert computed["bottleneck"] == 3 * held_out + 2 * (24 - held_out)
 
     fixed = search_auto(arena_of(images, labels, tiny_params, tmp_path / "b", strategy="auto", image_size="auto"),
                         facts(2000, 32), recommendation(strategy="full", freeze=0), backbone_size=32,
