@@ -32,6 +32,7 @@ from transferkit.selection.auto import (
 )
 from transferkit.backbones import get_backbone_spec
 from transferkit.selection import Arena, Candidate, Engine, Results, Trial, choose
+from transferkit.data.views import SYMMETRIES
 from transferkit.selection.cost import CostModel, Speeds
 from transferkit.strategies.pixels import _inputs, fit_pixel_classifier, pixel_kernel_from
 from transferkit.training.callbacks import Deadline
@@ -433,6 +434,22 @@ def test_the_budget_counts_cached_features_as_free():
     timed = Trial(svm, [0.9, 0.8], [0, 1], fold_seconds=[12.0, 2.0], extract_seconds=10.0)
     assert cost(svm, 14, 4, {svm: timed}) == 2.0
     assert cost(svm, 14, 4, {svm: Trial(svm, [0.9], [0], fold_seconds=[12.0], extract_seconds=10.0)}) == 2.0
+
+
+def test_the_budget_counts_reading_cached_views_at_the_rate_a_scored_candidate_took():
+    # every view warmed by a shared pass: no extraction left, yet a 7-minute ELPV fit once started the
+    # 8 symmetries of the square 23 s before its deadline on that estimate of 0 s, and took 74 s
+    warmed = {(32, "stages", view) for view in SYMMETRIES["dihedral"]}
+    cost = CostModel(FakeSpeeds(forward=1.0, train=1.0), 18, warmed)
+    svm, dihedral = Candidate("svm", 32, "a"), Candidate("svm", 32, "b", symmetries="dihedral")
+    scored = {svm: Trial(svm, [0.9], [0], fold_seconds=[13.0], extract_seconds=3.0)}  # 10 s to read one view and fit
+    assert cost(dihedral, 14, 4, scored) == 8 * 10.0
+    flips = Candidate("svm", 32, "c", symmetries="flips")
+    scored[flips] = Trial(flips, [0.9], [0], fold_seconds=[24.0])  # 6 s a view: the least per view counts
+    assert cost(dihedral, 14, 4, scored) == 8 * 6.0
+    # other layers or another side say nothing about these features
+    assert cost(Candidate("svm", 32, "d", symmetries="dihedral", feature_layers="stages"), 14, 4, scored) == 0.0
+    assert cost(Candidate("svm", 64, "e"), 14, 4, scored) == 18.0 * 4
 
 
 def test_multi_layer_features_cover_the_bottleneck_in_the_budget():
