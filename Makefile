@@ -17,12 +17,12 @@ install-dev: $(BIN)/python
 	$(BIN)/pip install -q -c constraints-ci.txt -e '.[dev]'
 
 ## Fit the default backbone on the ELPV paper split, then evaluate on its held-out test part.
-## strategy auto within a 7-minute budget: the probe and the rules propose candidates (frozen
+## strategy auto within a 6-minute budget: the probe and the rules propose candidates (frozen
 ## features, flips, pixels, a trained network sized to this machine's measured speed), one search
-## scores them on the same held-out images, and the best is the model. 7, not fit's default 10: the
+## scores them on the same held-out images, and the best is the model. 6, not fit's default 10: the
 ## install (1-2 minutes into a fresh venv) and the evaluation (under 1 minute) share the 10 minutes
 ## that `make run` may take; on 2 cores the 10-minute fit chose the same svm (its network was too weak).
-RUN_BUDGET ?= 7
+RUN_BUDGET ?= 6
 run: install
 	$(BIN)/transferkit fit elpv:train --budget-minutes $(RUN_BUDGET) --out $(OUT) --json $(OUT)/fit.json
 	$(BIN)/transferkit evaluate $(OUT) elpv:test --json $(OUT)/test.json

@@ -114,10 +114,10 @@ def test_cheap_variants_follow_the_facts_and_the_symmetry_test():
 
 def test_flip_averaging_is_dropped_when_it_would_eat_the_networks_budget():
     kept = Symmetry({"none": 0.9, "horizontal": 0.9, "vertical": 0.9}, 0.02, True, True)
-    slow = FakeSpeeds(forward=0.1, train=0.3)  # 3 x 2,000 images x 0.1 s x 49 = far over 30 % of 600 s
+    slow = FakeSpeeds(forward=0.1, train=0.3)  # 3 x 2,000 images x 0.1 s x 49 = far over 30 % of the 600 s left
     labels = [c.label for c in _variants(facts(2000, 224), recommendation(), 224, {}, kept, 600.0, slow, 2000)]
     assert not any("flips" in label for label in labels)
-    # 0.02 s per image at 224 px: 3 more passes (118 s) fit 30 % of 600 s, 7 (274 s) do not: flips yes, dihedral no
+    # 0.02 s per image at 224 px: 3 more passes (118 s) fit 30 % of the 600 s left, 7 (274 s) do not: flips yes, dihedral no
     square = Symmetry({"none": 0.9, "horizontal": 0.9, "vertical": 0.9, "rotate90": 0.9}, 0.02, True, True, rotation=True)
     labels = [c.label for c in _variants(facts(2000, 224), recommendation(), 224, {}, square, 600.0, FakeSpeeds(0.0004, 0.3), 2000)]
     assert "svm 224 px, flips" in labels and not any("dihedral" in label for label in labels)
@@ -447,9 +447,27 @@ def test_the_budget_counts_reading_cached_views_at_the_rate_a_scored_candidate_t
     flips = Candidate("svm", 32, "c", symmetries="flips")
     scored[flips] = Trial(flips, [0.9], [0], fold_seconds=[24.0])  # 6 s a view: the least per view counts
     assert cost(dihedral, 14, 4, scored) == 8 * 6.0
-    # other layers or another side say nothing about these features
+    # other layers, another side or another classifier say nothing about these features
     assert cost(Candidate("svm", 32, "d", symmetries="dihedral", feature_layers="stages"), 14, 4, scored) == 0.0
     assert cost(Candidate("svm", 64, "e"), 14, 4, scored) == 18.0 * 4
+    logistic = Candidate("logistic", 32, "f")
+    assert cost(Candidate("logistic", 32, "g", symmetries="dihedral"), 14, 4,
+                {logistic: Trial(logistic, [0.9], [0], fold_seconds=[1.0])}) == 8 * 1.0
+
+
+def test_averaged_views_of_the_layers_that_scored_best_come_first():
+    from transferkit.selection.auto import _better_layers_first
+
+    class Search:
+        trials = {c: Trial(c, [a], [0]) for c, a in ((Candidate("svm", 32, "a"), 0.75),
+                                                     (Candidate("svm", 32, "b", feature_layers="stages"), 0.78))}
+    balanced = Candidate("svm", 32, "c", "balanced")
+    flips = [Candidate(strategy, 32, "d", None, group, feature_layers=layers)
+             for group in ("flips", "dihedral") for strategy, layers in (("svm", "bottleneck"), ("logistic", "bottleneck"), ("svm", "stages"))]
+    ordered = _better_layers_first(Search(), [balanced, *flips])
+    assert ordered[0] == balanced  # the variants without views keep their place, first
+    assert [c.feature_layers for c in ordered[1:]] == ["stages", "stages", "bottleneck", "bottleneck", "bottleneck", "bottleneck"]
+    assert [c.symmetries for c in ordered[1:3]] == ["flips", "dihedral"]
 
 
 def test_multi_layer_features_cover_the_bottleneck_in_the_budget():

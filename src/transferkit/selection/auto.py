@@ -114,8 +114,10 @@ then learn about 10x faster, and the budget is better spent on a larger side (sp
 ``lr x 1``: 1.00 validation accuracy after 4 epochs of ~50 steps; the 600-step floor had pushed
 the network down to 32 px, 0.90 test accuracy)."""
 TTA_SHARE = 0.3
-"""Flip-averaged features cost 3 more forward passes per image: proposed only when that fits
-in this share of the budget, so that a trained network keeps its chance."""
+"""Flip-averaged features cost 3 more forward passes per image (the 8 symmetries of the square 7):
+proposed only when that fits in this share of what is left of the budget after the symmetry
+test, so that a trained network keeps its chance (ELPV, 7 minutes: the 4 more views of the square
+would have taken the time of the multi-layer + flips candidate, the best)."""
 PILOT_FACTORS = (PLAYBOOK_LR_FACTOR, 1.0)
 """Learning-rate multipliers of the pretrained layers that the pilot compares, the playbook's first."""
 PILOT_SIDE = 64
@@ -277,7 +279,8 @@ def search_auto(
         (on_event or (lambda line: None))(f"{search.stamp()} symmetries that keep the class: {', '.join(symmetry.kept) or 'none'}")
 
     # 3. cheap variants the facts call for
-    variants = _variants(facts, recommendation, size, fixed, symmetry, budget_seconds, speeds, len(arena.targets))
+    variants = _better_layers_first(search, _variants(facts, recommendation, size, fixed, symmetry,
+                                                      None if budget_seconds is None else search.left(), speeds, len(arena.targets)))
     views = [view for c in variants if c.feature_layers == "stages" for view in SYMMETRIES[c.symmetries]]
     if len(set(views)) > 1:
         _shared_feature_pass(search, size, tuple(dict.fromkeys(views)), warmed)
@@ -485,7 +488,7 @@ def measure_symmetry(arena: Arena, fold, size: int, class_weight: str | None) ->
 
 
 def _variants(facts, recommendation, size: int, fixed, symmetry: Symmetry | None,
-              budget_seconds: float | None, speeds: Speeds | None, n_images: int) -> list[Candidate]:
+              seconds_left: float | None, speeds: Speeds | None, n_images: int) -> list[Candidate]:
     weights = fixed.get("class_weight", None)
     candidates = []
     if recommendation.class_weight and "class_weight" not in fixed:
@@ -494,7 +497,7 @@ def _variants(facts, recommendation, size: int, fixed, symmetry: Symmetry | None
         side = int(fixed.get("image_size") or max(16, min(DEFAULT_SIDE, int(facts.median_side or DEFAULT_SIDE))))
         candidates.append(Candidate("pixels", side, "train from scratch, sized to the data: an RBF SVM on the pixels", weights))
     layers = fixed.get("feature_layers")
-    for group in _averaged_symmetries(fixed.get("symmetries"), symmetry, budget_seconds, speeds, size, n_images):
+    for group in _averaged_symmetries(fixed.get("symmetries"), symmetry, seconds_left, speeds, size, n_images):
         why = f"test-time augmentation: {SYMMETRY_WORDS[group]} keep the class"
         for strategy in ("svm", "logistic"):
             candidates.append(Candidate(strategy, size, why, weights, group, feature_layers=layers or "bottleneck"))
@@ -506,11 +509,12 @@ def _variants(facts, recommendation, size: int, fixed, symmetry: Symmetry | None
     return candidates
 
 
-def _averaged_symmetries(wanted: str | None, symmetry: Symmetry | None, budget_seconds: float | None, speeds: Speeds | None,
+def _averaged_symmetries(wanted: str | None, symmetry: Symmetry | None, seconds_left: float | None, speeds: Speeds | None,
                          size: int, n_images: int) -> list[str]:
     """The groups of views (:data:`SYMMETRIES`) whose averaged features become candidates: the
     one the user fixed, else each group whose every view keeps the class and whose extra forward
-    passes fit :data:`TTA_SHARE` of the budget (``flips``: 3 more per image, ``dihedral``: 7)."""
+    passes fit :data:`TTA_SHARE` of what is left of the budget (``flips``: 3 more per image,
+    ``dihedral``: 7)."""
     if wanted is not None:
         return [] if wanted == "none" else [wanted]
     if symmetry is None:
@@ -518,9 +522,21 @@ def _averaged_symmetries(wanted: str | None, symmetry: Symmetry | None, budget_s
     groups = []
     for group, kept in (("flips", symmetry.flips), ("dihedral", symmetry.dihedral)):
         cost = (len(SYMMETRIES[group]) - 1) * n_images * speeds.forward(size) if speeds is not None else 0.0
-        if kept and (budget_seconds is None or cost <= TTA_SHARE * budget_seconds):
+        if kept and (seconds_left is None or cost <= TTA_SHARE * seconds_left):
             groups.append(group)
     return groups
+
+
+def _better_layers_first(search: Engine, variants: list[Candidate]) -> list[Candidate]:
+    """``variants`` with the averaged-view candidates of the feature layers that scored best in
+    round 1 first (a stable sort): where the budget ends before the last of them, the likeliest
+    winner has been measured."""
+    first_round = {t.candidate.feature_layers: t.accuracy for t in search.trials.values() if t.accuracy is not None
+                   and t.candidate.strategy == "svm" and t.candidate.symmetries == "none" and t.candidate.class_weight is None}
+
+    def rank(candidate: Candidate) -> float:
+        return 1.0 if candidate.symmetries == "none" else -first_round.get(candidate.feature_layers, 0.0)
+    return sorted(variants, key=lambda c: (c.symmetries != "none", rank(c)))
 
 
 def _network_augment(fixed, symmetry: Symmetry | None) -> str:
