@@ -139,8 +139,8 @@ class CostModel:
     cached after the first); a network ``epochs`` of training steps and a validation pass; a
     classifier on frozen features one forward pass per image and view not yet computed (by a
     scored candidate, or by a shared pass recorded in ``warmed``; multi-layer features include
-    the bottleneck's); the pixels' kernel machine nothing before it ran (seconds, on at most a few
-    thousand images).
+    the bottleneck's), plus reading the cached ones and fitting (:func:`_reading_seconds`); the
+    pixels' kernel machine nothing before it ran (seconds, on at most a few thousand images).
     """
 
     def __init__(self, speeds: Speeds, n_images: int, warmed: set[tuple[int, str, str]] | None = None):
