@@ -168,15 +168,17 @@ class CostModel:
 
 
 def _reading_seconds(candidate: Candidate, trials: Mapping[Candidate, Any]) -> float:
-    """Seconds to read ``candidate``'s cached features and fit its classifier: per view, the least
-    a scored candidate of the same strategy, side and layers took per view beyond its extraction.
+    """Seconds to fit ``candidate``'s classifier on cached features: per view, the least a scored
+    candidate of the same strategy, side and layers took per view beyond its extraction.
 
-    Cached views are not free: each one's images are viewed and hashed to find them, and the
-    classifier is fitted on their mean (ELPV, 1,968 images at 224 px, svm: 13 s for one view, 53 s
-    for the 4 flips, 74 s for the 8 symmetries of the square, which a 7-minute fit once started
-    23 s before its deadline on an estimate of 0 s; logistic: 4 s and 6 s, so the strategy counts).
-    Scaling by the views over-estimates where the classifier's fit dominates (multi-layer svm: 33 s
-    for one view, 81 s for 4): the budget errs on its own side. 0 before any such candidate was scored."""
+    Cached views are not free: the classifier is fitted on their mean, and its fit grows with
+    the views (ELPV, 1,968 images at 224 px, svm: 13 s for one view, 53 s for the 4 flips, 74 s
+    for the 8 symmetries of the square, which a 7-minute fit once started 23 s before its
+    deadline on an estimate of 0 s; logistic: 4 s and 6 s, so the strategy counts). An estimate,
+    wrong both ways: reading cached features counts as extraction and is left out (60-minute
+    ELPV fit: the 8-view svm ~23 s estimated, 66 s taken), and scaling a one-view fit by the
+    views over-estimates the multi-layer svm (33 s for one view, ~125 s estimated for 4, 74-81 s
+    taken). 0 before any such candidate was scored."""
     per_view = [(t.fold_seconds[0] - t.extract_seconds) / len(SYMMETRIES[t.candidate.symmetries])
                 for t in trials.values() if t.fold_seconds and t.candidate.strategy == candidate.strategy
                 and t.candidate.image_size == candidate.image_size and t.candidate.feature_layers == candidate.feature_layers]
