@@ -442,7 +442,7 @@ def test_the_budget_counts_reading_cached_views_at_the_rate_a_scored_candidate_t
     warmed = {(32, "stages", view) for view in SYMMETRIES["dihedral"]}
     cost = CostModel(FakeSpeeds(forward=1.0, train=1.0), 18, warmed)
     svm, dihedral = Candidate("svm", 32, "a"), Candidate("svm", 32, "b", symmetries="dihedral")
-    scored = {svm: Trial(svm, [0.9], [0], fold_seconds=[13.0], extract_seconds=3.0)}  # 10 s to read one view and fit
+    scored = {svm: Trial(svm, [0.9], [0], fold_seconds=[13.0], extract_seconds=3.0)}  # 10 s a view beyond its extraction
     assert cost(dihedral, 14, 4, scored) == 8 * 10.0
     flips = Candidate("svm", 32, "c", symmetries="flips")
     scored[flips] = Trial(flips, [0.9], [0], fold_seconds=[24.0])  # 6 s a view: the least per view counts
