@@ -185,7 +185,7 @@ class Symmetry:
             if kind not in self.trained_with:
                 return f"{name}: no detectable change ({self.accuracy[kind]:.3f})" if kept else \
                        f"{name} changes the class ({self.accuracy[kind]:.3f}, beyond the tolerance)"
-            trained = (f"{name}: {self.accuracy[kind]:.3f}, but trained on such views too (labels unchanged) the svm scores "
+            trained = (f"{name}: {self.accuracy[kind]:.3f}; trained on such views too (labels unchanged) the svm scores "
                        f"{self.trained_with[kind]:.3f} as they are")
             return f"{trained}: the class is kept (the features alone differ)" if kept else \
                    f"{trained}: it changes the class (beyond the tolerance)"
