@@ -471,8 +471,9 @@ def measure_symmetry(arena: Arena, fold, size: int, class_weight: str | None) ->
                                               seed=int(arena.params.get("seed", 0)), class_weight=class_weight)
     # the held-out rows are read chunk by chunk and flipped there: no copy of them in memory
     views = {"none": "identity", "horizontal": "horizontal", "vertical": "vertical", "rotate90": "rotate90"}
-    accuracy = {name: float(pipeline.score(extractor.transform(pixels, view=view, rows=test), arena.targets[test]))
-                for name, view in views.items()}
+    as_they_are = extractor.transform(pixels, rows=test)
+    accuracy = {name: float(pipeline.score(as_they_are if view == "identity" else extractor.transform(pixels, view=view, rows=test),
+                                           arena.targets[test])) for name, view in views.items()}
     plain = accuracy["none"]
     tolerance = noise_tolerance(plain, len(test))
     trained_with: dict[str, float] = {}
@@ -481,7 +482,7 @@ def measure_symmetry(arena: Arena, fold, size: int, class_weight: str | None) ->
         refit, _ = fit_linear_classifier(both, np.concatenate([targets, targets]), np.concatenate([groups, groups]),
                                          strategy="svm", C=summary["C"], seed=int(arena.params.get("seed", 0)),
                                          class_weight=class_weight)
-        trained_with[name] = float(refit.score(extractor.transform(pixels, rows=test), arena.targets[test]))
+        trained_with[name] = float(refit.score(as_they_are, arena.targets[test]))
     kept = {name: max(accuracy[name], trained_with.get(name, 0.0)) >= plain - tolerance for name in views}
     return Symmetry(accuracy=accuracy, tolerance=tolerance, horizontal=kept["horizontal"], vertical=kept["vertical"],
                     rotation=kept["rotate90"], trained_with=trained_with)
