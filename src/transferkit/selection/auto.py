@@ -279,8 +279,8 @@ def search_auto(
         (on_event or (lambda line: None))(f"{search.stamp()} symmetries that keep the class: {', '.join(symmetry.kept) or 'none'}")
 
     # 3. cheap variants the facts call for
-    variants = _better_layers_first(search, _variants(facts, recommendation, size, fixed, symmetry,
-                                                      None if budget_seconds is None else search.left(), speeds, len(arena.targets)))
+    variants = _better_layers_first(search, _variants(facts, recommendation, size, fixed, symmetry, search.left(), speeds,
+                                                      len(arena.targets)))
     views = [view for c in variants if c.feature_layers == "stages" for view in SYMMETRIES[c.symmetries]]
     if len(set(views)) > 1:
         _shared_feature_pass(search, size, tuple(dict.fromkeys(views)), warmed)
@@ -515,7 +515,7 @@ def _averaged_symmetries(wanted: str | None, symmetry: Symmetry | None, seconds_
     """The groups of views (:data:`SYMMETRIES`) whose averaged features become candidates: the
     one the user fixed, else each group whose every view keeps the class and whose extra forward
     passes fit :data:`TTA_SHARE` of what is left of the budget (``flips``: 3 more per image,
-    ``dihedral``: 7)."""
+    ``dihedral``: 7; ``seconds_left`` None or infinite: no bound)."""
     if wanted is not None:
         return [] if wanted == "none" else [wanted]
     if symmetry is None:
