@@ -30,15 +30,15 @@ earlier ones measured:
 4. A learning-rate pilot: the playbook trains pretrained layers 10x slower than the new head;
    two short trainings (:data:`PILOT_EPOCHS` epochs at a smaller side than the network's, at most
    :data:`PILOT_SIDE` px) measure that rule against training every layer at the head's rate, and
-   the network keeps the playbook's unless the other wins beyond the fold's noise (far domains:
-   on the spatial set 0.31 -> 0.43 after one epoch, and 0.82 -> 1.00 validation accuracy after
-   8). Skipped when it would take more than :data:`PILOT_SHARE` of the network's own estimate, or
+   the network keeps the playbook's unless the other wins by more than the winner rule's tie,
+   one paired standard error over the held-out images (far domains: on the spatial set 0.31 ->
+   0.43 after one epoch, and 0.82 -> 1.00 validation accuracy after 8). Skipped when it would take more than :data:`PILOT_SHARE` of the network's own estimate, or
    when the user fixed the factor. At ``lr x 1`` the network needs fewer steps
    (:data:`MIN_STEPS_FAST`), so it is sized again, larger, with what is left.
    Then a regularisation pilot: the same short training at the chosen factor with the ``light``
    and ``strong`` presets of :mod:`transferkit.training.regularize` beside today's recipe (the
-   learning-rate pilot's own run); the network takes the strongest setting within the fold's
-   noise of the best. Where the imbalance rule fired, one more run draws class-balanced
+   learning-rate pilot's own run); the network takes the strongest setting tied with the best
+   (the same paired rule). Where the imbalance rule fired, one more run draws class-balanced
    batches, kept when balanced accuracy gains beyond the noise at no accuracy cost beyond it.
 5. A trained network (``finetune`` at the advised freeze depth, or ``full``), at the largest
    image side and the most epochs that the rest of the budget affords on this machine (a
@@ -78,7 +78,7 @@ from transferkit.selection.engine import Arena, Engine
 from transferkit.selection.ensemble import ensemble_members, feature_member_at, held_out_score, is_ensemble, measure_ensemble
 from transferkit.selection.folds import holdout_folds
 from transferkit.selection.results import Results, Trial
-from transferkit.selection.winner import Decision, choose
+from transferkit.selection.winner import Decision, Paired, choose, paired_difference
 from transferkit.strategies import get_strategy
 from transferkit.strategies.features import SYMMETRIES, FeatureExtractor, symmetric_features
 from transferkit.strategies.linear import fit_linear_classifier
@@ -609,8 +609,10 @@ def _pilot_learning_rate(network: Candidate, search: Engine, reasons: list[str],
                          n_test: int, size_fixed: bool = False) -> Pilot | None:
     """Measure the playbook's learning-rate rule on this data: ``network``'s strategy trained
     briefly with each of :data:`PILOT_FACTORS` on the held-out fold. The factor the network
-    should use is the playbook's unless another wins beyond the fold's noise; None when the
-    pilot was not run (too costly next to the network, or a pilot failed to fit the budget)."""
+    should use is the playbook's unless the other wins by more than the winner rule's tie
+    (:func:`pilot_paired`: the two pilots' per-image outcomes on the same held-out images, which
+    separate rates that two accuracies with their own noise each cannot); None when the pilot was
+    not run (too costly next to the network, or a pilot failed to fit the budget)."""
     side = _pilot_side(network, size_fixed)
     pilots = [with_params(replace(network, image_size=side, proposed_by=why), epochs=PILOT_EPOCHS, patience=PILOT_EPOCHS,
                           backbone_lr_factor=factor)
@@ -626,11 +628,12 @@ def _pilot_learning_rate(network: Candidate, search: Engine, reasons: list[str],
     if any(t.accuracy is None for t in trials):
         return None
     playbook, other = trials[0].accuracy, trials[1].accuracy
-    margin = noise_tolerance(playbook, n_test)
-    factor = PILOT_FACTORS[1] if other > playbook + margin else PILOT_FACTORS[0]
+    paired = pilot_paired(search, trials[1], trials[0])
+    factor = PILOT_FACTORS[1] if paired.difference > 0 and not paired.tied else PILOT_FACTORS[0]
     reasons.append(f"learning-rate pilot ({PILOT_EPOCHS} epochs at {side} px): pretrained layers at lr x{PILOT_FACTORS[0]:g} "
-                   f"scored {playbook:.3f}, at lr x{PILOT_FACTORS[1]:g} {other:.3f} (noise {margin:.3f}): the network trains "
-                   f"them at lr x{factor:g}" + ("" if factor == PLAYBOOK_LR_FACTOR else ", the playbook's rule does not hold here"))
+                   f"scored {playbook:.3f}, at lr x{PILOT_FACTORS[1]:g} {other:.3f} (paired standard error "
+                   f"{paired.standard_error:.3f}): the network trains them at lr x{factor:g}"
+                   + ("" if factor == PLAYBOOK_LR_FACTOR else ", the playbook's rule does not hold here"))
     return Pilot(factor=factor, side=side, trials=dict(zip(PILOT_FACTORS, trials)))
 
 
@@ -646,7 +649,7 @@ def _regularization_pilot(network: Candidate, search: Engine, reasons: list[str]
 
     The learning-rate pilot's run at the chosen factor is today's recipe (``"none"``); the same
     short training with the ``"light"`` and ``"strong"`` presets joins it, and the network takes
-    the strongest setting whose held-out accuracy is within the fold's noise of the best (at
+    the strongest setting tied with the best by the winner rule (:func:`pilot_paired`; at
     equal accuracy after a few epochs, the regularised run is the one that overfits later:
     ELPV's network overfitted from epoch 15 of 30). Where the advisor found the classes
     imbalanced (``imbalance``: largest / smallest class, None where its rule did not fire), one
@@ -677,14 +680,15 @@ def _regularization_pilot(network: Candidate, search: Engine, reasons: list[str]
     if runs:
         trials = [base, *search.evaluate_candidates(runs, [0])]
         names = ["none", *settings]
-        scored = [(name, t.accuracy) for name, t in zip(names, trials) if t.accuracy is not None]
-        best = max(accuracy for _, accuracy in scored)
-        margin = noise_tolerance(best, n_test)
-        name = [n for n, accuracy in scored if accuracy >= best - margin][-1]  # the strongest within the noise
+        scored = [(name, t) for name, t in zip(names, trials) if t.accuracy is not None]
+        best = max((t for _, t in scored), key=lambda t: t.accuracy)  # max keeps the first of equals: the weaker
+        paired = {n: pilot_paired(search, best, t) for n, t in scored}
+        name = [n for n, _ in scored if paired[n].tied][-1]  # the strongest tied with the best
         chosen["regularization"] = name
         reasons.append(f"regularisation pilot ({PILOT_EPOCHS} epochs at {pilot.side} px, lr x{pilot.factor:g}): "
-                       + ", ".join(f"{n} {a:.3f}" for n, a in scored) + f" held-out (noise {margin:.3f}): the network trains "
-                       f"with {REGULARIZATION_WORDS[name]}, the strongest setting within the noise of the best")
+                       + ", ".join(f"{n} {t.accuracy:.3f}" for n, t in scored) + " held-out (paired standard errors from "
+                       "the best " + ", ".join(f"{paired[n].standard_error:.3f}" for n, t in scored if t is not best)
+                       + f"): the network trains with {REGULARIZATION_WORDS[name]}, the strongest setting tied with the best")
         base = trials[names.index(name)]
     if balance:
         (drawn,) = search.evaluate_candidates([with_params(replace(base.candidate, proposed_by="pilot: class-balanced batches"),
@@ -722,6 +726,16 @@ def _shared_feature_pass(search: Engine, size: int, views: tuple[str, ...], warm
     search.on_event(f"{search.stamp()} multi-layer features of {len(pixels):,} images at {size} px ({', '.join(todo)}) in one "
                     f"pass of {time.perf_counter() - started:.0f} s; the bottleneck features are their last "
                     f"{extractor.model.bottleneck_width:,} values")
+
+
+def pilot_paired(search: Engine, a: Trial, b: Trial) -> Paired:
+    """The winner rule's paired comparison (:func:`~transferkit.selection.winner.paired_difference`)
+    of two pilots scored on the first fold: accuracy of ``a`` minus ``b`` image by image on the same
+    held-out images, with its standard error. ``.tied``: within
+    :data:`~transferkit.selection.winner.TIE_STANDARD_ERRORS` of it."""
+    targets = search.arena.targets[np.sort(search.folds[0][1])]
+    right = [(np.asarray(t.predictions[0]) == targets).astype(float)[None, :] for t in (a, b)]
+    return paired_difference(*right)
 
 
 def noise_tolerance(accuracy: float, n_images: int) -> float:
