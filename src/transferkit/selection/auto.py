@@ -39,7 +39,8 @@ earlier ones measured:
    and ``strong`` presets of :mod:`transferkit.training.regularize` beside today's recipe (the
    learning-rate pilot's own run); the network takes the strongest setting tied with the best
    (the same paired rule). Where the imbalance rule fired, one more run draws class-balanced
-   batches, kept when balanced accuracy gains beyond the noise at no accuracy cost beyond it.
+   batches, kept when balanced accuracy gains beyond a paired standard error (each image weighted
+   by its class's rarity) at no accuracy cost beyond one.
 5. A trained network (``finetune`` at the advised freeze depth, or ``full``), at the largest
    image side and the most epochs that the rest of the budget affords on this machine (a
    training step is timed), with the augmentation the symmetry test allows. Its schedule counts
@@ -653,8 +654,8 @@ def _regularization_pilot(network: Candidate, search: Engine, reasons: list[str]
     equal accuracy after a few epochs, the regularised run is the one that overfits later:
     ELPV's network overfitted from epoch 15 of 30). Where the advisor found the classes
     imbalanced (``imbalance``: largest / smallest class, None where its rule did not fire), one
-    more run draws class-balanced batches, kept when its balanced accuracy wins
-    beyond the noise at no loss of accuracy beyond it. Returns the parameters for the network
+    more run draws class-balanced batches, kept when its balanced accuracy wins by more than a
+    paired standard error at no loss of accuracy beyond one (:func:`pilot_paired`). Returns the parameters for the network
     (``regularization``, ``sampling``); those the user fixed are not measured. Skipped (returns
     ``{}``) when the runs would cost more than :data:`PILOT_SHARE` of the network's estimate.
     """
@@ -695,13 +696,16 @@ def _regularization_pilot(network: Candidate, search: Engine, reasons: list[str]
                                                            sampling="balanced")], [0])
         if drawn.accuracy is not None:
             plain_b, drawn_b = (balanced_accuracy(targets, t.predictions[0]) for t in (base, drawn))
-            keep = drawn_b > plain_b + noise_tolerance(plain_b, n_test) and drawn.accuracy >= base.accuracy - noise_tolerance(base.accuracy, n_test)
+            gain, cost = pilot_paired(search, drawn, base, balanced=True), pilot_paired(search, base, drawn)
+            keep = gain.difference > 0 and not gain.tied and cost.tied
             chosen["sampling"] = "balanced" if keep else "shuffle"
             reasons.append(f"sampling pilot (imbalanced classes, {imbalance:.1f}:1): class-balanced batches scored "
                            f"balanced accuracy {drawn_b:.3f} and accuracy {drawn.accuracy:.3f}, each image once per epoch "
-                           f"{plain_b:.3f} and {base.accuracy:.3f}: the network "
+                           f"{plain_b:.3f} and {base.accuracy:.3f} (paired standard errors {gain.standard_error:.3f} and "
+                           f"{cost.standard_error:.3f}): the network "
                            + ("draws class-balanced batches" if keep else "sees each image once per epoch (balanced batches "
-                              "did not raise balanced accuracy beyond the noise without costing accuracy)"))
+                              "did not raise balanced accuracy beyond a paired standard error without costing "
+                              "accuracy beyond one)"))
     return chosen
 
 
@@ -728,13 +732,20 @@ def _shared_feature_pass(search: Engine, size: int, views: tuple[str, ...], warm
                     f"{extractor.model.bottleneck_width:,} values")
 
 
-def pilot_paired(search: Engine, a: Trial, b: Trial) -> Paired:
+def pilot_paired(search: Engine, a: Trial, b: Trial, balanced: bool = False) -> Paired:
     """The winner rule's paired comparison (:func:`~transferkit.selection.winner.paired_difference`)
     of two pilots scored on the first fold: accuracy of ``a`` minus ``b`` image by image on the same
     held-out images, with its standard error. ``.tied``: within
-    :data:`~transferkit.selection.winner.TIE_STANDARD_ERRORS` of it."""
+    :data:`~transferkit.selection.winner.TIE_STANDARD_ERRORS` of it.
+
+    ``balanced``: each image's outcome weighted by ``n / (K * n_class)``, so that the mean
+    difference is the difference in balanced accuracy (the mean of the per-class recalls)."""
     targets = search.arena.targets[np.sort(search.folds[0][1])]
-    right = [(np.asarray(t.predictions[0]) == targets).astype(float)[None, :] for t in (a, b)]
+    weights = np.ones(len(targets))
+    if balanced:
+        present, index, counts = np.unique(targets, return_inverse=True, return_counts=True)
+        weights = len(targets) / (len(present) * counts[index])
+    right = [(weights * (np.asarray(t.predictions[0]) == targets))[None, :] for t in (a, b)]
     return paired_difference(*right)
 
 
