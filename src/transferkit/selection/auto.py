@@ -32,8 +32,9 @@ earlier ones measured:
    :data:`PILOT_SIDE` px) measure that rule against training every layer at the head's rate, and
    the network keeps the playbook's unless the other wins by more than the winner rule's tie,
    one paired standard error over the held-out images (far domains: on the spatial set 0.31 ->
-   0.43 after one epoch, and 0.82 -> 1.00 validation accuracy after 8). Skipped when it would take more than :data:`PILOT_SHARE` of the network's own estimate, or
-   when the user fixed the factor. At ``lr x 1`` the network needs fewer steps
+   0.43 after one epoch, and 0.82 -> 1.00 validation accuracy after 8). Skipped when it would
+   take more than :data:`PILOT_SHARE` of the network's own estimate, or when the user fixed the
+   factor. At ``lr x 1`` the network needs fewer steps
    (:data:`MIN_STEPS_FAST`), so it is sized again, larger, with what is left.
    Then a regularisation pilot: the same short training at the chosen factor with the ``light``
    and ``strong`` presets of :mod:`transferkit.training.regularize` beside today's recipe (the
@@ -655,8 +656,9 @@ def _regularization_pilot(network: Candidate, search: Engine, reasons: list[str]
     ELPV's network overfitted from epoch 15 of 30). Where the advisor found the classes
     imbalanced (``imbalance``: largest / smallest class, None where its rule did not fire), one
     more run draws class-balanced batches, kept when its balanced accuracy wins by more than a
-    paired standard error at no loss of accuracy beyond one (:func:`pilot_paired`). Returns the parameters for the network
-    (``regularization``, ``sampling``); those the user fixed are not measured. Skipped (returns
+    paired standard error at no loss of accuracy beyond one (:func:`pilot_paired`). Returns the
+    parameters for the network (``regularization``, ``sampling``); those the user fixed are not
+    measured. Skipped (returns
     ``{}``) when the runs would cost more than :data:`PILOT_SHARE` of the network's estimate.
     """
     fold = search.folds[0]
@@ -687,9 +689,10 @@ def _regularization_pilot(network: Candidate, search: Engine, reasons: list[str]
         name = [n for n, _ in scored if paired[n].tied][-1]  # the strongest tied with the best
         chosen["regularization"] = name
         reasons.append(f"regularisation pilot ({PILOT_EPOCHS} epochs at {pilot.side} px, lr x{pilot.factor:g}): "
-                       + ", ".join(f"{n} {t.accuracy:.3f}" for n, t in scored) + " held-out (paired standard errors from "
-                       "the best " + ", ".join(f"{paired[n].standard_error:.3f}" for n, t in scored if t is not best)
-                       + f"): the network trains with {REGULARIZATION_WORDS[name]}, the strongest setting tied with the best")
+                       + ", ".join(f"{n} {t.accuracy:.3f}" + ("" if t is best else f" (paired error {paired[n].standard_error:.3f})")
+                                   for n, t in scored)
+                       + f" held-out: the network trains with {REGULARIZATION_WORDS[name]}, the strongest setting tied with "
+                       "the best (within one paired standard error)")
         base = trials[names.index(name)]
     if balance:
         (drawn,) = search.evaluate_candidates([with_params(replace(base.candidate, proposed_by="pilot: class-balanced batches"),
