@@ -768,6 +768,33 @@ def test_a_small_set_scores_its_cheap_candidates_by_repeated_k_fold_on_every_ima
     assert found.decision.chosen is found.chosen and found.reasons[-1].startswith("the choice")
 
 
+def test_a_cheap_leader_keeps_its_final_fit_back_before_the_next_candidate_is_costed():
+    from transferkit.selection.auto import FINAL_FIT_FACTOR, _evaluate_cheap
+
+    stages = Candidate("svm", 224, "multi-layer", feature_layers="stages", symmetries="flips")
+    plain = Candidate("logistic", 224, "flips", symmetries="flips")
+    trials, reserve_when_costed = {}, []
+
+    class Search:
+        budget_seconds, reserve = 600.0, 30.0
+
+        def evaluate_candidates(self, candidates, folds):
+            reserve_when_costed.append(self.reserve)
+            (candidate,) = candidates  # one at a time under a budget
+            slow = candidate is stages
+            trials[candidate] = Trial(candidate, scores=[0.9 if slow else 0.8], folds=[0], seconds=140.0 if slow else 5.0,
+                                      extract_seconds=3.0)
+
+        def leader(self):
+            return max(trials.values(), key=lambda t: t.accuracy)
+
+    search = Search()
+    _evaluate_cheap(search, [stages, plain])
+    # the multi-layer svm leads after 140 s: its refit (137 s) is kept back before the logistic is costed
+    assert reserve_when_costed == [30.0, pytest.approx(FINAL_FIT_FACTOR * 137.0)]
+    assert search.reserve == pytest.approx(FINAL_FIT_FACTOR * 137.0)
+
+
 def test_the_network_leaves_the_leaders_final_fit_its_time():
     from transferkit.selection.auto import FINAL_FIT_FACTOR, _reserve_final_fit
 
