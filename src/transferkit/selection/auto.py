@@ -34,8 +34,8 @@ earlier ones measured:
    one paired standard error over the held-out images (far domains: on the spatial set 0.31 ->
    0.43 after one epoch, and 0.82 -> 1.00 validation accuracy after 8). Skipped when it would
    take more than :data:`PILOT_SHARE` of the network's own estimate, or when the user fixed the
-   factor. At ``lr x 1`` the network needs fewer steps
-   (:data:`MIN_STEPS_FAST`), so it is sized again, larger, with what is left.
+   factor. At ``lr x 1`` the network needs fewer steps (:data:`MIN_STEPS_FAST`), so it is sized
+   again, larger, with what is left.
    Then a regularisation pilot: the same short training at the chosen factor with the ``light``
    and ``strong`` presets of :mod:`transferkit.training.regularize` beside today's recipe (the
    learning-rate pilot's own run); the network takes the strongest setting tied with the best
@@ -672,8 +672,8 @@ def _regularization_pilot(network: Candidate, search: Engine, reasons: list[str]
     more run draws class-balanced batches, kept when its balanced accuracy wins by more than a
     paired standard error at no loss of accuracy beyond one (:func:`pilot_paired`). Returns the
     parameters for the network (``regularization``, ``sampling``); those the user fixed are not
-    measured. Skipped (returns
-    ``{}``) when the runs would cost more than :data:`PILOT_SHARE` of the network's estimate.
+    measured. Skipped (returns ``{}``) when the runs would cost more than :data:`PILOT_SHARE` of
+    the network's estimate.
     """
     fold = search.folds[0]
     n_train, n_test = len(fold[0]), len(fold[1])
