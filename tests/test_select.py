@@ -585,6 +585,7 @@ class PilotSearch:
         self.scores, self.budget_seconds, self.cost, self.ran = scores, budget_seconds, cost, []
         self.arena = SimpleNamespace(targets=np.arange(400) % 2)
         self.folds = [(np.arange(0), np.arange(400))]
+        self.results = Results(self.folds, self.arena.targets, 2)
         self.wrong = wrong or {0.1: np.arange(round((1 - scores.get(0.1, 1.0)) * 400)),
                                1.0: 399 - np.arange(round((1 - scores.get(1.0, 1.0)) * 400))}
 
@@ -594,7 +595,9 @@ class PilotSearch:
         for trial in trials:
             factor = dict(trial.candidate.params)["backbone_lr_factor"]
             trial.scores.append(self.scores[factor])
+            trial.folds.append(0)
             trial.predictions.append(_predictions(self.arena.targets, self.wrong[factor]))
+            self.results.trials[trial.candidate] = trial
         return trials
 
 
@@ -653,6 +656,7 @@ class RegularizationSearch:
         self.outcomes, self.budget_seconds, self.cost, self.ran = outcomes, budget_seconds, cost, []
         self.arena = SimpleNamespace(targets=np.asarray(targets))
         self.folds = [(np.arange(0), np.arange(len(targets)))]
+        self.results = Results(self.folds, self.arena.targets, int(self.arena.targets.max()) + 1)
 
     def evaluate_candidates(self, candidates, folds=None):
         self.ran += candidates
@@ -662,7 +666,9 @@ class RegularizationSearch:
             predictions = self.outcomes[params.get("regularization", "none"), params.get("sampling", "shuffle")]
             trial = Trial(candidate)
             trial.scores.append(float(np.mean(predictions == self.arena.targets)))
+            trial.folds.append(0)
             trial.predictions.append(predictions)
+            self.results.trials[trial.candidate] = trial
             trials.append(trial)
         return trials
 

@@ -800,13 +800,12 @@ def pilot_paired(search: Engine, a: Trial, b: Trial, balanced: bool = False) -> 
 
     ``balanced``: each image's outcome weighted by ``n / (K * n_class)``, so that the mean
     difference is the difference in balanced accuracy (the mean of the per-class recalls)."""
-    targets = search.arena.targets[np.sort(search.folds[0][1])]
-    weights = np.ones(len(targets))
+    weights = np.ones(len(search.arena.targets))
     if balanced:
-        present, index, counts = np.unique(targets, return_inverse=True, return_counts=True)
-        weights = len(targets) / (len(present) * counts[index])
-    right = [(weights * (np.asarray(t.predictions[0]) == targets))[None, :] for t in (a, b)]
-    return paired_difference(*right)
+        held_out = np.sort(search.folds[0][1])
+        present, index, counts = np.unique(search.arena.targets[held_out], return_inverse=True, return_counts=True)
+        weights[held_out] = len(held_out) / (len(present) * counts[index])
+    return paired_difference(*(weights * search.results.correct(t.candidate) for t in (a, b)))
 
 
 def noise_tolerance(accuracy: float, n_images: int) -> float:
