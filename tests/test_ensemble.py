@@ -26,11 +26,12 @@ from transferkit.training.runtime import resolve_runtime
 CPU = resolve_runtime("cpu", "fp32")
 
 
-def random_ensemble(symmetries: str = "none", layers: str = "bottleneck", n_classes: int = 3) -> EnsembleNetwork:
+def random_ensemble(symmetries: str = "none", layers: str = "bottleneck", n_classes: int = 3,
+                    network_symmetries: str = "none") -> EnsembleNetwork:
     torch.manual_seed(0)
     network, _ = create_backbone(TINY_BACKBONE, num_classes=n_classes, pretrained=False)
     features, _ = create_backbone(TINY_BACKBONE, num_classes=n_classes, pretrained=False)
-    return EnsembleNetwork(network, with_feature_layers(features, layers), symmetries).eval()
+    return EnsembleNetwork(network, with_feature_layers(features, layers), symmetries, network_symmetries).eval()
 
 
 @pytest.fixture(scope="module")
@@ -38,6 +39,22 @@ def ensemble_dir(image_folder, tiny_weights, tmp_path_factory):
     """A tiny ensemble fitted with ``fit --strategy ensemble`` semantics: finetune + svm, flips averaged."""
     return fit_tiny_model(image_folder, tiny_weights, tmp_path_factory.mktemp("ensemble") / "model", strategy="ensemble",
                           freeze=1, symmetries="flips", C=1.0, epochs=1)
+
+
+@pytest.fixture(scope="module")
+def tta_ensemble_dir(image_folder, tiny_weights, tmp_path_factory):
+    """The same ensemble with the network's probabilities averaged over the flips, as ``auto``
+    fits it when its measurement chose that (the candidate's ``network_symmetries`` parameter)."""
+    import dataclasses
+
+    from transferkit.strategies.ensemble import Ensemble
+
+    real = Ensemble.fit_after_search
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(Ensemble, "fit_after_search", lambda self, request, searched: real(
+            self, dataclasses.replace(request, params={**request.params, "network_symmetries": "flips"}), searched))
+        return fit_tiny_model(image_folder, tiny_weights, tmp_path_factory.mktemp("tta") / "model", strategy="ensemble",
+                              freeze=1, symmetries="flips", C=1.0, epochs=1)
 
 
 def test_the_tensor_views_are_the_numpy_views():
@@ -62,6 +79,22 @@ def test_the_ensemble_gives_the_mean_of_its_members_probabilities(symmetries, la
     torch.testing.assert_close(novelty_features, pooled, atol=1e-6, rtol=1e-5)
     torch.testing.assert_close(logits, model(x))
     assert not torch.allclose(ensemble, network, atol=1e-3) and not torch.allclose(ensemble, features, atol=1e-3)
+
+
+def test_the_ensembles_network_may_average_its_probabilities_over_views():
+    model = random_ensemble("none", network_symmetries="flips")
+    x = torch.randn(4, 3, 32, 32)
+    with torch.no_grad():
+        # test-time augmentation: the network's probabilities, each of the four flips, averaged
+        network = torch.stack([torch.softmax(model.network(TENSOR_VIEWS[name](x)), 1) for name in SYMMETRIES["flips"]]).mean(0)
+        features = torch.softmax(model.feature_model(x), 1)
+        member, _, _ = model.member_logits(x)
+        ensemble = torch.softmax(model(x), 1)
+    torch.testing.assert_close(torch.softmax(member, 1), network, atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(ensemble, (network + features) / 2, atol=1e-6, rtol=1e-5)
+    assert not torch.allclose(network, torch.softmax(model.network(x), 1).detach(), atol=1e-4)  # the views change it
+    with pytest.raises(Exception, match="network_symmetries expected one of"):
+        random_ensemble(network_symmetries="twirl")
 
 
 def test_network_outputs_give_the_ensembles_logits_and_its_feature_members_features():
@@ -108,6 +141,30 @@ def test_a_fitted_ensemble_saves_loads_and_predicts_the_same(ensemble_dir, image
         network, features, _ = loaded.model_.member_logits(inputs)
     mean = (torch.softmax(network, 1) + torch.softmax(features, 1)).numpy() / 2
     np.testing.assert_allclose(probabilities, mean, atol=1e-5)
+
+
+def test_an_ensemble_whose_network_averages_views_saves_loads_and_exports_the_same(tta_ensemble_dir, ensemble_dir, image_folder):
+    plan = read_config(tta_ensemble_dir)["plan"]
+    assert (plan["network_symmetries"], plan["symmetries"]) == ("flips", "flips")
+    assert read_config(ensemble_dir)["plan"]["network_symmetries"] == "none"
+    loaded = load(tta_ensemble_dir, precision="fp32")
+    assert loaded.model_.network_views == SYMMETRIES["flips"] and loaded.model_.views == SYMMETRIES["flips"]
+    pixels = load_pixels(image_folder, 32, cache_dir=False)
+    probabilities = loaded.predict_proba(image_folder)
+    inputs = (pixels_to_tensor(pixels).float() / 255 - torch.tensor(loaded.preprocessing_.mean).view(1, 3, 1, 1)) \
+        / torch.tensor(loaded.preprocessing_.std).view(1, 3, 1, 1)
+    with torch.no_grad():
+        network = torch.stack([torch.softmax(loaded.model_.network(TENSOR_VIEWS[name](inputs)), 1)
+                               for name in SYMMETRIES["flips"]]).mean(0)
+        _, features, _ = loaded.model_.member_logits(inputs)
+    np.testing.assert_allclose(probabilities, ((network + torch.softmax(features, 1)) / 2).numpy(), atol=1e-5)
+    pytest.importorskip("onnxruntime")
+    from transferkit.export import OnnxClassifier, export_onnx
+    from transferkit.export.onnx import PARITY_TOLERANCE
+
+    result = export_onnx(tta_ensemble_dir, tta_ensemble_dir.parent / "model.onnx", check_images=image_folder)
+    assert result.max_abs_diff < PARITY_TOLERANCE, result
+    np.testing.assert_allclose(OnnxClassifier(result.path).predict_proba(image_folder), probabilities, atol=1e-5)
 
 
 def test_fit_init_from_an_ensemble_is_refused_with_a_way_out(ensemble_dir):
@@ -243,6 +300,47 @@ def test_the_ensemble_round_averages_the_members_held_out_probabilities(tiny_par
     assert reasons and reasons[-1].startswith("ensemble: ") and f"{ensemble.accuracy:.3f}" in reasons[-1]
 
 
+def test_the_ensemble_is_measured_again_with_the_networks_probabilities_averaged_over_its_trained_views(tiny_params, tmp_path):
+    from transferkit.selection import Candidate
+    from transferkit.selection.auto import _ensemble_round
+    from transferkit.selection.ensemble import trained_views
+    from transferkit.strategies import FitOutcome
+
+    assert [trained_views(Candidate("full", 32, "n", params=(("augment", augment),))) for augment in
+            ("hflip,vflip,rot90,rotate", "vflip,hflip,translate", "hflip,rot90,rotate", "standard")] == \
+        ["dihedral", "flips", "none", "none"]
+    engine = tiny_engine(tiny_params, tmp_path)
+    test = engine.folds[0][1]
+    targets = engine.arena.targets[test]
+    torch.manual_seed(0)
+    model, preprocessing = create_backbone(TINY_BACKBONE, num_classes=3, pretrained=False)
+    outcome = FitOutcome(model=model.eval(), preprocessing=preprocessing, history={}, plan=None)
+    measured(engine, Candidate("svm", 32, "baseline"), member_probabilities(targets, 9, 0))
+    network = Candidate("full", 32, "network", params=(("augment", "hflip,vflip,rotate,translate"),))
+    trained = measured(engine, network, member_probabilities(targets, 9, 1), outcome)
+    reasons = []
+    _ensemble_round(engine, reasons)
+    ensembles = [t for t in engine.trials.values() if t.candidate.strategy == "ensemble"]
+    assert [dict(t.candidate.params).get("network_symmetries") for t in ensembles] == [None, "flips"]
+    plain, tta = ensembles
+    member = next(t for t in engine.trials.values() if dict(t.candidate.params).get("calibrated"))
+    # the identity view's probabilities are the search's; the three flips are forward passes of the trained model
+    pixels = engine.arena.pixels_at(32)[np.sort(test)]
+    flipped = [torch.softmax(model(to_input(view(pixels, name), preprocessing)), 1).detach().numpy()
+               for name in SYMMETRIES["flips"][1:]]
+    network_mean = (trained.probabilities[0] + sum(flipped)) / 4
+    np.testing.assert_allclose(tta.probabilities[0], (network_mean + member.probabilities[0]) / 2, atol=1e-5)
+    np.testing.assert_allclose(plain.probabilities[0], (trained.probabilities[0] + member.probabilities[0]) / 2)
+    assert tta.outcome is outcome and tta.candidate.label.endswith("network averaged over flips, with svm")
+    assert f"averaged over the flips it trained with (test-time augmentation), {tta.accuracy:.3f}" in reasons[-1]
+
+
+def to_input(pixels, preprocessing):
+    from transferkit.training.inputs import to_model_input
+
+    return to_model_input(pixels_to_tensor(pixels), preprocessing, CPU)
+
+
 def test_the_ensembles_feature_member_is_scored_again_at_the_networks_side(tiny_params, tmp_path):
     from transferkit.selection import Candidate
     from transferkit.selection.auto import _ensemble_round
@@ -309,6 +407,14 @@ def test_an_auto_fit_whose_ensemble_wins_keeps_the_searched_network_and_fits_the
     assert len(network_fits) == len(select.PILOT_FACTORS) + 2 + 1  # the pilots (learning rate; light, strong) and the network
     assert len(feature_fits) == 1 and len(feature_fits[0].targets) == 24  # the feature member, on every image
     assert any(r.startswith("ensemble: ") for r in search.reasons)
+    from transferkit.selection.ensemble import trained_views
+
+    # the colours keep their class under every flip and turn: the network trained with them, and the
+    # ensemble was measured once more with its probabilities averaged over them
+    trained = next(t for t in search.trials if t.candidate.strategy == "full")
+    assert trained_views(trained.candidate) == "dihedral"
+    assert [dict(t.candidate.params).get("network_symmetries") for t in search.trials
+            if t.candidate.strategy == "ensemble"] == [None, "dihedral"]
     assert search.reasons[-1].endswith("beside its feature classifier fitted on all the images, is the model")
     assert clf.predict(images).shape == (24,) and clf.novelty_ is not None
     # what fit reports as held-out accuracy is the ensemble's, as the search measured it, not its network member's

@@ -25,7 +25,6 @@ from transferkit.selection.auto import (
     _learning_rate_pilot,
     _network_augment,
     _network_candidate,
-    network_sides,
     _variants,
     measure_symmetry,
     search_auto,
@@ -149,37 +148,22 @@ def test_the_network_candidate_takes_the_largest_side_the_budget_affords(tiny_pa
     # 80 px affords 9 epochs (103 s each), 64 px all 12 (66 s each): the whole schedule at the smaller side wins,
     # with the 15 epochs that fit there
     assert (wide.image_size, dict(wide.params)["epochs"]) == (64, 15)
-    # a budget with room to spare: the images' own 300 px (above the backbone's 224), and the most epochs
-    # (a 60-minute ELPV fit had trained 7 of 30)
+    # a budget with room to spare: the largest side, and the most epochs (a 60-minute ELPV fit had trained 7 of 30)
     ample = Engine(arena, [fold], budget_seconds=100_000.0, cost=None, clock=itertools.repeat(0.0).__next__)
     large = _network_candidate(recommendation(strategy="full", freeze=0), facts(2000, 300), {}, ample, speeds, 1600, 400,
                                224, "rotate,translate", min_steps=300)
-    assert (large.image_size, dict(large.params)["epochs"]) == (300, MAX_NETWORK_EPOCHS)
-    # 300 px's 30 epochs cost (1,600 x 0.01 + 400 x 0.001) x (300/32)^2 x 30 = 43,242 s: 40,000 s affords 27 of them,
-    # still the whole schedule of 12 (600 steps of 50), so the larger side, with fewer epochs
-    hour = Engine(arena, [fold], budget_seconds=40_000.0, cost=None, clock=itertools.repeat(0.0).__next__)
-    native = _network_candidate(recommendation(strategy="full", freeze=0), facts(2000, 300), {}, hour, speeds, 1600, 400,
-                                224, "rotate,translate")
-    assert (native.image_size, dict(native.params)["epochs"]) == (300, 27)
+    assert (large.image_size, dict(large.params)["epochs"]) == (224, MAX_NETWORK_EPOCHS)
     # after a pilot that chose lr x1, 300 steps (6 epochs) suffice: 96 px affords them (6 x 148 s), 112 px does not
     fast = _network_candidate(recommendation(strategy="full", freeze=0), facts(2000, 300), {}, roomier, speeds, 1600, 400,
                               224, "rotate,translate", min_steps=300)
     assert (fast.image_size, dict(fast.params)["epochs"]) == (96, 6)
     fine = _network_candidate(recommendation(freeze=2), facts(2000, 300), {}, search, None, 1600, 400, 224, "x")
-    assert (fine.strategy, fine.freeze, fine.image_size) == ("finetune", 2, 300)
+    assert (fine.strategy, fine.freeze, fine.image_size) == ("finetune", 2, 224)
     # small data: a schedule in steps, not epochs: 150 images are 4 steps an epoch -> more epochs
     small = _network_candidate(recommendation(strategy="full", freeze=0), facts(150, 25), {}, search, None, 120, 30, 224, "x")
     assert dict(small.params)["epochs"] > 10 and small.image_size <= 64
     hopeless = FakeSpeeds(forward=1.0, train=10.0)
     assert _network_candidate(recommendation(), facts(2000, 300), {}, search, hopeless, 1600, 400, 224, "x") is None
-
-
-def test_the_network_may_train_at_the_images_own_side_above_the_backbones():
-    assert network_sides(224, 300)[:3] == [300, 224, 192]  # ELPV's cells: their own side first
-    assert network_sides(224, 1000)[0] == 336  # at most 1.5 x the backbone's side
-    assert network_sides(224, 224)[0] == 224 and network_sides(224, None)[0] == 224
-    assert network_sides(224, 50)[0] == 96 and network_sides(224, 28)[0] == 64  # small images: up to twice their side
-    assert network_sides(260, 300)[:2] == [300, 224]  # Lite2's 260 is no side of its own below them
 
 
 def scored(candidates_and_outcomes, targets=None):
@@ -834,7 +818,7 @@ def test_the_network_leaves_the_leaders_final_fit_its_time():
 
 
 def test_the_network_leaves_the_ensemble_round_the_time_to_rescore_the_features_at_its_side():
-    from transferkit.selection.auto import _ensemble_member_seconds
+    from transferkit.selection.auto import _ensemble_seconds
 
     stages = Candidate("svm", 224, "multi-layer", feature_layers="stages", symmetries="flips")
     trials = {stages: Trial(stages, scores=[0.79], folds=[0], seconds=71.0, extract_seconds=11.0),
@@ -845,9 +829,14 @@ def test_the_network_leaves_the_ensemble_round_the_time_to_rescore_the_features_
         costed.append(candidate)
         return 94.0  # the four flips at 300 px, not cached
 
+    cost.speeds = FakeSpeeds(forward=0.01, train=0.03)  # at 32 px; x (side / 32)^2
     search = SimpleNamespace(budget_seconds=3600.0, cost=cost, trials=trials, folds=[(np.arange(1574), np.arange(394))])
+    network = Candidate("full", 300, "a network", params=(("augment", "rotate,translate"),))
     # the best feature candidate, at the network's side, calibrated: its extraction plus its measured fit (60 s)
-    assert _ensemble_member_seconds(search, 300) == pytest.approx(94.0 + 60.0)
+    assert _ensemble_seconds(search, network) == pytest.approx(94.0 + 60.0)
     assert (costed[0].image_size, costed[0].feature_layers, dict(costed[0].params)["calibrated"]) == (300, "stages", True)
-    assert _ensemble_member_seconds(SimpleNamespace(**{**vars(search), "budget_seconds": None}), 300) == 0.0
-    assert _ensemble_member_seconds(SimpleNamespace(**{**vars(search), "trials": {}}), 300) == 0.0
+    # a network trained with both flips: 3 more forward passes of the 394 held-out images (test-time augmentation)
+    flipped = Candidate("full", 32, "a network", params=(("augment", "hflip,vflip,rotate"),))
+    assert _ensemble_seconds(search, flipped) == pytest.approx(94.0 + 60.0 + 3 * 394 * 0.01)
+    assert _ensemble_seconds(SimpleNamespace(**{**vars(search), "budget_seconds": None}), network) == 0.0
+    assert _ensemble_seconds(SimpleNamespace(**{**vars(search), "trials": {}}), network) == 0.0

@@ -77,7 +77,9 @@ from transferkit.evaluation.metrics import balanced_accuracy
 from transferkit.selection.candidates import Candidate, with_params
 from transferkit.selection.cost import FINAL_FIT_SHARE, CostModel, Speeds
 from transferkit.selection.engine import Arena, Engine
-from transferkit.selection.ensemble import ensemble_members, feature_member_at, held_out_score, is_ensemble, measure_ensemble
+from transferkit.selection.ensemble import (
+    ensemble_members, feature_member_at, held_out_score, is_ensemble, measure_ensemble, trained_views,
+)
 from transferkit.selection.folds import holdout_folds
 from transferkit.selection.results import Results, Trial
 from transferkit.selection.winner import Decision, Paired, choose, paired_difference
@@ -102,12 +104,6 @@ the k-fold split, at most this many: at least 400 held-out outcomes per candidat
 images allow (150 face crops: 2 x 5 folds, 300 outcomes)."""
 NETWORK_SIDES = (224, 192, 160, 128, 112, 96, 80, 64, 48, 32)
 """Image sides a trained network may use, largest first; the budget picks the first that fits."""
-NATIVE_SIDE_LIMIT = 1.5
-"""Images larger than the backbone's side offer the network their own (median) side first, up to
-this multiple of the backbone's: a fully convolutional network reads any side, and a downscale
-blurs what thin defects show (ELPV's 300 px cells, 224 px for Lite0: a 60-minute fit trained 29
-epochs at 224 px and left 16 minutes unused). Beyond 1.5x (Lite0: 336 px) an epoch costs over
-2.25x the backbone side's, and the budget rarely affords the schedule."""
 MIN_NETWORK_EPOCHS = 6
 """A network needs at least this many epochs (and :data:`MIN_STEPS` steps) to be worth measuring."""
 MAX_NETWORK_EPOCHS = 30
@@ -153,10 +149,10 @@ the same fit on all the images (a fifth more), its temperature on 3 inner folds 
 threshold, against the search's reads of every view's features (ELPV, multi-layer features +
 flips: 94 s in the search, 75 s as a final fit)."""
 ENSEMBLE_ROOM_SHARE = 0.1
-"""The time to rescore the features for the ensemble (:func:`_ensemble_member_seconds`) is kept
+"""The time the ensemble round takes (:func:`_ensemble_seconds`) is kept
 back from the network only where it is at most this share of what is left: an hour's budget
-spares it (ELPV, 300 px: ~3 of ~50 minutes), while ten minutes would lose a quarter of the
-network's epochs to a round that then rarely finds the network within the noise."""
+spares it (ELPV: ~2 of ~50 minutes), while ten minutes would lose a quarter of the network's
+epochs to a round that then rarely finds the network within the noise."""
 PERFECT = 1.0
 """A leader with this held-out accuracy leaves a network nothing to win: none is trained."""
 
@@ -338,7 +334,7 @@ def _network_round(search: Engine, recommendation, facts, fixed, speeds: Speeds 
     elif network is not None:
         # the ensemble round rescores the features at the network's side (at most this one's): time
         # the network is sized without, so that the round is not skipped
-        member = _ensemble_member_seconds(search, network.image_size)
+        member = _ensemble_seconds(search, network)
         member = member if member <= ENSEMBLE_ROOM_SHARE * search.left() else 0.0
         search.reserve += member
         if "backbone_lr_factor" in fixed:  # the candidate carries the rate it trains at (its label, the recommendation)
@@ -360,20 +356,25 @@ def _network_round(search: Engine, recommendation, facts, fixed, speeds: Speeds 
                        f"{MIN_NETWORK_EPOCHS} epochs at {NETWORK_SIDES[-1]} px on this machine (--budget-minutes M for more)")
 
 
-def _ensemble_member_seconds(search: Engine, side: int) -> float:
-    """Seconds the ensemble round will take to score the best frozen-feature candidate once more at
-    ``side`` px (its views extracted there where they are not cached, and its classifier fitted,
-    counted twice: at a new side no fit there has been timed), kept back while the network trains
-    so that the round is not skipped for want of time. 0 without a budget or a scored feature
-    candidate. The ensemble is what moved ELPV: 0.822 held-out against its members' 0.784 and 0.792."""
+def _ensemble_seconds(search: Engine, network: Candidate) -> float:
+    """Seconds the ensemble round will take after ``network``: scoring the best frozen-feature
+    candidate once more at the network's side (its views extracted there where they are not
+    cached, and its classifier fitted, counted twice: at a new side no fit there has been timed),
+    and the network's forward passes over the views it trains with (:func:`_test_time_views`).
+    Kept back while the network trains so that the round is not skipped for want of time. 0
+    without a budget or a scored feature candidate. The ensemble is what moved ELPV: 0.822
+    held-out against its members' 0.784 and 0.792."""
     features = [t for t in search.trials.values() if t.candidate.kind == "features" and held_out_score(t) is not None]
     if search.budget_seconds is None or search.cost is None or not features:
         return 0.0
     best = max(features, key=held_out_score)
-    member = with_params(replace(best.candidate, image_size=side), calibrated=True)
+    member = with_params(replace(best.candidate, image_size=network.image_size), calibrated=True)
     train, test = search.folds[0]
     fit = (best.seconds - best.extract_seconds) / len(best.folds)
-    return float(search.cost(member, len(train), len(test), search.trials)) + fit
+    views = len(SYMMETRIES[trained_views(network)]) - 1
+    speeds = getattr(search.cost, "speeds", None)
+    passes = 0.0 if speeds is None else views * len(test) * speeds.forward(network.image_size)
+    return float(search.cost(member, len(train), len(test), search.trials)) + fit + passes
 
 
 def _ensemble_round(search: Engine, reasons: list[str]) -> None:
@@ -405,7 +406,25 @@ def _ensemble_round(search: Engine, reasons: list[str]) -> None:
     reasons.append(f"ensemble: {network.candidate.label} scored {held_out_score(network):.3f} and {features.candidate.label} "
                    f"{held_out_score(features):.3f} on the held-out images, both within the noise ({tolerance:.3f}) of the best "
                    f"({best:.3f}){rescored}; the mean of their probabilities, image by image, scored "
-                   f"{held_out_score(ensemble):.3f} on the same images (no training)")
+                   f"{held_out_score(ensemble):.3f} on the same images (no training){_test_time_views(search, network, member)}")
+
+
+def _test_time_views(search: Engine, network: Trial, member: Trial) -> str:
+    """The ensemble once more with the network's probabilities averaged over the views it trained
+    with (:func:`~transferkit.selection.ensemble.trained_views`), where it trained with flips and
+    their forward passes on the held-out images fit what is left of the budget; the reason's tail."""
+    views = trained_views(network.candidate)
+    if views == "none":
+        return ""
+    speeds = getattr(search.cost, "speeds", None)
+    passes = (len(SYMMETRIES[views]) - 1) * len(search.folds[0][1])
+    seconds = None if speeds is None else passes * speeds.forward(network.candidate.image_size)
+    if seconds is not None and seconds > search.left():
+        return (f"; the network's probabilities averaged over the {views} it trained with were not measured: "
+                f"~{seconds:.0f} s of forward passes, {max(search.left(), 0):.0f} s left")
+    tta = measure_ensemble(search, network, member, views)
+    return (f"; with the network's probabilities averaged over the {views} it trained with (test-time augmentation), "
+            f"{held_out_score(tta):.3f}")
 
 
 def _evaluate_cheap(search: Engine, candidates: list[Candidate]) -> None:
@@ -602,8 +621,8 @@ def _network_augment(fixed, symmetry: Symmetry | None) -> str:
 def _network_candidate(recommendation, facts, fixed, search: Engine, speeds: Speeds | None,
                        n_train: int, n_test: int, backbone_size: int, augment: str,
                        min_steps: int = MIN_STEPS) -> Candidate | None:
-    """``finetune`` at the advised depth (``full`` where it freezes nothing), at the largest side of
-    :func:`network_sides` whose epochs (at least ``min_steps`` optimiser steps) fit what is left of the budget, for as
+    """``finetune`` at the advised depth (``full`` where it freezes nothing), at the largest side
+    whose epochs (at least ``min_steps`` optimiser steps) fit what is left of the budget, for as
     many epochs as fit there (at most :data:`MAX_NETWORK_EPOCHS`); None when not even the smallest
     side affords :data:`MIN_NETWORK_EPOCHS`."""
     freeze = recommendation.freeze if recommendation.strategy == "finetune" and recommendation.freeze else 0
@@ -614,7 +633,8 @@ def _network_candidate(recommendation, facts, fixed, search: Engine, speeds: Spe
     if fixed.get("image_size"):
         sides = [int(fixed["image_size"])]
     else:
-        sides = network_sides(backbone_size, facts.median_side)
+        largest = min(backbone_size, max(64, 2 * int(facts.median_side or backbone_size)))
+        sides = [side for side in NETWORK_SIDES if side <= largest] or [NETWORK_SIDES[-1]]
     affordable = {}
     for side in sides:  # largest first; each side's speed is timed only when it is needed
         affordable[side] = wanted_epochs
@@ -634,17 +654,6 @@ def _network_candidate(recommendation, facts, fixed, search: Engine, speeds: Spe
            f"largest side whose {epochs} epochs of ~{steps_per_epoch} steps the budget affords, augmentation {augment}")
     params = (("augment", augment), ("epochs", epochs), ("patience", max(3, epochs // 3)))
     return Candidate(strategy, side, why, fixed.get("class_weight", None), freeze=freeze or None, params=params)
-
-
-def network_sides(backbone_size: int, median_side: float | None) -> list[int]:
-    """The sides a network may train at, largest first (pixels): the images' own median side where
-    it exceeds the backbone's (at most :data:`NATIVE_SIDE_LIMIT` times it), then those of
-    :data:`NETWORK_SIDES` up to the backbone's side, or up to twice the images' side where they
-    are small (no more upscaling than that)."""
-    median = int(median_side or backbone_size)
-    native = [min(median, int(NATIVE_SIDE_LIMIT * backbone_size))] if median > backbone_size else []
-    largest = min(backbone_size, max(64, 2 * median))
-    return native + ([side for side in NETWORK_SIDES if side <= largest] or [NETWORK_SIDES[-1]])
 
 
 @dataclass(frozen=True)

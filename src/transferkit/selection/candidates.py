@@ -62,6 +62,8 @@ class Candidate:
             parts.append("balanced batches")
         if extra.get("calibrated"):  # scored with its fitted head's temperature (an ensemble's member)
             parts.append("calibrated")
+        if extra.get("network_symmetries", "none") != "none":  # an ensemble's network, test-time augmented
+            parts.append(f"network averaged over {extra['network_symmetries']}")
         if "feature_strategy" in extra:  # an ensemble's feature member
             member = [extra["feature_strategy"]]
             if extra.get("feature_layers", "bottleneck") not in ("bottleneck", AUTO):

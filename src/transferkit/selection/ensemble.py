@@ -15,6 +15,11 @@ The candidate is an ordinary :class:`~transferkit.selection.candidates.Candidate
 ``ensemble``: the network's side, freeze, class weight and parameters, plus its feature member as
 parameters (``feature_strategy``, ``feature_layers``, ``symmetries``) that the ensemble strategy
 reads. Its own ``symmetries`` setting stays ``"none"``: the views are inside the one module.
+
+Where the network trained with flips (and turns), the ensemble is measured a second time with
+the network's probabilities averaged over those views too (``network_symmetries``: test-time
+augmentation, :func:`network_view_probabilities`; forward passes of the trained network on the
+held-out images, no training), and the winner rule decides between the two.
 """
 
 from __future__ import annotations
@@ -23,12 +28,15 @@ import time
 from dataclasses import replace
 
 import numpy as np
+import torch
 
+from transferkit.data.views import SYMMETRIES, view
 from transferkit.selection.candidates import Candidate, with_params
 from transferkit.selection.engine import Engine
 from transferkit.selection.results import Trial
 from transferkit.selection.winner import choose
 from transferkit.strategies import FoldFit
+from transferkit.training.inputs import predict_logits
 
 HELD_OUT = 0
 """The fold every candidate of ``auto`` is scored on: the ensemble's members are paired there."""
@@ -71,27 +79,55 @@ def feature_member_at(search: Engine, features: Trial, side: int) -> Trial:
     return search.evaluate_candidates([member], [HELD_OUT])[0]
 
 
-def ensemble_candidate(network: Candidate, features: Candidate) -> Candidate:
+def ensemble_candidate(network: Candidate, features: Candidate, network_symmetries: str = "none") -> Candidate:
     """The ``ensemble`` candidate of ``network`` (its side, freeze, class weight, parameters) and
-    the feature member ``features`` (its strategy, layers and symmetries, as parameters)."""
+    the feature member ``features`` (its strategy, layers and symmetries, as parameters);
+    ``network_symmetries``: the views the network's probabilities are averaged over."""
+    tta = "" if network_symmetries == "none" else f", the network's averaged over {network_symmetries}"
     candidate = replace(network, strategy="ensemble", symmetries="none", feature_layers="bottleneck",
                         proposed_by=f"{network.label} and {features.label} may err on different images: "
-                                    "the mean of their probabilities")
-    return with_params(candidate, feature_strategy=features.strategy, feature_layers=features.feature_layers,
-                       symmetries=features.symmetries)
+                                    f"the mean of their probabilities{tta}")
+    candidate = with_params(candidate, feature_strategy=features.strategy, feature_layers=features.feature_layers,
+                            symmetries=features.symmetries)
+    return candidate if network_symmetries == "none" else with_params(candidate, network_symmetries=network_symmetries)
 
 
-def measure_ensemble(search: Engine, network: Trial, features: Trial) -> Trial:
+def trained_views(network: Candidate) -> str:
+    """The group of :data:`~transferkit.data.views.SYMMETRIES` that ``network``'s augmentation
+    (its ``augment`` parameter) trained it with: ``dihedral`` (both flips and turns by 90
+    degrees), ``flips`` (both flips) or ``none``."""
+    ops = set(str(dict(network.params).get("augment", "")).split(","))
+    return "dihedral" if {"hflip", "vflip", "rot90"} <= ops else "flips" if {"hflip", "vflip"} <= ops else "none"
+
+
+def network_view_probabilities(search: Engine, network: Trial, symmetries: str) -> np.ndarray:
+    """``network``'s class probabilities on the held-out images (n_held_out, K), averaged over the
+    views of ``symmetries`` (test-time augmentation): the identity view's are those the search
+    kept; each other view is one forward pass of the trained model (``network.outcome``)."""
+    test = np.sort(search.folds[HELD_OUT][1])
+    pixels = search.arena.pixels_at(network.candidate.image_size)[test]
+    model, preprocessing = network.outcome.model, network.outcome.preprocessing
+    views = [network.probabilities[network.folds.index(HELD_OUT)]]
+    for name in SYMMETRIES[symmetries][1:]:
+        views.append(torch.softmax(predict_logits(model, view(pixels, name), preprocessing, search.arena.runtime), 1).numpy())
+    return np.mean(views, axis=0)
+
+
+def measure_ensemble(search: Engine, network: Trial, features: Trial, network_symmetries: str = "none") -> Trial:
     """Record the ensemble of ``network`` and ``features`` (both scored on the held-out fold at the
-    same side) in the search: its held-out probabilities are the mean of theirs, image by image,
-    and its ``outcome`` is the network's trained model. Returns its trial."""
+    same side) in the search: its held-out probabilities are the mean of theirs, image by image
+    (the network's first averaged over the views of ``network_symmetries``), and its ``outcome``
+    is the network's trained model. Returns its trial."""
     started = time.perf_counter()
     test = np.sort(search.folds[HELD_OUT][1])
-    mean = (network.probabilities[network.folds.index(HELD_OUT)] + features.probabilities[features.folds.index(HELD_OUT)]) / 2
+    network_probabilities = (network.probabilities[network.folds.index(HELD_OUT)] if network_symmetries == "none"
+                             else network_view_probabilities(search, network, network_symmetries))
+    mean = (network_probabilities + features.probabilities[features.folds.index(HELD_OUT)]) / 2
     predictions = mean.argmax(1)
     fitted = FoldFit(accuracy=float((predictions == search.arena.targets[test]).mean()), seconds=time.perf_counter() - started,
                      predictions=predictions, probabilities=mean, outcome=network.outcome)
-    return search.record(ensemble_candidate(network.candidate, features.candidate), HELD_OUT, fitted)
+    return search.record(ensemble_candidate(network.candidate, features.candidate, network_symmetries), HELD_OUT, fitted)
 
 
-__all__ = ["ensemble_candidate", "ensemble_members", "feature_member_at", "held_out_score", "is_ensemble", "measure_ensemble"]
+__all__ = ["ensemble_candidate", "ensemble_members", "feature_member_at", "held_out_score", "is_ensemble", "measure_ensemble",
+           "network_view_probabilities", "trained_views"]

@@ -15,7 +15,9 @@ softmaxes a model's logits (``predict_proba``, ``evaluate``, the ONNX graph, ``s
 averaged probabilities with no special case. The feature member's image symmetries (flips, turns
 by 90 degrees) are views taken *inside* the module (:data:`TENSOR_VIEWS`, ``torch.flip`` and
 ``transpose``, which export to ONNX), so the ensemble's own settings say ``symmetries="none"``:
-nothing outside it averages views again. Its members are described in its
+nothing outside it averages views again. The network's probabilities may be averaged over views
+too (``network_symmetries``: test-time augmentation with the flips and turns it trained with),
+in the same module. Its members are described in its
 :class:`EnsemblePlan` (``config.json["plan"]``), from which :meth:`Ensemble.empty_model` rebuilds
 the empty module.
 
@@ -79,6 +81,9 @@ class EnsembleNetwork(nn.Module):
     symmetries : {"none", "flips", "dihedral"}
         The feature member's features are averaged over these views of the input (1, 4 or 8
         forward passes of it), as :func:`~transferkit.strategies.features.symmetric_features` does.
+    network_symmetries : {"none", "flips", "dihedral"}
+        The network's class probabilities are averaged over these views of the input (test-time
+        augmentation; 1, 4 or 8 forward passes of the network).
 
     Attributes
     ----------
@@ -86,16 +91,20 @@ class EnsembleNetwork(nn.Module):
         K.
     views : tuple of str
         The names of :data:`TENSOR_VIEWS` the feature member averages over.
+    network_views : tuple of str
+        Those the network's probabilities are averaged over.
     """
 
-    def __init__(self, network: nn.Module, feature_model: nn.Module, symmetries: str = "none") -> None:
+    def __init__(self, network: nn.Module, feature_model: nn.Module, symmetries: str = "none",
+                 network_symmetries: str = "none") -> None:
         super().__init__()
-        if symmetries not in SYMMETRIES:
-            raise ConfigError(f"symmetries expected one of {', '.join(SYMMETRIES)}. Received: symmetries={symmetries!r}")
+        for name, value in (("symmetries", symmetries), ("network_symmetries", network_symmetries)):
+            if value not in SYMMETRIES:
+                raise ConfigError(f"{name} expected one of {', '.join(SYMMETRIES)}. Received: {name}={value!r}")
         self.network = network
         self.feature_model = feature_model
-        self.symmetries = symmetries
-        self.views = SYMMETRIES[symmetries]
+        self.symmetries, self.network_symmetries = symmetries, network_symmetries
+        self.views, self.network_views = SYMMETRIES[symmetries], SYMMETRIES[network_symmetries]
         self.num_classes = int(network.get_classifier().out_features)
         if int(feature_model.get_classifier().out_features) != self.num_classes:
             raise ConfigError(f"the ensemble's members must know the same classes. Received: {self.num_classes} and "
@@ -106,15 +115,19 @@ class EnsembleNetwork(nn.Module):
         return self.network
 
     def member_logits(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """For normalised (N, 3, S, S) ``x``: the network's logits (N, K), the feature member's
-        logits (N, K) and its pooled features (N, D), both averaged over :attr:`views`.
+        """For normalised (N, 3, S, S) ``x``: the network's logits (N, K; over several
+        :attr:`network_views`, the log of its mean probabilities), the feature member's logits
+        (N, K) and its pooled features (N, D), both averaged over :attr:`views`.
 
         One view at a time, so memory does not grow with the number of views."""
         pooled = pooled_features(self.feature_model, x)
         for name in self.views[1:]:
             pooled = pooled + pooled_features(self.feature_model, TENSOR_VIEWS[name](x))
         pooled = pooled / len(self.views)
-        return self.network(x), self.feature_model.get_classifier()(pooled), pooled
+        network = self.network(x)
+        if len(self.network_views) > 1:
+            network = mean_probability_logits(network, *(self.network(TENSOR_VIEWS[name](x)) for name in self.network_views[1:]))
+        return network, self.feature_model.get_classifier()(pooled), pooled
 
     def logits_and_features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The ensemble's logits (N, K) and the feature member's view-averaged pooled features
@@ -147,10 +160,14 @@ class EnsemblePlan:
     """The network member's plan, in words."""
     features: str
     """The feature member's plan, in words."""
+    network_symmetries: str = "none"
+    """The views the network's probabilities are averaged over (``"none"`` in models saved before it)."""
 
     def describe(self) -> str:
-        return (f"ensemble: the mean of the probabilities of a trained network ({self.network}) and of a frozen-feature "
-                f"classifier ({self.features}{'' if self.symmetries == 'none' else f'; features averaged over {self.symmetries}'})")
+        views = "" if self.network_symmetries == "none" else f"; its probabilities averaged over {self.network_symmetries}"
+        return (f"ensemble: the mean of the probabilities of a trained network ({self.network}{views}) and of a "
+                f"frozen-feature classifier ({self.features}"
+                f"{'' if self.symmetries == 'none' else f'; features averaged over {self.symmetries}'})")
 
 
 def member_settings(params: Mapping[str, Any], settings: Settings) -> tuple[str, Settings, Settings]:
@@ -205,24 +222,28 @@ class Ensemble(Strategy):
         features = get_strategy(feature_strategy).fit(dataclasses.replace(
             request, settings=feature_settings, params={**request.params, "strategy": feature_strategy},
             validation=None, callbacks=()))
-        return combine(searched, features, feature_settings, freeze=request.settings.freeze)
+        return combine(searched, features, feature_settings, freeze=request.settings.freeze,
+                       network_symmetries=request.params.get("network_symmetries", "none"))
 
     def empty_model(self, config: Mapping[str, Any]) -> tuple[nn.Module, Preprocessing]:
         """The untrained ensemble a saved one's weights load into, from ``config["plan"]``."""
         plan = config.get("plan") or {}
         layers, symmetries = plan.get("feature_layers", "bottleneck"), plan.get("symmetries", "none")
-        if layers not in FEATURE_LAYERS or symmetries not in SYMMETRIES:
+        network_symmetries = plan.get("network_symmetries", "none")  # none in models saved before it
+        if layers not in FEATURE_LAYERS or symmetries not in SYMMETRIES or network_symmetries not in SYMMETRIES:
             raise ConfigError(f"config.json's ensemble plan names unknown features. Received: feature_layers={layers!r}, "
-                              f"symmetries={symmetries!r}")
+                              f"symmetries={symmetries!r}, network_symmetries={network_symmetries!r}")
         n_classes = len(config["classes"])
         network, preprocessing = create_backbone(config["backbone"], num_classes=n_classes, pretrained=False)
         feature_model, _ = create_backbone(config["backbone"], num_classes=n_classes, pretrained=False)
-        return EnsembleNetwork(network, with_feature_layers(feature_model, layers), symmetries), preprocessing
+        return EnsembleNetwork(network, with_feature_layers(feature_model, layers), symmetries, network_symmetries), preprocessing
 
 
-def combine(network: FitOutcome, features: FitOutcome, feature_settings: Settings, *, freeze: int | None = None) -> FitOutcome:
+def combine(network: FitOutcome, features: FitOutcome, feature_settings: Settings, *, freeze: int | None = None,
+            network_symmetries: str = "none") -> FitOutcome:
     """One :class:`EnsembleNetwork` of a fitted network and a fitted feature model (their
-    ``FitOutcome``), with the network's training history and both members' plans.
+    ``FitOutcome``), with the network's training history and both members' plans;
+    ``network_symmetries``: the views the network's probabilities are averaged over.
 
     Raises :class:`ConfigError` when the members were fitted with different preprocessing."""
     if network.preprocessing != features.preprocessing:
@@ -230,12 +251,13 @@ def combine(network: FitOutcome, features: FitOutcome, feature_settings: Setting
                           f"{network.preprocessing} and {features.preprocessing}")
     # a copy: the feature strategies keep their extractor's network for the next fit in this process
     feature_model = copy.deepcopy(features.model).cpu().eval()
-    model = EnsembleNetwork(network.model.cpu().eval(), feature_model, feature_settings.symmetries)
+    model = EnsembleNetwork(network.model.cpu().eval(), feature_model, feature_settings.symmetries, network_symmetries)
     plan = EnsemblePlan(
         strategy="ensemble", network_strategy=network.plan.strategy,
         freeze=freeze or None,
         feature_strategy=feature_settings.strategy, feature_layers=feature_settings.feature_layers,
         symmetries=feature_settings.symmetries, network=network.plan.describe(), features=features.plan.describe(),
+        network_symmetries=network_symmetries,
     )
     history = {**network.history, "ensemble": {"features": features.history}}
     # novelty reads the frozen backbone's features, which trained on no image: no held-out part to keep
