@@ -353,7 +353,7 @@ def fit(
     lr: Annotated[float, typer.Option(help="Learning rate of the new head (pretrained layers: lr x backbone-lr-factor).")] = DEFAULTS["lr"],
     backbone_lr_factor: Annotated[str, typer.Option(help="Pretrained layers train at lr times this. auto: 0.1 (the playbook's 10x smaller), measured against 1 by a short pilot under --strategy auto.")] = "auto",
     image_size: Annotated[Optional[int], typer.Option(help="Square image side in pixels (default: the backbone's).")] = None,
-    augment: Annotated[str, typer.Option(help="Network strategies: a preset (none | light | standard | strong) or a composition of hflip, vflip, rot90, rotate, translate, scale, color, e.g. 'rotate,translate' (no flips). auto: with --strategy auto, the flips and 90-degree turns the symmetry test allows; else standard.")] = "auto",
+    augment: Annotated[str, typer.Option(help="Network strategies: a preset (none | light | standard | strong) or a composition of hflip, vflip, rot90, rotate, translate, scale, color, e.g. 'rotate,translate' (no flips). auto: with --strategy auto, the flips and 90-degree turns the held-out images look alike under (the symmetry test); else standard.")] = "auto",
     batch_size: Annotated[int, typer.Option(help="Images per training step.")] = DEFAULTS["batch_size"],
     val_fraction: Annotated[float, typer.Option(help="Stratified hold-out share for early stopping.")] = DEFAULTS["val_fraction"],
     patience: Annotated[int, typer.Option(help="Epochs without better validation loss before stopping.")] = DEFAULTS["patience"],

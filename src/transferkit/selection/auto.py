@@ -44,7 +44,7 @@ earlier ones measured:
    by its class's rarity) at no accuracy cost beyond one.
 5. A trained network (``finetune`` at the advised freeze depth, or ``full``), at the largest
    image side and the most epochs that the rest of the budget affords on this machine (a
-   training step is timed), with the augmentation the symmetry test allows. Its schedule counts
+   training step is timed), with the flips and turns the held-out images look alike under. Its schedule counts
    optimiser steps, not epochs: small data sets get more epochs. It stops early when it cannot
    catch the leader, or when the budget runs out; if it wins, the network trained here is the
    model (no second training).
@@ -179,6 +179,12 @@ class Symmetry:
     def dihedral(self) -> bool:
         """Every symmetry of the square keeps the class (the flips and the turns by 90 degrees)."""
         return self.flips and self.rotation
+
+    def unchanged(self, kind: str) -> bool:
+        """Whether the held-out images seen through view ``kind`` (``horizontal``, ``vertical``,
+        ``rotate90``) scored within the tolerance of them as they are: the first test alone. The
+        images look alike under the view, so new images may show it."""
+        return kind in self.accuracy and self.accuracy[kind] >= self.accuracy["none"] - self.tolerance
 
     @property
     def kept(self) -> list[str]:
@@ -610,11 +616,17 @@ def _better_layers_first(search: Engine, variants: list[Candidate]) -> list[Cand
 
 def _network_augment(fixed, symmetry: Symmetry | None) -> str:
     """The user's augmentation, else translation and small rotations plus the flips and the turns
-    by 90 degrees that keep the class."""
+    by 90 degrees under which the held-out images score as they are (:meth:`Symmetry.unchanged`).
+
+    Not the views only the second test kept (the class survives them, but the images never show
+    them): on the digits set a network trained with horizontal flips and quarter turns scored
+    0.969 test accuracy, and 0.998 without them (full 64 px, 25 epochs, the same settings). A
+    feature candidate that averages such views is measured before it can win; the network's
+    augmentation is not."""
     if fixed.get("augment") is not None:
         return fixed["augment"]
-    kept = [] if symmetry is None else [op for op, flag in (("hflip", symmetry.horizontal), ("vflip", symmetry.vertical),
-                                                            ("rot90", symmetry.rotation)) if flag]
+    kept = [] if symmetry is None else [op for op, kind in (("hflip", "horizontal"), ("vflip", "vertical"),
+                                                            ("rot90", "rotate90")) if symmetry.unchanged(kind)]
     return ",".join([*kept, "rotate", "translate"])
 
 
