@@ -44,8 +44,8 @@ earlier ones measured:
    by its class's rarity) at no accuracy cost beyond one.
 5. A trained network (``finetune`` at the advised freeze depth, or ``full``), at the largest
    image side and the most epochs that the rest of the budget affords on this machine (a
-   training step is timed), with the flips and turns the held-out images look alike under. Its schedule counts
-   optimiser steps, not epochs: small data sets get more epochs. It stops early when it cannot
+   training step is timed), with the flips and turns the held-out images look alike under. Its
+   schedule counts optimiser steps, not epochs: small data sets get more epochs. It stops early when it cannot
    catch the leader, or when the budget runs out; if it wins, the network trained here is the
    model (no second training).
 6. An ensemble of that network and the best frozen-feature candidate, when both are within the
@@ -149,10 +149,10 @@ the same fit on all the images (a fifth more), its temperature on 3 inner folds 
 threshold, against the search's reads of every view's features (ELPV, multi-layer features +
 flips: 94 s in the search, 75 s as a final fit)."""
 ENSEMBLE_ROOM_SHARE = 0.1
-"""The time the ensemble round takes (:func:`_ensemble_seconds`) is kept
-back from the network only where it is at most this share of what is left: an hour's budget
-spares it (ELPV: ~2 of ~50 minutes), while ten minutes would lose a quarter of the network's
-epochs to a round that then rarely finds the network within the noise."""
+"""The time the ensemble round takes (:func:`_ensemble_seconds`) is kept back from the network
+only where it is at most this share of what is left: an hour's budget spares it (ELPV: ~2 of ~50
+minutes), while ten minutes would lose a quarter of the network's epochs to a round that then
+rarely finds the network within the noise."""
 PERFECT = 1.0
 """A leader with this held-out accuracy leaves a network nothing to win: none is trained."""
 
@@ -338,11 +338,11 @@ def _network_round(search: Engine, recommendation, facts, fixed, speeds: Speeds 
         reasons.append("no trained network was measured: under torchrun the search runs on rank 0 alone; "
                        "fit --strategy finetune or full trains a network on every rank")
     elif network is not None:
-        # the ensemble round rescores the features at the network's side (at most this one's): time
-        # the network is sized without, so that the round is not skipped
-        member = _ensemble_seconds(search, network)
-        member = member if member <= ENSEMBLE_ROOM_SHARE * search.left() else 0.0
-        search.reserve += member
+        # the ensemble round's time (the features at the network's side, its test-time views): the
+        # network is sized without it, so that the round is not skipped
+        kept_back = _ensemble_seconds(search, network)
+        kept_back = kept_back if kept_back <= ENSEMBLE_ROOM_SHARE * search.left() else 0.0
+        search.reserve += kept_back
         if "backbone_lr_factor" in fixed:  # the candidate carries the rate it trains at (its label, the recommendation)
             network = with_params(network, backbone_lr_factor=fixed["backbone_lr_factor"])
         else:
@@ -356,7 +356,7 @@ def _network_round(search: Engine, recommendation, facts, fixed, speeds: Speeds 
                 network = with_params(network, backbone_lr_factor=pilot.factor, **chosen) if network is not None else None
         if network is not None:
             search.evaluate_candidates([network], [0])
-        search.reserve -= member
+        search.reserve -= kept_back
     elif get_strategy(recommendation.strategy).trains_network or not facts.n_samples < 1000:
         reasons.append("no trained network was measured: the budget left too little time for "
                        f"{MIN_NETWORK_EPOCHS} epochs at {NETWORK_SIDES[-1]} px on this machine (--budget-minutes M for more)")
@@ -377,10 +377,17 @@ def _ensemble_seconds(search: Engine, network: Candidate) -> float:
     member = with_params(replace(best.candidate, image_size=network.image_size), calibrated=True)
     train, test = search.folds[0]
     fit = (best.seconds - best.extract_seconds) / len(best.folds)
-    views = len(SYMMETRIES[trained_views(network)]) - 1
+    return float(search.cost(member, len(train), len(test), search.trials)) + fit + (_test_time_seconds(search, network) or 0.0)
+
+
+def _test_time_seconds(search: Engine, network: Candidate) -> float | None:
+    """Seconds of ``network``'s forward passes over the views it trains with
+    (:func:`~transferkit.selection.ensemble.trained_views`; the identity view is scored already)
+    on the held-out images; None where the search has no timed speeds."""
     speeds = getattr(search.cost, "speeds", None)
-    passes = 0.0 if speeds is None else views * len(test) * speeds.forward(network.image_size)
-    return float(search.cost(member, len(train), len(test), search.trials)) + fit + passes
+    if speeds is None:
+        return None
+    return (len(SYMMETRIES[trained_views(network)]) - 1) * len(search.folds[0][1]) * speeds.forward(network.image_size)
 
 
 def _ensemble_round(search: Engine, reasons: list[str]) -> None:
@@ -422,9 +429,7 @@ def _test_time_views(search: Engine, network: Trial, member: Trial) -> str:
     views = trained_views(network.candidate)
     if views == "none":
         return ""
-    speeds = getattr(search.cost, "speeds", None)
-    passes = (len(SYMMETRIES[views]) - 1) * len(search.folds[0][1])
-    seconds = None if speeds is None else passes * speeds.forward(network.candidate.image_size)
+    seconds = _test_time_seconds(search, network.candidate)
     if seconds is not None and seconds > search.left():
         return (f"; the network's probabilities averaged over the {views} it trained with were not measured: "
                 f"~{seconds:.0f} s of forward passes, {max(search.left(), 0):.0f} s left")
