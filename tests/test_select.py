@@ -849,3 +849,43 @@ def test_the_network_leaves_the_ensemble_round_the_time_to_rescore_the_features_
     assert _ensemble_seconds(search, flipped) == pytest.approx(94.0 + 60.0 + 3 * 394 * 0.01)
     assert _ensemble_seconds(SimpleNamespace(**{**vars(search), "budget_seconds": None}), network) == 0.0
     assert _ensemble_seconds(SimpleNamespace(**{**vars(search), "trials": {}}), network) == 0.0
+
+
+@pytest.mark.parametrize("budget, kept_back", [(3600.0, True), (300.0, False)])
+def test_the_network_is_sized_and_stopped_without_the_ensemble_rounds_time_where_it_is_a_tenth_of_what_is_left(budget, kept_back):
+    from transferkit.selection.auto import _network_round
+
+    stages = Candidate("svm", 32, "multi-layer", feature_layers="stages", symmetries="flips")
+    trials = {stages: Trial(stages, scores=[0.79], folds=[0], seconds=21.0, extract_seconds=1.0)}
+
+    def cost(candidate, n_train, n_test, known):
+        return 10.0  # the feature member's views at the network's side
+
+    cost.speeds = FakeSpeeds(forward=0.001, train=0.003)
+    seen = []
+
+    class Search:
+        arena = SimpleNamespace(runtime=SimpleNamespace(distributed=False), params={"batch_size": 32})
+        folds = [(np.arange(1600), np.arange(400))]
+        budget_seconds, reserve = budget, 0.0
+
+        def __init__(self):
+            self.trials, self.cost = trials, cost
+
+        def leader(self):
+            return trials[stages]
+
+        def left(self):
+            return self.budget_seconds - self.reserve
+
+        def evaluate_candidates(self, candidates, folds):
+            seen.append((candidates[0], self.reserve))
+
+    search = Search()
+    _network_round(search, recommendation(strategy="full", freeze=0), facts(2000, 32), {"backbone_lr_factor": 1.0}, cost.speeds,
+                   32, "hflip,vflip,rotate,translate", [])
+    (network, reserve), = seen
+    # the round's time: the member's 10 s, its classifier's 20 s fit, 3 flipped passes of 400 held-out images at 1 ms
+    expected = 10.0 + 20.0 + 3 * 400 * 0.001
+    assert reserve == (pytest.approx(expected) if kept_back else 0.0)  # 31.2 s is 0.9 % of an hour, 10.4 % of 300 s
+    assert network.strategy == "full" and search.reserve == 0.0  # given back once the network has trained
