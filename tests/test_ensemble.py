@@ -307,8 +307,8 @@ def test_the_ensemble_is_measured_again_with_the_networks_probabilities_averaged
     from transferkit.strategies import FitOutcome
 
     assert [trained_views(Candidate("full", 32, "n", params=(("augment", augment),))) for augment in
-            ("hflip,vflip,rot90,rotate", "vflip,hflip,translate", "hflip,rot90,rotate", "standard")] == \
-        ["dihedral", "flips", "none", "none"]
+            ("hflip,vflip,rot90,rotate", "vflip,hflip,translate", "hflip,rot90,rotate", "standard", "strong")] == \
+        ["dihedral", "flips", "none", "none", "flips"]  # the presets read as the augmentation builds them
     engine = tiny_engine(tiny_params, tmp_path)
     test = engine.folds[0][1]
     targets = engine.arena.targets[test]

@@ -45,9 +45,9 @@ earlier ones measured:
 5. A trained network (``finetune`` at the advised freeze depth, or ``full``), at the largest
    image side and the most epochs that the rest of the budget affords on this machine (a
    training step is timed), with the flips and turns the held-out images look alike under. Its
-   schedule counts optimiser steps, not epochs: small data sets get more epochs. It stops early when it cannot
-   catch the leader, or when the budget runs out; if it wins, the network trained here is the
-   model (no second training).
+   schedule counts optimiser steps, not epochs: small data sets get more epochs. It stops early
+   when it cannot catch the leader, or when the budget runs out; if it wins, the network trained
+   here is the model (no second training).
 6. An ensemble of that network and the best frozen-feature candidate, when both are within the
    noise of the best held-out score (:func:`_ensemble_round`, :mod:`transferkit.selection.ensemble`):
    the mean of their held-out probabilities, image by image, with no training. If it wins, the
@@ -78,7 +78,7 @@ from transferkit.selection.candidates import Candidate, with_params
 from transferkit.selection.cost import FINAL_FIT_SHARE, CostModel, Speeds
 from transferkit.selection.engine import Arena, Engine
 from transferkit.selection.ensemble import (
-    ensemble_members, feature_member_at, held_out_score, is_ensemble, measure_ensemble, trained_views,
+    ensemble_members, feature_member, feature_member_at, held_out_score, is_ensemble, measure_ensemble, trained_views,
 )
 from transferkit.selection.folds import holdout_folds
 from transferkit.selection.results import Results, Trial
@@ -374,7 +374,7 @@ def _ensemble_seconds(search: Engine, network: Candidate) -> float:
     if search.budget_seconds is None or search.cost is None or not features:
         return 0.0
     best = max(features, key=held_out_score)
-    member = with_params(replace(best.candidate, image_size=network.image_size), calibrated=True)
+    member = feature_member(best.candidate, network.image_size)
     train, test = search.folds[0]
     fit = (best.seconds - best.extract_seconds) / len(best.folds)
     return float(search.cost(member, len(train), len(test), search.trials)) + fit + (_test_time_seconds(search, network) or 0.0)

@@ -36,6 +36,7 @@ from transferkit.selection.engine import Engine
 from transferkit.selection.results import Trial
 from transferkit.selection.winner import choose
 from transferkit.strategies import FoldFit
+from transferkit.training.augment import augmentation_operations
 from transferkit.training.inputs import predict_logits
 
 HELD_OUT = 0
@@ -72,11 +73,14 @@ def feature_member_at(search: Engine, features: Trial, side: int) -> Trial:
     as the fitted model's head has them. The search's own feature trials keep the raw softmax
     (only their argmax decides there); an average with a network's probabilities needs the scale
     the shipped model will have."""
-    where = "" if features.candidate.image_size == side else " at the trained network's side"
-    member = with_params(replace(features.candidate, image_size=side,
-                                 proposed_by=f"{features.candidate.label}{where}, calibrated, for an ensemble with it"),
-                         calibrated=True)
-    return search.evaluate_candidates([member], [HELD_OUT])[0]
+    return search.evaluate_candidates([feature_member(features.candidate, side)], [HELD_OUT])[0]
+
+
+def feature_member(features: Candidate, side: int) -> Candidate:
+    """The candidate :func:`feature_member_at` scores: ``features`` at ``side`` px, calibrated."""
+    where = "" if features.image_size == side else " at the trained network's side"
+    return with_params(replace(features, image_size=side, proposed_by=f"{features.label}{where}, calibrated, for an ensemble with it"),
+                       calibrated=True)
 
 
 def ensemble_candidate(network: Candidate, features: Candidate, network_symmetries: str = "none") -> Candidate:
@@ -94,9 +98,12 @@ def ensemble_candidate(network: Candidate, features: Candidate, network_symmetri
 
 def trained_views(network: Candidate) -> str:
     """The group of :data:`~transferkit.data.views.SYMMETRIES` that ``network``'s augmentation
-    (its ``augment`` parameter) trained it with: ``dihedral`` (both flips and turns by 90
-    degrees), ``flips`` (both flips) or ``none``."""
-    ops = set(str(dict(network.params).get("augment", "")).split(","))
+    (its ``augment`` parameter: a preset or a composition, read by
+    :func:`~transferkit.training.augment.augmentation_operations`) trained it with: ``dihedral``
+    (both flips and turns by 90 degrees), ``flips`` (both flips) or ``none`` (also for a callable
+    transform, whose operations are unknown)."""
+    augment = dict(network.params).get("augment")
+    ops = set(augmentation_operations(augment)[0]) if isinstance(augment, str) else set()
     return "dihedral" if {"hflip", "vflip", "rot90"} <= ops else "flips" if {"hflip", "vflip"} <= ops else "none"
 
 
@@ -130,4 +137,4 @@ def measure_ensemble(search: Engine, network: Trial, features: Trial, network_sy
 
 
 __all__ = ["ensemble_candidate", "ensemble_members", "feature_member_at", "held_out_score", "is_ensemble", "measure_ensemble",
-           "network_view_probabilities", "trained_views"]
+           "feature_member", "network_view_probabilities", "trained_views"]
