@@ -18,7 +18,7 @@ from transferkit.data import load_pixels
 from transferkit.data.views import SYMMETRIES, VIEWS, view
 from transferkit.persistence import read_config
 from transferkit.strategies import get_strategy
-from transferkit.strategies.ensemble import TENSOR_VIEWS, EnsembleNetwork
+from transferkit.strategies.ensemble import TENSOR_VIEWS, EnsembleNetwork, NetworkAverage
 from transferkit.strategies.features import pooled_features
 from transferkit.training.inputs import network_outputs, pixels_to_tensor
 from transferkit.training.runtime import resolve_runtime
@@ -54,6 +54,32 @@ def tta_ensemble_dir(image_folder, tiny_weights, tmp_path_factory):
         patch.setattr(Ensemble, "fit_after_search", lambda self, request, searched: real(
             self, dataclasses.replace(request, params={**request.params, "network_symmetries": "flips"}), searched))
         return fit_tiny_model(image_folder, tiny_weights, tmp_path_factory.mktemp("tta") / "model", strategy="ensemble",
+                              freeze=1, symmetries="flips", C=1.0, epochs=1)
+
+
+@pytest.fixture(scope="module")
+def twin_ensemble_dir(image_folder, tiny_weights, tmp_path_factory):
+    """The ensemble whose network member averages two networks, as ``auto`` fits it after its
+    second-network round: the searched outcome's model is a :class:`NetworkAverage` (here the
+    trained network and a copy of it with another head, so that the two differ)."""
+    import copy
+    import dataclasses
+
+    from transferkit.strategies.ensemble import Ensemble
+
+    real = Ensemble.fit_after_search
+
+    def twins(self, request, searched):
+        if searched is None:  # fit: the strategy trains its network, then comes back here with it
+            return real(self, request, None)
+        other = copy.deepcopy(searched.model)
+        torch.manual_seed(1)
+        torch.nn.init.normal_(other.get_classifier().weight, std=0.5)
+        return real(self, request, dataclasses.replace(searched, model=NetworkAverage([searched.model, other])))
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(Ensemble, "fit_after_search", twins)
+        return fit_tiny_model(image_folder, tiny_weights, tmp_path_factory.mktemp("twins") / "model", strategy="ensemble",
                               freeze=1, symmetries="flips", C=1.0, epochs=1)
 
 
@@ -95,6 +121,28 @@ def test_the_ensembles_network_may_average_its_probabilities_over_views():
     assert not torch.allclose(network, torch.softmax(model.network(x), 1).detach(), atol=1e-4)  # the views change it
     with pytest.raises(Exception, match="network_symmetries expected one of"):
         random_ensemble(network_symmetries="twirl")
+
+
+def test_the_ensembles_network_member_may_average_several_networks():
+    torch.manual_seed(0)
+    networks = [create_backbone(TINY_BACKBONE, num_classes=3, pretrained=False)[0].eval() for _ in range(2)]
+    features, _ = create_backbone(TINY_BACKBONE, num_classes=3, pretrained=False)
+    model = EnsembleNetwork(NetworkAverage(networks), features, "none", "flips").eval()
+    x = torch.randn(4, 3, 32, 32)
+    with torch.no_grad():
+        # each network's probabilities over each flip, averaged; then averaged with the feature member's
+        network = torch.stack([torch.softmax(net(TENSOR_VIEWS[name](x)), 1) for net in networks
+                               for name in SYMMETRIES["flips"]]).mean(0)
+        ensemble = torch.softmax(model(x), 1)
+        member = torch.softmax(model.member_logits(x)[0], 1)
+    torch.testing.assert_close(member, network, atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(ensemble, (network + torch.softmax(features(x), 1)) / 2, atol=1e-6, rtol=1e-5)
+    assert model.num_classes == 3 and model.inner_network() is model.network
+    from transferkit.backbones.multilayer import inner_network
+
+    assert inner_network(model) is networks[0]  # Grad-CAM explains the first network
+    with pytest.raises(Exception, match="at least two networks"):
+        NetworkAverage(networks[:1])
 
 
 def test_network_outputs_give_the_ensembles_logits_and_its_feature_members_features():
@@ -167,6 +215,45 @@ def test_an_ensemble_whose_network_averages_views_saves_loads_and_exports_the_sa
     np.testing.assert_allclose(OnnxClassifier(result.path).predict_proba(image_folder), probabilities, atol=1e-5)
 
 
+def test_an_ensemble_of_two_networks_saves_loads_exports_and_serves_the_same(twin_ensemble_dir, image_folder):
+    plan = read_config(twin_ensemble_dir)["plan"]
+    from transferkit.strategies.ensemble import EnsemblePlan
+
+    assert plan["networks"] == 2 and "of 2 trained networks, each (" in EnsemblePlan(**plan).describe()
+    loaded = load(twin_ensemble_dir, precision="fp32")
+    assert isinstance(loaded.model_.network, NetworkAverage) and len(loaded.model_.network.networks) == 2
+    first, second = loaded.model_.network.networks
+    assert not torch.equal(first.get_classifier().weight, second.get_classifier().weight)  # both saved, both loaded
+    pixels = load_pixels(image_folder, 32, cache_dir=False)
+    probabilities = loaded.predict_proba(image_folder)
+    inputs = to_input(pixels, loaded.preprocessing_)
+    with torch.no_grad():
+        network = (torch.softmax(first(inputs), 1) + torch.softmax(second(inputs), 1)) / 2
+        _, features, _ = loaded.model_.member_logits(inputs)
+    np.testing.assert_allclose(probabilities, ((network + torch.softmax(features, 1)) / 2).numpy(), atol=1e-5)
+    config = read_config(twin_ensemble_dir)
+    config["plan"]["networks"] = 0
+    with pytest.raises(Exception, match="positive number of networks"):
+        get_strategy("ensemble").empty_model(config)
+    pytest.importorskip("onnxruntime")
+    from transferkit.export import OnnxClassifier, export_onnx
+    from transferkit.export.onnx import PARITY_TOLERANCE
+
+    result = export_onnx(twin_ensemble_dir, twin_ensemble_dir.parent / "model.onnx", check_images=image_folder)
+    assert result.max_abs_diff < PARITY_TOLERANCE, result
+    np.testing.assert_allclose(OnnxClassifier(result.path).predict_proba(image_folder), probabilities, atol=1e-5)
+    pytest.importorskip("fastapi")
+    from fastapi.testclient import TestClient
+
+    from transferkit.serve import create_app
+
+    path = image_folder / "red" / "000.png"
+    with TestClient(create_app(twin_ensemble_dir)) as client:
+        response = client.post("/predict?top_k=3", files=[("files", (path.name, path.read_bytes(), "image/png"))])
+    assert response.status_code == 200, response.text
+    assert response.json()["predictions"][0]["probability"] == pytest.approx(loaded.predict_proba([path]).max(), abs=1e-4)
+
+
 def test_fit_init_from_an_ensemble_is_refused_with_a_way_out(ensemble_dir):
     from transferkit.errors import ModelFileError
     from transferkit.persistence import init_params
@@ -237,7 +324,7 @@ def test_the_ensembles_settings_are_refused_clearly():
 # ---------------------------------------------------------------- auto's ensemble round
 
 
-def tiny_engine(tiny_params, tmp_path, n_per_class: int = 6):
+def tiny_engine(tiny_params, tmp_path, n_per_class: int = 6, **budget):
     from transferkit import ImageClassifier
     from transferkit.selection import Arena, Engine
 
@@ -247,7 +334,7 @@ def tiny_engine(tiny_params, tmp_path, n_per_class: int = 6):
     arena = Arena(pixels_at=lambda size: images, targets=np.searchsorted(classes, labels), classes=classes, params=params,
                   runtime=CPU)
     n = len(labels)
-    return Engine(arena, [(np.arange(0, n, 2), np.arange(1, n, 2))])
+    return Engine(arena, [(np.arange(0, n, 2), np.arange(1, n, 2))], **budget)
 
 
 def measured(engine, candidate, probabilities, outcome=None):
@@ -333,6 +420,60 @@ def test_the_ensemble_is_measured_again_with_the_networks_probabilities_averaged
     np.testing.assert_allclose(plain.probabilities[0], (trained.probabilities[0] + member.probabilities[0]) / 2)
     assert tta.outcome is outcome and tta.candidate.label.endswith("network averaged over flips, with svm")
     assert f"averaged over the flips it trained with (test-time augmentation), {tta.accuracy:.3f}" in reasons[-1]
+
+
+def ten_seconds_an_epoch(candidate, n_train, n_test, trials):
+    """A cost model: a network costs 10 s per epoch, anything else 1 s."""
+    return 10.0 * dict(candidate.params).get("epochs", 0) if get_strategy(candidate.strategy).trains_network else 1.0
+
+
+def test_a_second_network_from_another_seed_trains_in_the_time_left_and_the_ensemble_averages_both(tiny_params, tmp_path):
+    from transferkit.selection import Candidate
+    from transferkit.selection.auto import _ensemble_round, _second_network_round
+    from transferkit.strategies import FitOutcome
+
+    engine = tiny_engine(tiny_params, tmp_path, budget_seconds=96.0, cost=ten_seconds_an_epoch)
+    targets = engine.arena.targets[engine.folds[0][1]]
+    torch.manual_seed(0)
+    model, preprocessing = create_backbone(TINY_BACKBONE, num_classes=3, pretrained=False)
+    outcome = FitOutcome(model=model.eval(), preprocessing=preprocessing, history={}, plan=None)
+    measured(engine, Candidate("svm", 32, "baseline"), member_probabilities(targets, 9, 0))
+    first = measured(engine, Candidate("full", 32, "network", params=(("epochs", 12), ("patience", 4))),
+                     member_probabilities(targets, 9, 1), outcome)
+    reasons = []
+    twins = _second_network_round(engine, reasons)
+    assert twins is not None and twins[0] is first
+    twin = twins[1]
+    # ~94 s left after the ensemble round's 2 s (the features rescored, their fit): 9 of the first's 12 epochs fit
+    assert dict(twin.candidate.params) == {"epochs": 9, "patience": 3, "seed": 1}
+    assert twin.accuracy is not None and twin.outcome.model is not model  # trained, for real, on the training part
+    assert "seed 1" in twin.candidate.label and reasons[-1].startswith("second network") and "full 32 px, 12 epochs" in reasons[-1]
+    _ensemble_round(engine, reasons, twins)
+    ensembles = [t for t in engine.trials.values() if t.candidate.strategy == "ensemble"]
+    assert [dict(t.candidate.params).get("networks") for t in ensembles] == [None, 2]
+    pair = ensembles[1]
+    member = next(t for t in engine.trials.values() if dict(t.candidate.params).get("calibrated"))
+    network_mean = (first.probabilities[0] + twin.probabilities[0]) / 2
+    np.testing.assert_allclose(pair.probabilities[0], (network_mean + member.probabilities[0]) / 2)
+    assert isinstance(pair.outcome.model, NetworkAverage) and list(pair.outcome.model.networks) == [model, twin.outcome.model]
+    assert pair.candidate.label.endswith("2 networks, with svm") and f"as its network member, {pair.accuracy:.3f}" in reasons[-1]
+
+
+def test_no_second_network_where_six_epochs_do_not_fit_or_without_a_budget(tiny_params, tmp_path):
+    from transferkit.selection import Candidate
+    from transferkit.selection.auto import _second_network_round
+    from transferkit.strategies import FitOutcome
+
+    outcome = FitOutcome(model=torch.nn.Identity(), preprocessing=None, history={}, plan=None)
+    for budget, said in ((60.0, True), (None, False)):
+        engine = tiny_engine(tiny_params, tmp_path, budget_seconds=budget, cost=ten_seconds_an_epoch)
+        targets = engine.arena.targets[engine.folds[0][1]]
+        measured(engine, Candidate("svm", 32, "baseline"), member_probabilities(targets, 9, 0))
+        measured(engine, Candidate("full", 32, "network", params=(("epochs", 12),)), member_probabilities(targets, 9, 1), outcome)
+        reasons = []
+        assert _second_network_round(engine, reasons) is None
+        assert not any(dict(t.candidate.params).get("seed") for t in engine.trials.values())  # nothing trained
+        assert bool(reasons) == said and (not said or reasons[-1].startswith("no second network: 6 epochs of it (~60 s)"))
 
 
 def to_input(pixels, preprocessing):

@@ -60,6 +60,10 @@ class Candidate:
             parts.append(f"regularization {extra['regularization']}")
         if extra.get("sampling") == "balanced":
             parts.append("balanced batches")
+        if "seed" in extra and get_strategy(self.strategy).trains_network:  # a second network, trained from another seed
+            parts.append(f"seed {extra['seed']}")
+        if extra.get("networks", 1) > 1:  # an ensemble whose network member averages several
+            parts.append(f"{extra['networks']} networks")
         if extra.get("calibrated"):  # scored with its fitted head's temperature (an ensemble's member)
             parts.append("calibrated")
         if extra.get("network_symmetries", "none") != "none":  # an ensemble's network, test-time augmented

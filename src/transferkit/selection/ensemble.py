@@ -20,11 +20,16 @@ Where the network trained with flips (and turns), the ensemble is measured a sec
 the network's probabilities averaged over those views too (``network_symmetries``: test-time
 augmentation, :func:`network_view_probabilities`; forward passes of the trained network on the
 held-out images, no training), and the winner rule decides between the two.
+
+Where ``auto`` trained a second network like the first from another seed, in time the first left
+unused, the ensemble is also measured with both networks' mean as its network member
+(:class:`~transferkit.strategies.ensemble.NetworkAverage`).
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import replace
 
 import numpy as np
@@ -36,6 +41,7 @@ from transferkit.selection.engine import Engine
 from transferkit.selection.results import Trial
 from transferkit.selection.winner import choose
 from transferkit.strategies import FoldFit
+from transferkit.strategies.ensemble import NetworkAverage
 from transferkit.training.augment import augmentation_operations
 from transferkit.training.inputs import predict_logits
 
@@ -83,16 +89,20 @@ def feature_member(features: Candidate, side: int) -> Candidate:
                        calibrated=True)
 
 
-def ensemble_candidate(network: Candidate, features: Candidate, network_symmetries: str = "none") -> Candidate:
+def ensemble_candidate(network: Candidate, features: Candidate, network_symmetries: str = "none", networks: int = 1) -> Candidate:
     """The ``ensemble`` candidate of ``network`` (its side, freeze, class weight, parameters) and
     the feature member ``features`` (its strategy, layers and symmetries, as parameters);
-    ``network_symmetries``: the views the network's probabilities are averaged over."""
+    ``network_symmetries``: the views the network's probabilities are averaged over; ``networks``:
+    how many trained networks (``network`` and its twins from other seeds) the network member averages."""
     tta = "" if network_symmetries == "none" else f", the network's averaged over {network_symmetries}"
+    members = f"{network.label}" if networks == 1 else f"{networks} networks like {network.label}"
     candidate = replace(network, strategy="ensemble", symmetries="none", feature_layers="bottleneck",
-                        proposed_by=f"{network.label} and {features.label} may err on different images: "
+                        proposed_by=f"{members} and {features.label} may err on different images: "
                                     f"the mean of their probabilities{tta}")
     candidate = with_params(candidate, feature_strategy=features.strategy, feature_layers=features.feature_layers,
                             symmetries=features.symmetries)
+    if networks > 1:
+        candidate = with_params(candidate, networks=networks)
     return candidate if network_symmetries == "none" else with_params(candidate, network_symmetries=network_symmetries)
 
 
@@ -120,20 +130,27 @@ def network_view_probabilities(search: Engine, network: Trial, symmetries: str) 
     return np.mean(views, axis=0)
 
 
-def measure_ensemble(search: Engine, network: Trial, features: Trial, network_symmetries: str = "none") -> Trial:
-    """Record the ensemble of ``network`` and ``features`` (both scored on the held-out fold at the
-    same side) in the search: its held-out probabilities are the mean of theirs, image by image
-    (the network's first averaged over the views of ``network_symmetries``), and its ``outcome``
-    is the network's trained model. Returns its trial."""
+def measure_ensemble(search: Engine, network: Trial | Sequence[Trial], features: Trial, network_symmetries: str = "none") -> Trial:
+    """Record the ensemble of ``network`` (one trained network's trial, or several trained alike:
+    the network member is then their average) and ``features`` (all scored on the held-out fold at
+    the same side) in the search: its held-out probabilities are the mean of the network member's
+    and the feature member's, image by image (each network's first averaged over the views of
+    ``network_symmetries``), and its ``outcome`` is the trained model: the network's, or a
+    :class:`~transferkit.strategies.ensemble.NetworkAverage` of the networks'. Returns its trial."""
     started = time.perf_counter()
+    networks = [network] if isinstance(network, Trial) else list(network)
     test = np.sort(search.folds[HELD_OUT][1])
-    network_probabilities = (network.probabilities[network.folds.index(HELD_OUT)] if network_symmetries == "none"
-                             else network_view_probabilities(search, network, network_symmetries))
+    network_probabilities = np.mean([trial.probabilities[trial.folds.index(HELD_OUT)] if network_symmetries == "none"
+                                     else network_view_probabilities(search, trial, network_symmetries)
+                                     for trial in networks], axis=0)
     mean = (network_probabilities + features.probabilities[features.folds.index(HELD_OUT)]) / 2
     predictions = mean.argmax(1)
+    outcome = networks[0].outcome if len(networks) == 1 else replace(
+        networks[0].outcome, model=NetworkAverage([trial.outcome.model for trial in networks]))
     fitted = FoldFit(accuracy=float((predictions == search.arena.targets[test]).mean()), seconds=time.perf_counter() - started,
-                     predictions=predictions, probabilities=mean, outcome=network.outcome)
-    return search.record(ensemble_candidate(network.candidate, features.candidate, network_symmetries), HELD_OUT, fitted)
+                     predictions=predictions, probabilities=mean, outcome=outcome)
+    candidate = ensemble_candidate(networks[0].candidate, features.candidate, network_symmetries, len(networks))
+    return search.record(candidate, HELD_OUT, fitted)
 
 
 __all__ = ["ensemble_candidate", "ensemble_members", "feature_member_at", "held_out_score", "is_ensemble", "measure_ensemble",

@@ -5,7 +5,9 @@ different images; the mean of their class probabilities is often right where one
 wrong. The fitted model is one module, :class:`EnsembleNetwork`, holding both members at the same
 input side and the same backbone preprocessing:
 
-- ``network``: a timm model with its K-class head, as ``full`` or ``finetune`` train it;
+- ``network``: a timm model with its K-class head, as ``full`` or ``finetune`` train it (or, where
+  ``auto`` trained a second one from another seed in time the first left, a
+  :class:`NetworkAverage` of both: the mean of their probabilities is then the network member's);
 - ``feature_model``: the frozen pretrained backbone (a timm model, or a
   :class:`~transferkit.backbones.multilayer.StagePooledNetwork` for multi-layer features) with the
   ``svm``/``logistic`` classifier folded into its head, as the feature strategies fit it.
@@ -74,7 +76,8 @@ class EnsembleNetwork(nn.Module):
     Parameters
     ----------
     network : torch.nn.Module
-        A timm model with a K-class head (``full``/``finetune``).
+        A timm model with a K-class head (``full``/``finetune``), or a :class:`NetworkAverage` of
+        several trained alike.
     feature_model : torch.nn.Module
         A timm model or ``StagePooledNetwork`` with timm's contract (``forward_features``,
         ``forward_head(pre_logits=True)``, ``get_classifier``) and a K-class head.
@@ -140,6 +143,36 @@ class EnsembleNetwork(nn.Module):
         return self.logits_and_features(x)[0]
 
 
+class NetworkAverage(nn.Module):
+    """Networks trained alike from different seeds answering as one: ``forward(x)`` is the log of
+    the mean of their class probabilities (N, K), so that an :class:`EnsembleNetwork`'s network
+    member may be several networks (``auto``'s second network, trained in the time the first left
+    unused). Averaging networks that differ only in their seed (data order, augmentation, dropout)
+    lowers the variance of what one training run learned (deep ensembles, Lakshminarayanan et al.
+    2017). ``get_classifier`` and :meth:`inner_network` are the first network's: Grad-CAM
+    explains that one."""
+
+    def __init__(self, networks: list[nn.Module]) -> None:
+        super().__init__()
+        if len(networks) < 2:
+            raise ConfigError(f"a network average needs at least two networks. Received: {len(networks)}")
+        self.networks = nn.ModuleList(networks)
+
+    def get_classifier(self) -> nn.Module:
+        return self.networks[0].get_classifier()
+
+    def inner_network(self) -> nn.Module:
+        return self.networks[0]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return mean_probability_logits(*(network(x) for network in self.networks))
+
+
+def network_count(network: nn.Module) -> int:
+    """How many trained networks ``network`` holds: those of a :class:`NetworkAverage`, else 1."""
+    return len(network.networks) if isinstance(network, NetworkAverage) else 1
+
+
 def mean_probability_logits(*logits: torch.Tensor) -> torch.Tensor:
     """``log(mean_i softmax(logits_i))`` (N, K), computed stably (log-sum-exp of log-softmaxes)."""
     stacked = torch.stack([torch.log_softmax(item.float(), dim=1) for item in logits])
@@ -162,10 +195,14 @@ class EnsemblePlan:
     """The feature member's plan, in words."""
     network_symmetries: str = "none"
     """The views the network's probabilities are averaged over (``"none"`` in models saved before it)."""
+    networks: int = 1
+    """Trained networks in the network member (a :class:`NetworkAverage` where more than 1; 1 in
+    models saved before it)."""
 
     def describe(self) -> str:
         views = "" if self.network_symmetries == "none" else f"; its probabilities averaged over {self.network_symmetries}"
-        return (f"ensemble: the mean of the probabilities of a trained network ({self.network}{views}) and of a "
+        trained = "a trained network" if self.networks == 1 else f"{self.networks} trained networks, each"
+        return (f"ensemble: the mean of the probabilities of {trained} ({self.network}{views}) and of a "
                 f"frozen-feature classifier ({self.features}"
                 f"{'' if self.symmetries == 'none' else f'; features averaged over {self.symmetries}'})")
 
@@ -230,20 +267,25 @@ class Ensemble(Strategy):
         plan = config.get("plan") or {}
         layers, symmetries = plan.get("feature_layers", "bottleneck"), plan.get("symmetries", "none")
         network_symmetries = plan.get("network_symmetries", "none")  # none in models saved before it
+        count = plan.get("networks", 1)
         if layers not in FEATURE_LAYERS or symmetries not in SYMMETRIES or network_symmetries not in SYMMETRIES:
             raise ConfigError(f"config.json's ensemble plan names unknown features. Received: feature_layers={layers!r}, "
                               f"symmetries={symmetries!r}, network_symmetries={network_symmetries!r}")
+        if not isinstance(count, int) or count < 1:
+            raise ConfigError(f"config.json's ensemble plan expected a positive number of networks. Received: networks={count!r}")
         n_classes = len(config["classes"])
-        network, preprocessing = create_backbone(config["backbone"], num_classes=n_classes, pretrained=False)
+        networks = [create_backbone(config["backbone"], num_classes=n_classes, pretrained=False) for _ in range(count)]
+        network, preprocessing = networks[0] if count == 1 else (NetworkAverage([n for n, _ in networks]), networks[0][1])
         feature_model, _ = create_backbone(config["backbone"], num_classes=n_classes, pretrained=False)
         return EnsembleNetwork(network, with_feature_layers(feature_model, layers), symmetries, network_symmetries), preprocessing
 
 
 def combine(network: FitOutcome, features: FitOutcome, feature_settings: Settings, *, freeze: int | None = None,
             network_symmetries: str = "none") -> FitOutcome:
-    """One :class:`EnsembleNetwork` of a fitted network and a fitted feature model (their
-    ``FitOutcome``), with the network's training history and both members' plans;
-    ``network_symmetries``: the views the network's probabilities are averaged over.
+    """One :class:`EnsembleNetwork` of a fitted network (or a :class:`NetworkAverage` of several)
+    and a fitted feature model (their ``FitOutcome``), with the network's training history and
+    both members' plans; ``network_symmetries``: the views the network's probabilities are
+    averaged over.
 
     Raises :class:`ConfigError` when the members were fitted with different preprocessing."""
     if network.preprocessing != features.preprocessing:
@@ -257,11 +299,12 @@ def combine(network: FitOutcome, features: FitOutcome, feature_settings: Setting
         freeze=freeze or None,
         feature_strategy=feature_settings.strategy, feature_layers=feature_settings.feature_layers,
         symmetries=feature_settings.symmetries, network=network.plan.describe(), features=features.plan.describe(),
-        network_symmetries=network_symmetries,
+        network_symmetries=network_symmetries, networks=network_count(network.model),
     )
     history = {**network.history, "ensemble": {"features": features.history}}
     # novelty reads the frozen backbone's features, which trained on no image: no held-out part to keep
     return FitOutcome(model=model, preprocessing=network.preprocessing, history=history, plan=plan)
 
 
-__all__ = ["Ensemble", "EnsembleNetwork", "EnsemblePlan", "TENSOR_VIEWS", "combine", "mean_probability_logits", "member_settings"]
+__all__ = ["Ensemble", "EnsembleNetwork", "EnsemblePlan", "NetworkAverage", "TENSOR_VIEWS", "combine", "mean_probability_logits",
+           "member_settings", "network_count"]
