@@ -48,10 +48,14 @@ earlier ones measured:
    schedule counts optimiser steps, not epochs: small data sets get more epochs. It stops early
    when it cannot catch the leader, or when the budget runs out; if it wins, the network trained
    here is the model (no second training).
+   Then, under a budget and where the ensemble round will run, a second network like the first,
+   from another seed (data order, augmentation, dropout), in the time the first left unused
+   (:func:`_second_network_round`; ELPV's network stopped early after 33 of 60 minutes).
 6. An ensemble of that network and the best frozen-feature candidate, when both are within the
    noise of the best held-out score (:func:`_ensemble_round`, :mod:`transferkit.selection.ensemble`):
-   the mean of their held-out probabilities, image by image, with no training. If it wins, the
-   model is the network trained here beside the feature classifier fitted on all the images.
+   the mean of their held-out probabilities, image by image, with no training; with the second
+   network, once more with both networks' mean as the network member. If it wins, the model is
+   the network (or both) trained here beside the feature classifier fitted on all the images.
 
 Whatever the user fixed (``image_size``, ``class_weight``, ``symmetries``, ``feature_layers``, ``augment``) every
 candidate is measured with. Each candidate's cost is estimated by the one cost model
