@@ -514,6 +514,25 @@ def test_training_precision_on_a_cpu_is_the_faster_one_by_measurement(tiny_weigh
     assert fastest_training_precision(resolve_runtime("cpu", "fp32"), model, batch).measured is None
 
 
+def test_training_precision_keeps_each_precisions_fastest_step(tiny_weights, monkeypatch):
+    """One slow fp32 step (noise) does not choose bf16: each precision's fastest of three counts."""
+    import dataclasses
+    import itertools
+    from types import SimpleNamespace
+
+    import transferkit.training.runtime as runtime_module
+
+    # the timed steps' durations in the order they run, three rounds of (fp32, bf16): each read
+    # twice (its start, its end); one fp32 step slowed by noise, the other two faster than bf16's
+    durations = iter([0.9, 0.40, 0.30, 0.41, 0.31, 0.42])
+    clock = itertools.accumulate(next(durations) if i % 2 else 0.0 for i in range(12))
+    monkeypatch.setattr(runtime_module, "time", SimpleNamespace(perf_counter=lambda: next(clock)))
+    model, _ = tiny_model(tiny_weights)
+    auto_bf16 = dataclasses.replace(resolve_runtime("cpu", "fp32"), precision="bf16", auto_precision=True)
+    chosen = runtime_module.fastest_training_precision(auto_bf16, model, torch.randn(2, 3, 32, 32))
+    assert chosen.precision == "fp32" and chosen.measured["training_step_seconds"] == pytest.approx({"fp32": 0.30, "bf16": 0.40})
+
+
 # --------------------------------------------------------------------- linear probe, then fine-tune
 def _probe_request(images, targets, n_classes=3, C="auto"):
     return FitRequest(pixels=images, targets=targets, classes=np.arange(n_classes), settings=Settings("full", None, 32, None),
