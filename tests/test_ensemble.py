@@ -459,7 +459,7 @@ def test_a_second_network_from_another_seed_trains_in_the_time_left_and_the_ense
     assert pair.candidate.label.endswith("2 networks, with svm") and f"as its network member, {pair.accuracy:.3f}" in reasons[-1]
 
 
-def test_no_second_network_where_six_epochs_do_not_fit_or_without_a_budget(tiny_params, tmp_path):
+def test_no_second_network_where_the_epochs_the_first_needed_do_not_fit_or_without_a_budget(tiny_params, tmp_path):
     from transferkit.selection import Candidate
     from transferkit.selection.auto import _second_network_round
     from transferkit.strategies import FitOutcome
@@ -473,7 +473,16 @@ def test_no_second_network_where_six_epochs_do_not_fit_or_without_a_budget(tiny_
         reasons = []
         assert _second_network_round(engine, reasons) is None
         assert not any(dict(t.candidate.params).get("seed") for t in engine.trials.values())  # nothing trained
-        assert bool(reasons) == said and (not said or reasons[-1].startswith("no second network: 6 epochs of it (~60 s)"))
+        assert bool(reasons) == said and (not said or reasons[-1].startswith("no second network: the 6 epochs the first "
+                                                                             "needed to reach its best (~60 s)"))
+    # a first network that reached its best at epoch 10: a twin of 9 epochs (all that fits) would be the weaker member
+    engine = tiny_engine(tiny_params, tmp_path, budget_seconds=96.0, cost=ten_seconds_an_epoch)
+    targets = engine.arena.targets[engine.folds[0][1]]
+    measured(engine, Candidate("svm", 32, "baseline"), member_probabilities(targets, 9, 0))
+    peaked = FitOutcome(model=torch.nn.Identity(), preprocessing=None, history={"best_epoch": 10}, plan=None)
+    measured(engine, Candidate("full", 32, "network", params=(("epochs", 12),)), member_probabilities(targets, 9, 1), peaked)
+    reasons = []
+    assert _second_network_round(engine, reasons) is None and "the 10 epochs the first needed" in reasons[-1]
 
 
 def to_input(pixels, preprocessing):
