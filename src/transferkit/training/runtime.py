@@ -217,8 +217,9 @@ class Runtime:
 TRAINING_TIMING_ROUNDS = 3
 """Timed training steps per precision in :func:`fastest_training_precision`, alternating, the
 fastest of each kept: noise only ever adds time. One step each chose bf16 for ELPV's 224 px
-network on an AMX Xeon (18.7 images/s over its 22 epochs), while the same network trained in
-fp32 in the same fit at 24 images/s."""
+network on an AMX Xeon (fp32 0.571 s, slowed by noise, against bf16 0.450 s; 18.7 images/s
+over its 22 epochs), while its twin (the same network, another seed) trained in fp32 in the same
+fit at 24 images/s."""
 
 
 def fastest_training_precision(runtime: Runtime, model: nn.Module, batch: torch.Tensor) -> Runtime:
