@@ -571,6 +571,43 @@ def test_an_auto_fit_whose_ensemble_wins_keeps_the_searched_network_and_fits_the
     assert clf.validation_["accuracy"] == pytest.approx(search.chosen.accuracy) and clf.validation_["kind"] == "held-out split"
 
 
+def test_an_auto_fit_whose_two_network_ensemble_wins_keeps_both_searched_networks(tiny_params, tmp_path, monkeypatch):
+    import dataclasses
+
+    import transferkit
+    import transferkit.selection.auto as select
+    from transferkit.selection.candidates import with_params
+    from transferkit.selection.ensemble import ensemble_members
+
+    monkeypatch.setattr(select, "PERFECT", 1.01)  # race a network even though the colours separate perfectly
+
+    def twin_without_a_budget(search, reasons):  # the round needs a budget; here the twin is trained regardless
+        first, _ = ensemble_members(search)
+        (twin,) = search.evaluate_candidates([with_params(first.candidate, seed=1)], [0])
+        return first, twin
+
+    monkeypatch.setattr(select, "_second_network_round", twin_without_a_budget)
+    real_choose = select.choose
+
+    def two_networks_win(results, trials=None):
+        pairs = [t for t in results.trials.values() if dict(t.candidate.params).get("networks") == 2]
+        return select.Decision(chosen=pairs[0], best=pairs[0], reason="the test's choice") if pairs else real_choose(results, trials)
+
+    monkeypatch.setattr(select, "choose", two_networks_win)
+    images, labels = make_images(8, 32)
+    clf = transferkit.ImageClassifier(**dict(tiny_params, strategy="auto", image_size=32, cache_dir=str(tmp_path), C=1.0,
+                                              budget_minutes=None)).fit(images, labels)
+    search = clf.advice_.search
+    assert clf.settings_["strategy"] == "ensemble" and isinstance(clf.model_.network, NetworkAverage)
+    first, second = clf.model_.network.networks
+    twin = next(t for t in search.trials if dict(t.candidate.params).get("seed") == 1)
+    # both trained in the search (the network and its twin), no training after it
+    unseeded = dataclasses.replace(twin.candidate, params=tuple(p for p in twin.candidate.params if p[0] != "seed"))
+    assert second is twin.outcome.model and first is next(t for t in search.trials if t.candidate == unseeded).outcome.model
+    assert clf.plan_.networks == 2 and "the networks trained in the search" in search.reasons[-1]
+    assert clf.predict(images).shape == (24,)
+
+
 def test_a_calibrated_fold_score_divides_the_decision_values_by_the_fitted_temperature(tiny_params, tmp_path, monkeypatch):
     """The ensemble's feature member is scored with the probabilities its fitted head will give."""
     import transferkit.strategies.linear as linear
