@@ -891,3 +891,22 @@ def test_the_network_is_sized_and_stopped_without_the_ensemble_rounds_time_where
     expected = 10.0 + 20.0 + 3 * 400 * 0.001
     assert reserve == (pytest.approx(expected) if kept_back else 0.0)  # 31.2 s is 0.9 % of an hour, 10.4 % of 300 s
     assert network.strategy == "full" and search.reserve == 0.0  # given back once the network has trained
+
+
+def test_a_training_step_is_timed_in_the_precision_training_will_use(tiny_weights, monkeypatch):
+    """Where ``auto`` resolved bf16 on a CPU, the cost model times the step in the precision the
+    training measurement picks (fp32 here, by a stand-in), not in the resolved bf16."""
+    import contextlib
+    import dataclasses
+
+    import transferkit.training.runtime as runtime_module
+    from transferkit.selection.cost import _time_training_step
+    from transferkit.training.runtime import Runtime, resolve_runtime
+
+    asked, timed = [], []
+    monkeypatch.setattr(runtime_module, "fastest_training_precision",
+                        lambda runtime, model, batch: asked.append(runtime.precision) or dataclasses.replace(runtime, precision="fp32"))
+    monkeypatch.setattr(Runtime, "autocast", lambda self: timed.append(self.precision) or contextlib.nullcontext())
+    auto_bf16 = dataclasses.replace(resolve_runtime("cpu", "fp32"), precision="bf16", auto_precision=True)
+    assert _time_training_step(TINY_BACKBONE, tiny_weights, auto_bf16, 32, batch=4) > 0
+    assert asked == ["bf16"] and timed == ["fp32", "fp32"]  # the warm-up and the timed step
