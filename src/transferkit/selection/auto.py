@@ -428,11 +428,11 @@ def _second_network_round(search: Engine, reasons: list[str]) -> tuple[Trial, Tr
     train, test = search.folds[0]
     planned = int(dict(first.candidate.params).get("epochs", MIN_NETWORK_EPOCHS))
     needed = max(MIN_NETWORK_EPOCHS, int((first.outcome.history or {}).get("best_epoch") or 0))
-    twin, cost = None, 0.0
+    cost = 0.0
     for epochs in range(max(planned, needed), needed - 1, -1):
         twin = with_params(replace(first.candidate, proposed_by=f"a second network like {first.candidate.label} from seed "
                                    f"{seed}, in the time the first left: the ensemble averages both"),
-                           seed=seed, epochs=epochs, patience=max(3, epochs // 3))
+                           seed=seed, epochs=epochs, patience=_network_patience(epochs))
         cost = search.cost(twin, len(train), len(test), search.trials)
         if cost <= available:
             break
@@ -735,8 +735,14 @@ def _network_candidate(recommendation, facts, fixed, search: Engine, speeds: Spe
     epochs = affordable[side]
     why = (f"{facts.n_samples:,} images: train the network ({strategy}{f', freeze {freeze}' if freeze else ''}) at the "
            f"largest side whose {epochs} epochs of ~{steps_per_epoch} steps the budget affords, augmentation {augment}")
-    params = (("augment", augment), ("epochs", epochs), ("patience", max(3, epochs // 3)))
+    params = (("augment", augment), ("epochs", epochs), ("patience", _network_patience(epochs)))
     return Candidate(strategy, side, why, fixed.get("class_weight", None), freeze=freeze or None, params=params)
+
+
+def _network_patience(epochs: int) -> int:
+    """Epochs without a lower validation loss before ``auto``'s network of ``epochs`` stops early:
+    a third of them, at least 3 (the second network's too, for its own epochs)."""
+    return max(3, epochs // 3)
 
 
 @dataclass(frozen=True)
