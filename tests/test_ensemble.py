@@ -422,6 +422,40 @@ def test_the_ensemble_is_measured_again_with_the_networks_probabilities_averaged
     assert f"averaged over the flips it trained with (test-time augmentation), {tta.accuracy:.3f}" in reasons[-1]
 
 
+def test_a_network_in_two_ensembles_runs_its_test_time_views_once(tiny_params, tmp_path, monkeypatch):
+    from transferkit.selection import Candidate
+    from transferkit.selection import ensemble as ensemble_module
+    from transferkit.selection.auto import _ensemble_round
+    from transferkit.strategies import FitOutcome
+
+    engine = tiny_engine(tiny_params, tmp_path)
+    targets = engine.arena.targets[engine.folds[0][1]]
+    measured(engine, Candidate("svm", 32, "baseline"), member_probabilities(targets, 9, 0))
+    networks = []
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        model, preprocessing = create_backbone(TINY_BACKBONE, num_classes=3, pretrained=False)
+        outcome = FitOutcome(model=model.eval(), preprocessing=preprocessing, history={}, plan=None)
+        network = Candidate("full", 32, f"network {seed}", params=(("augment", "hflip,vflip,rotate"), ("seed", seed)))
+        networks.append(measured(engine, network, member_probabilities(targets, 9, 1 + seed), outcome))
+    computed = []
+    real = ensemble_module.network_view_probabilities
+
+    def counted(search, trial, symmetries):
+        computed.append(dict(trial.candidate.params)["seed"])
+        return real(search, trial, symmetries)
+
+    monkeypatch.setattr(ensemble_module, "network_view_probabilities", counted)
+    _ensemble_round(engine, [], tuple(networks))
+    ensembles = {(dict(t.candidate.params).get("networks"), dict(t.candidate.params).get("network_symmetries")): t
+                 for t in engine.trials.values() if t.candidate.strategy == "ensemble"}
+    assert set(ensembles) == {(None, None), (None, "flips"), (2, None), (2, "flips")}
+    assert sorted(computed) == [0, 1]  # each network's flips once, for both ensembles
+    member = next(t for t in engine.trials.values() if dict(t.candidate.params).get("calibrated"))
+    network_mean = np.mean([real(engine, trial, "flips") for trial in networks], axis=0)
+    np.testing.assert_allclose(ensembles[(2, "flips")].probabilities[0], (network_mean + member.probabilities[0]) / 2, atol=1e-5)
+
+
 def ten_seconds_an_epoch(candidate, n_train, n_test, trials):
     """A cost model: a network costs 10 s per epoch, anything else 1 s."""
     return 10.0 * dict(candidate.params).get("epochs", 0) if get_strategy(candidate.strategy).trains_network else 1.0
