@@ -832,6 +832,8 @@ def test_the_network_leaves_the_ensemble_round_the_time_to_rescore_the_features_
     stages = Candidate("svm", 224, "multi-layer", feature_layers="stages", symmetries="flips")
     trials = {stages: Trial(stages, scores=[0.79], folds=[0], seconds=71.0, extract_seconds=11.0),
               Candidate("svm", 224, "plain"): Trial(Candidate("svm", 224, "plain"), scores=[0.75], folds=[0], seconds=12.0)}
+    weighted = Candidate("svm", 224, "plain", class_weight="balanced")  # scored best, but no partner for an unweighted network
+    trials[weighted] = Trial(weighted, scores=[0.80], folds=[0], seconds=12.0)
     costed = []
 
     def cost(candidate, n_train, n_test, known):
@@ -839,9 +841,13 @@ def test_the_network_leaves_the_ensemble_round_the_time_to_rescore_the_features_
         return 94.0  # the four flips at 300 px, not cached
 
     cost.speeds = FakeSpeeds(forward=0.01, train=0.03)  # at 32 px; x (side / 32)^2
-    search = SimpleNamespace(budget_seconds=3600.0, cost=cost, trials=trials, folds=[(np.arange(1574), np.arange(394))])
+    right = {stages: 311, Candidate("svm", 224, "plain"): 296, weighted: 315}  # of the 394 held-out images, as the scores say
+    results = SimpleNamespace(n_images=1968, correct=lambda candidate: (np.arange(394) < right[candidate]).astype(float))
+    search = SimpleNamespace(budget_seconds=3600.0, cost=cost, trials=trials, results=results,
+                             folds=[(np.arange(1574), np.arange(394))])
     network = Candidate("full", 300, "a network", params=(("augment", "rotate,translate"),))
-    # the best feature candidate, at the network's side, calibrated: its extraction plus its measured fit (60 s)
+    # the ensemble round's feature member (the best with the network's class weights), at the network's side,
+    # calibrated: its extraction plus its measured fit (60 s)
     assert _ensemble_seconds(search, network) == pytest.approx(94.0 + 60.0)
     assert (costed[0].image_size, costed[0].feature_layers, dict(costed[0].params)["calibrated"]) == (300, "stages", True)
     # a network trained with both flips: 3 more forward passes of the 394 held-out images (test-time augmentation)
@@ -869,6 +875,7 @@ def test_the_network_is_sized_and_stopped_without_the_ensemble_rounds_time_where
     class Search:
         arena = SimpleNamespace(runtime=SimpleNamespace(distributed=False), params={"batch_size": 32})
         folds = [(np.arange(1600), np.arange(400))]
+        results = SimpleNamespace(n_images=2000, correct=lambda candidate: np.ones(400))
         budget_seconds, reserve = budget, 0.0
 
         def __init__(self):

@@ -82,7 +82,7 @@ from transferkit.selection.candidates import Candidate, with_params
 from transferkit.selection.cost import FINAL_FIT_SHARE, CostModel, Speeds
 from transferkit.selection.engine import Arena, Engine
 from transferkit.selection.ensemble import (
-    ensemble_members, feature_member, feature_member_at, held_out_score, is_ensemble, measure_ensemble, trained_views,
+    ensemble_members, feature_member, feature_member_at, feature_partner, held_out_score, is_ensemble, measure_ensemble, trained_views,
 )
 from transferkit.selection.folds import holdout_folds
 from transferkit.selection.results import Results, Trial
@@ -368,18 +368,17 @@ def _network_round(search: Engine, recommendation, facts, fixed, speeds: Speeds 
 
 
 def _ensemble_seconds(search: Engine, network: Candidate, networks: int = 1) -> float:
-    """Seconds the ensemble round will take after ``network``: scoring the best frozen-feature
-    candidate once more at the network's side (its views extracted there where they are not
+    """Seconds the ensemble round will take after ``network``: scoring its feature member
+    (:func:`~transferkit.selection.ensemble.feature_partner`) once more at the network's side (its views extracted there where they are not
     cached, and its classifier fitted, counted twice: at a new side no fit there has been timed),
     and the networks' forward passes over the views they train with (:func:`_test_time_views`;
     each network's once, however many ensembles it is in).
     Kept back while a network trains so that the round is not skipped for want of time. 0
     without a budget or a scored feature candidate. The ensemble is what moved ELPV: 0.822
     held-out against its members' 0.784 and 0.792."""
-    features = [t for t in search.trials.values() if t.candidate.kind == "features" and held_out_score(t) is not None]
-    if search.budget_seconds is None or search.cost is None or not features:
+    best = feature_partner(search, network)
+    if search.budget_seconds is None or search.cost is None or best is None:
         return 0.0
-    best = max(features, key=held_out_score)
     member = feature_member(best.candidate, network.image_size)
     train, test = search.folds[0]
     fit = (best.seconds - best.extract_seconds) / len(best.folds)

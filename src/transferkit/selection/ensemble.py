@@ -63,8 +63,16 @@ def ensemble_members(search: Engine) -> tuple[Trial, Trial] | None:
     if not networks:
         return None
     network = choose(search.results, networks).best
-    features = [t for t in measured if t.candidate.kind == "features" and t.candidate.class_weight == network.candidate.class_weight]
-    return (network, choose(search.results, features).best) if features else None
+    features = feature_partner(search, network.candidate)
+    return (network, features) if features is not None else None
+
+
+def feature_partner(search: Engine, network: Candidate) -> Trial | None:
+    """The frozen-feature candidate an ensemble with ``network`` would average: of those scored on
+    the held-out fold with ``network``'s class weights, the winner rule's ``best``; None if none."""
+    features = [t for t in search.trials.values() if held_out_score(t) is not None and not is_ensemble(t.candidate)
+                and t.candidate.kind == "features" and t.candidate.class_weight == network.class_weight]
+    return choose(search.results, features).best if features else None
 
 
 def is_ensemble(candidate: Candidate) -> bool:
@@ -162,5 +170,5 @@ def measure_ensemble(search: Engine, network: Trial | Sequence[Trial], features:
     return search.record(candidate, HELD_OUT, fitted)
 
 
-__all__ = ["ensemble_candidate", "ensemble_members", "feature_member_at", "held_out_score", "is_ensemble", "measure_ensemble",
+__all__ = ["ensemble_candidate", "ensemble_members", "feature_member_at", "feature_partner", "held_out_score", "is_ensemble", "measure_ensemble",
            "feature_member", "network_view_probabilities", "trained_views"]
