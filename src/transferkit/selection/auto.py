@@ -82,7 +82,8 @@ from transferkit.selection.candidates import Candidate, with_params
 from transferkit.selection.cost import FINAL_FIT_SHARE, CostModel, Speeds
 from transferkit.selection.engine import Arena, Engine
 from transferkit.selection.ensemble import (
-    ensemble_members, feature_member, feature_member_at, feature_partner, held_out_score, is_ensemble, measure_ensemble, trained_views,
+    ensemble_members, feature_member, feature_member_at, feature_partner, held_out_score, is_ensemble, measure_ensemble,
+    trained_views,
 )
 from transferkit.selection.folds import holdout_folds
 from transferkit.selection.results import Results, Trial
@@ -369,8 +370,9 @@ def _network_round(search: Engine, recommendation, facts, fixed, speeds: Speeds 
 
 def _ensemble_seconds(search: Engine, network: Candidate, networks: int = 1) -> float:
     """Seconds the ensemble round will take after ``network``: scoring its feature member
-    (:func:`~transferkit.selection.ensemble.feature_partner`) once more at the network's side (its views extracted there where they are not
-    cached, and its classifier fitted, counted twice: at a new side no fit there has been timed),
+    (:func:`~transferkit.selection.ensemble.feature_partner`) once more at the network's side
+    (its views extracted there where they are not cached, and its classifier fitted, counted
+    twice: at a new side no fit there has been timed),
     and the networks' forward passes over the views they train with (:func:`_test_time_views`;
     each network's once, however many ensembles it is in).
     Kept back while a network trains so that the round is not skipped for want of time. 0

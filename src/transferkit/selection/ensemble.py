@@ -170,5 +170,5 @@ def measure_ensemble(search: Engine, network: Trial | Sequence[Trial], features:
     return search.record(candidate, HELD_OUT, fitted)
 
 
-__all__ = ["ensemble_candidate", "ensemble_members", "feature_member_at", "feature_partner", "held_out_score", "is_ensemble", "measure_ensemble",
-           "feature_member", "network_view_probabilities", "trained_views"]
+__all__ = ["ensemble_candidate", "ensemble_members", "feature_member_at", "feature_partner", "held_out_score", "is_ensemble",
+           "measure_ensemble", "feature_member", "network_view_probabilities", "trained_views"]
