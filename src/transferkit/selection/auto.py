@@ -477,28 +477,28 @@ def _ensemble_round(search: Engine, reasons: list[str], twins: tuple[Trial, Tria
         return
     ensemble = measure_ensemble(search, network, member)
     rescored = f"; with its fitted head's temperature, at the network's side, {member.candidate.label} scored {held_out_score(member):.3f}"
-    views: dict[int, np.ndarray] = {}  # each network's test-time views, computed once for both ensembles
-    tail, both = _test_time_views(search, (network,), member, views), ""
+    computed: dict[Candidate, np.ndarray] = {}  # each network's test-time views, once for both ensembles
+    tail, both = _test_time_views(search, (network,), member, computed), ""
     if twins is not None:
         pair = measure_ensemble(search, twins, member)
         both = (f"; with both networks' mean (this one and its twin from another seed) as its network member, "
-                f"{held_out_score(pair):.3f}{_test_time_views(search, twins, member, views)}")
+                f"{held_out_score(pair):.3f}{_test_time_views(search, twins, member, computed)}")
     reasons.append(f"ensemble: {network.candidate.label} scored {held_out_score(network):.3f} and {features.candidate.label} "
                    f"{held_out_score(features):.3f} on the held-out images, both within the noise ({tolerance:.3f}) of the best "
                    f"({best:.3f}){rescored}; the mean of their probabilities, image by image, scored "
                    f"{held_out_score(ensemble):.3f} on the same images (no training){tail}{both}")
 
 
-def _test_time_views(search: Engine, networks: tuple[Trial, ...], member: Trial, computed: dict[int, np.ndarray]) -> str:
+def _test_time_views(search: Engine, networks: tuple[Trial, ...], member: Trial, computed: dict[Candidate, np.ndarray]) -> str:
     """The ensemble once more with the networks' probabilities averaged over the views they trained
     with (:func:`~transferkit.selection.ensemble.trained_views`), where they trained with flips and
-    the forward passes of those networks whose views are not ``computed`` yet (by ``id`` of their
-    trial; filled here) fit what is left of the budget; the reason's tail."""
+    the forward passes of those networks whose views are not ``computed`` yet (by candidate;
+    filled here) fit what is left of the budget; the reason's tail."""
     views = trained_views(networks[0].candidate)
     if views == "none":
         return ""
     seconds = _test_time_seconds(search, networks[0].candidate)
-    seconds = None if seconds is None else seconds * sum(id(trial) not in computed for trial in networks)
+    seconds = None if seconds is None else seconds * sum(trial.candidate not in computed for trial in networks)
     if seconds is not None and seconds > search.left():
         return (f"; the network's probabilities averaged over the {views} it trained with were not measured: "
                 f"~{seconds:.0f} s of forward passes, {max(search.left(), 0):.0f} s left")

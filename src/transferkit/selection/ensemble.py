@@ -139,7 +139,7 @@ def network_view_probabilities(search: Engine, network: Trial, symmetries: str) 
 
 
 def measure_ensemble(search: Engine, network: Trial | Sequence[Trial], features: Trial, network_symmetries: str = "none",
-                     views: dict[int, np.ndarray] | None = None) -> Trial:
+                     computed: dict[Candidate, np.ndarray] | None = None) -> Trial:
     """Record the ensemble of ``network`` (one trained network's trial, or several trained alike:
     the network member is then their average) and ``features`` (all scored on the held-out fold at
     the same side) in the search: its held-out probabilities are the mean of the network member's
@@ -147,19 +147,19 @@ def measure_ensemble(search: Engine, network: Trial | Sequence[Trial], features:
     ``network_symmetries``), and its ``outcome`` is the trained model: the network's, or a
     :class:`~transferkit.strategies.ensemble.NetworkAverage` of the networks'. Returns its trial.
 
-    ``views``: the networks' view-averaged probabilities by ``id`` of their trial, filled here and
-    read again by a later call with the same dict, so that a network in two ensembles (alone and
-    beside its twin) runs its test-time forward passes once."""
+    ``computed``: the networks' view-averaged probabilities by candidate, filled here and read
+    again by a later call with the same dict, so that a network in two ensembles (alone and beside
+    its twin) runs its test-time forward passes once."""
     started = time.perf_counter()
     networks = [network] if isinstance(network, Trial) else list(network)
     test = np.sort(search.folds[HELD_OUT][1])
-    views = {} if views is None else views
+    computed = {} if computed is None else computed
     if network_symmetries != "none":
         for trial in networks:
-            if id(trial) not in views:
-                views[id(trial)] = network_view_probabilities(search, trial, network_symmetries)
+            if trial.candidate not in computed:
+                computed[trial.candidate] = network_view_probabilities(search, trial, network_symmetries)
     network_probabilities = np.mean([trial.probabilities[trial.folds.index(HELD_OUT)] if network_symmetries == "none"
-                                     else views[id(trial)] for trial in networks], axis=0)
+                                     else computed[trial.candidate] for trial in networks], axis=0)
     mean = (network_probabilities + features.probabilities[features.folds.index(HELD_OUT)]) / 2
     predictions = mean.argmax(1)
     outcome = networks[0].outcome if len(networks) == 1 else replace(
